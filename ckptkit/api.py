@@ -1,0 +1,198 @@
+"""The Python API, mirroring the command line: load, save, convert, inspect."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptkit import registry
+from ckptkit.dtypes import by_name
+from ckptkit.errors import CorruptCheckpointError, UsageError
+from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt
+from ckptkit.output import AtomicOutput
+from ckptkit.registry import WriteContext
+from ckptkit.stats import compute_stats
+from ckptkit.transform import TransformedCheckpoint, transform
+
+COMPARE_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def load(path: str | Path, format: str | None = None, **options: Any) -> Checkpoint:
+    """Open a checkpoint lazily; use it as a context manager to close it.
+
+    >>> with ckptkit.load("model.pt") as ckpt:
+    ...     w = ckpt.read_tensor("fc.weight")
+    """
+    return registry.open_checkpoint(path, format, options)
+
+
+def save(
+    tensors: Mapping[str, Any] | Checkpoint,
+    path: str | Path,
+    format: str | None = None,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    force: bool = False,
+    **options: Any,
+) -> Receipt:
+    """Write a dict of arrays (numpy or torch) or an open checkpoint to ``path``."""
+    ckpt = tensors if isinstance(tensors, Checkpoint) else MemoryCheckpoint(tensors, metadata)
+    return write_checkpoint(ckpt, Path(path), format, force=force, options=options)
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    from_format: str | None = None,
+    to_format: str | None = None,
+    dtype: str | None = None,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    force: bool = False,
+    verify: bool = True,
+    read_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> Receipt:
+    """Convert ``src`` into ``dst``, atomically, re-reading the result to check it by default."""
+    src, dst = Path(src), Path(dst)
+    with registry.open_checkpoint(src, from_format, read_options) as ckpt:
+        view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
+        receipt = write_checkpoint(
+            view, dst, to_format, force=force, options=options or {}, verify=verify, progress=progress
+        )
+        if isinstance(view, TransformedCheckpoint):
+            receipt.renamed.update(view.renamed)
+            receipt.cast.update(view.cast)
+            receipt.dropped.extend(view.dropped)
+        return receipt
+
+
+def write_checkpoint(
+    ckpt: Checkpoint,
+    dst: Path,
+    format: str | None = None,
+    *,
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+    verify: bool = False,
+    progress: ProgressFn | None = None,
+) -> Receipt:
+    """Write ``ckpt`` with the writer of ``format`` (default: from ``dst``'s extension)."""
+    fmt = registry.for_output(dst, format)
+    opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
+    unknown = set(opts) - {o.name for o in fmt.write_options}
+    if unknown:
+        flags = ", ".join("--" + o.replace("_", "-") for o in sorted(unknown))
+        raise UsageError(f"{flags} cannot be used when writing {fmt.name}")
+    if ckpt.path is not None and dst.exists() and dst.resolve() == Path(ckpt.path).resolve():
+        raise UsageError(f"{dst} is the input too; write to another file")
+    receipt = Receipt(
+        source=str(ckpt.path or "<memory>"),
+        destination=str(dst),
+        source_format=ckpt.format_name,
+        destination_format=fmt.name,
+        tensors_written=len(ckpt),
+        aliased=dict(ckpt.aliases),
+    )
+    assert fmt.write is not None
+    with AtomicOutput(dst, force=force) as out:
+        ctx = WriteContext(output=out, options=opts, progress=progress)
+        fmt.write(ckpt, ctx)
+        receipt.notes.extend(ctx.notes)
+        staged = [out.temp_for(f) for f in out.files]
+        receipt.bytes_written = sum(p.stat().st_size for p in staged if p.is_file())
+        receipt.files = [str(f) for f in out.files]
+        if verify:
+            expected = ctx.expected if ctx.expected is not None else ckpt
+            with registry.open_checkpoint(out.temp_for(), fmt.name) as written:
+                compare_checkpoints(expected, written, dst, progress)
+            receipt.verified = True
+    return receipt
+
+
+def compare_checkpoints(expected: Checkpoint, written: Checkpoint, dst: Path, progress: ProgressFn | None = None) -> None:
+    """Check that ``written`` holds every tensor of ``expected``, bit for bit."""
+    have = set(written.names()) | set(written.aliases)
+    for name in list(expected.names()) + list(expected.aliases):
+        if name not in have:
+            raise CorruptCheckpointError(f"verification failed: tensor {name!r} is missing from what was written", dst)
+        want_info = expected.info(expected.aliases.get(name, name))
+        got_info = written.info(written.aliases.get(name, name))
+        if (want_info.dtype, want_info.shape) != (got_info.dtype, got_info.shape):
+            raise CorruptCheckpointError(
+                f"verification failed: tensor {name!r} was written as {got_info.dtype.name} {list(got_info.shape)}, "
+                f"expected {want_info.dtype.name} {list(want_info.shape)}",
+                dst,
+            )
+        if name in expected.aliases:
+            continue
+        if not arrays_identical(expected.read_tensor(name), written.read_tensor(written.aliases.get(name, name))):
+            raise CorruptCheckpointError(f"verification failed: tensor {name!r} differs from the source", dst)
+        if progress:
+            progress(want_info.nbytes)
+
+
+def arrays_identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-for-bit equality, chunked so no full-size temporary is made."""
+    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
+        return False
+    fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    fb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    for start in range(0, fa.size, COMPARE_CHUNK_BYTES):
+        end = start + COMPARE_CHUNK_BYTES
+        if not np.array_equal(fa[start:end], fb[start:end]):
+            return False
+    return True
+
+
+def inspect(
+    path: str | Path, format: str | None = None, *, stats: bool = False, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Describe a checkpoint: the same content ``ckptkit inspect --json`` prints."""
+    with registry.open_checkpoint(path, format) as ckpt:
+        return describe(ckpt, stats=stats, progress=progress)
+
+
+def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The inspect report of an open checkpoint (headers only unless ``stats``)."""
+    infos = ckpt.tensor_infos()
+    by_dtype: Counter[str] = Counter()
+    params_by_dtype: Counter[str] = Counter()
+    tensors = []
+    for ti in infos:
+        by_dtype[ti.dtype.name] += ti.nbytes
+        params_by_dtype[ti.dtype.name] += ti.numel
+        entry: dict[str, Any] = {
+            "name": ti.name,
+            "dtype": ti.dtype.name,
+            "shape": list(ti.shape),
+            "numel": ti.numel,
+            "nbytes": ti.nbytes,
+            "location": ti.location,
+        }
+        if stats:
+            entry["stats"] = compute_stats(ckpt.read_tensor(ti.name)).to_dict()
+            if progress:
+                progress(ti.nbytes)
+        tensors.append(entry)
+    return {
+        "schema": "ckptkit.inspect/1",
+        "path": str(ckpt.path),
+        "format": ckpt.format_name,
+        "tensor_count": len(infos),
+        "parameters": sum(ti.numel for ti in infos),
+        "bytes": sum(ti.nbytes for ti in infos),
+        "bytes_by_dtype": dict(by_dtype),
+        "parameters_by_dtype": dict(params_by_dtype),
+        "aliases": dict(ckpt.aliases),
+        "metadata": dict(ckpt.metadata),
+        "extras": dict(ckpt.extras),
+        "tensors": tensors,
+    }

@@ -1,0 +1,113 @@
+"""ckptkit convert SRC DST: any format to any format, atomically, checked after writing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ckptkit import registry
+from ckptkit.api import convert
+from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.model import Receipt
+
+
+def _format_options(kind: str) -> Callable[[Any], Any]:
+    """Add every option a registered reader or writer declares, once each."""
+    specs: dict[str, registry.OptionSpec] = {}
+    for fmt in registry.formats():
+        for spec in fmt.read_options if kind == "read" else fmt.write_options:
+            specs.setdefault(spec.name, spec)
+
+    def decorate(func: Any) -> Any:
+        for spec in reversed(list(specs.values())):
+            if spec.kind == "flag":
+                func = click.option(spec.flag, spec.name, is_flag=True, default=False, help=spec.help)(func)
+            else:
+                typ = click.Path(path_type=Path) if spec.kind == "path" else str
+                func = click.option(spec.flag, spec.name, type=typ, multiple=spec.multiple, help=spec.help)(func)
+        return func
+
+    return decorate
+
+
+def _names(kind: str) -> set[str]:
+    return {s.name for f in registry.formats() for s in (f.read_options if kind == "read" else f.write_options)}
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
+@format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
+@click.option("--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, float32, ...).")
+@click.option("--select", multiple=True, metavar="GLOB", help="Keep only these tensors; a plain name keeps a subtree and drops its prefix (--select state_dict).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these tensors out.")
+@click.option("--strip-prefix", multiple=True, metavar="P", help="Remove this prefix from names (module., _orig_mod.).")
+@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--no-verify", is_flag=True, help="Skip re-reading the output to check every tensor.")
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
+@_format_options("read")
+@_format_options("write")
+def command(
+    src: Path,
+    dst: Path,
+    from_format: str | None,
+    to_format: str | None,
+    dtype: str | None,
+    select: tuple[str, ...],
+    exclude: tuple[str, ...],
+    strip_prefix: tuple[str, ...],
+    force: bool,
+    no_verify: bool,
+    as_json: bool,
+    **format_opts: Any,
+) -> None:
+    """Convert checkpoint SRC into DST (any readable format to any writable one).
+
+    The output is written to a temporary file and renamed into place, and is re-read and
+    compared tensor by tensor with the source unless --no-verify is given.
+    """
+    read_names, write_names = _names("read"), _names("write")
+    read_opts = {k: v for k, v in format_opts.items() if k in read_names}
+    write_opts = {k: v for k, v in format_opts.items() if k in write_names}
+    with registry.open_checkpoint(src, from_format, read_opts) as probe:
+        total = probe.total_bytes
+    with progress_bar(total * (1 if no_verify else 2), f"convert {src.name}") as progress:
+        receipt = convert(
+            src, dst,
+            from_format=from_format, to_format=to_format, dtype=dtype,
+            select=select, exclude=exclude, strip_prefix=strip_prefix,
+            force=force, verify=not no_verify,
+            read_options=read_opts, options=write_opts, progress=progress,
+        )  # fmt: skip
+    if as_json:
+        print_json(receipt.to_dict())
+    else:
+        _print_receipt(receipt)
+
+
+def _print_receipt(r: Receipt) -> None:
+    out = stdout_console()
+    check = "verified" if r.verified else "not verified"
+    out.print(
+        f"wrote {printable(r.destination)} ({r.destination_format}): {r.tensors_written} tensors, "
+        f"{human_bytes(r.bytes_written)}, {check}",
+        markup=False,
+    )
+    for title, items in (("renamed", r.renamed), ("cast", r.cast), ("aliased", r.aliased)):
+        if items:
+            out.print(f"  {title} ({len(items)}):", markup=False)
+            for k, v in list(items.items())[:20]:
+                arrow = f"{printable(v)} -> {printable(k)}" if title == "renamed" else f"{printable(k)}: {printable(v)}"
+                out.print(f"    {arrow}", markup=False)
+            if len(items) > 20:
+                out.print(f"    ... and {len(items) - 20} more", markup=False)
+    if r.dropped:
+        shown = ", ".join(printable(n) for n in r.dropped[:10])
+        more = f" and {len(r.dropped) - 10} more" if len(r.dropped) > 10 else ""
+        out.print(f"  dropped ({len(r.dropped)}): {shown}{more}", markup=False)
+    for note in r.notes:
+        out.print(f"  note: {printable(note)}", markup=False)

@@ -1,0 +1,37 @@
+"""Mapping exceptions to one-line messages and exit codes (0 ok, 1 findings, 2 errors)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ckptkit.errors import CkptkitError
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def report_error(err: BaseException) -> int:
+    """Print ``err`` as one line on stderr and return the exit code for it."""
+    if isinstance(err, CkptkitError):
+        click.echo(f"ckptkit: error: {one_line(str(err))}", err=True)
+        return err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        click.echo("ckptkit: interrupted", err=True)
+        return 130
+    if isinstance(err, OSError) and err.filename:
+        click.echo(f"ckptkit: error: {err.filename}: {one_line(err.strerror or str(err))}", err=True)
+        return EXIT_ERROR
+    click.echo(
+        f"ckptkit: error: unexpected {type(err).__name__}: {one_line(str(err))} "
+        "(set CKPTKIT_DEBUG=1 to see where)",
+        err=True,
+    )
+    sys.stderr.flush()
+    return EXIT_ERROR

@@ -1,0 +1,128 @@
+"""ckptkit inspect PATH: what a checkpoint holds, from its headers (data only with --stats)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ckptkit import registry
+from ckptkit.api import describe
+from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+
+_MAX_VALUE_CHARS = 200
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.inspect/1).")
+@click.option("--stats", is_flag=True, help="Read every tensor: min, max, mean, std, NaN and Inf counts.")
+@click.option("--tree", is_flag=True, help="Group tensors by module path.")
+def command(path: Path, format_name: str | None, as_json: bool, stats: bool, tree: bool) -> None:
+    """Show a checkpoint's format, tensors, sizes and metadata."""
+    with registry.open_checkpoint(path, format_name) as ckpt:
+        with progress_bar(ckpt.total_bytes if stats else 0, f"inspect {path.name}") as progress:
+            report = describe(ckpt, stats=stats, progress=progress)
+    if as_json:
+        print_json(report)
+    elif tree:
+        _print_tree(report)
+    else:
+        _print_report(report, stats)
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{printable(report['path'])}",
+        f"format: {report['format']}",
+        f"tensors: {report['tensor_count']}   parameters: {report['parameters']:,}   "
+        f"size: {human_bytes(report['bytes'])}",
+    ]
+    if report["bytes_by_dtype"]:
+        parts = [f"{k} {human_bytes(v)}" for k, v in report["bytes_by_dtype"].items()]
+        lines.append("by dtype: " + ", ".join(parts))
+    for title in ("metadata", "extras"):
+        items = report[title]
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            for k, v in items.items():
+                text = printable(v if isinstance(v, str) else repr(v))
+                if len(text) > _MAX_VALUE_CHARS:
+                    text = text[:_MAX_VALUE_CHARS] + f"... ({len(text)} chars)"
+                lines.append(f"  {printable(k)} = {text}")
+    if report["aliases"]:
+        lines.append(f"aliases (tied weights, {len(report['aliases'])}):")
+        lines.extend(f"  {printable(a)} -> {printable(t)}" for a, t in report["aliases"].items())
+    return lines
+
+
+def _print_report(report: dict[str, Any], stats: bool) -> None:
+    out = stdout_console()
+    for line in _summary(report):
+        out.print(line, markup=False)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("name", "dtype", "shape", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    if stats:
+        for col in ("min", "max", "mean", "std", "nan", "inf"):
+            table.add_column(col, justify="right")
+    for t in report["tensors"]:
+        row = [Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"])]
+        if stats:
+            s = t["stats"]
+            row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
+        table.add_row(*row)
+    out.print(table)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def module_path(name: str) -> list[str]:
+    """``encoder.layers.0.attn.weight`` -> ``[encoder, layers.0, attn]``: numbered items stay with their list."""
+    parts = re.split(r"[./]", name)[:-1]
+    grouped: list[str] = []
+    for part in parts:
+        if part.isdigit() and grouped:
+            grouped[-1] = f"{grouped[-1]}.{part}"
+        else:
+            grouped.append(part)
+    return grouped
+
+
+def _print_tree(report: dict[str, Any]) -> None:
+    out = stdout_console()
+    for line in _summary(report):
+        out.print(line, markup=False)
+    root: dict[str, Any] = {}
+    for t in report["tensors"]:
+        node = root
+        for part in module_path(t["name"]):
+            node = node.setdefault(part, {})
+        node.setdefault("\0tensors", []).append(t)
+    tree = Tree(Text(f"{report['format']} ({report['parameters']:,} parameters)"))
+    _fill(tree, root)
+    out.print(tree)
+
+
+def _params(node: dict[str, Any]) -> int:
+    own = sum(t["numel"] for t in node.get("\0tensors", []))
+    return own + sum(_params(v) for k, v in node.items() if k != "\0tensors")
+
+
+def _fill(branch: Tree, node: dict[str, Any]) -> None:
+    for key, child in node.items():
+        if key == "\0tensors":
+            continue
+        sub = branch.add(Text(f"{printable(key)}  ({_params(child):,} parameters)"))
+        _fill(sub, child)
+    for t in node.get("\0tensors", []):
+        leaf = re.split(r"[./]", t["name"])[-1]
+        branch.add(Text(f"{printable(leaf)}  {t['dtype']} {t['shape']}  {human_bytes(t['nbytes'])}"))

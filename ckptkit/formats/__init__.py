@@ -1,0 +1,1 @@
+"""Built-in checkpoint formats, one module each; :mod:`ckptkit.registry` lists them."""

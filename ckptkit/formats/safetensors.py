@@ -1,0 +1,221 @@
+"""safetensors: an 8-byte little-endian header length, a JSON header, then raw tensor bytes.
+
+Spec: https://github.com/huggingface/safetensors#format. The reader parses the header itself and
+memory-maps the data, so it is lazy and accepts files other tools write (headers not padded to 8
+bytes, ``"__metadata__": null``, data in another order than the keys). The writer streams tensor
+by tensor in the layout the safetensors library produces (tensors ordered by dtype alignment, then
+name; header padded with spaces to 8 bytes), because the library's own serializer needs every
+tensor's bytes in memory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptkit import dtypes
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.registry import Format, WriteContext
+from ckptkit.streaming import TensorCopier
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+ALIASES_KEY = "ckptkit:aliases"
+EXTRAS_KEY = "ckptkit:extras"
+
+# The library orders tensors by this dtype rank, largest first (its Dtype enum order).
+_DTYPE_RANK = [
+    "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+    "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64",
+]  # fmt: skip
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CorruptCheckpointError(f"the header lists {key!r} twice")
+        out[key] = value
+    return out
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """A safetensors file, memory-mapped; tensors are views into the map."""
+
+    format_name = "safetensors"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._file = open(path, "rb")  # noqa: SIM115 - owned by the checkpoint until close()
+        try:
+            self._parse()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _parse(self) -> None:
+        size = self.path.stat().st_size if self.path else 0
+        raw = self._file.read(8)
+        if len(raw) < 8:
+            raise CorruptCheckpointError("too short for a safetensors file (no 8-byte header length)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            raise CorruptCheckpointError(
+                f"header length {n} is larger than the file ({size} bytes) or the {MAX_HEADER_BYTES}-byte limit"
+            )
+        try:
+            header = json.loads(self._file.read(n), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptCheckpointError(f"the header is not valid JSON: {err}") from None
+        if not isinstance(header, dict):
+            raise CorruptCheckpointError("the header is not a JSON object")
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise CorruptCheckpointError("__metadata__ must map strings to strings")
+        self._infos: list[TensorInfo] = []
+        self._offsets: dict[str, tuple[int, int]] = {}
+        for name, entry in header.items():
+            ti, begin, end = _parse_entry(name, entry, data_len)
+            self._infos.append(ti)
+            self._offsets[name] = (begin, end)
+        if ALIASES_KEY in meta:
+            self.aliases = _json_field(meta.pop(ALIASES_KEY), ALIASES_KEY)
+            missing = {t for t in self.aliases.values() if t not in self._offsets}
+            if missing:
+                raise CorruptCheckpointError(f"{ALIASES_KEY} points at tensors not in the file: {sorted(missing)}")
+        if EXTRAS_KEY in meta:
+            self.extras = _json_field(meta.pop(EXTRAS_KEY), EXTRAS_KEY)
+        self.metadata = meta
+        self._map: mmap.mmap | None = None
+        if size > 0:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        ti = self.info(name)
+        begin, _end = self._offsets[name]
+        if ti.numel == 0 or self._map is None:
+            return np.zeros(ti.shape, ti.dtype.numpy)
+        arr = np.frombuffer(self._map, dtype=ti.dtype.numpy, count=ti.numel, offset=self.data_start + begin)
+        return arr.reshape(ti.shape)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        begin, end = self._offsets[name]
+        assert self.path is not None
+        return RawExtent(self.path, self.data_start + begin, end - begin)
+
+    def close(self) -> None:
+        # Arrays handed out may still view the map; leave it to the garbage collector then.
+        self._map = None
+        self._file.close()
+
+
+def _json_field(text: str, key: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise CorruptCheckpointError(f"metadata {key} is not valid JSON") from None
+
+
+def _parse_entry(name: str, entry: object, data_len: int) -> tuple[TensorInfo, int, int]:
+    if not isinstance(entry, dict) or {"dtype", "shape", "data_offsets"} - set(entry):
+        raise CorruptCheckpointError(f"tensor {name!r}: header entry needs dtype, shape and data_offsets")
+    code = entry["dtype"]
+    dtype = dtypes.by_safetensors(code) if isinstance(code, str) else None
+    if dtype is None:
+        raise UnsupportedError(f"tensor {name!r} has dtype {code!r}, which ckptkit does not know")
+    shape = entry["shape"]
+    offsets = entry["data_offsets"]
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CorruptCheckpointError(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise CorruptCheckpointError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+    begin, end = offsets
+    ti = TensorInfo(name, dtype, tuple(shape), f"offset {begin}")
+    if not 0 <= begin <= end or end - begin != ti.nbytes:
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: data_offsets {offsets} hold {end - begin} bytes, "
+            f"but {dtype.name} {list(shape)} needs {ti.nbytes}"
+        )
+    if end > data_len:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} ends at byte {end} of the data, but the file holds only {data_len}: truncated?"
+        )
+    return ti, begin, end
+
+
+def open_safetensors(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    return SafetensorsCheckpoint(path)
+
+
+def build_header(
+    infos: Sequence[TensorInfo], metadata: Mapping[str, str]
+) -> tuple[bytes, list[TensorInfo]]:
+    """The padded header bytes and the tensors in the order their data must follow."""
+    for ti in infos:
+        if ti.dtype.safetensors is None:
+            raise UnsupportedError(
+                f"tensor {ti.name!r} is {ti.dtype.name}, which safetensors cannot hold; "
+                "convert with --dtype to cast floating-point tensors, or choose another format"
+            )
+    ordered = sorted(infos, key=lambda t: (-_DTYPE_RANK.index(t.dtype.safetensors or ""), t.name))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for ti in ordered:
+        header[ti.name] = {"dtype": ti.dtype.safetensors, "shape": list(ti.shape), "data_offsets": [offset, offset + ti.nbytes]}
+        offset += ti.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, ordered
+
+
+def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:
+    """String metadata to store, with aliases and extras folded in as JSON."""
+    meta = {k: str(v) for k, v in ckpt.metadata.items()}
+    if ckpt.aliases:
+        meta[ALIASES_KEY] = json.dumps(ckpt.aliases, sort_keys=True)
+    if ckpt.extras:
+        meta[EXTRAS_KEY] = json.dumps(ckpt.extras, default=str)
+    return meta
+
+
+def write_safetensors(ckpt: Checkpoint, ctx: WriteContext) -> None:
+    header, ordered = build_header(ckpt.tensor_infos(), checkpoint_metadata(ckpt))
+    if ckpt.aliases:
+        ctx.notes.append(
+            f"{len(ckpt.aliases)} tied tensor(s) stored once, alias map kept in metadata {ALIASES_KEY}"
+        )
+    with open(ctx.output.temp_for(), "wb") as out, TensorCopier() as copier:
+        out.write(header)
+        for ti in ordered:
+            copier.copy(ckpt, ti.name, out, progress=ctx.progress)
+
+
+FORMAT = Format(
+    name="safetensors",
+    description="safetensors (Hugging Face): header + raw tensors, memory-mapped",
+    extensions=(".safetensors",),
+    sniff=sniff,
+    open=open_safetensors,
+    write=write_safetensors,
+    default_extension=".safetensors",
+)

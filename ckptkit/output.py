@@ -1,0 +1,85 @@
+"""Crash-safe output: every file is written in a staging folder beside the target, then renamed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+
+from ckptkit.errors import OutputExistsError, UsageError
+
+STAGING_PREFIX = ".ckptkit-tmp-"
+
+
+class AtomicOutput:
+    """The files one write produces, made visible only when all of them are complete.
+
+    Writers ask :meth:`temp_for` for the path to write each final file at; it lies in a hidden
+    staging folder in the target's directory and keeps the final file's name, so files that refer
+    to each other (an ONNX model and its external data, shards and their index) can be re-read
+    there before anything is published. :meth:`commit` renames each into place, the main file
+    last, so that a process killed at any point never leaves a partial file under a final name.
+    On error the staging folder is removed. Existing files are replaced only with ``force``.
+    (Files are not fsynced: that guards against power loss, costs seconds on multi-GB outputs,
+    and ``cp`` does not do it either.)
+    """
+
+    def __init__(self, path: str | Path, force: bool = False) -> None:
+        self.path = Path(path)
+        self.force = force
+        self._finals: list[Path] = []
+        self._committed = False
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory; give a file name to write")
+        if not self.path.parent.exists():
+            raise UsageError(f"the directory {self.path.parent} does not exist")
+        self.check_free(self.path)
+        self.staging = self.path.parent / f"{STAGING_PREFIX}{os.getpid()}-{self.path.name}"
+
+    def check_free(self, final: Path) -> None:
+        if final.exists() and not self.force:
+            raise OutputExistsError("exists already; pass --force to overwrite it", final)
+
+    def temp_for(self, final: str | Path | None = None) -> Path:
+        """Where to write ``final`` (default: the main output) until :meth:`commit`."""
+        target = self.path if final is None else Path(final)
+        try:
+            relative = target.relative_to(self.path.parent)
+        except ValueError:
+            raise UsageError(f"{target} is not beside {self.path}; outputs go in one folder") from None
+        if target not in self._finals:
+            if target != self.path:
+                self.check_free(target)
+            self._finals.append(target)
+        staged = self.staging / relative
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
+
+    @property
+    def files(self) -> list[Path]:
+        """The final paths this output creates, the main file last."""
+        return [f for f in self._finals if f != self.path] + ([self.path] if self.path in self._finals else [])
+
+    def commit(self) -> None:
+        """Publish every staged file under its final name, then remove the staging folder."""
+        for final in self.files:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.staging / final.relative_to(self.path.parent), final)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self._committed = True
+
+    def abort(self) -> None:
+        """Remove everything staged; nothing under a final name is touched."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> AtomicOutput:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None and not self._committed:
+            self.commit()
+        elif exc_type is not None:
+            self.abort()

@@ -1,0 +1,220 @@
+"""The registry of checkpoint formats, and detection of a file's format from its bytes.
+
+Each format lives in one module that defines ``FORMAT``, a :class:`Format`. Format modules import
+their heavy libraries (h5py, onnx, ...) inside their functions, so listing formats or detecting a
+file loads no framework. Other packages add formats through the ``ckptkit.formats`` entry-point
+group, whose entries point at a :class:`Format` object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.model import Checkpoint, ProgressFn
+
+SNIFF_BYTES = 4096
+ENTRY_POINT_GROUP = "ckptkit.formats"
+
+# Built-in formats, in detection order: a format that claims a file stops the search.
+_BUILTIN_MODULES = (
+    "ckptkit.formats.safetensors",
+    # "ckptkit.formats.torch",
+)
+
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+
+
+@dataclass
+class WriteContext:
+    """What a writer is given besides the checkpoint: where to write and how."""
+
+    output: Any  # ckptkit.output.AtomicOutput
+    options: Mapping[str, Any] = field(default_factory=dict)
+    progress: ProgressFn | None = None
+    notes: list[str] = field(default_factory=list)  # the writer's receipt lines
+    # A writer that renames or re-lays tensors sets what the written file should read back as,
+    # for the check after writing; by default that is the checkpoint it was given.
+    expected: Checkpoint | None = None
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """An option a format's reader or writer takes; the CLI turns it into ``--name``.
+
+    ``kind`` is "flag" (on/off), "text", or "path"; ``multiple`` lets it be given repeatedly.
+    Formats that share an option name must declare it alike.
+    """
+
+    name: str
+    help: str
+    kind: str = "text"
+    multiple: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+Sniffer = Callable[[bytes, Path], bool]
+Opener = Callable[[Path, Mapping[str, Any]], Checkpoint]
+Writer = Callable[[Checkpoint, WriteContext], None]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One checkpoint format: how to recognise it, read it and write it.
+
+    ``sniff(head, path)`` answers from the first bytes (and, for containers, a cheap look inside)
+    whether the file is of this format; it must not raise for files of other formats.
+    ``read_options`` and ``write_options`` are the options its reader and writer take; they
+    reach ``open`` and ``write`` as a mapping of option name to value.
+    """
+
+    name: str
+    description: str
+    extensions: tuple[str, ...]
+    sniff: Sniffer
+    open: Opener | None = None
+    write: Writer | None = None
+    write_options: tuple[OptionSpec, ...] = ()
+    read_options: tuple[OptionSpec, ...] = ()
+    default_extension: str = ""
+
+    @property
+    def can_read(self) -> bool:
+        return self.open is not None
+
+    @property
+    def can_write(self) -> bool:
+        return self.write is not None
+
+
+_formats: dict[str, Format] | None = None
+plugin_errors: list[str] = []  # entry points that failed to load, for ``ckptkit formats`` to show
+
+
+def register(fmt: Format) -> None:
+    """Add a format; a second format of the same name is an error."""
+    formats = _load()
+    if fmt.name in formats:
+        raise CkptkitError(f"a format named {fmt.name!r} is already registered")
+    formats[fmt.name] = fmt
+
+
+def _load() -> dict[str, Format]:
+    global _formats
+    if _formats is None:
+        _formats = {}
+        for module_name in _BUILTIN_MODULES:
+            fmt = importlib.import_module(module_name).FORMAT
+            _formats[fmt.name] = fmt
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                fmt = ep.load()
+            except Exception as err:  # noqa: BLE001 - a broken plug-in must not break ckptkit
+                plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {type(err).__name__}: {err}")
+                continue
+            if not isinstance(fmt, Format):
+                plugin_errors.append(f"format plug-in {ep.value} is not a ckptkit.registry.Format")
+                continue
+            if fmt.name in _formats:
+                raise CkptkitError(f"entry point {ep.value} registers format {fmt.name!r}, which exists already")
+            _formats[fmt.name] = fmt
+    return _formats
+
+
+def formats() -> list[Format]:
+    """Every registered format, built-in ones first."""
+    return list(_load().values())
+
+
+def get(name: str) -> Format:
+    """The format of that name (case-insensitive); lists the known names when there is none."""
+    fmts = _load()
+    key = name.strip().lower()
+    if key in fmts:
+        return fmts[key]
+    for fmt in fmts.values():
+        if key.lstrip(".") in (e.lstrip(".") for e in fmt.extensions):
+            return fmt
+    raise UnknownFormatError(f"unknown format {name!r}; known: {', '.join(fmts)}")
+
+
+def read_head(path: Path) -> bytes:
+    if path.is_dir():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(SNIFF_BYTES)
+
+
+def detect(path: Path) -> Format:
+    """The format of an existing file or directory: by content first, then by extension."""
+    if not path.exists():
+        raise CkptkitError("no such file or directory", path)
+    head = read_head(path)
+    if path.is_file():
+        if not head:
+            raise CorruptCheckpointError("the file is empty", path)
+        if head.startswith(LFS_POINTER_PREFIX):
+            raise CorruptCheckpointError(
+                "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
+            )
+    for fmt in _load().values():
+        if fmt.can_read and fmt.sniff(head, path):
+            return fmt
+    by_ext = [f for f in _load().values() if f.can_read and _has_extension(path, f)]
+    if by_ext and path.is_dir():
+        return by_ext[0]
+    kind = "directory" if path.is_dir() else "file"
+    hint = f" (its extension suggests {by_ext[0].name}, but the content does not match)" if by_ext else ""
+    raise UnknownFormatError(f"not a checkpoint ckptkit can read: no format recognises this {kind}{hint}", path)
+
+
+def for_output(path: Path, name: str | None = None) -> Format:
+    """The format to write ``path`` in: ``name`` if given, else from the extension."""
+    if name:
+        fmt = get(name)
+    else:
+        matches = [f for f in _load().values() if f.can_write and _has_extension(path, f)]
+        if not matches:
+            raise UsageError(f"cannot tell which format to write from the name {path.name!r}; pass --to FORMAT")
+        fmt = matches[0]
+    if not fmt.can_write:
+        raise UsageError(f"ckptkit cannot write {fmt.name} files")
+    return fmt
+
+
+def _has_extension(path: Path, fmt: Format) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(ext) for ext in fmt.extensions)
+
+
+def open_checkpoint(
+    path: str | Path, format: str | None = None, options: Mapping[str, Any] | None = None
+) -> Checkpoint:
+    """Open a checkpoint for reading, detecting its format unless ``format`` is given."""
+    p = Path(path)
+    fmt = get(format) if format else detect(p)
+    if not fmt.can_read or fmt.open is None:
+        raise UsageError(f"ckptkit cannot read {fmt.name} files")
+    if not p.exists():
+        raise CkptkitError("no such file or directory", p)
+    opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
+    unknown = set(opts) - {o.name for o in fmt.read_options}
+    if unknown:
+        flags = ", ".join("--" + o.replace("_", "-") for o in sorted(unknown))
+        raise UsageError(f"{flags} cannot be used when reading {fmt.name}")
+    try:
+        return fmt.open(p, opts)
+    except CkptkitError as err:
+        if err.path is None:
+            err.path = str(p)
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as err:
+        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {type(err).__name__}: {err}", p) from err
