@@ -139,7 +139,7 @@ class MemoryCheckpoint(Checkpoint):
         super().__init__(None)
         self._arrays: dict[str, np.ndarray] = {}
         for name, value in tensors.items():
-            self._arrays[name] = np.ascontiguousarray(to_numpy(value))
+            self._arrays[name] = np.asarray(to_numpy(value), order="C")
         self._infos = [
             TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "memory") for n, a in self._arrays.items()
         ]

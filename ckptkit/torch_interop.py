@@ -38,7 +38,7 @@ def numpy_to_torch(array: np.ndarray) -> Any:
     """A torch tensor sharing memory with ``array`` where possible."""
     torch = _torch()
     dtype = from_numpy(array.dtype)
-    arr = np.ascontiguousarray(array)
+    arr = np.asarray(array, order="C")
     if not arr.flags.writeable:
         arr = arr.copy()
     target = getattr(torch, dtype.name)

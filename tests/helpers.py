@@ -1,0 +1,60 @@
+"""The round-trip helper every format's tests use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+import ckptkit
+from ckptkit.model import Checkpoint
+
+
+def snapshot(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    return {k: np.ascontiguousarray(v).tobytes() for k, v in arrays.items()}
+
+
+def assert_same_tensors(expected: Mapping[str, np.ndarray], ckpt: Checkpoint) -> None:
+    """Every expected tensor is in ``ckpt`` with the same dtype, shape and bytes (aliases count)."""
+    names = set(ckpt.names()) | set(ckpt.aliases)
+    assert names == set(expected), (sorted(names ^ set(expected)))
+    for name, want in expected.items():
+        got = ckpt.read_tensor(ckpt.aliases.get(name, name))
+        assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes(), name
+
+
+def write_read(
+    arrays: Mapping[str, np.ndarray], path: Path, format: str | None = None, **options: object
+) -> dict[str, np.ndarray]:
+    """Save ``arrays`` with ckptkit, read them back, check bit equality and that the input is unchanged."""
+    before = snapshot(arrays)
+    ckptkit.save(dict(arrays), path, format, **options)
+    assert snapshot(arrays) == before, "the writer changed its input"
+    with ckptkit.load(path) as ckpt:
+        assert_same_tensors(arrays, ckpt)
+        return {n: np.array(ckpt.read_tensor(ckpt.aliases.get(n, n))) for n in arrays}
+
+
+def sample_array(dtype_name: str, shape: tuple[int, ...] = (3, 5), seed: int = 0) -> np.ndarray:
+    """Seeded values of any ckptkit dtype, with NaN and Inf among floats where the type has them."""
+    from ckptkit.dtypes import by_name
+
+    dt = by_name(dtype_name)
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    if dt.kind == "b":
+        return (rng.integers(0, 2, n) == 1).reshape(shape)
+    if dt.kind in "iu":
+        info = np.iinfo(dt.numpy)
+        return rng.integers(info.min, info.max, n, dtype=dt.numpy, endpoint=True).reshape(shape)
+    if dt.kind == "c":
+        return (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(dt.numpy).reshape(shape)
+    values = (rng.standard_normal(n) * 4).astype(np.float32)
+    if n >= 3 and dt.name not in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+        values[1] = np.inf
+    if n >= 3:
+        values[2] = np.nan
+    return values.astype(dt.numpy).reshape(shape)
