@@ -74,6 +74,9 @@ class Format:
     whether the file is of this format; it must not raise for files of other formats.
     ``read_options`` and ``write_options`` are the options its reader and writer take; they
     reach ``open`` and ``write`` as a mapping of option name to value.
+    ``verify`` names, as ``"module:function"`` (imported only when ``ckptkit verify`` runs), the
+    format's structure check: ``function(path) -> list[ckptkit.verify.findings.Finding]``,
+    reporting every fault it finds without stopping at the first.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Format:
     write_options: tuple[OptionSpec, ...] = ()
     read_options: tuple[OptionSpec, ...] = ()
     default_extension: str = ""
+    verify: str = ""
 
     @property
     def can_read(self) -> bool:

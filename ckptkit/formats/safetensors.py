@@ -90,7 +90,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self._infos: list[TensorInfo] = []
         self._offsets: dict[str, tuple[int, int]] = {}
         for name, entry in header.items():
-            ti, begin, end = _parse_entry(name, entry, data_len)
+            ti, begin, end = parse_entry(name, entry, data_len)
             self._infos.append(ti)
             self._offsets[name] = (begin, end)
         if ALIASES_KEY in meta:
@@ -134,7 +134,8 @@ def _json_field(text: str, key: str) -> Any:
         raise CorruptCheckpointError(f"metadata {key} is not valid JSON") from None
 
 
-def _parse_entry(name: str, entry: object, data_len: int) -> tuple[TensorInfo, int, int]:
+def parse_entry(name: str, entry: object, data_len: int) -> tuple[TensorInfo, int, int]:
+    """One header entry as (info, begin, end) within the data; raises if it is malformed or out of range."""
     if not isinstance(entry, dict) or {"dtype", "shape", "data_offsets"} - set(entry):
         raise CorruptCheckpointError(f"tensor {name!r}: header entry needs dtype, shape and data_offsets")
     code = entry["dtype"]
@@ -218,4 +219,5 @@ FORMAT = Format(
     open=open_safetensors,
     write=write_safetensors,
     default_extension=".safetensors",
+    verify="ckptkit.verify.safetensors:check_structure",
 )

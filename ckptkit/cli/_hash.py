@@ -1,0 +1,42 @@
+"""ckptkit hash PATH: per-tensor content hashes, file hashes and a root hash, as a manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
+from ckptkit.manifest import build_manifest, involved_bytes
+from ckptkit.output import AtomicOutput
+
+
+@click.command("hash")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write the manifest to this file instead of stdout."
+)
+@click.option("--force", is_flag=True, help="Overwrite the --output file if it exists.")
+@format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
+def command(path: Path, output: Path | None, force: bool, format_name: str | None) -> None:
+    """Hash every tensor of PATH independently of its file format.
+
+    PATH is a checkpoint file, a shard index (*.index.json) or a folder holding one. The manifest
+    (JSON) lists each tensor's content hash, each file's SHA-256 and the root hash over the
+    tensors; the same tensors stored in any format give the same tensor hashes and root.
+    Check a checkpoint against it with: ckptkit verify PATH --manifest FILE.
+    """
+    with progress_bar(2 * involved_bytes([path]), f"hash {path.name}") as progress:
+        manifest = build_manifest(path, format_name, progress=progress)
+    data = manifest.to_dict()
+    if output is None:
+        print_json(data)
+        return
+    with AtomicOutput(output, force=force) as out:
+        out.temp_for().write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    stdout_console().print(
+        f"{manifest.root}  {printable(str(path))}  ({len(manifest.tensors)} tensors, {len(manifest.files)} files; "
+        f"manifest written to {printable(str(output))})",
+        markup=False,
+    )

@@ -1,0 +1,233 @@
+"""One pass over every tensor's bytes, on all cores: content hashes, value checks, file hashes.
+
+Tensors whose bytes lie as-is in a file (:meth:`Checkpoint.raw_extent`) are read through a shared
+read-only memory map, so any thread can take any of them. The others go through the reader's
+``read_tensor``, one at a time in a single lane, because readers need not be thread-safe. Work is
+handed out largest first so that the threads finish together. hashlib and numpy release the GIL
+on large buffers, so threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ckptkit.dtypes import DType
+from ckptkit.errors import CkptkitError
+from ckptkit.hashing import file_sha256, tensor_hasher
+from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
+
+SPLIT_BYTES = 64 * 1024 * 1024  # value checks (not hashes) of larger tensors are split across threads
+
+# What a broken file makes readers raise; anything else is a bug in ckptkit and propagates.
+READ_ERRORS = (CkptkitError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError, zlib.error, MemoryError)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class TensorResult:
+    """What one pass learned about one tensor; ``error`` says why it could not be read."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    sha256: str | None = None
+    values: ValueCounts | None = None
+    error: str | None = None
+
+    @property
+    def all_zero(self) -> bool:
+        return self.values is not None and not self.values.nonzero and self.error is None and 0 not in self.shape
+
+
+@dataclass
+class ScanResult:
+    tensors: dict[str, TensorResult]  # in the checkpoint's order
+    files: dict[Path, str]  # file -> sha256
+
+
+class _Maps:
+    """Read-only maps of the files tensors lie in, opened once and shared by the threads."""
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, tuple[memoryview, mmap.mmap | None]] = {}
+        self._lock = threading.Lock()
+
+    def view(self, path: Path) -> memoryview:
+        with self._lock:
+            if path not in self._maps:
+                with open(path, "rb") as f:
+                    size = f.seek(0, 2)
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+                self._maps[path] = (memoryview(mm) if mm is not None else memoryview(b""), mm)
+            return self._maps[path][0]
+
+    def close(self) -> None:
+        for view, mm in self._maps.values():
+            view.release()
+            if mm is not None:
+                mm.close()
+        self._maps.clear()
+
+
+def _chunks(data: memoryview, size: int) -> Iterator[memoryview]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+class _Pass:
+    """Feeds one tensor's bytes to a hasher and a value checker, as asked."""
+
+    def __init__(self, want_hash: bool, want_values: bool, progress: ProgressFn | None) -> None:
+        self.want_hash = want_hash
+        self.want_values = want_values
+        self.progress = progress
+
+    def consume(self, ti: TensorInfo, data: memoryview) -> tuple[str | None, ValueCounts | None]:
+        hasher = tensor_hasher(ti.dtype, ti.shape) if self.want_hash else None
+        checker = ValueChecker(ti.dtype) if self.want_values else None
+        # Chunks are a whole number of elements: CHUNK_BYTES is a multiple of every item size.
+        for chunk in _chunks(data, CHUNK_BYTES):
+            if hasher is not None:
+                hasher.update(chunk)
+            if checker is not None:
+                checker.update(chunk)
+            if self.progress:
+                self.progress(len(chunk))
+        return (hasher.hexdigest() if hasher else None), (checker.counts if checker else None)
+
+
+def _array_bytes(ti: TensorInfo, array: np.ndarray) -> memoryview:
+    """The little-endian C-order bytes of what a reader returned, after checking it is what the header said."""
+    if tuple(array.shape) != ti.shape or array.dtype.itemsize != ti.dtype.itemsize:
+        raise CkptkitError(
+            f"the reader returned {array.dtype} {list(array.shape)}, the header says {ti.dtype.name} {list(ti.shape)}"
+        )
+    le = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return le.reshape(-1).view(np.uint8).data if le.size else memoryview(b"")
+
+
+def scan(
+    ckpt: Checkpoint,
+    *,
+    hashes: bool = False,
+    values: bool = False,
+    files: Sequence[Path] = (),
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> ScanResult:
+    """Read every tensor of ``ckpt`` once, hashing (``hashes``) and checking values (``values``).
+
+    ``files`` are hashed whole (plain SHA-256) in the same pass. A tensor that cannot be read gets
+    ``error`` set instead of raising, so one bad tensor does not hide the others.
+    """
+    infos = list(ckpt.tensor_infos())
+    results = {ti.name: TensorResult(ti.name, ti.dtype, ti.shape) for ti in infos}
+    file_hashes: dict[Path, str] = {}
+    tensor_pass = _Pass(hashes, values, progress)
+    maps = _Maps()
+    partial: dict[str, list[ValueCounts]] = {}
+    lane: list[TensorInfo] = []
+    jobs: list[tuple[int, Callable[[], None]]] = []
+
+    def run_extent(ti: TensorInfo, path: Path, offset: int, nbytes: int, whole: bool) -> None:
+        try:
+            view = maps.view(path)
+        except OSError as err:
+            results[ti.name].error = _describe(err)
+            return
+        digest, counts = tensor_pass.consume(ti, view[offset : offset + nbytes])
+        if whole:
+            results[ti.name].sha256 = digest
+            results[ti.name].values = counts
+        elif counts is not None:
+            partial[ti.name].append(counts)
+
+    def run_lane() -> None:
+        for ti in lane:
+            try:
+                data = _array_bytes(ti, ckpt.read_tensor(ti.name))
+                results[ti.name].sha256, results[ti.name].values = tensor_pass.consume(ti, data)
+            except READ_ERRORS as err:
+                results[ti.name].error = _describe(err)
+
+    def run_file(path: Path) -> None:
+        file_hashes[path] = file_sha256(path)
+        if progress:
+            progress(path.stat().st_size)
+
+    for ti in infos:
+        try:
+            extent = ckpt.raw_extent(ti.name)
+            if extent is not None:
+                _check_extent(ti, extent.path, extent.offset, extent.nbytes)
+        except READ_ERRORS as err:
+            results[ti.name].error = _describe(err)
+            continue
+        if extent is None:
+            lane.append(ti)
+        elif not hashes and extent.nbytes > SPLIT_BYTES:
+            partial[ti.name] = []
+            for start in range(0, extent.nbytes, SPLIT_BYTES):
+                n = min(SPLIT_BYTES, extent.nbytes - start)
+                jobs.append((n, _bind(run_extent, ti, extent.path, extent.offset + start, n, False)))
+        else:
+            jobs.append((extent.nbytes, _bind(run_extent, ti, extent.path, extent.offset, extent.nbytes, True)))
+    if lane:
+        jobs.append((sum(ti.nbytes for ti in lane), run_lane))
+    for path in files:
+        jobs.append((path.stat().st_size, _bind(run_file, path)))
+    jobs.sort(key=lambda job: -job[0])
+    try:
+        _run_all([run for _size, run in jobs], workers or default_workers())
+    finally:
+        maps.close()
+    for name, parts in partial.items():
+        total = ValueCounts()
+        for counts in parts:
+            total.add(counts)
+        results[name].values = total
+    return ScanResult(results, {p: file_hashes[p] for p in files})
+
+
+def _bind(func: Callable[..., None], *args: object) -> Callable[[], None]:
+    return lambda: func(*args)
+
+
+def _run_all(jobs: list[Callable[[], None]], workers: int) -> None:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-scan") as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+def _check_extent(ti: TensorInfo, path: Path, offset: int, nbytes: int) -> None:
+    if nbytes != ti.nbytes:
+        raise CkptkitError(f"its data holds {nbytes} bytes, but {ti.dtype.name} {list(ti.shape)} needs {ti.nbytes}")
+    size = path.stat().st_size
+    if offset < 0 or offset + nbytes > size:
+        raise CkptkitError(
+            f"its data should lie at bytes {offset}..{offset + nbytes} of {path.name}, "
+            f"but the file has only {size} bytes: truncated"
+        )
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, CkptkitError):
+        return err.message
+    return f"{type(err).__name__}: {err}"
