@@ -79,7 +79,7 @@ class Checkpoint(ABC):
         """Where the tensor's bytes lie as-is in a file, if they do; else ``None``."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - readers without open resources need not override it
         """Release files and maps. Arrays returned earlier may become invalid."""
 
     # Conveniences built on the abstract methods.
@@ -140,9 +140,7 @@ class MemoryCheckpoint(Checkpoint):
         self._arrays: dict[str, np.ndarray] = {}
         for name, value in tensors.items():
             self._arrays[name] = np.asarray(to_numpy(value), order="C")
-        self._infos = [
-            TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "memory") for n, a in self._arrays.items()
-        ]
+        self._infos = [TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "memory") for n, a in self._arrays.items()]
         self.metadata.update(metadata or {})
         self.aliases.update(aliases or {})
 
@@ -195,7 +193,7 @@ def parse_size(text: str) -> int:
     }  # fmt: skip
     s = text.strip().lower().replace(" ", "")
     num = s.rstrip("kmgtib")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         value = float(num)
     except ValueError:
