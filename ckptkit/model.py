@@ -79,6 +79,12 @@ class Checkpoint(ABC):
         """Where the tensor's bytes lie as-is in a file, if they do; else ``None``."""
         return None
 
+    def read_torch(self, name: str) -> Any:
+        """The tensor as a ``torch.Tensor`` (needs torch installed; bfloat16 and float8 kept)."""
+        from ckptkit.torch_interop import numpy_to_torch
+
+        return numpy_to_torch(self.read_tensor(name))
+
     def close(self) -> None:  # noqa: B027 - readers without open resources need not override it
         """Release files and maps. Arrays returned earlier may become invalid."""
 

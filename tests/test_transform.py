@@ -66,6 +66,7 @@ def test_save_accepts_torch_tensors(tmp_path):
         got = ckpt.read_tensor("t")
         assert from_numpy(got.dtype).name == "bfloat16"
         assert torch.equal(numpy_to_torch(got), t)
+        assert torch.equal(ckpt.read_torch("t"), t)
 
 
 @pytest.mark.parametrize(
