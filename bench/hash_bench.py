@@ -91,7 +91,12 @@ def main() -> None:
             print(f"wrote {ckpt_path} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         size = ckpt_path.stat().st_size
         py = sys.executable
-        single = "import hashlib,sys\nwith open(sys.argv[1],'rb') as f: print(hashlib.file_digest(f,'sha256').hexdigest())"
+        single = (
+            "import hashlib, sys\n"
+            "with open(sys.argv[1], 'rb') as f:\n"
+            "    print(hashlib.file_digest(f, 'sha256').hexdigest())"
+        )
+
         commands = {
             "sha256sum": ["sha256sum", str(ckpt_path)],
             "python hashlib, 1 thread": [py, "-c", single, str(ckpt_path)],

@@ -164,6 +164,8 @@ def _sharded_manifest(index_path: Path, workers: int | None, progress: ProgressF
                 f"shard {shard!r} lies outside the index's folder; run ckptkit verify", index_path
             )
         shard_path = index.shard_path(shard)
+        if not shard_path.is_file():
+            raise CorruptCheckpointError(f"shard {shard!r} named by the index does not exist", index_path)
         with registry.open_checkpoint(shard_path) as ckpt:
             result = scan(ckpt, hashes=True, files=files_of(ckpt), workers=workers, progress=progress)
             entries = entries_from_scan(ckpt, result)

@@ -67,6 +67,9 @@ def check_structure(path: Path) -> list[Finding]:
             _ti, begin, end = parse_entry(name, entry, sys.maxsize)
         except (CorruptCheckpointError, UnsupportedError) as err:
             findings.append(error("safetensors.entry", err.message, path, name))
+            span = _raw_offsets(entry)
+            if span is not None:  # still place it, so the tiling check does not report a false hole
+                spans.append((*span, name))
             continue
         if end > data_len:
             findings.append(
@@ -112,6 +115,15 @@ def _parse_header(path: Path, text: bytes, findings: list[Finding]) -> dict[str,
             )
         )
     return header
+
+
+def _raw_offsets(entry: object) -> tuple[int, int] | None:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets):
+        begin, end = offsets
+        if 0 <= begin <= end:
+            return begin, end
+    return None
 
 
 def _tiling(path: Path, spans: list[tuple[int, int, str]], data_len: int) -> list[Finding]:

@@ -1,0 +1,191 @@
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+import ckptkit
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.manifest import build_manifest
+from ckptkit.verify import VerifyOptions, verify
+
+INDEX = "model.safetensors.index.json"
+
+
+def _arrays():
+    rng = np.random.default_rng(7)
+    return {
+        "embed.weight": rng.standard_normal((8, 4)).astype(np.float32),
+        "layer.0.weight": rng.standard_normal((4, 4)).astype(np.float32),
+        "layer.1.weight": rng.standard_normal((4, 4)).astype(np.float32),
+        "head.bias": rng.standard_normal(8).astype(np.float16),
+    }
+
+
+def _sharded(folder, layout=None, weight_map=None, total_size=None):
+    """Shards written by the safetensors library and an index the way transformers writes them."""
+    arrays = _arrays()
+    layout = layout or {
+        "model-00001-of-00002.safetensors": ["embed.weight", "layer.0.weight"],
+        "model-00002-of-00002.safetensors": ["layer.1.weight", "head.bias"],
+    }
+    folder.mkdir(exist_ok=True)
+    for shard, names in layout.items():
+        safetensors.numpy.save_file({n: arrays[n] for n in names}, folder / shard, metadata={"format": "pt"})
+    if weight_map is None:
+        weight_map = {n: shard for shard, names in layout.items() for n in names}
+    if total_size is None:
+        total_size = sum(a.nbytes for a in arrays.values())
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (folder / INDEX).write_text(json.dumps(index, indent=2))
+    return folder / INDEX
+
+
+def _errors(report):
+    return sorted((f.check, f.tensor) for f in report.findings if f.severity == "error")
+
+
+def test_a_consistent_sharded_checkpoint_passes_and_hashes_like_one_file(tmp_path):
+    index = _sharded(tmp_path / "m")
+    for path in (index, index.parent):
+        report = verify([path])
+        assert report.findings == [] and report.exit_code == 0
+        assert report.targets[0].tensors == 4
+    single = tmp_path / "single.safetensors"
+    ckptkit.save(_arrays(), single)
+    sharded_manifest = build_manifest(index.parent)
+    assert sharded_manifest.root == build_manifest(single).root
+    shards = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+    assert set(sharded_manifest.files) == {INDEX, *shards}
+    manifest = tmp_path / "single.json"
+    manifest.write_text(json.dumps(build_manifest(single).to_dict()))
+    assert verify([index.parent], VerifyOptions(manifest=manifest)).exit_code == 0
+
+
+def test_missing_shard(tmp_path):
+    index = _sharded(tmp_path / "m")
+    (index.parent / "model-00002-of-00002.safetensors").unlink()
+    report = verify([index])
+    assert _errors(report) == [("index.shard-missing", "")]
+    assert "model-00002-of-00002.safetensors" in report.findings[0].message
+    with pytest.raises(CorruptCheckpointError):
+        build_manifest(index)
+
+
+def test_tensor_not_in_its_shard(tmp_path):
+    arrays = _arrays()
+    weight_map = {n: "model-00001-of-00002.safetensors" for n in ["embed.weight", "layer.0.weight"]}
+    weight_map |= {n: "model-00002-of-00002.safetensors" for n in ["layer.1.weight", "head.bias", "lost.weight"]}
+    size = sum(a.nbytes for a in arrays.values())
+    report = verify([_sharded(tmp_path / "m", weight_map=weight_map, total_size=size)])
+    assert _errors(report) == [("index.tensor-missing", "lost.weight")]
+
+
+def test_tensor_in_two_shards_and_one_unlisted(tmp_path):
+    layout = {
+        "model-00001-of-00002.safetensors": ["embed.weight", "layer.0.weight", "head.bias"],
+        "model-00002-of-00002.safetensors": ["layer.1.weight", "head.bias"],
+    }
+    weight_map = {"embed.weight": layout_first(layout), "layer.1.weight": "model-00002-of-00002.safetensors"}
+    weight_map["head.bias"] = "model-00002-of-00002.safetensors"
+    report = verify([_sharded(tmp_path / "m", layout, weight_map)])
+    assert _errors(report) == [
+        ("index.tensor-duplicate", "head.bias"),
+        ("index.tensor-unlisted", "layer.0.weight"),
+    ]
+
+
+def layout_first(layout):
+    return next(iter(layout))
+
+
+def test_tensor_listed_twice_in_the_index(tmp_path):
+    index = _sharded(tmp_path / "m")
+    text = index.read_text().replace(
+        '"head.bias": "model-00002-of-00002.safetensors"',
+        '"head.bias": "model-00002-of-00002.safetensors", "head.bias": "model-00001-of-00002.safetensors"',
+    )
+    index.write_text(text)
+    assert ("index.tensor-duplicate", "head.bias") in _errors(verify([index]))
+
+
+def test_total_size_mismatch_and_absence(tmp_path):
+    assert _errors(verify([_sharded(tmp_path / "a", total_size=12345)])) == [("index.total-size", "")]
+    index = _sharded(tmp_path / "b")
+    data = json.loads(index.read_text())
+    del data["metadata"]
+    index.write_text(json.dumps(data))
+    report = verify([index])
+    assert [(f.severity, f.check) for f in report.findings] == [("warning", "index.total-size")]
+    assert report.exit_code == 0 and verify([index], VerifyOptions(strict=True)).exit_code == 1
+
+
+def test_orphan_shard_and_stale_single_file(tmp_path):
+    index = _sharded(tmp_path / "m")
+    safetensors.numpy.save_file({"old": np.ones(2, np.float32)}, index.parent / "model-00003-of-00003.safetensors")
+    ckptkit.save(_arrays(), index.parent / "model.safetensors")
+    report = verify([index])
+    assert _errors(report) == [("index.orphan-shard", "")]
+    assert "model-00003-of-00003.safetensors" in report.findings[0].message
+    warnings = [f for f in report.findings if f.severity == "warning"]
+    assert [w.check for w in warnings] == ["index.orphan-shard"] and "model.safetensors" in warnings[0].message
+
+
+def test_series_gap(tmp_path):
+    layout = {
+        "model-00001-of-00003.safetensors": ["embed.weight", "layer.0.weight"],
+        "model-00003-of-00003.safetensors": ["layer.1.weight", "head.bias"],
+    }
+    report = verify([_sharded(tmp_path / "m", layout)])
+    assert _errors(report) == [("index.series-gap", "")]
+    assert "model-00002-of-00003.safetensors" in report.findings[0].message
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors"])
+def test_shard_path_escaping_the_folder_is_not_opened(tmp_path, escape):
+    outside = tmp_path / "outside.safetensors"
+    safetensors.numpy.save_file({"x": np.ones(2, np.float32)}, outside)
+    weight_map = {"x": escape}
+    index = _sharded(tmp_path / "m", layout={"model-00001-of-00001.safetensors": list(_arrays())})
+    data = json.loads(index.read_text())
+    data["weight_map"] |= weight_map
+    index.write_text(json.dumps(data))
+    report = verify([index])
+    assert ("index.path-escape", "") in _errors(report)
+    assert all(escape.split("/")[-1] not in f for f in report.targets[0].files)
+
+
+def test_symlink_out_of_the_folder_is_an_escape(tmp_path):
+    index = _sharded(tmp_path / "m")
+    outside = tmp_path / "elsewhere.safetensors"
+    (index.parent / "model-00002-of-00002.safetensors").rename(outside)
+    (index.parent / "model-00002-of-00002.safetensors").symlink_to(outside)
+    assert _errors(verify([index])) == [("index.path-escape", "")]
+
+
+def test_invalid_index(tmp_path):
+    index = _sharded(tmp_path / "m")
+    index.write_text('{"metadata": {}, "weight_map": {"a": 3}}')
+    assert _errors(verify([index])) == [("index.invalid", "")]
+    index.write_text("{")
+    assert _errors(verify([index])) == [("index.invalid", "")]
+
+
+def test_truncated_and_lfs_pointer_shards(tmp_path):
+    index = _sharded(tmp_path / "m")
+    first = index.parent / "model-00001-of-00002.safetensors"
+    first.write_bytes(first.read_bytes()[:-10])
+    second = index.parent / "model-00002-of-00002.safetensors"
+    second.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 99\n")
+    report = verify([index.parent])
+    assert _errors(report) == [("file.lfs-pointer", ""), ("safetensors.truncated", "layer.0.weight")]
+
+
+def test_cli_folder_with_two_indexes_needs_one_named(tmp_path, cli):
+    index = _sharded(tmp_path / "m")
+    (index.parent / "pytorch_model.bin.index.json").write_text(index.read_text())
+    r = cli("hash", index.parent)
+    assert r.code == 2 and "several shard indexes" in r.stderr
+    r = cli("verify", index, "--json")
+    assert r.code == 0, r.stdout
+    assert json.loads(r.stdout)["targets"][0]["format"] == "sharded"
