@@ -9,7 +9,6 @@ stores them twice or once hashes alike.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 from ckptkit import registry
 from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.hashing import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
+from ckptkit.jsonfile import read_user_json
 from ckptkit.model import Checkpoint, ProgressFn
 from ckptkit.scan import ScanResult, scan
 from ckptkit.shard_index import read_index, single_index
@@ -70,12 +70,7 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> Manifest:
         """Read a manifest file; a file that is not one is a usage error (exit 2)."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise UsageError(f"cannot read the manifest: {err.strerror or err}", path) from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UsageError("the manifest is not valid JSON; make one with ckptkit hash -o", path) from None
+        data = read_user_json(path, "manifest", "ckptkit hash -o")
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise UsageError(f"not a ckptkit manifest (schema {SCHEMA}); make one with ckptkit hash -o", path)
         encoding = data.get("encoding") or {}

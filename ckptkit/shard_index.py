@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UsageError
+from ckptkit.jsonfile import loads_noting_repeats
 
 INDEX_SUFFIX = ".index.json"
 
@@ -71,18 +72,8 @@ def single_index(path: Path) -> Path | None:
 
 def read_index(path: Path) -> ShardIndex:
     """Parse an index, refusing one whose structure is wrong (the file and the fault named)."""
-    repeated: list[str] = []
-
-    def keep_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                repeated.append(key)
-            out[key] = value
-        return out
-
     try:
-        data = json.loads(path.read_bytes(), object_pairs_hook=keep_repeats)
+        data, repeated = loads_noting_repeats(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}", path) from None
     if not isinstance(data, dict):

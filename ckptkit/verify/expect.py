@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from ckptkit.errors import UsageError
+from ckptkit.jsonfile import read_user_json
 from ckptkit.manifest import SCHEMA as MANIFEST_SCHEMA
 from ckptkit.manifest import Manifest
 from ckptkit.verify.findings import Finding, error
@@ -44,12 +44,7 @@ def compare_manifest(manifest: Manifest, seen: Mapping[str, Seen], where: str) -
 
 def load_schema(path: Path) -> Expected:
     """Names, dtypes and shapes from ``ckptkit inspect --json`` output (or a manifest)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UsageError(f"cannot read the schema: {err.strerror or err}", path) from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UsageError("the schema is not valid JSON; make one with ckptkit inspect --json", path) from None
+    data = read_user_json(path, "schema", "ckptkit inspect --json")
     kind = data.get("schema") if isinstance(data, dict) else None
     if kind == MANIFEST_SCHEMA:
         return {n: (e.dtype, e.shape) for n, e in Manifest.load(path).tensors.items()}

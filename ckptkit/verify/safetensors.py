@@ -16,6 +16,7 @@ from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.safetensors import MAX_HEADER_BYTES, parse_entry
+from ckptkit.jsonfile import loads_noting_repeats
 from ckptkit.verify.findings import Finding, error
 
 
@@ -87,18 +88,8 @@ def check_structure(path: Path) -> list[Finding]:
 
 
 def _parse_header(path: Path, text: bytes, findings: list[Finding]) -> dict[str, Any] | None:
-    repeated: list[str] = []
-
-    def keep_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                repeated.append(key)
-            out[key] = value
-        return out
-
     try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=keep_repeats)
+        header, repeated = loads_noting_repeats(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         findings.append(error("safetensors.header-json", f"the header is not valid UTF-8 JSON: {err}", path))
         return None
