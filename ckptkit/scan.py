@@ -9,6 +9,7 @@ on large buffers, so threads run in parallel.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import threading
@@ -22,7 +23,8 @@ import numpy as np
 
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError
-from ckptkit.hashing import file_sha256, tensor_hasher
+from ckptkit.hashing import CHUNK_BYTES as HASH_CHUNK_BYTES
+from ckptkit.hashing import tensor_hasher
 from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
 
@@ -164,9 +166,14 @@ def scan(
                 results[ti.name].error = _describe(err)
 
     def run_file(path: Path) -> None:
-        file_hashes[path] = file_sha256(path)
-        if progress:
-            progress(path.stat().st_size)
+        h = hashlib.sha256()
+        view = maps.view(path)  # the map the tensors are read through: each page is faulted in once
+        for start in range(0, len(view), HASH_CHUNK_BYTES):
+            chunk = view[start : start + HASH_CHUNK_BYTES]
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
+        file_hashes[path] = h.hexdigest()
 
     for ti in infos:
         try:
