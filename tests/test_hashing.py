@@ -179,7 +179,7 @@ def test_cli_hash_of_a_missing_file(cli, tmp_path):
 @pytest.mark.parametrize("path", realworld_files("*.safetensors"), ids=lambda p: p.name)
 def test_real_files_hash_as_the_library_reads_them(path):
     with safetensors.safe_open(path, framework="numpy") as f:
-        want = {k: _reference_hash(by_name_of(f.get_slice(k).get_dtype()), f.get_tensor(k)) for k in f}
+        want = {k: _reference_hash(by_name_of(f.get_slice(k).get_dtype()), f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     assert {n: e.sha256 for n, e in build_manifest(path).tensors.items()} == want
 
 

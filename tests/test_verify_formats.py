@@ -13,7 +13,7 @@ from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES
 
 WRITABLE = [f.name for f in registry.formats() if f.can_write]
-SOURCE = FIXTURES / "mlp_fp32.safetensors"
+SOURCE = FIXTURES / "mlp_fp32.pt"  # written by torch.save
 VICTIM = "fc1.weight"  # 2 KB of seeded random floats: its bytes occur once in any file holding them
 
 

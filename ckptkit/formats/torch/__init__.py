@@ -45,6 +45,7 @@ FORMAT = Format(
     open=open_torch,
     write=write_torch,
     default_extension=".pt",
+    verify="ckptkit.verify.torch:check_structure",
 )
 
 __all__ = ["FORMAT", "PickleFinding", "TorchCheckpoint", "scan_findings", "sniff"]
