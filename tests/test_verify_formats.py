@@ -14,6 +14,7 @@ from tests.conftest import FIXTURES
 
 WRITABLE = [f.name for f in registry.formats() if f.can_write]
 SOURCE = FIXTURES / "mlp_fp32.pt"  # written by torch.save
+TIED = FIXTURES / "tied_lm_fp16.pt"  # a head tied to the embedding: two names, one storage
 VICTIM = "fc1.weight"  # 2 KB of seeded random floats: its bytes occur once in any file holding them
 
 
@@ -24,9 +25,9 @@ def original_manifest(tmp_path_factory):
     return path
 
 
-def _convert(tmp_path, fmt):
+def _convert(tmp_path, fmt, source=SOURCE):
     dst = tmp_path / f"converted{registry.get(fmt).default_extension}"
-    ckptkit.convert(SOURCE, dst, to_format=fmt)
+    ckptkit.convert(source, dst, to_format=fmt)
     return dst
 
 
@@ -59,3 +60,14 @@ def test_one_flipped_byte_is_found_and_the_tensor_named(tmp_path, fmt, original_
     assert report.exit_code == 1
     assert VICTIM in {f.tensor for f in report.findings if f.severity == "error"}
     assert {f.tensor for f in report.findings} <= {VICTIM, ""}
+
+
+@pytest.mark.parametrize("fmt", WRITABLE)
+def test_tied_weights_keep_their_hashes_through_conversion(tmp_path, fmt):
+    manifest = tmp_path / "tied.json"
+    original = build_manifest(TIED)
+    manifest.write_text(json.dumps(original.to_dict()))
+    dst = _convert(tmp_path, fmt, TIED)
+    report = verify([dst], VerifyOptions(manifest=manifest))
+    assert report.exit_code == 0, [f.to_dict() for f in report.findings]
+    assert build_manifest(dst).root == original.root
