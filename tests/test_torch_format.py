@@ -18,7 +18,6 @@ import torch
 import torch.utils.serialization
 
 import ckptkit
-from ckptkit import registry
 from ckptkit.dtypes import DTYPES
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
 from ckptkit.formats.torch import FORMAT as TORCH_FORMAT
@@ -35,13 +34,6 @@ SAVERS = {
     "zip": lambda obj, path: torch.save(obj, path),
     "legacy": lambda obj, path: torch.save(obj, path, _use_new_zipfile_serialization=False),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_format_registered():
-    # The registry lists ckptkit.formats.torch among its built-ins; register it here only while it does not.
-    if "torch" not in {f.name for f in registry.formats()}:
-        registry.register(TORCH_FORMAT)
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
