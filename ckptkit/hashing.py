@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ckptkit.dtypes import DType
+from ckptkit.model import ProgressFn
 
 TENSOR_ENCODING = "ckptkit-tensor-v1"
 ROOT_ENCODING = "ckptkit-root-v1"
@@ -44,10 +45,13 @@ def root_hash(tensor_hashes: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def update_from(h: hashlib._Hash, data: memoryview, chunk_bytes: int = CHUNK_BYTES) -> None:
+def update_from(h: hashlib._Hash, data: memoryview, progress: ProgressFn | None = None) -> None:
     """Feed ``data`` in chunks; hashlib releases the GIL on each, so other threads run meanwhile."""
-    for start in range(0, len(data), chunk_bytes):
-        h.update(data[start : start + chunk_bytes])
+    for start in range(0, len(data), CHUNK_BYTES):
+        chunk = data[start : start + CHUNK_BYTES]
+        h.update(chunk)
+        if progress:
+            progress(len(chunk))
 
 
 def file_sha256(path: Path) -> str:

@@ -23,8 +23,7 @@ import numpy as np
 
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError
-from ckptkit.hashing import CHUNK_BYTES as HASH_CHUNK_BYTES
-from ckptkit.hashing import tensor_hasher
+from ckptkit.hashing import tensor_hasher, update_from
 from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
 
@@ -135,78 +134,90 @@ def scan(
     ``files`` are hashed whole (plain SHA-256) in the same pass. A tensor that cannot be read gets
     ``error`` set instead of raising, so one bad tensor does not hide the others.
     """
-    infos = list(ckpt.tensor_infos())
-    results = {ti.name: TensorResult(ti.name, ti.dtype, ti.shape) for ti in infos}
-    file_hashes: dict[Path, str] = {}
-    tensor_pass = _Pass(hashes, values, progress)
-    maps = _Maps()
-    partial: dict[str, list[ValueCounts]] = {}
-    lane: list[TensorInfo] = []
-    jobs: list[tuple[int, Callable[[], None]]] = []
-
-    def run_extent(ti: TensorInfo, path: Path, offset: int, nbytes: int, whole: bool) -> None:
-        try:
-            view = maps.view(path)
-        except OSError as err:
-            results[ti.name].error = _describe(err)
-            return
-        digest, counts = tensor_pass.consume(ti, view[offset : offset + nbytes])
-        if whole:
-            results[ti.name].sha256 = digest
-            results[ti.name].values = counts
-        elif counts is not None:
-            partial[ti.name].append(counts)
-
-    def run_lane() -> None:
-        for ti in lane:
-            try:
-                data = _array_bytes(ti, ckpt.read_tensor(ti.name))
-                results[ti.name].sha256, results[ti.name].values = tensor_pass.consume(ti, data)
-            except READ_ERRORS as err:
-                results[ti.name].error = _describe(err)
-
-    def run_file(path: Path) -> None:
-        h = hashlib.sha256()
-        view = maps.view(path)  # the map the tensors are read through: each page is faulted in once
-        for start in range(0, len(view), HASH_CHUNK_BYTES):
-            chunk = view[start : start + HASH_CHUNK_BYTES]
-            h.update(chunk)
-            if progress:
-                progress(len(chunk))
-        file_hashes[path] = h.hexdigest()
-
-    for ti in infos:
-        try:
-            extent = ckpt.raw_extent(ti.name)
-            if extent is not None:
-                _check_extent(ti, extent.path, extent.offset, extent.nbytes)
-        except READ_ERRORS as err:
-            results[ti.name].error = _describe(err)
-            continue
-        if extent is None:
-            lane.append(ti)
-        elif not hashes and extent.nbytes > SPLIT_BYTES:
-            partial[ti.name] = []
-            for start in range(0, extent.nbytes, SPLIT_BYTES):
-                n = min(SPLIT_BYTES, extent.nbytes - start)
-                jobs.append((n, _bind(run_extent, ti, extent.path, extent.offset + start, n, False)))
-        else:
-            jobs.append((extent.nbytes, _bind(run_extent, ti, extent.path, extent.offset, extent.nbytes, True)))
-    if lane:
-        jobs.append((sum(ti.nbytes for ti in lane), run_lane))
-    for path in files:
-        jobs.append((path.stat().st_size, _bind(run_file, path)))
-    jobs.sort(key=lambda job: -job[0])
+    scanner = _Scanner(ckpt, _Pass(hashes, values, progress))
+    jobs = scanner.plan(split=not hashes, files=files)
     try:
-        _run_all([run for _size, run in jobs], workers or default_workers())
+        _run_all([run for _size, run in sorted(jobs, key=lambda job: -job[0])], workers or default_workers())
     finally:
-        maps.close()
-    for name, parts in partial.items():
-        total = ValueCounts()
-        for counts in parts:
-            total.add(counts)
-        results[name].values = total
-    return ScanResult(results, {p: file_hashes[p] for p in files})
+        scanner.maps.close()
+    return scanner.result(files)
+
+
+Job = tuple[int, Callable[[], None]]  # (bytes it reads, what to run)
+
+
+class _Scanner:
+    """The jobs of one scan and where their results go."""
+
+    def __init__(self, ckpt: Checkpoint, tensor_pass: _Pass) -> None:
+        self.ckpt = ckpt
+        self.tensor_pass = tensor_pass
+        self.maps = _Maps()
+        self.infos = list(ckpt.tensor_infos())
+        self.results = {ti.name: TensorResult(ti.name, ti.dtype, ti.shape) for ti in self.infos}
+        self.partial: dict[str, list[ValueCounts]] = {}  # value checks of tensors split across jobs
+        self.lane: list[TensorInfo] = []  # tensors only the reader can produce, read one at a time
+        self.file_hashes: dict[Path, str] = {}
+
+    def plan(self, split: bool, files: Sequence[Path]) -> list[Job]:
+        jobs: list[Job] = []
+        for ti in self.infos:
+            try:
+                extent = self.ckpt.raw_extent(ti.name)
+                if extent is not None:
+                    _check_extent(ti, extent.path, extent.offset, extent.nbytes)
+            except READ_ERRORS as err:
+                self.results[ti.name].error = _describe(err)
+                continue
+            if extent is None:
+                self.lane.append(ti)
+            elif split and extent.nbytes > SPLIT_BYTES:
+                self.partial[ti.name] = []
+                for start in range(0, extent.nbytes, SPLIT_BYTES):
+                    n = min(SPLIT_BYTES, extent.nbytes - start)
+                    jobs.append((n, _bind(self.run_extent, ti, extent.path, extent.offset + start, n, False)))
+            else:
+                jobs.append(
+                    (extent.nbytes, _bind(self.run_extent, ti, extent.path, extent.offset, extent.nbytes, True))
+                )
+        if self.lane:
+            jobs.append((sum(ti.nbytes for ti in self.lane), self.run_lane))
+        jobs.extend((path.stat().st_size, _bind(self.run_file, path)) for path in files)
+        return jobs
+
+    def run_extent(self, ti: TensorInfo, path: Path, offset: int, nbytes: int, whole: bool) -> None:
+        try:
+            view = self.maps.view(path)
+        except OSError as err:
+            self.results[ti.name].error = _describe(err)
+            return
+        digest, counts = self.tensor_pass.consume(ti, view[offset : offset + nbytes])
+        if whole:
+            self.results[ti.name].sha256, self.results[ti.name].values = digest, counts
+        elif counts is not None:
+            self.partial[ti.name].append(counts)
+
+    def run_lane(self) -> None:
+        for ti in self.lane:
+            try:
+                data = _array_bytes(ti, self.ckpt.read_tensor(ti.name))
+                self.results[ti.name].sha256, self.results[ti.name].values = self.tensor_pass.consume(ti, data)
+            except READ_ERRORS as err:
+                self.results[ti.name].error = _describe(err)
+
+    def run_file(self, path: Path) -> None:
+        h = hashlib.sha256()
+        # The map the tensors are read through, so each page is faulted in once.
+        update_from(h, self.maps.view(path), progress=self.tensor_pass.progress)
+        self.file_hashes[path] = h.hexdigest()
+
+    def result(self, files: Sequence[Path]) -> ScanResult:
+        for name, parts in self.partial.items():
+            total = ValueCounts()
+            for counts in parts:
+                total.add(counts)
+            self.results[name].values = total
+        return ScanResult(self.results, {p: self.file_hashes[p] for p in files})
 
 
 def _bind(func: Callable[..., None], *args: object) -> Callable[[], None]:
