@@ -9,6 +9,7 @@ group, whose entries point at a :class:`Format` object.
 from __future__ import annotations
 
 import importlib
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -28,6 +29,10 @@ _BUILTIN_MODULES = (
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+# What readers raise on damaged files (beyond ckptkit's own errors); reported as corrupt input.
+READ_ERRORS = (
+    OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError, MemoryError, zipfile.BadZipFile,
+)  # fmt: skip
 
 
 @dataclass
@@ -220,5 +225,5 @@ def open_checkpoint(
         if err.path is None:
             err.path = str(p)
         raise
-    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as err:
+    except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {type(err).__name__}: {err}", p) from err

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ckptkit import registry
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError
 from ckptkit.hashing import tensor_hasher, update_from
@@ -30,7 +31,7 @@ from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
 SPLIT_BYTES = 64 * 1024 * 1024  # value checks (not hashes) of larger tensors are split across threads
 
 # What a broken file makes readers raise; anything else is a bug in ckptkit and propagates.
-READ_ERRORS = (CkptkitError, OSError, ValueError, EOFError, KeyError, IndexError, TypeError, zlib.error, MemoryError)
+READ_ERRORS = (CkptkitError, zlib.error, *registry.READ_ERRORS)
 
 
 def default_workers() -> int:

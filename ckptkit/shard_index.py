@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.jsonfile import loads_noting_repeats
+from ckptkit.paths import escapes_folder
 
 INDEX_SUFFIX = ".index.json"
 
@@ -40,12 +41,7 @@ class ShardIndex:
 
     def escapes(self, name: str) -> bool:
         """Whether a shard name points outside the index's folder (absolute, ``..``, or a symlink out)."""
-        pure = PurePosixPath(name.replace("\\", "/"))
-        if pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":"):
-            return True
-        folder = self.folder.resolve()
-        target = (folder / pure).resolve()
-        return target != folder and folder not in target.parents
+        return escapes_folder(self.folder, name)
 
 
 def is_index(path: Path) -> bool:
