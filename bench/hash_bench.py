@@ -67,10 +67,28 @@ class SyntheticCheckpoint(Checkpoint):
         return (rng.standard_normal(ti.numel, dtype=np.float32) * 0.02).astype(np.float16).reshape(ti.shape)
 
 
-def _time(cmd: list[str]) -> float:
+def _time(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds, and the peak anonymous memory (RssAnon: file pages mapped by mmap excluded), in bytes."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _rss_anon(proc.pid))
+        time.sleep(0.02)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} exited {proc.returncode}")
+    return time.perf_counter() - start, peak
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def main() -> None:
@@ -109,17 +127,23 @@ def main() -> None:
         _time(commands["python hashlib, 1 thread"])  # warm the page cache
         _time(commands["ckptkit hash"])  # and make the manifest verify --manifest reads
         times: dict[str, list[float]] = {name: [] for name in commands}
+        peaks: dict[str, int] = dict.fromkeys(commands, 0)
         for _ in range(args.repeat):
             for name, cmd in commands.items():
-                times[name].append(_time(cmd))
+                seconds, peak = _time(cmd)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], peak)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         base = med["python hashlib, 1 thread"]
-        print(f"checkpoint: {size / 1e9:.2f} GB, fp16, {len(SyntheticCheckpoint(int(args.size_gb * 1e9)).names())} "
-              f"tensors; {os.cpu_count()} cores; medians of {args.repeat}")  # fmt: skip
-        print(f"{'command':<28}{'median s':>10}{'GB/s':>8}{'x hashlib 1 thread':>20}   all runs")
+        n_tensors = len(SyntheticCheckpoint(int(args.size_gb * 1e9)).names())
+        load = os.getloadavg()[0]
+        print(f"checkpoint: {size / 1e9:.2f} GB, fp16, {n_tensors} tensors; {os.cpu_count()} cores; ", end="")
+        print(f"medians of {args.repeat}; 1-minute load average {load:.1f}")
+        print(f"{'command':<28}{'median s':>10}{'GB/s':>8}{'x hashlib 1 thread':>20}{'peak anon MB':>14}   all runs")
         for name, m in med.items():
             runs = " ".join(f"{t:.2f}" for t in times[name])
-            print(f"{name:<28}{m:>10.2f}{size / 1e9 / m:>8.2f}{m / base:>20.2f}   {runs}")
+            mb = peaks[name] / 1e6
+            print(f"{name:<28}{m:>10.2f}{size / 1e9 / m:>8.2f}{m / base:>20.2f}{mb:>14.0f}   {runs}")
     finally:
         if not args.keep:
             ckpt_path.unlink(missing_ok=True)
