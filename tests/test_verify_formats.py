@@ -8,6 +8,7 @@ import pytest
 
 import ckptkit
 from ckptkit import registry
+from ckptkit.errors import UnsupportedError
 from ckptkit.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES
@@ -27,7 +28,10 @@ def original_manifest(tmp_path_factory):
 
 def _convert(tmp_path, fmt, source=SOURCE):
     dst = tmp_path / f"converted{registry.get(fmt).default_extension}"
-    ckptkit.convert(source, dst, to_format=fmt)
+    try:
+        ckptkit.convert(source, dst, to_format=fmt)
+    except UnsupportedError as err:  # e.g. Keras 3 files need a model template to name layers
+        pytest.skip(f"the {fmt} writer refuses this checkpoint: {err}")
     return dst
 
 
