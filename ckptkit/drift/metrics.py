@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 BLOCK = 4096
-CHUNK = 32 * BLOCK  # elements per kernel call: the working buffers stay in the core's cache
+CHUNK = 16 * BLOCK  # elements per kernel call: the working buffers stay in the core's cache
 
 _F16_TO_F32_SCALE = np.float32(2.0**112)  # rebias the exponent from 15 to 127
 _F16_SIGN_AND_BITS = np.int32(-0x70000001)  # 0x8FFFFFFF: the sign (bit 31) and bits 0-27
@@ -56,9 +56,8 @@ class Accumulator:
     max_abs: float | int = 0
 
     def merge(self, other: Accumulator) -> None:
-        for f in fields(self):
-            if f.name != "max_abs":
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.max_abs = max(self.max_abs, other.max_abs)
 
     def metrics(self) -> dict[str, Any]:
@@ -84,6 +83,9 @@ class Accumulator:
         }
 
 
+_SUMMED = tuple(f.name for f in fields(Accumulator) if f.name != "max_abs")
+
+
 def _cosine(sum_sq_diff: float, norm_a: float, norm_b: float) -> float:
     if norm_a == 0 or norm_b == 0:
         return 1.0 if norm_a == norm_b else 0.0  # the convention torch's cosine_similarity follows
@@ -97,6 +99,7 @@ class _Scratch:
     def __init__(self) -> None:
         self.f32 = [np.empty(CHUNK, np.float32) for _ in range(3)]
         self.f64 = [np.empty(CHUNK, np.float64) for _ in range(3)]
+        self.equal = np.empty(CHUNK, np.bool_)
         self.ones32 = np.ones(BLOCK, np.float32)
         self.ones64 = np.ones(BLOCK, np.float64)
 
@@ -204,12 +207,8 @@ def accumulate(a: np.ndarray, b: np.ndarray, start: int = 0, stop: int | None = 
     for lo in range(start, stop, CHUNK):
         hi = min(lo + CHUNK, stop)
         ca, cb = a[lo:hi], b[lo:hi]
-        part = None
-        if work is not None:
-            part = _fast_chunk(ca, cb, work, s)
-        if part is None:
-            part = _exact_chunk(ca, cb)
-        acc.merge(part)
+        if work is None or not _fast_chunk(acc, ca, cb, work, s):
+            acc.merge(_exact_chunk(ca, cb))
     if not _is_integer_pair(a.dtype, b.dtype):
         acc.max_abs = float(acc.max_abs)
     return acc
@@ -219,40 +218,44 @@ def _is_integer_pair(a: np.dtype, b: np.dtype) -> bool:
     return a.kind in "iub" and b.kind in "iub" and (a == b or np.uint64 not in (a, b))
 
 
-def _fast_chunk(a: np.ndarray, b: np.ndarray, work: np.dtype, s: _Scratch) -> Accumulator | None:
-    """Floats without NaN or Inf; ``None`` when the chunk holds any (the exact path then runs)."""
+def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, s: _Scratch) -> bool:
+    """Add a chunk of floats to ``acc``; False, with ``acc`` untouched, if it holds NaN or Inf."""
     n = a.size
     same_type = a.dtype == b.dtype
-    identical = _count_identical(a, b) if same_type else 0
+    identical = 0
+    if same_type:
+        identical = int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
     bufs, ones = (s.f32, s.ones32) if work == np.float32 else (s.f64, s.ones64)
     fa = _to_work(a, bufs[0])
-    if same_type and identical == n:
-        sq = _block_sum(fa, fa, ones)
-        if not math.isfinite(sq) or _widened_nonfinite(a, sq):
-            return None
-        return Accumulator(elements=n, identical=n, finite=n, sum_sq_a=sq, sum_sq_b=sq)
-    fb = _to_work(b, bufs[1])
     sq_a = _block_sum(fa, fa, ones)
-    sq_b = _block_sum(fb, fb, ones)
-    if not (math.isfinite(sq_a) and math.isfinite(sq_b)) or _widened_nonfinite(a, sq_a) or _widened_nonfinite(b, sq_b):
-        return None
-    if not same_type:  # both convert exactly to the working type, so equal values compare equal there
-        identical = int(np.count_nonzero(fa == fb))
-    d = np.subtract(fa, fb, out=bufs[2][:n])
-    sq_d = _block_sum(d, d, ones)
-    if not math.isfinite(sq_d):  # the difference overflowed the working type
-        return None
-    np.abs(d, out=d)
-    return Accumulator(
-        elements=n,
-        identical=identical,
-        finite=n,
-        sum_abs=_block_sum(d, None, ones),
-        sum_sq_diff=sq_d,
-        sum_sq_a=sq_a,
-        sum_sq_b=sq_b,
-        max_abs=float(d.max()) if n else 0.0,
-    )
+    if not math.isfinite(sq_a) or _widened_nonfinite(a, sq_a):
+        return False
+    if same_type and identical == n:
+        sq_b = sq_a
+        sq_d = sum_abs = max_abs = 0.0
+    else:
+        fb = _to_work(b, bufs[1])
+        sq_b = _block_sum(fb, fb, ones)
+        if not math.isfinite(sq_b) or _widened_nonfinite(b, sq_b):
+            return False
+        if not same_type:  # both convert exactly to the working type, so equal values compare equal there
+            identical = int(np.count_nonzero(np.equal(fa, fb, out=s.equal[:n])))
+        d = np.subtract(fa, fb, out=bufs[2][:n])
+        sq_d = _block_sum(d, d, ones)
+        if not math.isfinite(sq_d):  # the difference overflowed the working type
+            return False
+        np.abs(d, out=d)
+        sum_abs = _block_sum(d, None, ones)
+        max_abs = float(d.max()) if n else 0.0
+    acc.elements += n
+    acc.finite += n
+    acc.identical += identical
+    acc.sum_sq_a += sq_a
+    acc.sum_sq_b += sq_b
+    acc.sum_sq_diff += sq_d
+    acc.sum_abs += sum_abs
+    acc.max_abs = max(acc.max_abs, max_abs)
+    return True
 
 
 def _widened_nonfinite(x: np.ndarray, sum_sq: float) -> bool:
