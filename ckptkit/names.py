@@ -1,10 +1,16 @@
-"""Tensor names: the module path a tensor belongs to."""
+"""Tensor names: the module path a tensor belongs to, and safe display."""
 
 from __future__ import annotations
 
 import re
 
 _SEPARATORS = re.compile(r"[./]")
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
+
+
+def printable(text: str) -> str:
+    """A name with control characters escaped, so a hostile file cannot drive the terminal."""
+    return str(text).translate(_CONTROL)
 
 
 def module_path(name: str) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,8 @@ from ckptkit.cli._output import format_option, print_json, printable, progress_b
 from ckptkit.drift import DiffReport, diff
 from ckptkit.drift import formatting as fmt
 from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, TensorDiff
-from ckptkit.errors import CkptkitError, UsageError
+from ckptkit.errors import UsageError
+from ckptkit.output import AtomicOutput
 
 
 @click.command("diff")
@@ -88,8 +87,8 @@ def command(
     """
     if as_json and as_markdown:
         raise UsageError("--json and --markdown both print the report; choose one")
-    if html_file is not None and html_file.is_dir():
-        raise UsageError(f"--html {html_file} is a directory; give a file name")
+    # Made first so that a bad --html path fails before the comparison; a report is rewritten each run.
+    html_out = AtomicOutput(html_file, force=True) if html_file is not None else None
     with (
         registry.open_checkpoint(a, a_format) as ckpt_a,
         registry.open_checkpoint(b, b_format) as ckpt_b,
@@ -100,8 +99,9 @@ def command(
             depth=depth, rename=rename, map=map_file, fail_on=fail_on, tolerance=tolerance,
             threads=threads, progress=progress,
         )  # fmt: skip
-    if html_file is not None:
-        _write_text(html_file, report.to_html())
+    if html_out is not None:
+        with html_out:
+            html_out.temp_for().write_text(report.to_html(), encoding="utf-8")
     if as_json:
         print_json(report.to_dict())
     elif as_markdown:
@@ -110,28 +110,6 @@ def command(
         _print_report(report, top)
     if not report.passed:
         raise click.exceptions.Exit(EXIT_FINDINGS)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed over it."""
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write --html {path}: the directory {parent} does not exist")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is an ordinary file
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        raise CkptkitError(f"cannot write the HTML report: {err.strerror or err}", path) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _print_report(report: DiffReport, top: int) -> None:

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.drift import formatting as fmt
 from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED
+from ckptkit.names import printable
 
 if TYPE_CHECKING:
     from ckptkit.drift.report import DiffReport, TensorDiff
 
 MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
-_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
 
 
 def render_markdown(report: DiffReport, top: int = 20) -> str:
@@ -30,7 +30,7 @@ def render_markdown(report: DiffReport, top: int = 20) -> str:
 
 def code(name: str) -> str:
     """A tensor name as inline code that is safe inside a table cell."""
-    text = name.translate(_CONTROL).replace("|", "\\|")
+    text = printable(name).replace("|", "\\|")
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 
