@@ -24,7 +24,7 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
-    # "ckptkit.formats.torch",
+    "ckptkit.formats.torch",
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
@@ -117,7 +117,7 @@ def _load() -> dict[str, Format]:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 fmt = ep.load()
-            except Exception as err:  # noqa: BLE001 - a broken plug-in must not break ckptkit
+            except Exception as err:
                 plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {type(err).__name__}: {err}")
                 continue
             if not isinstance(fmt, Format):
