@@ -222,3 +222,13 @@ def test_threads_and_spans_give_the_same_figures(monkeypatch):
     for x, y in zip(one.tensors, two.tensors, strict=True):
         assert x.metrics == pytest.approx(y.metrics, rel=1e-7)
     assert two.to_dict() == ckptkit.diff(a, b, threads=2).to_dict()  # span results merge in a fixed order
+
+
+def test_default_layers_are_the_repeated_blocks():
+    from ckptkit.drift.report import layer_depth, layer_of
+
+    assert layer_depth(["model.layers.0.attn.q.weight", "model.norm.weight", "lm_head.weight"]) == 2
+    assert layer_depth(["0.weight", "1.conv.0.weight", "1.conv.2.bias"]) == 1  # a top-level Sequential
+    assert layer_depth(["fc1.weight", "fc2.bias"]) is None
+    assert layer_of("encoder.block/3/dense/kernel", 2) == "encoder.block.3"
+    assert layer_of("fc1.weight", None) == "fc1" and layer_of("scale", 2) == "scale"

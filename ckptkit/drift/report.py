@@ -267,7 +267,7 @@ def layer_depth(names: Iterable[str]) -> int | None:
     depths: Counter[int] = Counter()
     for name in names:
         for i, part in enumerate(module_path(name)):
-            if "." in part:  # a numbered item kept with its list, like layers.3
+            if "." in part or part.isdigit():  # a numbered item: layers.3, or 3 in a top-level Sequential
                 depths[i + 1] += 1
                 break
     return depths.most_common(1)[0][0] if depths else None
