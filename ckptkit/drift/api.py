@@ -83,15 +83,13 @@ def diff(
         jobs = [engine.Job(t.a_name or "", t.b_name or "") for t in compared]
         for t, acc in zip(compared, engine.run(view_a, view_b, jobs, threads, progress), strict=True):
             t.accumulator = acc
-            t.metrics = acc.metrics()
         side_a, side_b = Side.of(view_a, how_a), Side.of(view_b, how_b)
     chosen_depth = depth if depth is not None else layer_depth(t.name for t in tensors)
     for t in tensors:
         t.layer = layer_of(t.name, chosen_depth)
     total = Accumulator()
     for t in compared:
-        if t.accumulator is not None:
-            total.merge(t.accumulator)
+        total.merge(t.accumulator or Accumulator())
     report = DiffReport(
         a=side_a,
         b=side_b,

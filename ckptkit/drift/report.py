@@ -74,8 +74,11 @@ class TensorDiff:
     bytes_b: int = 0
     alias_a: str | None = None  # the tensor this name shares storage with, when it is a tied alias
     alias_b: str | None = None
-    accumulator: Accumulator | None = None
-    metrics: dict[str, Any] | None = None
+    accumulator: Accumulator | None = None  # set once the values are compared
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        return self.accumulator.metrics() if self.accumulator is not None else None
 
     @property
     def dtype_changed(self) -> bool:
@@ -84,9 +87,9 @@ class TensorDiff:
     @property
     def changed(self) -> bool:
         """Anything differs: values, shape, dtype or presence."""
-        if self.status != COMPARED or self.dtype_changed or self.metrics is None:
+        if self.status != COMPARED or self.dtype_changed or self.accumulator is None:
             return True
-        return self.metrics["identical"] < 1.0
+        return self.accumulator.identical < self.accumulator.elements
 
 
 @dataclass
@@ -213,11 +216,10 @@ class DiffReport:
 
 
 def drift_rank(metrics: dict[str, Any] | None) -> tuple[float, float]:
-    """Sort key putting the most drifted first; undefined drift (all NaN) before everything."""
+    """Sort key: the largest relative L2 first (infinite ones before all), then the largest max |Δ|."""
     if metrics is None:
         return (math.inf, math.inf)
-    rel, mx = metrics["rel_l2"], metrics["max_abs"]
-    return (-math.inf if rel is None else -rel, -math.inf if mx is None else -float(mx))
+    return (-metrics["rel_l2"], -float(metrics["max_abs"]))
 
 
 def _json_value(value: Any) -> Any:
