@@ -232,3 +232,10 @@ def test_default_layers_are_the_repeated_blocks():
     assert layer_depth(["fc1.weight", "fc2.bias"]) is None
     assert layer_of("encoder.block/3/dense/kernel", 2) == "encoder.block.3"
     assert layer_of("fc1.weight", None) == "fc1" and layer_of("scale", 2) == "scale"
+
+
+def test_numbered_layers_are_listed_in_numeric_order():
+    names = ["lm_head.w", "model.embed.w", "model.layers.0.w", "model.layers.10.w", "model.layers.2.w", "model.norm.w"]
+    arrays = {n: np.ones(2, np.float32) for n in names}  # the text order a safetensors file keeps
+    layers = [x.name for x in ckptkit.diff(arrays, arrays).layers]
+    assert layers == ["lm_head", "model.embed", "model.layers.0", "model.layers.2", "model.layers.10", "model.norm"]

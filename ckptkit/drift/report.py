@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ckptkit.model import Checkpoint
 from ckptkit.names import module_path
 
 SCHEMA_ID = "ckptkit.diff/1"
+_DIGITS = re.compile(r"\d+")
 
 COMPARED, SHAPE_CHANGED, ONLY_A, ONLY_B = "compared", "shape_changed", "only_a", "only_b"
 
@@ -284,7 +286,7 @@ def layer_of(name: str, depth: int | None) -> str:
 
 
 def group_layers(tensors: Sequence[TensorDiff]) -> list[LayerDiff]:
-    """Aggregate tensors into layers, in the order the layers first appear."""
+    """Aggregate tensors into layers, ordered by :func:`_layer_order`."""
     layers: dict[str, LayerDiff] = defaultdict(lambda: LayerDiff(""))
     for t in tensors:
         layer = layers[t.layer]
@@ -301,4 +303,21 @@ def group_layers(tensors: Sequence[TensorDiff]) -> list[LayerDiff]:
                 layer.accumulator.merge(t.accumulator)
         else:
             setattr(layer, t.status, getattr(layer, t.status) + 1)
-    return list(layers.values())
+    return _layer_order(list(layers.values()))
+
+
+def _layer_order(layers: list[LayerDiff]) -> list[LayerDiff]:
+    """Layers in the order their kind first appears, numbered ones in numeric order.
+
+    ``layers.2`` comes before ``layers.10`` even where the file sorts names as text (safetensors
+    does), while ``embed, layers.N, norm, head`` keeps the order a model defines them in.
+    """
+    first: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        first.setdefault(_DIGITS.sub("#", layer.name), i)
+
+    def key(item: tuple[int, LayerDiff]) -> tuple[int, list[int], int]:
+        i, layer = item
+        return (first[_DIGITS.sub("#", layer.name)], [int(n) for n in _DIGITS.findall(layer.name)], i)
+
+    return [layer for _, layer in sorted(enumerate(layers), key=key)]
