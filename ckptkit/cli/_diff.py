@@ -25,36 +25,52 @@ from ckptkit.output import AtomicOutput
 @format_option("a_format", "--from-a", help="Read A as this format (default: detect from content).")
 @format_option("b_format", "--from-b", help="Read B as this format (default: detect from content).")
 @click.option(
-    "--depth", type=click.IntRange(min=1),
+    "--depth",
+    type=click.IntRange(min=1),
     help="Group tensors into layers by the first N parts of their module path "
     "(default: one layer per repeated block, such as layers.3).",
 )
 @click.option(
-    "--top", type=click.IntRange(min=0), default=20, show_default=True,
+    "--top",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
     help="Show the N most drifted layers and tensors (0: all).",
 )
 @click.option(
-    "--rename", multiple=True, metavar="PATTERN=REPL",
+    "--rename",
+    multiple=True,
+    metavar="PATTERN=REPL",
     help="Regular-expression rename applied to names on both sides before matching.",
 )
 @click.option(
-    "--map", "map_file", type=click.Path(path_type=Path), metavar="FILE",
+    "--map",
+    "map_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
     help='Pair names explicitly: JSON {"name in A": "name in B"} or lines "NAME_A NAME_B".',
 )
 @click.option(
-    "--fail-on", multiple=True, metavar="EXPR",
+    "--fail-on",
+    multiple=True,
+    metavar="EXPR",
     help="Exit 1 if any tensor meets EXPR: rel_l2>1e-3, max_abs>0, cosine<0.999, missing, shape, dtype "
     "(comma-separated or repeated).",
 )
 @click.option(
-    "--tolerance", multiple=True, metavar="PATTERN:EXPR",
+    "--tolerance",
+    multiple=True,
+    metavar="PATTERN:EXPR",
     help="What must hold for tensors matching PATTERN, replacing --fail-on on the same metric: "
     "'encoder.*:rel_l2<1e-4'.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.diff/1).")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the report as Markdown for a PR comment.")
 @click.option(
-    "--html", "html_file", type=click.Path(path_type=Path), metavar="FILE",
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
     help="Also write a self-contained HTML report with a per-layer drift chart.",
 )
 @click.option("--threads", type=click.IntRange(min=1), help="Threads to compare on (default: one per core, up to 4).")
