@@ -17,7 +17,6 @@ from ckptkit.names import printable as printable  # re-exported for the subcomma
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 def stdout_console() -> Console:
     # Piped output is for scripts and files: never wrap or cut a tensor name there.
     width = None if sys.stdout.isatty() else 100_000
