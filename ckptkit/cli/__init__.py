@@ -38,9 +38,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from ckptkit.cli import _convert, _formats, _hash, _inspect, _verify
+    from ckptkit.cli import _convert, _diff, _formats, _hash, _inspect, _verify
 
-    for module in (_convert, _inspect, _hash, _verify, _formats):
+    for module in (_convert, _inspect, _diff, _hash, _verify, _formats):
         cli.add_command(module.command)
 
 
