@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from ckptkit.names import printable  # also keeps out the control characters XML 1.0 cannot hold
 from ckptkit.verify.findings import Report
-
-# XML 1.0 cannot hold most control characters, which hostile tensor names may contain.
-_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F] if i not in (0x09, 0x0A, 0x0D)}
-
-
-def _clean(text: str) -> str:
-    return text.translate(_CONTROL)
 
 
 def junit_xml(report: Report) -> bytes:
@@ -19,22 +13,22 @@ def junit_xml(report: Report) -> bytes:
     root = ET.Element("testsuites", name="ckptkit verify")
     total = failed = 0
     for target in report.targets:
-        suite = ET.SubElement(root, "testsuite", name=_clean(target.path))
+        suite = ET.SubElement(root, "testsuite", name=printable(target.path))
         suite_failed = 0
         for group in target.groups:
             found = [f for f in target.findings if f.group == group]
             failing = [f for f in found if report.failing(f)]
-            case = ET.SubElement(suite, "testcase", classname=_clean(target.path), name=group)
+            case = ET.SubElement(suite, "testcase", classname=printable(target.path), name=group)
             lines = [f"{f.severity} {f.check} {f.file}: {f.message}" for f in found]
             if failing:
                 first = failing[0]
                 failure = ET.SubElement(
-                    case, "failure", type=first.check, message=_clean(f"{len(failing)} finding(s); {first.message}")
+                    case, "failure", type=first.check, message=printable(f"{len(failing)} finding(s); {first.message}")
                 )
-                failure.text = _clean("\n".join(lines))
+                failure.text = "\n".join(printable(line) for line in lines)
                 suite_failed += 1
             elif lines:
-                ET.SubElement(case, "system-out").text = _clean("\n".join(lines))
+                ET.SubElement(case, "system-out").text = "\n".join(printable(line) for line in lines)
         suite.set("tests", str(len(target.groups)))
         suite.set("failures", str(suite_failed))
         suite.set("errors", "0")
