@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ckptkit.model import Checkpoint, ProgressFn
+from ckptkit.model import Checkpoint, ProgressFn, RawExtent
 
 CHUNK_BYTES = 16 * 1024 * 1024
 _PAGE = 4096
@@ -68,6 +68,10 @@ class TensorCopier:
             if progress:
                 progress(len(piece))
         return len(view), crc
+
+    def copy_extent(self, extent: RawExtent, out: BinaryIO, progress: ProgressFn | None = None) -> int:
+        """Append the bytes ``extent`` names to ``out`` as they are; returns how many were written."""
+        return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, False, progress)[0]
 
     def _copy_extent(
         self,
