@@ -32,6 +32,7 @@ MAX_DEPTH = 64  # subgraph nesting; deeper is a hostile file, not a model
 
 # Fields a ModelProto may start with, for recognising one from its first bytes.
 MODEL_FIELDS = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN, 20: LEN, 25: LEN}
+_SINGULAR_MODEL_FIELDS = frozenset(range(1, 8))
 
 CONSTANT_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
@@ -67,12 +68,13 @@ class Slot:
 
     name: str
     kind: str  # "initializer" or "constant"
-    scope: str  # "" in the main graph, else which node's which graph attribute
+    scope: str  # "" in the main graph, else which node's which graph attribute, for people
     path: tuple[Field, ...]
     tensor: TensorRecord | None = None
     attr: str = ""  # the Constant's attribute: value, value_float, value_ints, ...
     values: list[Field] = field(default_factory=list)  # the numbers of value_float(s)/value_int(s)
     node: str = ""
+    scope_key: str = ""  # "node/attribute/..." of the enclosing subgraphs, to tell same-named tensors apart
 
 
 @dataclass
@@ -96,12 +98,14 @@ def looks_like_model(head: bytes) -> bool:
     if len(head) < 4 or head[0] != 0x08:
         return False
     pos, end, first = 0, len(head), True
+    seen: set[int] = set()
     while pos < end:
         try:
             key, pos = read_varint(head, pos, end)
             number, wire_type = key >> 3, key & 7
-            if MODEL_FIELDS.get(number) != wire_type:
+            if MODEL_FIELDS.get(number) != wire_type or (number in seen and number in _SINGULAR_MODEL_FIELDS):
                 return False
+            seen.add(number)
             value, pos = read_varint(head, pos, end)
         except CorruptCheckpointError:  # the head ends inside a number
             return not first
@@ -132,7 +136,7 @@ def scan_model(buf: Buffer) -> ModelInfo:
             info.metadata_props.append(_string_pair(buf, expect(f, LEN, "metadata_props")))
     if graph is None:
         raise CorruptCheckpointError("the model has no graph: not an ONNX model, or an empty one")
-    _Walker(buf, info).graph(graph, (graph,), "", 0)
+    _Walker(buf, info).graph(graph, (graph,), "", "", 0)
     return info
 
 
@@ -197,7 +201,7 @@ class _Walker:
         self.buf = buf
         self.info = info
 
-    def graph(self, g: Field, path: tuple[Field, ...], scope: str, depth: int) -> None:
+    def graph(self, g: Field, path: tuple[Field, ...], scope: str, key: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise CorruptCheckpointError(f"subgraphs nest deeper than {MAX_DEPTH} levels")
         buf = self.buf
@@ -208,7 +212,7 @@ class _Walker:
             if f.number == G_INITIALIZER:
                 t = parse_tensor(buf, expect(f, LEN, "initializer"))
                 init_names.add(t.name)
-                self.info.slots.append(Slot(t.name, "initializer", scope, (*path, f), tensor=t))
+                self.info.slots.append(Slot(t.name, "initializer", scope, (*path, f), tensor=t, scope_key=key))
             elif f.number == G_NODE:
                 nodes.append(expect(f, LEN, "node"))
             elif f.number == G_SPARSE_INITIALIZER:
@@ -224,9 +228,9 @@ class _Walker:
             if name not in init_names:  # IR < 4 lists initializers as inputs too
                 self.info.inputs.append(described)
         for index, f in enumerate(nodes):
-            self.node(f, (*path, f), scope, depth, index)
+            self.node(f, (*path, f), scope, key, depth, index)
 
-    def node(self, nf: Field, path: tuple[Field, ...], scope: str, depth: int, index: int) -> None:
+    def node(self, nf: Field, path: tuple[Field, ...], scope: str, key: str, depth: int, index: int) -> None:
         buf = self.buf
         op_type = domain = name = ""
         outputs: list[str] = []
@@ -245,18 +249,18 @@ class _Walker:
         label = name or f"{op_type}_{index}"
         is_constant = op_type == "Constant" and domain in ("", "ai.onnx")
         for af in attrs:
-            self.attribute(af, (*path, af), scope, depth, label, op_type, outputs if is_constant else None)
+            where = (scope, key, label, op_type)
+            self.attribute(af, (*path, af), where, depth, outputs if is_constant else None)
 
     def attribute(
         self,
         af: Field,
         path: tuple[Field, ...],
-        scope: str,
+        where: tuple[str, str, str, str],
         depth: int,
-        label: str,
-        op_type: str,
         constant_outputs: list[str] | None,
     ) -> None:
+        scope, key, label, op_type = where
         buf = self.buf
         attr_name = ""
         tensor: Field | None = None
@@ -272,20 +276,26 @@ class _Walker:
             elif f.number in (A_F, A_I, A_FLOATS, A_INTS):
                 values.append(f)
         for g in graphs:
-            where = f"{op_type} {label!r} {attr_name}"
-            self.graph(g, (*path, g), f"{scope} > {where}" if scope else where, depth + 1)
+            inner = f"{op_type} {label!r} {attr_name}"
+            inner_key = f"{label}/{attr_name}"
+            self.graph(
+                g, (*path, g), f"{scope} > {inner}" if scope else inner,
+                f"{key}/{inner_key}" if key else inner_key, depth + 1,
+            )  # fmt: skip
         if constant_outputs is None:
             return
         out_name = constant_outputs[0] if constant_outputs else label
         if attr_name == "value" and tensor is not None:
             t = parse_tensor(buf, tensor)
-            self.info.slots.append(Slot(out_name, "constant", scope, (*path, tensor), t, "value", node=label))
+            self.info.slots.append(
+                Slot(out_name, "constant", scope, (*path, tensor), t, "value", node=label, scope_key=key)
+            )
         elif attr_name in CONSTANT_VALUE_ATTRS[1:]:
             wanted = {"value_float": (A_F, I32), "value_int": (A_I, VARINT)}.get(attr_name)
             for v in values:
                 if wanted and (v.number, v.wire_type) != wanted:
                     raise CorruptCheckpointError(f"Constant {label!r}: attribute {attr_name} holds the wrong field")
-            self.info.slots.append(Slot(out_name, "constant", scope, path, None, attr_name, values, label))
+            self.info.slots.append(Slot(out_name, "constant", scope, path, None, attr_name, values, label, key))
         elif attr_name.startswith(("value_string", "sparse_value")):
             kind = "sparse" if attr_name == "sparse_value" else "strings"
             self.info.skipped.append(f"{out_name} (Constant {kind})")

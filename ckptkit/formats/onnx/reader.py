@@ -94,7 +94,7 @@ class OnnxCheckpoint(Checkpoint):
     def _unique_name(self, slot: Slot) -> str:
         name = slot.name
         if name in self.slots:
-            name = f"{slot.scope or 'graph'}/{slot.name}"
+            name = f"{slot.scope_key or slot.kind}/{slot.name}"
         n = 2
         base = name
         while name in self.slots:
@@ -109,7 +109,7 @@ class OnnxCheckpoint(Checkpoint):
         if t.is_external:
             ref = self._external_ref(name, t, need)
             self._refs[name] = ref
-            return f"external {ref.location} @ {ref.offset}"
+            return f"in {ref.location} at offset {ref.offset}"
         if t.raw is not None:
             have = t.raw.end - t.raw.start
             if have != need and not (is_packed(dtype) and have > need):

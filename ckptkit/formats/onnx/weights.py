@@ -129,9 +129,12 @@ def _tensor_size(ti: TensorInfo, header: bytes, external: ExternalData | None) -
 
 def _notes(ctx: WriteContext, infos: list[TensorInfo], returned: list[TensorInfo], ir_version: int) -> None:
     if len(returned) < len(infos):
-        names = ", ".join(ti.name for ti in infos if ti not in returned)
+        kept = {ti.name for ti in returned}
+        names = ", ".join(ti.name for ti in infos if ti.name not in kept)
         ctx.notes.append(
             f"complex tensors ({names}) are initializers but not graph outputs: onnxruntime cannot return them"
         )
+    if infos and not returned:
+        ctx.notes.append("the graph has no outputs, so onnxruntime will not load it; the tensors are all there")
     if ir_version > ORT_MAX_IR:
         ctx.notes.append(f"IR version {ir_version} is needed for these tensor types; onnxruntime 1.31 cannot load it")
