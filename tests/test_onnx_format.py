@@ -321,22 +321,24 @@ def test_protobuf_garbage_and_truncated_models_are_one_line_errors(tmp_path):
     rng = np.random.default_rng(5)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    for args in (("inspect", garbage), ("convert", garbage, tmp_path / "o.safetensors")):
-        assert_one_line_error(run_cli(*args), "garbage.onnx")
+    assert_one_line_error(run_cli("convert", garbage, tmp_path / "o.safetensors"), "garbage.onnx")
     whole = (FIXTURES / "onnx" / "conv_bn_ln_gemm.onnx").read_bytes()
     for cut in (30, len(whole) // 2, len(whole) - 3):
         bad = tmp_path / f"cut{cut}.onnx"
         bad.write_bytes(whole[:cut])
-        out = tmp_path / f"cut{cut}.safetensors"
-        assert_one_line_error(run_cli("convert", bad, out), bad.name)
-        assert not out.exists()
+        with pytest.raises(CorruptCheckpointError, match=f"cut{cut}.onnx: .*truncated|ends inside"):
+            ckptkit.convert(bad, tmp_path / "o.safetensors", from_format="onnx")
+    out = tmp_path / "cut.safetensors"
+    assert_one_line_error(run_cli("convert", bad, out), bad.name, "truncated")
+    assert not out.exists() and not list(tmp_path.glob(".ckptkit-tmp-*"))
     # Valid protobuf framing, nonsense tensor: the declared shape needs more bytes than there are.
     t = numpy_helper.from_array(np.zeros(4, np.float32), "w")
     t.dims[0] = 400
     g = helper.make_graph([], "g", [], [], initializer=[t])
     bad = tmp_path / "short_raw.onnx"
     bad.write_bytes(helper.make_model(g).SerializeToString())
-    assert_one_line_error(run_cli("inspect", bad), "short_raw.onnx", "'w'", "raw_data holds 16 bytes")
+    with pytest.raises(CorruptCheckpointError, match=r"short_raw\.onnx: tensor 'w': raw_data holds 16 bytes"):
+        ckptkit.load(bad)
 
 
 def test_complex_tensors_are_kept_but_not_returned(tmp_path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 from ckptkit.dtypes import DType
 from ckptkit.errors import UnsupportedError
 from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.registry import WriteContext
 from ckptkit.streaming import TensorCopier
 
 from .elements import is_packed, pack, stored_nbytes
@@ -83,6 +85,11 @@ class ExternalData:
     order: list[TensorInfo] = field(default_factory=list)
     end: int = 0
 
+    @classmethod
+    def beside(cls, ctx: WriteContext) -> ExternalData:
+        """The data file of the model ``ctx`` writes: its name plus ``.data``."""
+        return cls(f"{Path(ctx.output.path).name}.data")
+
     def place(self, ti: TensorInfo) -> int:
         """Reserve room for ``ti`` and return its offset."""
         offset = -(-self.end // PAGE) * PAGE
@@ -94,9 +101,12 @@ class ExternalData:
     def fields_for(self, ti: TensorInfo) -> bytes:
         return external_fields(self.location, self.offsets[ti.name], stored_nbytes(ti.dtype, ti.numel))
 
-    def write(self, out: BinaryIO, copier: TensorCopier, ckpt: Checkpoint, progress: ProgressFn | None) -> None:
-        """Write every placed tensor, reading one at a time from ``ckpt``; gaps are left as holes."""
-        for ti in self.order:
-            out.seek(self.offsets[ti.name])
-            write_payload(copier, ckpt, ti, out, progress)
-        out.truncate(self.end)
+    def write(self, ctx: WriteContext, copier: TensorCopier, ckpt: Checkpoint) -> None:
+        """Write the data file beside ``ctx``'s model, reading one tensor at a time from ``ckpt``."""
+        if not self.order:
+            return
+        with open(ctx.output.temp_for(Path(ctx.output.path).parent / self.location), "wb") as out:
+            for ti in self.order:
+                out.seek(self.offsets[ti.name])  # the gaps before page boundaries stay holes
+                write_payload(copier, ckpt, ti, out, ctx.progress)
+            out.truncate(self.end)

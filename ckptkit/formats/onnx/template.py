@@ -42,17 +42,15 @@ def write_into_template(ckpt: Checkpoint, ctx: WriteContext) -> None:
     ctx.expected = patched
     external: ExternalData | None = None
     if ctx.options.get("external_data") or tpl.uses_external_data():
-        external = ExternalData(f"{Path(ctx.output.path).name}.data")
+        external = ExternalData.beside(ctx)
     splice = _splice(tpl, patched, external, ctx.progress)
     if external is None and splice.size > PROTOBUF_LIMIT:
-        external = ExternalData(f"{Path(ctx.output.path).name}.data")
+        external = ExternalData.beside(ctx)
         splice = _splice(tpl, patched, external, ctx.progress)
         ctx.notes.append(f"the model would pass protobuf's 2 GiB limit: tensors written to {external.location}")
     with TensorCopier() as copier:
-        if external is not None and external.order:
-            data_path = ctx.output.temp_for(Path(ctx.output.path).parent / external.location)
-            with open(data_path, "wb") as data:
-                external.write(data, copier, patched, ctx.progress)
+        if external is not None:
+            external.write(ctx, copier, patched)
         with open(ctx.output.temp_for(), "wb") as out:
             splice.write(out, copier)
 

@@ -14,7 +14,6 @@ IR 10 raises the IR version to the first that has it.
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 from ckptkit.errors import UnsupportedError
 from ckptkit.formats.safetensors import checkpoint_metadata
@@ -92,18 +91,15 @@ def write_weights(ckpt: Checkpoint, ctx: WriteContext) -> None:
 
     inline_total = len(head) + len(tail) + len_field_size(M_GRAPH, graph_size())
     if ctx.options.get("external_data") or inline_total > PROTOBUF_LIMIT:
-        data_name = f"{Path(ctx.output.path).name}.data"
-        external = ExternalData(data_name)
+        external = ExternalData.beside(ctx)
         for ti in infos:
             if stored_nbytes(ti.dtype, ti.numel) >= EXTERNAL_THRESHOLD:
                 external.place(ti)
         if not ctx.options.get("external_data"):
-            ctx.notes.append(f"the model would pass protobuf's 2 GiB limit: tensors written to {data_name}")
+            ctx.notes.append(f"the model would pass protobuf's 2 GiB limit: tensors written to {external.location}")
     with TensorCopier() as copier:
-        if external is not None and external.order:
-            data_path = ctx.output.temp_for(Path(ctx.output.path).parent / external.location)
-            with open(data_path, "wb") as data:
-                external.write(data, copier, ckpt, ctx.progress)
+        if external is not None:
+            external.write(ctx, copier, ckpt)
         with open(out_path, "wb") as out:
             out.write(head)
             out.write(len_prefix(M_GRAPH, graph_size()))
