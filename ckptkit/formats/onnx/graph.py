@@ -232,25 +232,34 @@ class _Walker:
 
     def node(self, nf: Field, path: tuple[Field, ...], scope: str, key: str, depth: int, index: int) -> None:
         buf = self.buf
-        op_type = domain = name = ""
-        outputs: list[str] = []
+        op_type = domain = b""
+        name: Field | None = None
+        outputs: list[Field] = []
         attrs: list[Field] = []
         for f in fields(buf, nf.start, nf.end):
-            if f.number == N_OUTPUT:
-                outputs.append(text(buf, f, "node output"))
-            elif f.number == N_NAME:
-                name = text(buf, f, "node name")
-            elif f.number == N_OP_TYPE:
-                op_type = text(buf, f, "op_type")
-            elif f.number == N_DOMAIN:
-                domain = text(buf, f, "node domain")
-            elif f.number == N_ATTRIBUTE:
+            n = f.number
+            if n == N_ATTRIBUTE:
                 attrs.append(expect(f, LEN, "attribute"))
-        label = name or f"{op_type}_{index}"
-        is_constant = op_type == "Constant" and domain in ("", "ai.onnx")
+            elif n == N_OUTPUT:
+                outputs.append(f)
+            elif n == N_OP_TYPE:
+                op_type = bytes(buf[expect(f, LEN, "op_type").start : f.end])
+            elif n == N_NAME:
+                name = f
+            elif n == N_DOMAIN:
+                domain = bytes(buf[expect(f, LEN, "node domain").start : f.end])
+        is_constant = op_type == b"Constant" and domain in (b"", b"ai.onnx")
+        if not is_constant:
+            # Most nodes hold no tensors and no graphs: decide that without decoding their text.
+            attrs = [a for a in attrs if _holds_graph(buf, a)]
+        if not attrs:
+            return
+        label = text(buf, name, "node name") if name else ""
+        op = op_type.decode("utf-8", "replace")
+        label = label or f"{op}_{index}"
+        out_names = [text(buf, f, "node output") for f in outputs] if is_constant else None
         for af in attrs:
-            where = (scope, key, label, op_type)
-            self.attribute(af, (*path, af), where, depth, outputs if is_constant else None)
+            self.attribute(af, (*path, af), (scope, key, label, op), depth, out_names)
 
     def attribute(
         self,
@@ -299,6 +308,17 @@ class _Walker:
         elif attr_name.startswith(("value_string", "sparse_value")):
             kind = "sparse" if attr_name == "sparse_value" else "strings"
             self.info.skipped.append(f"{out_name} (Constant {kind})")
+
+
+_GRAPH_TAGS = (A_G << 3 | LEN, A_GRAPHS << 3 | LEN)  # one byte each
+
+
+def _holds_graph(buf: Buffer, attr: Field) -> bool:
+    # A graph field's tag byte must appear in the attribute; most attributes are ruled out by a
+    # byte search alone, the rest are walked.
+    if all(buf.find(bytes((tag,)), attr.start, attr.end) < 0 for tag in _GRAPH_TAGS):
+        return False
+    return any(f.number in (A_G, A_GRAPHS) for f in fields(buf, attr.start, attr.end))
 
 
 def _sparse_name(buf: Buffer, f: Field) -> str:

@@ -18,7 +18,7 @@ from ckptkit.errors import CorruptCheckpointError
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
 
-Buffer: TypeAlias = "bytes | bytearray | memoryview | mmap.mmap"
+Buffer: TypeAlias = "bytes | bytearray | mmap.mmap"
 
 
 class Field(NamedTuple):
@@ -50,19 +50,31 @@ def read_varint(buf: Buffer, pos: int, end: int) -> tuple[int, int]:
 
 def fields(buf: Buffer, start: int, end: int) -> Iterator[Field]:
     """The fields of the message stored at ``buf[start:end]``, in file order."""
+    # Hot loop of every scan: one-byte keys, lengths and numbers are read inline, Fields made without
+    # the NamedTuple constructor's Python frame.
+    new = tuple.__new__
     pos = start
     while pos < end:
         tag_start = pos
-        key, pos = read_varint(buf, pos, end)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise CorruptCheckpointError(f"protobuf field number 0 at byte {tag_start}: not a valid message")
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = read_varint(buf, pos, end)
+        wire_type = key & 7
         value = 0
-        if wire_type == VARINT:
-            value, after = read_varint(buf, pos, end)
-        elif wire_type == LEN:
-            n, pos = read_varint(buf, pos, end)
-            after = pos + n
+        if wire_type == LEN:
+            if pos < end and buf[pos] < 0x80:
+                after = pos + 1 + buf[pos]
+                pos += 1
+            else:
+                n, pos = read_varint(buf, pos, end)
+                after = pos + n
+        elif wire_type == VARINT:
+            if pos < end and buf[pos] < 0x80:
+                value, after = buf[pos], pos + 1
+            else:
+                value, after = read_varint(buf, pos, end)
         elif wire_type == I64:
             after = pos + 8
         elif wire_type == I32:
@@ -71,9 +83,11 @@ def fields(buf: Buffer, start: int, end: int) -> Iterator[Field]:
             raise CorruptCheckpointError(f"protobuf wire type {wire_type} at byte {tag_start}: not a valid message")
         if after > end:
             raise CorruptCheckpointError(
-                f"protobuf field {number} at byte {tag_start} runs {after - end} bytes past its message: truncated?"
+                f"protobuf field {key >> 3} at byte {tag_start} runs {after - end} bytes past its message: truncated?"
             )
-        yield Field(number, wire_type, tag_start, pos, after, value)
+        if key < 8:
+            raise CorruptCheckpointError(f"protobuf field number 0 at byte {tag_start}: not a valid message")
+        yield new(Field, (key >> 3, wire_type, tag_start, pos, after, value))
         pos = after
 
 
@@ -87,7 +101,7 @@ def expect(f: Field, wire_type: int, what: str) -> Field:
 def text(buf: Buffer, f: Field, what: str) -> str:
     expect(f, LEN, what)
     try:
-        return bytes(buf[f.start : f.end]).decode("utf-8")
+        return buf[f.start : f.end].decode("utf-8")
     except UnicodeDecodeError:
         raise CorruptCheckpointError(f"{what} at byte {f.start} is not UTF-8 text") from None
 
