@@ -364,3 +364,20 @@ def test_models_written_by_onnx_with_int4_typed_and_bool_constants(tmp_path):
         assert ckpt.read_tensor("q").astype(np.int8).tolist() == w4.tolist()
         assert ckpt.read_tensor("flags").tolist() == [True, False, True]
         assert ckpt.raw_extent("q") is None  # packed on disk, unpacked in memory
+
+
+def test_kernel_copy_refused_across_file_systems_falls_back_to_the_buffer(tmp_path, monkeypatch):
+    src = tmp_path / "src.safetensors"
+    arrays = {"a": sample_array("float32", (5000,)), "b": sample_array("bfloat16", (3000,), seed=2)}
+    ckptkit.save(arrays, src)
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    ckptkit.convert(src, tmp_path / "m.onnx", options={"external_data": True})
+    assert calls  # the kernel copy was tried, refused, and the buffer finished the job
+    with ckptkit.load(tmp_path / "m.onnx") as ckpt:
+        assert_same_tensors(arrays, ckpt)

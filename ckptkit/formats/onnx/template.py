@@ -48,7 +48,7 @@ def write_into_template(ckpt: Checkpoint, ctx: WriteContext) -> None:
         external = ExternalData.beside(ctx)
         splice = _splice(tpl, patched, external, ctx.progress)
         ctx.notes.append(f"the model would pass protobuf's 2 GiB limit: tensors written to {external.location}")
-    with TensorCopier() as copier:
+    with TensorCopier(kernel_copy_unaligned=True) as copier:
         if external is not None:
             external.write(ctx, copier, patched)
         with open(ctx.output.temp_for(), "wb") as out:

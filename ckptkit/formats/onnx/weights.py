@@ -97,7 +97,7 @@ def write_weights(ckpt: Checkpoint, ctx: WriteContext) -> None:
                 external.place(ti)
         if not ctx.options.get("external_data"):
             ctx.notes.append(f"the model would pass protobuf's 2 GiB limit: tensors written to {external.location}")
-    with TensorCopier() as copier:
+    with TensorCopier(kernel_copy_unaligned=True) as copier:
         if external is not None:
             external.write(ctx, copier, ckpt)
         with open(out_path, "wb") as out:
