@@ -60,7 +60,7 @@ DTYPES: tuple[DType, ...] = (
     DType("float8_e4m3fnuz",  1, "f", "float8_e4m3fnuz", None,     None,                   18),
     DType("float8_e5m2",      1, "f", "float8_e5m2",    "F8_E5M2", None,                   19),
     DType("float8_e5m2fnuz",  1, "f", "float8_e5m2fnuz", None,     None,                   20),
-    DType("float8_e8m0fnu",   1, "f", "float8_e8m0fnu", None,      None,                   24),
+    DType("float8_e8m0fnu",   1, "f", "float8_e8m0fnu", "F8_E8M0", None,                   24),
     DType("float6_e2m3fn",    1, "f", "float6_e2m3fn",  None,      None,                   27),
     DType("float6_e3m2fn",    1, "f", "float6_e3m2fn",  None,      None,                   28),
     DType("float4_e2m1fn",    1, "f", "float4_e2m1fn",  None,      None,                   23),
