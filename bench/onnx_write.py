@@ -6,6 +6,8 @@ each a few times with a warm page cache and reports the median:
   ckptkit --no-verify        `ckptkit convert model.pt model.onnx --no-verify` (external data: the
                              model passes 2 GiB)
   ckptkit                    the same with the default check after writing (re-reads everything)
+  ckptkit startup            the same command on a one-tensor file: the fixed cost of starting
+                             Python and importing numpy, click and rich
   onnx helpers (--naive)     torch.load + numpy_helper.from_array + save_model(save_as_external_data)
 Peak memory is the child process's peak anonymous memory (RssAnon polled from /proc every 5 ms),
 which leaves out file pages mapped from the checkpoint. With --check the written model is also
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -122,10 +123,19 @@ def main() -> None:
     cp_dst = OUT / "copy.bin"
     largest = _largest_tensor(src)
     runs: dict[str, list[tuple[float, int]]] = {}
+    tiny = OUT / "tiny.safetensors"
+    if not tiny.exists():
+        sys.path.insert(0, str(REPO))
+        import numpy as np
+
+        import ckptkit
+
+        ckptkit.save({"w": np.zeros(4, np.float16)}, tiny)
     cases = {
         "cp": ["cp", str(src), str(cp_dst)],
         "ckptkit --no-verify": [PY, "-m", "ckptkit", "convert", str(src), str(dst), "--force", "--no-verify"],
         "ckptkit": [PY, "-m", "ckptkit", "convert", str(src), str(dst), "--force"],
+        "ckptkit startup": [PY, "-m", "ckptkit", "convert", str(tiny), str(OUT / "t.onnx"), "--force", "--no-verify"],
     }
     if args.naive:
         cases["onnx helpers"] = [PY, "-c", NAIVE, str(src), str(dst)]
@@ -151,7 +161,6 @@ def main() -> None:
         print("check:", report["check"])
     (OUT / "onnx_write.json").write_text(json.dumps(report, indent=2))
     cp_dst.unlink(missing_ok=True)
-    shutil.rmtree(OUT / "unused", ignore_errors=True)
 
 
 def _largest_tensor(src: Path) -> int:
