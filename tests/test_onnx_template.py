@@ -284,3 +284,34 @@ def test_onnx_to_safetensors_and_back_into_the_model_is_bit_exact(tmp_path, name
     if name == "conv_bn_ln_gemm.onnx":  # raw_data everywhere: the same values give the same bytes
         assert out.read_bytes() == src.read_bytes()
     onnx.checker.check_model(str(out), full_check=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the newer exporter needs onnxscript
+def test_pytorch_checkpoint_into_the_model_torch_exported(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)
+    ).eval()
+
+    def randomize():
+        with torch.no_grad():
+            for tensor in net.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(torch.rand_like(tensor) + 0.1)
+
+    randomize()
+    x = torch.randn(2, 3, 8, 8)
+    exported = tmp_path / "exported.onnx"
+    torch.onnx.export(net, (x,), exported, dynamo=False, do_constant_folding=False, input_names=["x"])
+    randomize()  # "fine-tuning"
+    torch.save(net.state_dict(), tmp_path / "finetuned.pt")
+    out = tmp_path / "deployed.onnx"
+    result = run_cli(
+        "convert", tmp_path / "finetuned.pt", out, "--template", exported, "--exclude", "*.num_batches_tracked"
+    )
+    assert result.code == 0, result.stderr
+    with torch.no_grad():
+        want = net(x).numpy()
+    got = session(out).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(session(exported).run(None, {"x": x.numpy()})[0], want)

@@ -20,16 +20,19 @@ from .graph import looks_like_model
 
 
 def sniff(head: bytes, path: Path) -> bool:
+    """Whether the file starts like a serialized ONNX ModelProto."""
     return looks_like_model(head)
 
 
 def open_onnx(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a model lazily; ``no_constants`` leaves out the values of Constant nodes."""
     from .reader import OnnxCheckpoint
 
     return OnnxCheckpoint(path, include_constants=not options.get("no_constants"))
 
 
 def write_onnx(ckpt: Checkpoint, ctx: WriteContext) -> None:
+    """Write a standalone weights model, or into ``template`` when that option is given."""
     if ctx.options.get("template"):
         from .template import write_into_template
 

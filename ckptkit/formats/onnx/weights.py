@@ -6,8 +6,8 @@ The protobuf is written by hand, field by field, because the onnx package needs 
 in memory to serialize it. Tensors of 1 KB or more go to one data file beside the model when
 external data is asked for or the model would pass protobuf's 2 GiB limit.
 
-IR version 10 and opset 21 are chosen so that onnxruntime 1.17 and later load the file (the IR
-version onnx 1.23 writes by default, 14, is refused by onnxruntime 1.31). A tensor type newer than
+IR version 10 and opset 21 (those of onnx 1.16) are chosen so that onnxruntime 1.18 and later load
+the file (the IR version onnx 1.23 writes by default, 14, is refused by onnxruntime 1.31). A tensor type newer than
 IR 10 raises the IR version to the first that has it.
 """
 
