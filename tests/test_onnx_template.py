@@ -315,3 +315,24 @@ def test_pytorch_checkpoint_into_the_model_torch_exported(tmp_path):
     got = session(out).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert not np.allclose(session(exported).run(None, {"x": x.numpy()})[0], want)
+
+
+def test_update_a_model_with_external_data_in_place(tmp_path):
+    import shutil
+
+    for name in ("external_data.onnx", "external_data.onnx.data"):
+        shutil.copy(FIXTURES / "onnx" / name, tmp_path / name)
+    model = tmp_path / "external_data.onnx"
+    with ckptkit.load(model) as ckpt:
+        new = {n: np.array(ckpt.read_tensor(n)) * 2 for n in ckpt.names()}
+    ckptkit.save(new, tmp_path / "new.safetensors")
+    receipt = ckptkit.convert(tmp_path / "new.safetensors", model, force=True, options={"template": model})
+    assert receipt.verified
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "external_data.onnx",
+        "external_data.onnx.data",
+        "new.safetensors",
+    ]
+    onnx.checker.check_model(str(model), full_check=True)
+    with ckptkit.load(model) as back:
+        assert_same_tensors(new, back)
