@@ -381,3 +381,21 @@ def test_kernel_copy_refused_across_file_systems_falls_back_to_the_buffer(tmp_pa
     assert calls  # the kernel copy was tried, refused, and the buffer finished the job
     with ckptkit.load(tmp_path / "m.onnx") as ckpt:
         assert_same_tensors(arrays, ckpt)
+
+
+@pytest.mark.parametrize("name", ["if_loop_subgraphs_and_constants.onnx", "every_dtype_raw_and_typed.onnx"])
+def test_corrupted_bytes_give_ckptkit_errors_only(tmp_path, name):
+    original = (FIXTURES / "onnx" / name).read_bytes()
+    rng = np.random.default_rng(11)
+    path = tmp_path / "fuzzed.onnx"
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.integers(1, 4)):
+            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        path.write_bytes(data)
+        try:
+            with ckptkit.load(path, format="onnx") as ckpt:
+                for n in ckpt.names():
+                    ckpt.read_tensor(n)
+        except ckptkit.CkptkitError:
+            pass

@@ -9,9 +9,11 @@ mapped only when one of their tensors is read.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -33,11 +35,14 @@ _SCALAR_ATTRS = {
 }
 
 
+@dataclass(frozen=True)
 class ExternalRef:
     """Where a tensor's bytes lie in an external data file."""
 
-    def __init__(self, path: Path, location: str, offset: int, nbytes: int) -> None:
-        self.path, self.location, self.offset, self.nbytes = path, location, offset, nbytes
+    path: Path
+    location: str
+    offset: int
+    nbytes: int
 
 
 class OnnxCheckpoint(Checkpoint):
@@ -104,7 +109,7 @@ class OnnxCheckpoint(Checkpoint):
 
     def _check_storage(self, name: str, t: TensorRecord, dtype: DType) -> str:
         """Where the tensor's values are, after checking they can be there; for people."""
-        numel = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        numel = math.prod(t.dims)
         need = stored_nbytes(dtype, numel)
         if t.is_external:
             ref = self._external_ref(name, t, need)
