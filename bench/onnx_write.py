@@ -6,7 +6,8 @@ each a few times with a warm page cache and reports the median:
   ckptkit --no-verify        `ckptkit convert model.pt model.onnx --no-verify` (external data: the
                              model passes 2 GiB)
   ckptkit                    the same with the default check after writing (re-reads everything)
-  ckptkit startup            the same command on a one-tensor file: the fixed cost of starting
+  ckptkit.convert() only     the conversion inside Python, timed there: without interpreter start
+  ckptkit startup            the CLI command on a one-tensor file: the fixed cost of starting
                              Python and importing numpy, click and rich
   onnx helpers (--naive)     torch.load + numpy_helper.from_array + save_model(save_as_external_data)
 Peak memory is the child process's peak anonymous memory (RssAnon polled from /proc every 5 ms),
@@ -70,10 +71,18 @@ onnx.save_model(model, sys.argv[2], save_as_external_data=True, all_tensors_to_o
 """
 
 
+IN_PROCESS = """
+import sys, time, ckptkit
+start = time.perf_counter()
+ckptkit.convert(sys.argv[1], sys.argv[2], force=True, verify=False)
+print("SECONDS", time.perf_counter() - start)
+"""
+
+
 def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall time and peak RssAnon (bytes) of a command."""
+    """Wall time (or the time the command reports itself) and peak RssAnon (bytes) of a command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     peak = 0
     done = threading.Event()
 
@@ -92,8 +101,12 @@ def measure(cmd: list[str]) -> tuple[float, int]:
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
-    code = proc.wait()
+    output, _ = proc.communicate()
+    code = proc.returncode
     elapsed = time.perf_counter() - start
+    for line in output.splitlines():
+        if line.startswith("SECONDS "):
+            elapsed = float(line.split()[1])
     done.set()
     thread.join()
     if code:
@@ -135,6 +148,7 @@ def main() -> None:
         "cp": ["cp", str(src), str(cp_dst)],
         "ckptkit --no-verify": [PY, "-m", "ckptkit", "convert", str(src), str(dst), "--force", "--no-verify"],
         "ckptkit": [PY, "-m", "ckptkit", "convert", str(src), str(dst), "--force"],
+        "ckptkit.convert() only": [PY, "-c", IN_PROCESS, str(src), str(dst)],
         "ckptkit startup": [PY, "-m", "ckptkit", "convert", str(tiny), str(OUT / "t.onnx"), "--force", "--no-verify"],
     }
     if args.naive:
