@@ -65,3 +65,13 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> 
 def realworld_files(pattern: str) -> list[Path]:
     """Files from ../shared/realworld (beside the repository); empty when that folder is absent."""
     return sorted(REALWORLD.glob(pattern)) if REALWORLD.is_dir() else []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only when asked for: pytest -m slow."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

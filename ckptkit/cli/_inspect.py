@@ -69,13 +69,16 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
     for line in _summary(report):
         out.print(line, markup=False)
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("name", "dtype", "shape", "size"):
+    for col in ("name", "dtype", "shape", "size", "location"):
         table.add_column(col, justify="right" if col == "size" else "left")
     if stats:
         for col in ("min", "max", "mean", "std", "nan", "inf"):
             table.add_column(col, justify="right")
     for t in report["tensors"]:
-        row = [Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"])]
+        row = [
+            Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
+            Text(printable(t["location"])),
+        ]  # fmt: skip
         if stats:
             s = t["stats"]
             row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
