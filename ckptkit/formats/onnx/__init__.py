@@ -80,4 +80,5 @@ FORMAT = Format(
         ),
     ),
     default_extension=".onnx",
+    verify="ckptkit.verify.onnx:check_structure",
 )

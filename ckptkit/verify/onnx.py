@@ -1,0 +1,87 @@
+"""Structure checks of an ONNX model: the ONNX checker, and every external-data reference.
+
+Each tensor stored outside the model must name a file inside the model's folder (no absolute
+path, no ``..``, no symlink out), the file must exist, and the offset and length must be numbers
+that lie inside it. The model is then given to ``onnx.checker`` when the onnx package is installed.
+"""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+import numpy as np
+
+from ckptkit.dtypes import by_onnx
+from ckptkit.errors import CkptkitError
+from ckptkit.formats.onnx.elements import stored_nbytes
+from ckptkit.formats.onnx.graph import TensorRecord, scan_model
+from ckptkit.paths import escapes_folder
+from ckptkit.verify.findings import Finding, error, warning
+
+
+def check_structure(path: Path) -> list[Finding]:
+    """Every fault found in the ONNX model at ``path`` and its external data."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        try:
+            model = scan_model(mm)
+        except CkptkitError as err:
+            return [error("onnx.parse", err.message, path)]
+        findings = [
+            finding
+            for slot in model.slots
+            if slot.tensor is not None and slot.tensor.is_external
+            for finding in _external(path, slot.name, slot.tensor)
+        ]
+    return findings + _checker(path)
+
+
+def _external(model: Path, name: str, t: TensorRecord) -> list[Finding]:
+    location = t.external.get("location", "")
+    if not location or "\0" in location:
+        return [
+            error("onnx.external", f"tensor {name!r} is stored externally but names no valid location", model, name)
+        ]
+    if escapes_folder(model.parent, location):
+        return [error(
+            "onnx.external-escape",
+            f"tensor {name!r}: external data location {location!r} leads outside the model's folder; not opened",
+            model, name,
+        )]  # fmt: skip
+    data = model.parent / location
+    if not data.is_file():
+        return [error("onnx.external", f"tensor {name!r}: external data file {location!r} is missing", model, name)]
+    try:
+        offset = int(t.external.get("offset", "0"))
+        length = int(t.external["length"]) if "length" in t.external else None
+    except ValueError:
+        return [error("onnx.external", f"tensor {name!r}: offset/length {t.external} are not numbers", model, name)]
+    dtype = by_onnx(t.data_type)
+    need = stored_nbytes(dtype, int(np.prod(t.dims, dtype=np.int64))) if dtype is not None else (length or 0)
+    size = data.stat().st_size
+    if offset < 0 or (length is not None and length < need):
+        return [error(
+            "onnx.external", f"tensor {name!r}: external data at offset {offset} holds {length} bytes, needs {need}",
+            model, name,
+        )]  # fmt: skip
+    if offset + need > size:
+        return [error(
+            "onnx.external-truncated",
+            f"tensor {name!r}: ends at byte {offset + need} of {location!r}, which has {size} bytes: truncated",
+            model, name,
+        )]  # fmt: skip
+    return []
+
+
+def _checker(path: Path) -> list[Finding]:
+    try:
+        import onnx
+        import onnx.checker
+    except ImportError:
+        return [warning("onnx.checker", "the onnx package is not installed, so onnx.checker was not run", path)]
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return [error("onnx.checker", f"onnx.checker rejects the model: {first}", path)]
+    return []
