@@ -1,8 +1,10 @@
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ckptkit.verify import verify
+from tests.conftest import FIXTURES
 
 
 def _model(tmp_path, location=None, offset=0, length=None, bad_graph=False):
@@ -60,3 +62,9 @@ def test_onnx_checker_rejection_is_a_finding(tmp_path):
     assert [(f.check, f.severity) for f in report.findings] == [("onnx.checker", "error")]
     assert "nowhere" in report.findings[0].message
     onnx.checker.check_model(str(_model(tmp_path)[0]))  # the same model with its input defined is valid
+
+
+@pytest.mark.parametrize("path", sorted((FIXTURES / "onnx").glob("*.onnx")), ids=lambda p: p.name)
+def test_onnx_fixtures_pass(path):
+    report = verify([path])
+    assert _found(report) == [] and "onnx" in report.targets[0].groups
