@@ -24,6 +24,8 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
+    "ckptkit.formats.keras.v3",
+    "ckptkit.formats.keras.legacy",
     # "ckptkit.formats.torch",
 )
 
