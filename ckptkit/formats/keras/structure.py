@@ -131,7 +131,7 @@ def from_metadata(meta: Mapping[str, str], tensors: Iterable[str]) -> Structure:
     h5_paths = load_json(meta.get(H5_PATHS), H5_PATHS) or {}
     file_order = {name: i for i, name in enumerate(h5_paths)}  # the source file's own order
     for layer in layers.values():
-        layer.cls = layer.cls or classes.get(layer.name)
+        layer.cls = layer.cls or classes.get(layer.name) or naming.class_from_auto_name(layer.name)
         if layer.tensors and all(t in file_order for t in layer.tensors):
             layer.tensors.sort(key=file_order.__getitem__)
         else:

@@ -26,7 +26,8 @@ from ckptkit.transform import TransformedCheckpoint
 
 def sniff(head: bytes, path: Path) -> bool:
     if head.startswith(b"PK\x03\x04"):
-        return archive.is_archive(path)
+        # A damaged .keras archive is still claimed, so that the error says what is wrong with it.
+        return path.name.lower().endswith(".keras") or archive.is_archive(path)
     if signature_offset(head) is None:
         return False
     if path.name.lower().endswith(".weights.h5"):

@@ -1,0 +1,91 @@
+"""A layout plan: every output tensor's step, what is dropped, and what the user must still say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckptkit.errors import UsageError
+from ckptkit.layout.ops import Step
+from ckptkit.model import TensorInfo
+
+TARGETS = ("keras", "torch")
+
+
+class LayoutAmbiguityError(UsageError):
+    """The names and shapes do not say how to translate some tensors; hints are needed."""
+
+
+@dataclass
+class LayoutPlan:
+    """What ``--layout`` does to a checkpoint; ``--plan`` prints it without writing anything."""
+
+    source: str
+    target: str
+    steps: list[Step] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # tensor -> why
+    classes: dict[str, str] = field(default_factory=dict)  # Keras layer path -> class
+    notes: list[str] = field(default_factory=list)
+    splits: dict[str, tuple[str, str]] = field(default_factory=dict)  # Keras bias -> PyTorch (ih, hh)
+    restored: bool = False  # undoes an earlier translation recorded in the metadata
+    remove_metadata: list[str] = field(default_factory=list)
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        """New name -> old name, for one-input steps."""
+        return {s.out: s.inputs[0] for s in self.steps if len(s.inputs) == 1 and s.out != s.inputs[0]}
+
+    @property
+    def transformed(self) -> dict[str, str]:
+        """New name -> what was done to make it, for steps that change data or layout."""
+        return {s.out: describe(s) for s in self.steps if not s.is_rename}
+
+    def lines(self) -> list[str]:
+        out = [f"layout {self.source} -> {self.target}: {len(self.steps)} tensors"]
+        if self.restored:
+            out[0] += " (undoing the translation recorded in the metadata)"
+        for s in self.steps:
+            source = " + ".join(s.inputs) if s.inputs else "(recorded value)"
+            out.append(f"  {source} -> {s.out} {list(s.shape)}: {describe(s)}")
+        for name, why in self.dropped.items():
+            out.append(f"  {name}: dropped ({why})")
+        out.extend(f"  note: {n}" for n in self.notes)
+        return out
+
+
+def describe(step: Step) -> str:
+    parts = [step.why] if step.why else []
+    ops = []
+    for op in step.pre + step.post:
+        if op[0] == "transpose":
+            ops.append(f"transpose{tuple(op[1])}")
+        elif op[0] == "reshape":
+            ops.append(f"reshape{tuple(op[1])}")
+        elif op[0] == "gates":
+            ops.append(f"reorder gates {tuple(op[2])} on axis {op[1]}")
+    if step.combine == "sum":
+        ops.insert(0, "sum")
+    elif step.combine == "stack":
+        ops.insert(0, "stack")
+    elif step.combine.startswith("row:"):
+        ops.insert(0, f"row {step.combine[4:]}")
+    elif step.combine == "const":
+        ops.insert(0, "restore recorded value")
+    elif step.combine == "zeros":
+        ops.insert(0, "zeros")
+    if not ops:
+        ops.append("rename")
+    return ": ".join(parts + [", ".join(ops)])
+
+
+def check_unique(steps: list[Step]) -> None:
+    seen: dict[str, Step] = {}
+    for s in steps:
+        if s.out in seen:
+            raise UsageError(
+                f"two tensors would both be named {s.out!r} ({', '.join(s.inputs)} and {', '.join(seen[s.out].inputs)})"
+            )
+        seen[s.out] = s
+
+
+def infos_by_name(infos: list[TensorInfo]) -> dict[str, TensorInfo]:
+    return {ti.name: ti for ti in infos}
