@@ -12,7 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
-REALWORLD = REPO.parent / "shared" / "realworld"
+# ../shared/realworld beside the repository; a git worktree one folder deeper looks one level up.
+REALWORLD = next(
+    (p for p in (REPO.parent / "shared" / "realworld", REPO.parent.parent / "shared" / "realworld") if p.is_dir()),
+    REPO.parent / "shared" / "realworld",
+)
 
 
 @dataclass

@@ -54,7 +54,7 @@ def names_attribute(names: list[str]) -> list[tuple[str, Any]]:
     while any(c.nbytes > ATTRIBUTE_LIMIT for c in chunks):
         chunks = np.array_split(data, len(chunks) + 1)
     if len(chunks) == 1:
-        return [("", data)]
+        return [("", [n.encode("utf-8") for n in names])]  # as Keras assigns it; h5py picks the type
     return [(str(i), c) for i, c in enumerate(chunks)]
 
 

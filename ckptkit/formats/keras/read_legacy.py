@@ -87,11 +87,17 @@ def tensor_names(layer: str, weight_names: list[str], cls: str | None) -> list[s
     """``<layer>/<weight path below the layer's own scope>``: ``conv2d/kernel`` for ``conv2d_3/kernel:0``.
 
     A weight name's first component is the scope it was created in, normally the layer's name but
-    not always (a layer built twice in one Keras 2 session). It is replaced by the layer's name when
-    every weight of the layer shares it; weights of a nested model keep their inner layer's name.
+    not always (a layer built twice in one Keras 2 session), and Keras 3 puts the enclosing model's
+    name before it. The scope is replaced by the layer's name when every weight of the layer shares
+    it; weights of a nested model keep their inner layer's name.
     """
     stripped = [_SUFFIX.sub("", w) for w in weight_names]
     parts = [s.split("/") for s in stripped]
+    # Keras 3 prefixes the enclosing model's name (sequential/dense/kernel): cut through the layer's.
+    cuts = [p.index(layer) if layer in p[:-1] else -1 for p in parts]
+    if parts and all(c > 0 for c in cuts):
+        parts = [p[c:] for p, c in zip(parts, cuts, strict=True)]
+        stripped = ["/".join(p) for p in parts]
     scopes = {p[0] for p in parts}
     nested = cls in naming.MODEL_CLASSES
     if len(scopes) == 1 and all(len(p) > 1 for p in parts) and (not nested or layer in scopes):

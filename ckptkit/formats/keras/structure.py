@@ -20,8 +20,8 @@ from ckptkit.formats.keras import naming
 
 OPTIMIZER_PREFIX = "optimizer/"
 
-# Metadata keys. Those in STRUCTURAL are re-derived from the file whenever it is read, so writers
-# express them in the file's own layout instead of storing them again.
+# Metadata keys. Every Keras file expresses FILE_KIND, LAYERS and H5_PATHS in its own layout (they
+# are derived again whenever it is read); each writer lists what else its file expresses.
 FILE_KIND = "keras:file"
 LAYERS = "keras:layers"
 CLASSES = "keras:classes"
@@ -34,10 +34,7 @@ MODEL_CONFIG = "keras:model_config"  # legacy .h5 full model: the model_config a
 TRAINING_CONFIG = "keras:training_config"
 ARCHIVE_CONFIG = "keras:config"  # .keras: config.json
 ARCHIVE_METADATA = "keras:metadata"  # .keras: metadata.json
-STRUCTURAL = frozenset({
-    FILE_KIND, LAYERS, H5_PATHS, KERAS_VERSION, BACKEND, MODEL_NAME, OPTIMIZER_NAME,
-    MODEL_CONFIG, TRAINING_CONFIG, ARCHIVE_CONFIG, ARCHIVE_METADATA,
-})  # fmt: skip
+DERIVED = frozenset({FILE_KIND, LAYERS, H5_PATHS})
 
 
 @dataclass
@@ -199,7 +196,8 @@ def natural_key(text: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
-def stored_metadata(meta: Mapping[str, str]) -> str | None:
-    """The metadata a writer keeps in the file's ckptkit attribute: all but the structural keys."""
-    kept = {k: v for k, v in meta.items() if k not in STRUCTURAL}
+def stored_metadata(meta: Mapping[str, str], expressed: Iterable[str]) -> str | None:
+    """The metadata a writer keeps in the file's ckptkit attribute: what its layout does not express."""
+    skip = DERIVED | set(expressed)
+    kept = {k: v for k, v in meta.items() if k not in skip}
     return json.dumps(kept, sort_keys=True) if kept else None

@@ -46,11 +46,12 @@ def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
 def write_keras(ckpt: Checkpoint, ctx: WriteContext) -> None:
     view = prepare(ckpt, ctx)
     renamed: dict[str, str] = {}
-    spec = v3_spec(view, ctx.notes, renamed)
+    archive_out = ctx.output.path.name.lower().endswith(".keras")
+    spec = v3_spec(view, ctx.notes, renamed, archive=archive_out)
     if renamed:
         new_name = {old: new for new, old in renamed.items()}
         ctx.expected = TransformedCheckpoint(view, {new_name.get(n, n): n for n in view.names()}, None, {}, [])
-    if not ctx.output.path.name.lower().endswith(".keras"):
+    if not archive_out:
         write_hdf5(spec, view, ctx.output.temp_for(), ctx.progress)
         return
     config = view.metadata.get(structure.ARCHIVE_CONFIG)

@@ -54,7 +54,10 @@ def legacy_spec(ckpt: Checkpoint, notes: list[str]) -> FileSpec:
             notes.append(
                 f"{len(st.optimizer)} optimizer variables kept in optimizer_weights (load_weights ignores them)"
             )
-    extra = structure.stored_metadata(meta)
+    expressed = {structure.KERAS_VERSION, structure.BACKEND}
+    if full:
+        expressed |= {structure.MODEL_CONFIG, structure.TRAINING_CONFIG}
+    extra = structure.stored_metadata(meta, expressed)
     if extra is not None:
         root[METADATA_ATTR] = extra
     return spec

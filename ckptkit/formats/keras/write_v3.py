@@ -39,8 +39,14 @@ class _Node:
         return self.path.rsplit("/", 1)[-1]
 
 
-def v3_spec(ckpt: Checkpoint, notes: list[str], renamed: dict[str, str] | None = None) -> FileSpec:
-    """The file's layout; ``renamed`` receives tensors the file will give another name (new -> old)."""
+def v3_spec(
+    ckpt: Checkpoint, notes: list[str], renamed: dict[str, str] | None = None, archive: bool = False
+) -> FileSpec:
+    """The file's layout; ``renamed`` receives tensors the file will give another name (new -> old).
+
+    ``archive``: the file goes into a .keras archive, whose config.json and metadata.json hold
+    what the ``keras:config`` and ``keras:metadata`` keys say.
+    """
     meta = ckpt.metadata
     st = structure.from_metadata(meta, ckpt.names())
     spec = FileSpec()
@@ -56,7 +62,10 @@ def v3_spec(ckpt: Checkpoint, notes: list[str], renamed: dict[str, str] | None =
     else:
         _derive(st, spec)
     _root_and_optimizer(ckpt, st, spec, recorded, notes, {} if renamed is None else renamed)
-    extra = structure.stored_metadata(meta)
+    expressed = {structure.MODEL_NAME, structure.OPTIMIZER_NAME}
+    if archive:
+        expressed |= {structure.ARCHIVE_CONFIG, structure.ARCHIVE_METADATA, structure.KERAS_VERSION}
+    extra = structure.stored_metadata(meta, expressed)
     if extra is not None:
         spec.group("/")[METADATA_ATTR] = extra
     return spec
