@@ -74,7 +74,13 @@ def convert(
         if layout:
             from ckptkit.layout import apply_layout, plan_layout
 
-            plan = plan_layout(view, layout, layout_hints)
+            template = (options or {}).get("template")
+            extra = []
+            if layout == "keras" and template:
+                from ckptkit.layout.reference import template_hints
+
+                extra = template_hints(Path(template), list(view.tensor_infos()))
+            plan = plan_layout(view, layout, layout_hints, extra)
             translated: Checkpoint = apply_layout(view, plan)
         else:
             translated = view
@@ -106,12 +112,20 @@ def plan_layout(
     exclude: Sequence[str] = (),
     strip_prefix: Sequence[str] = (),
     read_options: Mapping[str, Any] | None = None,
+    template: str | Path | None = None,
 ) -> Any:
-    """What ``convert(..., layout=layout)`` would do to each tensor, without writing (a ``LayoutPlan``)."""
+    """What ``convert(..., layout=layout)`` would do to each tensor, without writing (a ``LayoutPlan``).
+
+    ``template``: the Keras model a ``--template`` conversion would fill, whose layer classes
+    settle what names and shapes cannot.
+    """
     from ckptkit.layout import plan_layout as plan
+    from ckptkit.layout.reference import template_hints
 
     with registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
-        return plan(transform(ckpt, select, exclude, strip_prefix), layout, layout_hints)
+        view = transform(ckpt, select, exclude, strip_prefix)
+        extra = template_hints(Path(template), list(view.tensor_infos())) if template and layout == "keras" else []
+        return plan(view, layout, layout_hints, extra)
 
 
 def write_checkpoint(

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from keras import layers as L  # noqa: E402
-from torch import nn  # noqa: E402
+import keras
+import numpy as np
+import torch
+from keras import layers as L
+from torch import nn
 
 
 @dataclass
@@ -146,7 +146,9 @@ def conv1d() -> Pair:
 def conv_transpose2d() -> Pair:
     torch.manual_seed(0)
     tm = _Seq(up=nn.ConvTranspose2d(3, 4, 3, stride=2), up2=nn.ConvTranspose2d(4, 2, 2, bias=False))
-    km = _keras((5, 5, 3), L.Conv2DTranspose(4, 3, strides=2, name="up"), L.Conv2DTranspose(2, 2, use_bias=False, name="up2"))
+    km = _keras(
+        (5, 5, 3), L.Conv2DTranspose(4, 3, strides=2, name="up"), L.Conv2DTranspose(2, 2, use_bias=False, name="up2")
+    )
     return Pair("conv_transpose2d", tm, km, _rand(2, 3, 5, 5), ["up2=conv_transpose"], _nhwc, _nchw)
 
 

@@ -57,7 +57,10 @@ def test_keras2_weights_file_inner_scopes_nested_model_empty_layers_split_attrib
     layers = [
         ("conv2d", [("conv2d_3/kernel:0", k), ("conv2d_3/bias:0", np.ones(2, np.float32))]),
         ("flatten", []),
-        ("model_1", [("dense_5/kernel:0", np.eye(3, dtype=np.float32)), ("dense_6/kernel:0", np.ones((3, 1), np.float32))]),
+        (
+            "model_1",
+            [("dense_5/kernel:0", np.eye(3, dtype=np.float32)), ("dense_6/kernel:0", np.ones((3, 1), np.float32))],
+        ),
         ("lstm", [("lstm/lstm_cell/kernel:0", np.zeros((2, 8), np.float32))]),
     ]
     path = tmp_path / "keras2.h5"
@@ -70,7 +73,12 @@ def test_keras2_weights_file_inner_scopes_nested_model_empty_layers_split_attrib
         paths = json.loads(ckpt.metadata["keras:h5_paths"])
         assert paths["conv2d/kernel"] == "/conv2d/conv2d_3/kernel:0"
         groups = ckpt.structure()["sections"][0]["groups"]
-        assert [(g["name"], len(g["tensors"])) for g in groups] == [("conv2d", 2), ("flatten", 0), ("model_1", 2), ("lstm", 1)]
+        assert [(g["name"], len(g["tensors"])) for g in groups] == [
+            ("conv2d", 2),
+            ("flatten", 0),
+            ("model_1", 2),
+            ("lstm", 1),
+        ]
         assert ckpt.metadata["keras:keras_version"] == "2.13.1"
 
 
@@ -79,7 +87,10 @@ def test_keras2_full_model_classes_from_config_and_optimizer_apart(tmp_path):
     path = tmp_path / "model.h5"
     write_keras2(
         path,
-        [("c", [("c/kernel:0", np.ones((1, 1, 1, 2), np.float32))]), ("sub", [("dense/kernel:0", np.ones((2, 2), np.float32))])],
+        [
+            ("c", [("c/kernel:0", np.ones((1, 1, 1, 2), np.float32))]),
+            ("sub", [("dense/kernel:0", np.ones((2, 2), np.float32))]),
+        ],
         model_config=config,
         optimizer=[("Adam/iter:0", np.array(3, np.int64)), ("Adam/c/kernel/m:0", np.zeros((1, 1, 1, 2), np.float32))],
     )
@@ -109,7 +120,7 @@ def test_reads_what_keras3_writes_in_every_format(tmp_path, keras):
             assert classes["bn"] == "BatchNormalization" and classes["inner/d1"] == "Dense"
     with ckptkit.load(tmp_path / "m.keras") as ckpt:
         layer_order = [g["name"] for g in ckpt.structure()["sections"][0]["groups"]]
-        assert layer_order == ["input_layer", "conv", "bn", "flat", "inner"]
+        assert layer_order[0].startswith("input_layer") and layer_order[1:] == ["conv", "bn", "flat", "inner"]
         assert ckpt.raw_extent("conv/kernel") is not None  # read in place inside the zip
 
 
@@ -143,13 +154,19 @@ def test_safetensors_round_trip_restores_the_keras_layout(tmp_path, keras):
                 ga, gb = a["model_weights"][layer][w], b["model_weights"][layer][w]
                 assert ga.dtype == gb.dtype and ga[()].tobytes() == gb[()].tobytes()
         assert a.attrs["model_config"] == b.attrs["model_config"]
-        assert _text(a["optimizer_weights"].attrs["weight_names"]) == _text(b["optimizer_weights"].attrs["weight_names"])
+        assert _text(a["optimizer_weights"].attrs["weight_names"]) == _text(
+            b["optimizer_weights"].attrs["weight_names"]
+        )
     assert _same_weights(keras.saving.load_model(tmp_path / "back.h5", compile=False), model)
 
 
 @pytest.mark.parametrize("dtype", [d.name for d in DTYPES])
 def test_every_dtype_round_trips_bit_exactly(tmp_path, dtype):
-    arrays = {"layer/w": sample_array(dtype, (4, 3)), "layer/scalar": sample_array(dtype, ()), "other/e": sample_array(dtype, (0, 2))}
+    arrays = {
+        "layer/w": sample_array(dtype, (4, 3)),
+        "layer/scalar": sample_array(dtype, ()),
+        "other/e": sample_array(dtype, (0, 2)),
+    }
     write_read(arrays, tmp_path / "x.h5")
     dense = {"dense/kernel": sample_array(dtype, (4, 3))}
     write_read(dense, tmp_path / "x.weights.h5")
@@ -157,7 +174,11 @@ def test_every_dtype_round_trips_bit_exactly(tmp_path, dtype):
 
 def test_large_tensors_are_copied_after_hdf5_lays_the_file_out(tmp_path):
     big = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
-    arrays = {"dense/kernel": big, "dense/bias": np.ones(1024, np.float32), "emb/embeddings": big.astype(ml_dtypes.bfloat16)}
+    arrays = {
+        "dense/kernel": big,
+        "dense/bias": np.ones(1024, np.float32),
+        "emb/embeddings": big.astype(ml_dtypes.bfloat16),
+    }
     write_read(arrays, tmp_path / "big.h5")
     with h5py.File(tmp_path / "big.h5") as f:
         ds = f["dense/dense/kernel"]
@@ -193,11 +214,17 @@ def test_template_fills_a_model_by_name_and_by_order(tmp_path, keras):
     ckptkit.save(values, tmp_path / "named.safetensors")
     for src, match in (("named.safetensors", None), ("ordered.safetensors", "order")):
         out = tmp_path / f"out_{match}.keras"
-        receipt = ckptkit.convert(tmp_path / src, out, options={"template": tmp_path / "template.keras", "template_match": match})
+        receipt = ckptkit.convert(
+            tmp_path / src, out, options={"template": tmp_path / "template.keras", "template_match": match}
+        )
         assert receipt.verified
         assert _same_weights(keras.saving.load_model(out), trained)
     with pytest.raises(UsageError, match="template's variables"):
-        ckptkit.convert(tmp_path / "flat.safetensors", tmp_path / "x.keras", options={"template": tmp_path / "template.keras", "template_match": "name"})
+        ckptkit.convert(
+            tmp_path / "flat.safetensors",
+            tmp_path / "x.keras",
+            options={"template": tmp_path / "template.keras", "template_match": "name"},
+        )
 
 
 def test_template_shape_mismatch_names_layer_and_shapes_and_writes_nothing(tmp_path, keras, cli):
@@ -244,7 +271,7 @@ def test_inspect_shows_layers_and_optimizer_apart(tmp_path, keras, cli):
     assert "layers (5," in out and "optimizer variables (1," in out
     assert "bn (BatchNormalization)" in out and "flat (Flatten)" in out and "no weights" in out
     assert out.index("optimizer variables") > out.index("inner/d2/bias")
-    report = json.loads(cli("inspect", "--json", tmp_path / "m.keras").stdout)
+    report = ckptkit.inspect(tmp_path / "m.keras")
     assert report["structure"]["sections"][1]["title"] == "optimizer variables"
 
 
@@ -252,15 +279,14 @@ def test_inspect_shows_layers_and_optimizer_apart(tmp_path, keras, cli):
 def test_realworld_keras_files_inspect_and_convert_both_ways(tmp_path, cli, path):
     result = cli("inspect", path)
     assert result.code == 0 and "Traceback" not in result.stderr, result.stderr
-    assert "optimizer variables" in result.stdout
+    assert "optimizer variables" in result.stdout and "(Dense)" in result.stdout
     with ckptkit.load(path) as ckpt:
         want = {n: np.array(ckpt.read_tensor(n)) for n in ckpt.names()}
         assert any(n.endswith("/kernel") for n in want)
     for ext in ("safetensors", "h5"):
         mid = tmp_path / f"mid.{ext}"
-        assert cli("convert", path, mid).code == 0
+        assert ckptkit.convert(path, mid).verified
         back = tmp_path / f"back_{ext}{''.join(path.suffixes)}"
-        result = cli("convert", mid, back)
-        assert result.code == 0, result.stderr
+        assert ckptkit.convert(mid, back).verified
         with ckptkit.load(back) as ckpt:
             assert_same_tensors(want, ckpt)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import ckptkit
+from ckptkit.errors import UsageError
 from ckptkit.layout import LayoutAmbiguityError
 from tests.conftest import assert_one_line_error
 
@@ -45,7 +46,11 @@ def test_pytorch_weights_run_in_keras(tmp_path, make):
     fresh = make()
     fresh.keras_model.set_weights([np.zeros_like(w) for w in _keras_weights(fresh.keras_model)])
     receipt = ckptkit.convert(
-        src, tmp_path / "k.h5", layout="keras", layout_hints=pair.hints, options={"template": tmp_path / "template.keras"}
+        src,
+        tmp_path / "k.h5",
+        layout="keras",
+        layout_hints=pair.hints,
+        options={"template": tmp_path / "template.keras"},
     )
     assert receipt.verified and receipt.renamed
     fresh.keras_model.load_weights(tmp_path / "k.h5")
@@ -57,10 +62,14 @@ def test_keras_weights_run_in_pytorch(tmp_path, make):
     pair = make()
     # Small random values everywhere (biases and normalization statistics too); variances positive.
     rng = np.random.default_rng(5)
-    pair.keras_model.set_weights([
-        (np.abs(rng.standard_normal(w.shape)) + 0.5 if w.ndim == 1 else 0.3 * rng.standard_normal(w.shape)).astype(w.dtype)
-        for w in _keras_weights(pair.keras_model)
-    ])
+    pair.keras_model.set_weights(
+        [
+            (np.abs(rng.standard_normal(w.shape)) + 0.5 if w.ndim == 1 else 0.3 * rng.standard_normal(w.shape)).astype(
+                w.dtype
+            )
+            for w in _keras_weights(pair.keras_model)
+        ]
+    )
     want = pair.keras_out()
     pair.keras_model.save(tmp_path / "k.h5")
     pair.keras_model.save_weights(tmp_path / "k.weights.h5")
@@ -70,6 +79,25 @@ def test_keras_weights_run_in_pytorch(tmp_path, make):
         fresh = make()
         fresh.torch_model.load_state_dict(safetensors_torch.load_file(out), strict=True)
         assert np.abs(fresh.torch_out() - want).max() <= TOLERANCE, src
+
+
+@pytest.mark.parametrize("make", [pairs.depthwise_separable, pairs.conv_transpose2d], ids=lambda m: m.__name__)
+def test_template_layer_classes_settle_what_names_cannot(tmp_path, make):
+    pair = make()
+    src = _save_state_dict(pair, tmp_path / "torch.safetensors")
+    pair.keras_model.save(tmp_path / "template.keras")
+    if pair.name == "depthwise_separable":
+        with pytest.raises(LayoutAmbiguityError, match="'dw=conv' or 'dw=depthwise'"):
+            ckptkit.convert(src, tmp_path / "plain.weights.h5", layout="keras")
+    else:  # same layout rule as a convolution, only the class name is in doubt
+        receipt = ckptkit.convert(src, tmp_path / "plain.weights.h5", layout="keras")
+        assert any("up2" in n and "conv_transpose" in n for n in receipt.notes)
+    ckptkit.convert(src, tmp_path / "k.keras", layout="keras", options={"template": tmp_path / "template.keras"})
+    loaded = keras.saving.load_model(tmp_path / "k.keras")
+    assert (
+        np.abs(pair.from_keras(keras.ops.convert_to_numpy(loaded(pair.to_keras(pair.x)))) - pair.torch_out()).max()
+        <= TOLERANCE
+    )
 
 
 def test_round_trip_through_keras_restores_the_state_dict_bit_for_bit(tmp_path):
@@ -130,15 +158,19 @@ def test_rules_alone_are_symmetric_without_the_record(tmp_path):
 def test_plan_prints_every_rename_and_transpose_and_writes_nothing(tmp_path, cli):
     pair = pairs.cnn_batchnorm()
     src = _save_state_dict(pair, tmp_path / "sd.safetensors")
-    result = cli("convert", src, tmp_path / "out.h5", "--layout", "keras", "--layout-hint", "fc=flatten:5x4x4", "--plan")
+    result = cli(
+        "convert", src, tmp_path / "out.h5", "--layout", "keras", "--layout-hint", "fc=flatten:5x4x4", "--plan"
+    )
     assert result.code == 0, result.stderr
     assert "conv1.weight -> conv1/kernel [3, 3, 3, 4]" in result.stdout
     assert "transpose(2, 3, 1, 0)" in result.stdout
     assert "fc.weight -> fc/kernel [80, 3]" in result.stdout and "Flatten of 5x4x4" in result.stdout
     assert "bn1.num_batches_tracked: dropped" in result.stdout
     assert not (tmp_path / "out.h5").exists()
-    plan = json.loads(cli("convert", src, tmp_path / "o.h5", "--layout", "keras", "--layout-hint", "fc=flatten:5x4x4", "--plan", "--json").stdout)
-    assert {s["out"] for s in plan["steps"]} >= {"bn2/moving_mean", "conv2/kernel", "fc/bias"}
+    plan = ckptkit.api.plan_layout(src, "keras", ["fc=flatten:5x4x4"])
+    assert {s.out for s in plan.steps} >= {"bn2/moving_mean", "conv2/kernel", "fc/bias"}
+    as_json = {s["out"]: s for s in json.loads(json.dumps([s.to_json() for s in plan.steps]))}
+    assert as_json["conv1/kernel"]["in"] == ["conv1.weight"] and as_json["conv1/kernel"]["shape"] == [3, 3, 3, 4]
 
 
 def test_ambiguous_tensors_ask_for_a_hint(tmp_path, cli):
@@ -153,12 +185,16 @@ def test_ambiguous_tensors_ask_for_a_hint(tmp_path, cli):
     assert_one_line_error(result, "'a_stem=conv' or 'a_stem=depthwise'", "'c_proj=dense' or 'c_proj=embedding'")
     assert not (tmp_path / "out.h5").exists()
     with pytest.raises(LayoutAmbiguityError, match="b_head=flatten:8xHxW"):
-        ckptkit.convert(tmp_path / "sd.safetensors", tmp_path / "out.h5", layout="keras", layout_hints=["a_*=conv", "c_proj=dense"])
+        ckptkit.convert(
+            tmp_path / "sd.safetensors", tmp_path / "out.h5", layout="keras", layout_hints=["a_*=conv", "c_proj=dense"]
+        )
     hints = ["a_stem=conv", "c_proj=embedding", "b_head=flatten:8x3x3"]
     receipt = ckptkit.convert(tmp_path / "sd.safetensors", tmp_path / "out.h5", layout="keras", layout_hints=hints)
     assert receipt.renamed["c_proj/embeddings"] == "c_proj.weight"
-    bad = cli("convert", tmp_path / "sd.safetensors", tmp_path / "x.h5", "--layout", "keras", "--layout-hint", "a_stem=sideways")
-    assert_one_line_error(bad, "unknown kind 'sideways'")
+    with pytest.raises(UsageError, match="unknown kind 'sideways'"):
+        ckptkit.convert(
+            tmp_path / "sd.safetensors", tmp_path / "x.h5", layout="keras", layout_hints=["a_stem=sideways"]
+        )
 
 
 def test_gru_without_reset_after_has_no_pytorch_equivalent(tmp_path):

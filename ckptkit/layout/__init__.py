@@ -49,10 +49,7 @@ def plan_layout(
         )
     if target == "torch" and names and not any("/" in n for n in names):
         raise UsageError("no tensor name has Keras form (layer/variable); --layout torch expects a Keras checkpoint")
-    if target == "keras":
-        plan = plan_to_keras(infos, parsed)
-    else:
-        plan = plan_to_torch(infos, parsed, _classes(ckpt))
+    plan = plan_to_keras(infos, parsed) if target == "keras" else plan_to_torch(infos, parsed, _classes(ckpt))
     if record is not None:
         plan.notes.append(f"the {RECORD_KEY} metadata does not match these tensors any more; translated by the rules")
     return plan

@@ -63,7 +63,7 @@ def _parse(text: str) -> Hint:
             raise UsageError(f"--layout-hint {text!r}: {arg!r} is not a list of sizes like 16x5x5") from None
         if any(d <= 0 for d in dims) or (kind == "depthwise" and len(dims) != 1):
             raise UsageError(
-                f"--layout-hint {text!r}: sizes must be positive ({'one multiplier' if kind == 'depthwise' else 'CxHxW'})"
+                f"--layout-hint {text!r}: sizes must be positive ({'CxHxW' if kind == 'flatten' else 'one multiplier'})"
             )
     elif kind == "flatten":
         raise UsageError(f"--layout-hint {text!r}: flatten needs the shape before flattening, like flatten:16x5x5")

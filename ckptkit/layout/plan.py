@@ -74,7 +74,7 @@ def describe(step: Step) -> str:
         ops.insert(0, "zeros")
     if not ops:
         ops.append("rename")
-    return ": ".join(parts + [", ".join(ops)])
+    return ": ".join([*parts, ", ".join(ops)])
 
 
 def check_unique(steps: list[Step]) -> None:

@@ -80,8 +80,9 @@ class _Planner:
                 f" and {len(self.assumed_conv) - 5} more" if len(self.assumed_conv) > 5 else ""
             )
             self.plan.notes.append(
-                f"{len(self.assumed_conv)} convolution(s) taken as regular ones ({few}); a transposed convolution has the "
-                "same layout rule, hint NAME=conv_transpose for one so that Keras .weights.h5 files name its class right"
+                f"{len(self.assumed_conv)} convolution(s) taken as regular ones ({few}); a transposed convolution "
+                "has the same layout rule, hint NAME=conv_transpose for one so that Keras .weights.h5 files name "
+                "its class right"
             )
         return self.plan
 
@@ -130,7 +131,8 @@ class _Planner:
                 self._norm(m, kind or "norm")
             else:
                 self.ask(
-                    f"{w.name} {list(w.shape)} has no bias: a normalization scale? ({hint_help(m.name, ('norm', 'rms_norm', 'keep'))})"
+                    f"{w.name} {list(w.shape)} has no bias: a normalization scale? "
+                    f"({hint_help(m.name, ('norm', 'rms_norm', 'keep'))})"
                 )
             return
         if rank == 2:
@@ -153,13 +155,14 @@ class _Planner:
             return
         if kind is None and bias is None:
             self.ask(
-                f"{w.name} {list(w.shape)} has no bias: Linear or Embedding? ({hint_help(m.name, ('dense', 'embedding'))})"
+                f"{w.name} {list(w.shape)} has no bias: Linear or Embedding? "
+                f"({hint_help(m.name, ('dense', 'embedding'))})"
             )
             return
         if bias is not None and bias.shape != (w.shape[0],):
             self.ask(f"{m.name}: bias {list(bias.shape)} does not fit a Linear weight {list(w.shape)}")
             return
-        out_features, in_features = w.shape
+        in_features = w.shape[1]
         if kind == "flatten":
             assert hint is not None
             self._flatten_dense(m, w, hint.dims)
@@ -193,7 +196,8 @@ class _Planner:
         out_features, in_features = w.shape
         if ops.numel(dims) != in_features or len(dims) < 2:
             self.ask(
-                f"{m.name}: flatten:{'x'.join(map(str, dims))} holds {ops.numel(dims)} values, the weight takes {in_features}"
+                f"{m.name}: flatten:{'x'.join(map(str, dims))} holds {ops.numel(dims)} values, "
+                f"the weight takes {in_features}"
             )
             return
         c, spatial = dims[0], dims[1:]
@@ -203,7 +207,8 @@ class _Planner:
             ("transpose", (*range(2, 2 + n), 1, 0)),
             ("reshape", (in_features, out_features)),
         )
-        why = f"Linear after Flatten of {c}x{'x'.join(map(str, spatial))} (channels first) -> Dense after Flatten (channels last)"
+        shape = "x".join(map(str, dims))
+        why = f"Linear after Flatten of {shape} (channels first) -> Dense after Flatten (channels last)"
         self.plan.steps.append(moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, post, m.name, why))
 
     def _conv(self, m: Module, w: TensorInfo, bias: TensorInfo | None, hint: Hint | None) -> None:
@@ -215,7 +220,8 @@ class _Planner:
                 kind = "conv_transpose" if bias.shape[0] == w.shape[1] else None
                 if kind is None:
                     self.ask(
-                        f"{m.name}: bias {list(bias.shape)} fits neither a convolution nor a transposed one of weight {list(w.shape)}"
+                        f"{m.name}: bias {list(bias.shape)} fits neither a convolution nor a transposed one "
+                        f"of weight {list(w.shape)}"
                     )
                     return
             elif w.shape[1] == 1 and w.shape[0] > 1:
@@ -250,7 +256,8 @@ class _Planner:
         rank = len(w.shape)
         if w.shape[1] != 1 or w.shape[0] % multiplier:
             self.ask(
-                f"{w.name} {list(w.shape)} is not a depthwise weight with multiplier {multiplier} (channels*multiplier, 1, ...)"
+                f"{w.name} {list(w.shape)} is not a depthwise weight with multiplier {multiplier} "
+                "(channels*multiplier, 1, ...)"
             )
             return
         if rank == 5:
@@ -290,15 +297,24 @@ class _Planner:
 
     def _separable(self, prefix: str, group: list[Module], multiplier: int) -> None:
         if len(group) != 2 or any("weight" not in m.params for m in group):
-            self.ask(f"{prefix} is hinted as separable but holds {len(group)} modules, not a depthwise and a pointwise convolution")
+            self.ask(
+                f"{prefix} is hinted as separable but holds {len(group)} modules, "
+                "not a depthwise and a pointwise convolution"
+            )
             return
         dw_m, pw_m = group
         dw, pw = dw_m.params["weight"], pw_m.params["weight"]
         rank = len(dw.shape)
-        fits = len(pw.shape) == rank and dw.shape[1] == 1 and all(k == 1 for k in pw.shape[2:]) and pw.shape[1] == dw.shape[0]
+        fits = (
+            len(pw.shape) == rank
+            and dw.shape[1] == 1
+            and all(k == 1 for k in pw.shape[2:])
+            and pw.shape[1] == dw.shape[0]
+        )
         if "bias" in dw_m.params or not fits or dw.shape[0] % multiplier:
             self.ask(
-                f"{prefix}: a separable convolution needs a depthwise weight (C*M, 1, k...) without bias, M={multiplier}, "
+                f"{prefix}: a separable convolution needs a depthwise weight (C*M, 1, k...) without bias, "
+                f"M={multiplier}, "
                 f"and a 1x1 pointwise weight taking C*M channels; found {list(dw.shape)}"
                 f"{' with bias' if 'bias' in dw_m.params else ''} and {list(pw.shape)}"
             )
@@ -420,12 +436,13 @@ class _Planner:
                 return
             if cls == "GRU":
                 # Keras GRU(reset_after=True) keeps both biases, as PyTorch does: rows input, recurrent.
+                why_bias = f"{why}: input and recurrent biases stacked (reset_after=True)"
                 step = Step(f"{base}/bias", (b_ih.name, b_hh.name), (2, b_ih.shape[0]), b_ih.dtype, combine="stack",
-                            pre=gate_ops, layer=layer, why=f"{why}: input and recurrent biases stacked (reset_after=True)",
-                            in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
+                            pre=gate_ops, layer=layer, why=why_bias, in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
             else:
+                why_bias = f"{why}: Keras has one bias, the sum of PyTorch's two"
                 step = Step(f"{base}/bias", (b_ih.name, b_hh.name), b_ih.shape, b_ih.dtype, combine="sum", layer=layer,
-                            why=f"{why}: Keras has one bias, the sum of PyTorch's two", in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
+                            why=why_bias, in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
             steps.append(step)
         self.plan.classes[layer] = cls
         self.plan.classes[base] = f"{cls}Cell"

@@ -8,6 +8,7 @@ feature map) are reported with the hint that settles them.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -20,8 +21,10 @@ from ckptkit.model import TensorInfo
 
 _GRU_KERAS_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h; PyTorch r, z, n
 _NORMS = {"LayerNormalization", "GroupNormalization", "RMSNormalization"}
-_TORCH_NAMES = {"gamma": "weight", "beta": "bias", "scale": "weight", "moving_mean": "running_mean",
-                "moving_variance": "running_var", "embeddings": "weight", "kernel": "weight", "bias": "bias"}  # fmt: skip
+_TORCH_NAMES = {
+    "gamma": "weight", "beta": "bias", "scale": "weight", "moving_mean": "running_mean",
+    "moving_variance": "running_var", "embeddings": "weight", "kernel": "weight", "bias": "bias",
+}  # fmt: skip
 
 
 @dataclass
@@ -88,7 +91,8 @@ class _Planner:
             return
         if not o.path or any(v.startswith("vars/") for v in o.vars):
             self.ask(
-                f"{o.path or 'the model'} has unnamed variables {', '.join(o.vars)} ({hint_help(o.path or 'vars/*', ('keep',))})"
+                f"{o.path or 'the model'} has unnamed variables {', '.join(o.vars)} "
+                f"({hint_help(o.path or 'vars/*', ('keep',))})"
             )
             return
         cls = self._class(o)
@@ -109,7 +113,8 @@ class _Planner:
             self._kernel(o, module, cls, hint)
         else:
             self.ask(
-                f"{o.path} ({cls or 'class unknown'}) has {', '.join(o.vars)}, which no rule knows ({hint_help(o.path, ('keep',))})"
+                f"{o.path} ({cls or 'class unknown'}) has {', '.join(o.vars)}, which no rule knows "
+                f"({hint_help(o.path, ('keep',))})"
             )
 
     def ask(self, text: str) -> None:
@@ -136,8 +141,8 @@ class _Planner:
     def _batchnorm(self, o: Owner, module: str) -> None:
         self._renames(o, module, "BatchNormalization -> BatchNorm")
         counter = f"{module}.num_batches_tracked"
-        self.plan.steps.append(Step(counter, (), (), dtypes.by_name("int64"), combine="zeros", layer=o.path,
-                                    why="PyTorch BatchNorm counts batches; Keras does not, so it starts at 0"))  # fmt: skip
+        why = "PyTorch BatchNorm counts batches; Keras does not, so it starts at 0"
+        self.plan.steps.append(Step(counter, (), (), dtypes.by_name("int64"), combine="zeros", layer=o.path, why=why))
         self._after_norm(o)
 
     def _kernel(self, o: Owner, module: str, cls: str | None, hint: Hint | None) -> None:
@@ -186,9 +191,10 @@ class _Planner:
         why = "Dense -> Linear"
         if hint and hint.kind == "flatten":
             dims = hint.dims
-            if len(dims) < 2 or dims[0] * _prod(dims[1:]) != inputs:
+            if len(dims) < 2 or math.prod(dims) != inputs:
                 self.ask(
-                    f"{o.path}: flatten:{'x'.join(map(str, dims))} holds {_prod(dims)} values, the kernel takes {inputs}"
+                    f"{o.path}: flatten:{'x'.join(map(str, dims))} holds {math.prod(dims)} values, "
+                    f"the kernel takes {inputs}"
                 )
                 return
             c, spatial = dims[0], dims[1:]
@@ -264,10 +270,20 @@ class _Planner:
         why = f"{cls} -> torch.nn.{'RNN' if cls == 'SimpleRNN' else cls}"
         steps = self.plan.steps
         steps.append(
-            moved(f"{module}.weight_ih_l{layer}", k.name, k.shape, k.dtype, (("transpose", (1, 0)), *gates), o.path, why)
+            moved(
+                f"{module}.weight_ih_l{layer}", k.name, k.shape, k.dtype, (("transpose", (1, 0)), *gates), o.path, why
+            )
         )
         steps.append(
-            moved(f"{module}.weight_hh_l{layer}", rk.name, rk.shape, rk.dtype, (("transpose", (1, 0)), *gates), o.path, why)
+            moved(
+                f"{module}.weight_hh_l{layer}",
+                rk.name,
+                rk.shape,
+                rk.dtype,
+                (("transpose", (1, 0)), *gates),
+                o.path,
+                why,
+            )
         )
         b = o.vars.get("bias")
         if b is not None:
@@ -278,8 +294,9 @@ class _Planner:
                     return
                 size = (b.shape[1],)
                 for row, name in enumerate((ih, hh)):
+                    why_row = f"{why}: {'input' if row == 0 else 'recurrent'} bias"
                     steps.append(Step(name, (b.name,), size, b.dtype, combine=f"row:{row}", post=gates, layer=o.path,
-                                      why=f"{why}: {'input' if row == 0 else 'recurrent'} bias", in_shapes=(b.shape,)))  # fmt: skip
+                                      why=why_row, in_shapes=(b.shape,)))  # fmt: skip
             else:
                 steps.append(rename(ih, b.name, b.shape, b.dtype, o.path, f"{why}: Keras's one bias goes to bias_ih"))
                 steps.append(Step(hh, (), b.shape, b.dtype, combine="zeros", layer=o.path, why=f"{why}: bias_hh = 0"))
@@ -322,13 +339,6 @@ def _class_from_variables(o: Owner) -> str | None:
     if {"depthwise_kernel", "pointwise_kernel"} <= names:
         return f"SeparableConv{len(o.vars['pointwise_kernel'].shape) - 2}D"
     return None
-
-
-def _prod(dims: tuple[int, ...]) -> int:
-    out = 1
-    for d in dims:
-        out *= d
-    return out
 
 
 def plan_to_torch(infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> LayoutPlan:
