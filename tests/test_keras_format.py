@@ -290,3 +290,27 @@ def test_realworld_keras_files_inspect_and_convert_both_ways(tmp_path, cli, path
         assert ckptkit.convert(mid, back).verified
         with ckptkit.load(back) as ckpt:
             assert_same_tensors(want, ckpt)
+
+
+def test_datasets_pointing_into_other_files_are_refused(tmp_path):
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f.attrs["layer_names"] = [b"d"]
+        g = f.create_group("d")
+        g.attrs["weight_names"] = [b"d/kernel"]
+        g.create_dataset("d/kernel", shape=(4,), dtype="f4", external=[(str(tmp_path / "secret.bin"), 0, 16)])
+    with pytest.raises(Exception, match="keeps its data in other files"):
+        ckptkit.load(tmp_path / "ext.h5")
+
+
+def test_import_and_detection_of_other_formats_load_no_h5py(tmp_path):
+    import subprocess
+    import sys
+
+    ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "w.safetensors")
+    code = (
+        "import sys, ckptkit; ckptkit.inspect(sys.argv[1]); "
+        "print('h5py' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.safetensors")], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ckptkit.errors import UsageError
-from ckptkit.layout.ops import Step
+from ckptkit.layout.hints import Hint, find, hint_help
+from ckptkit.layout.ops import Op, Step, rename
 from ckptkit.model import TensorInfo
 
 TARGETS = ("keras", "torch")
@@ -87,5 +89,61 @@ def check_unique(steps: list[Step]) -> None:
         seen[s.out] = s
 
 
-def infos_by_name(infos: list[TensorInfo]) -> dict[str, TensorInfo]:
-    return {ti.name: ti for ti in infos}
+class Planner:
+    """What both directions share: hints, the questions to ask, ``keep``, the final checks."""
+
+    def __init__(self, infos: list[TensorInfo], hints: list[Hint], source: str, target: str) -> None:
+        self.infos = infos
+        self.hints = hints
+        self.plan = LayoutPlan(source, target)
+        self.asks: list[str] = []
+        self.channels: int | None = None  # channels of the last feature map seen
+        self.spatial = False  # whether the last layer with weights made a feature map
+
+    def ask(self, text: str) -> None:
+        self.asks.append(text)
+
+    def keep_hinted(self, layer: str, params: dict[str, TensorInfo], hint: Hint | None) -> None:
+        """Pass tensors hinted ``keep`` through untouched, and take them out of ``params``."""
+        for key, ti in list(params.items()):
+            own = find(self.hints, ti.name)
+            if (hint and hint.kind == "keep") or (own and own.kind == "keep"):
+                del params[key]
+                self.plan.steps.append(rename(ti.name, ti.name, ti.shape, ti.dtype, layer, "kept as is (hint)"))
+
+    def only(self, layer: str, params: dict[str, TensorInfo], allowed: set[str]) -> bool:
+        """True if ``params`` holds nothing but ``allowed``; else asks for a hint."""
+        extra = set(params) - allowed
+        if extra:
+            self.ask(
+                f"{layer} has {', '.join(sorted(extra))} besides {' and '.join(sorted(allowed))} "
+                f"({hint_help(layer, ('keep',))})"
+            )
+        return not extra
+
+    def flatten_ops(self, layer: str, dims: tuple[int, ...], inputs: int, outputs: int) -> tuple[Op, ...] | None:
+        """PyTorch ``(O, C*H*W)`` -> Keras ``(H*W*C, O)`` for a Linear after Flatten of ``dims`` = (C, H, W...).
+
+        PyTorch flattens a channels-first map, Keras a channels-last one: the rows are reordered.
+        """
+        if len(dims) < 2 or math.prod(dims) != inputs:
+            self.ask(
+                f"{layer}: flatten:{'x'.join(map(str, dims))} holds {math.prod(dims)} values, the layer takes {inputs}"
+            )
+            return None
+        c, spatial = dims[0], dims[1:]
+        n = len(spatial)
+        return (
+            ("reshape", (outputs, c, *spatial)),
+            ("transpose", (*range(2, 2 + n), 1, 0)),
+            ("reshape", (inputs, outputs)),
+        )
+
+    def finish(self) -> LayoutPlan:
+        if self.asks:
+            raise LayoutAmbiguityError(
+                f"--layout {self.plan.target} cannot tell how to translate {len(self.asks)} layer(s): "
+                + "; ".join(self.asks)
+            )
+        check_unique(self.plan.steps)
+        return self.plan

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ckptkit.layout import ops
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Step, moved, rename
-from ckptkit.layout.plan import LayoutAmbiguityError, LayoutPlan, check_unique
+from ckptkit.layout.plan import LayoutPlan, Planner
 from ckptkit.model import TensorInfo
 
 _RNN = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
@@ -47,14 +47,9 @@ def conv_perm(rank: int) -> tuple[int, ...]:
     return (*range(2, rank), 1, 0)
 
 
-class _Planner:
+class _Planner(Planner):
     def __init__(self, infos: list[TensorInfo], hints: list[Hint]) -> None:
-        self.infos = infos
-        self.hints = hints
-        self.plan = LayoutPlan("torch", "keras")
-        self.asks: list[str] = []
-        self.channels: int | None = None  # channels of the last feature map seen
-        self.spatial = False
+        super().__init__(infos, hints, "torch", "keras")
         self.assumed_conv: list[str] = []  # convolutions that might be transposed ones
 
     def run(self) -> LayoutPlan:
@@ -70,11 +65,7 @@ class _Planner:
                 done.update(m.name for m in group[1])
                 continue
             self._module(module)
-        if self.asks:
-            raise LayoutAmbiguityError(
-                f"--layout keras cannot tell how to translate {len(self.asks)} layer(s): " + "; ".join(self.asks)
-            )
-        check_unique(self.plan.steps)
+        self.finish()
         if self.assumed_conv:
             few = ", ".join(self.assumed_conv[:5]) + (
                 f" and {len(self.assumed_conv) - 5} more" if len(self.assumed_conv) > 5 else ""
@@ -86,19 +77,11 @@ class _Planner:
             )
         return self.plan
 
-    def ask(self, text: str) -> None:
-        self.asks.append(text)
-
     # -- one module -------------------------------------------------------------------------------
 
     def _module(self, m: Module) -> None:
         hint = find(self.hints, m.name)
-        kept = {p for p, ti in m.params.items() if (h := find(self.hints, ti.name)) and h.kind == "keep"}
-        if hint and hint.kind == "keep":
-            kept = set(m.params)
-        for p in kept:
-            ti = m.params.pop(p)
-            self.plan.steps.append(rename(ti.name, ti.name, ti.shape, ti.dtype, m.name, "kept as is (hint)"))
+        self.keep_hinted(m.name, m.params, hint)
         if not m.params:
             return
         params = m.params
@@ -116,11 +99,7 @@ class _Planner:
     def _weighted(self, m: Module, hint: Hint | None) -> None:
         w = m.params["weight"]
         bias = m.params.get("bias")
-        extra = set(m.params) - {"weight", "bias"}
-        if extra:
-            self.ask(
-                f"{m.name} has {', '.join(sorted(extra))} besides weight and bias ({hint_help(m.name, ('keep',))})"
-            )
+        if not self.only(m.name, m.params, {"weight", "bias"}):
             return
         kind = hint.kind if hint else None
         rank = len(w.shape)
@@ -193,20 +172,9 @@ class _Planner:
         self.spatial = False
 
     def _flatten_dense(self, m: Module, w: TensorInfo, dims: tuple[int, ...]) -> None:
-        out_features, in_features = w.shape
-        if ops.numel(dims) != in_features or len(dims) < 2:
-            self.ask(
-                f"{m.name}: flatten:{'x'.join(map(str, dims))} holds {ops.numel(dims)} values, "
-                f"the weight takes {in_features}"
-            )
+        post = self.flatten_ops(m.name, dims, w.shape[1], w.shape[0])
+        if post is None:
             return
-        c, spatial = dims[0], dims[1:]
-        n = len(spatial)
-        post = (
-            ("reshape", (out_features, c, *spatial)),
-            ("transpose", (*range(2, 2 + n), 1, 0)),
-            ("reshape", (in_features, out_features)),
-        )
         shape = "x".join(map(str, dims))
         why = f"Linear after Flatten of {shape} (channels first) -> Dense after Flatten (channels last)"
         self.plan.steps.append(moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, post, m.name, why))

@@ -8,15 +8,14 @@ feature map) are reported with the hint that settles them.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
 from ckptkit import dtypes
 from ckptkit.formats.keras import naming
 from ckptkit.layout.hints import Hint, find, hint_help
-from ckptkit.layout.ops import Op, Step, moved, rename
-from ckptkit.layout.plan import LayoutAmbiguityError, LayoutPlan, check_unique
+from ckptkit.layout.ops import Op, Step, inverse_ops, moved, rename
+from ckptkit.layout.plan import LayoutPlan, Planner
 from ckptkit.model import TensorInfo
 
 _GRU_KERAS_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h; PyTorch r, z, n
@@ -50,15 +49,10 @@ def conv_perm(rank: int) -> tuple[int, ...]:
     return (rank - 1, rank - 2, *range(rank - 2))
 
 
-class _Planner:
+class _Planner(Planner):
     def __init__(self, infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> None:
-        self.infos = infos
-        self.hints = hints
+        super().__init__(infos, hints, "keras", "torch")
         self.classes = classes
-        self.plan = LayoutPlan("keras", "torch")
-        self.asks: list[str] = []
-        self.channels: int | None = None
-        self.spatial = False
         self.rnn_modules: set[str] = set()
 
     def run(self) -> LayoutPlan:
@@ -67,12 +61,7 @@ class _Planner:
             self.plan.dropped[ti.name] = "PyTorch keeps optimizer state apart from the state_dict"
         for owner in group_owners([ti for ti in self.infos if not ti.name.startswith("optimizer/")]):
             self._owner(owner)
-        if self.asks:
-            raise LayoutAmbiguityError(
-                f"--layout torch cannot tell how to translate {len(self.asks)} layer(s): " + "; ".join(self.asks)
-            )
-        check_unique(self.plan.steps)
-        return self.plan
+        return self.finish()
 
     def _class(self, owner: Owner) -> str | None:
         last = owner.path.rsplit("/", 1)[-1]
@@ -81,12 +70,7 @@ class _Planner:
     def _owner(self, o: Owner) -> None:
         module = o.path.replace("/", ".")
         hint = find(self.hints, o.path, module)
-        kept = {v for v, ti in o.vars.items() if (h := find(self.hints, ti.name)) and h.kind == "keep"}
-        if hint and hint.kind == "keep":
-            kept = set(o.vars)
-        for v in kept:
-            ti = o.vars.pop(v)
-            self.plan.steps.append(rename(ti.name, ti.name, ti.shape, ti.dtype, o.path, "kept as is (hint)"))
+        self.keep_hinted(o.path, o.vars, hint)
         if not o.vars:
             return
         if not o.path or any(v.startswith("vars/") for v in o.vars):
@@ -117,9 +101,6 @@ class _Planner:
                 f"({hint_help(o.path, ('keep',))})"
             )
 
-    def ask(self, text: str) -> None:
-        self.asks.append(text)
-
     def _torch_name(self, o: Owner, module: str, var: str) -> str | None:
         name = _TORCH_NAMES.get(var)
         if name is None:
@@ -148,11 +129,7 @@ class _Planner:
     def _kernel(self, o: Owner, module: str, cls: str | None, hint: Hint | None) -> None:
         k = o.vars["kernel"]
         bias = o.vars.get("bias")
-        extra = set(o.vars) - {"kernel", "bias"}
-        if extra:
-            self.ask(
-                f"{o.path} has {', '.join(sorted(extra))} besides kernel and bias ({hint_help(o.path, ('keep',))})"
-            )
+        if not self.only(o.path, o.vars, {"kernel", "bias"}):
             return
         kind = hint.kind if hint else None
         rank = len(k.shape)
@@ -190,21 +167,12 @@ class _Planner:
         post: tuple[Op, ...] = (("transpose", (1, 0)),)
         why = "Dense -> Linear"
         if hint and hint.kind == "flatten":
-            dims = hint.dims
-            if len(dims) < 2 or math.prod(dims) != inputs:
-                self.ask(
-                    f"{o.path}: flatten:{'x'.join(map(str, dims))} holds {math.prod(dims)} values, "
-                    f"the kernel takes {inputs}"
-                )
+            forward = self.flatten_ops(o.path, hint.dims, inputs, outputs)
+            if forward is None:
                 return
-            c, spatial = dims[0], dims[1:]
-            n = len(spatial)
-            post = (
-                ("reshape", (*spatial, c, outputs)),
-                ("transpose", (n + 1, n, *range(n))),
-                ("reshape", (outputs, inputs)),
-            )
-            why = f"Dense after Flatten (channels last) -> Linear after Flatten of {c}x{'x'.join(map(str, spatial))}"
+            post = inverse_ops((outputs, inputs), forward)
+            dims = "x".join(map(str, hint.dims))
+            why = f"Dense after Flatten (channels last) -> Linear after Flatten of {dims}"
         elif (
             hint is None and self.spatial and self.channels and inputs != self.channels and inputs % self.channels == 0
         ):

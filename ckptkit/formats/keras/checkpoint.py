@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype
 from ckptkit.formats.keras.structure import CLASSES, Structure
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
@@ -33,6 +33,9 @@ class KerasCheckpoint(Checkpoint):
     def add(self, name: str, ds: Any) -> None:
         if name in self._datasets:
             raise CorruptCheckpointError(f"two datasets would both be named {name!r} ({ds.name} and another)")
+        if ds.external or ds.is_virtual:
+            # Their data lives in other files, which a weights file has no business pointing at.
+            raise UnsupportedError(f"dataset {ds.name} keeps its data in other files; ckptkit refuses such datasets")
         dtype = dataset_dtype(ds)
         self._infos.append(TensorInfo(name, dtype, tuple(int(d) for d in ds.shape), ds.name))
         self._datasets[name] = ds
