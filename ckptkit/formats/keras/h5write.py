@@ -1,10 +1,15 @@
 """Writing an HDF5 file tensor by tensor, at close to the speed of ``cp``.
 
 h5py first lays the file out: groups, attributes, small datasets with their data, and large
-datasets as contiguous space reserved at creation (aligned to 4 KiB, never filled). After h5py
-has closed the file, each large tensor's bytes are copied into its reserved space through
-:class:`~ckptkit.streaming.TensorCopier`, so no tensor is ever held in memory twice and the copy
-can run in the kernel.
+datasets as contiguous space reserved at creation (never filled). After h5py has closed the file,
+each large tensor's bytes are copied into its reserved space through
+:class:`~ckptkit.streaming.TensorCopier`, so no tensor is held in memory twice.
+
+The copy runs in the kernel (``copy_file_range``, as ``cp`` does) only when a tensor's offset in
+the output agrees with its offset in the source modulo the page size. So the large datasets are
+reserved one after another in the order their bytes lie in the source, all metadata kept in one
+block ahead of them, and where a dataset would land out of step a small padding dataset (under
+``/.ckptkit_padding``, which Keras and ckptkit ignore) is reserved first to shift it into step.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from ckptkit.model import Checkpoint, ProgressFn
 from ckptkit.streaming import TensorCopier
 
 SMALL_BYTES = 1 << 20  # datasets below this are written by h5py directly
-ALIGNMENT = 4096
+PAGE = 4096
+PADDING_GROUP = "/.ckptkit_padding"
+# HDF5 puts raw data under 2 KiB into shared blocks; padding is always bigger, so it lies where asked.
+_MIN_PAD = PAGE
 # HDF5 keeps attributes in the object header, which holds at most 64 KiB; Keras splits longer
 # lists of names into numbered attributes (name0, name1, ...) and so does ckptkit.
 ATTRIBUTE_LIMIT = 64512
@@ -75,40 +83,82 @@ def write_hdf5(spec: FileSpec, ckpt: Checkpoint, target: Path, progress: Progres
     """Write ``spec`` to ``target``, the datasets' data taken from ``ckpt``."""
     h5py = h5py_module()
     _check_paths(spec)
+    large = [d for d in spec.datasets if ckpt.info(d.tensor).nbytes >= SMALL_BYTES]
+    small = [d for d in spec.datasets if ckpt.info(d.tensor).nbytes < SMALL_BYTES]
+    extents = {d.tensor: ckpt.raw_extent(d.tensor) for d in large}
+    large.sort(key=lambda d: (0, str(e.path), e.offset) if (e := extents[d.tensor]) else (1, "", 0))
+    # One metadata block big enough for every object header, so raw data follows raw data.
+    meta_block = max(1 << 16, 4096 * (len(spec.datasets) + len(spec.groups) + 2)) if large else 2048
     deferred: list[tuple[str, int, int]] = []
-    with h5py.File(target, "w", alignment_threshold=SMALL_BYTES, alignment_interval=ALIGNMENT) as f:
+    with h5py.File(target, "w", meta_block_size=meta_block) as f:
         for path, attrs in spec.groups.items():
             group = f if path == "/" else f.require_group(path)
             for key, value in attrs.items():
                 group.attrs[key] = value
-        for ds_spec in spec.datasets:
+        for ds_spec in small:
             ti = ckpt.info(ds_spec.tensor)
             np_dtype, marked = storage_dtype(ti.dtype)
-            if ti.nbytes < SMALL_BYTES:
-                data = np.asarray(ckpt.read_tensor(ds_spec.tensor), order="C")
-                ds = f.create_dataset(ds_spec.path, data=data.view(np_dtype) if marked else data)
-                if progress:
-                    progress(ti.nbytes)
-            else:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-                ds = f.create_dataset(ds_spec.path, shape=ti.shape, dtype=np_dtype, dcpl=dcpl)
-                offset = ds.id.get_offset()
-                if offset is None or ds.id.get_storage_size() != ti.nbytes:
-                    raise UnsupportedError(f"HDF5 did not reserve contiguous space for tensor {ti.name!r}")
-                deferred.append((ds_spec.tensor, offset, ti.nbytes))
+            data = np.asarray(ckpt.read_tensor(ds_spec.tensor), order="C")
+            ds = f.create_dataset(ds_spec.path, data=data.view(np_dtype) if marked else data)
             if marked:
                 ds.attrs[DTYPE_ATTR] = marked
-    if not deferred:
-        return
+            if progress:
+                progress(ti.nbytes)
+        placer = _Placer(f)
+        for ds_spec in large:
+            ti = ckpt.info(ds_spec.tensor)
+            extent = extents[ds_spec.tensor]
+            if extent is not None:
+                placer.pad_to(extent.offset % PAGE)
+            ds = placer.reserve(ds_spec.path, ti.shape, ti)
+            deferred.append((ds_spec.tensor, ds.id.get_offset(), ti.nbytes))
     with open(target, "r+b") as out, TensorCopier() as copier:
         for tensor, offset, nbytes in deferred:
             out.seek(offset)
             written, _ = copier.copy(ckpt, tensor, out, progress=progress)
             if written != nbytes:
                 raise UnsupportedError(f"tensor {tensor!r} gave {written} bytes, its dataset holds {nbytes}")
+
+
+class _Placer:
+    """Reserves contiguous, never-filled datasets one after another, padding them into step."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.next: int | None = None  # where the next reservation should land
+        self.pads = 0
+
+    def _dcpl(self) -> Any:
+        h5py = h5py_module()
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        return dcpl
+
+    def _pad(self, nbytes: int) -> None:
+        ds = self.f.create_dataset(f"{PADDING_GROUP}/{self.pads}", shape=(nbytes,), dtype="u1", dcpl=self._dcpl())
+        self.pads += 1
+        self.next = ds.id.get_offset() + nbytes
+
+    def pad_to(self, residue: int) -> None:
+        if self.next is None:
+            self._pad(_MIN_PAD)  # learn where raw data goes next
+        assert self.next is not None
+        gap = (residue - self.next) % PAGE
+        if gap:
+            self._pad(gap + _MIN_PAD)
+
+    def reserve(self, path: str, shape: tuple[int, ...], ti: Any) -> Any:
+        np_dtype, marked = storage_dtype(ti.dtype)
+        ds = self.f.create_dataset(path, shape=shape, dtype=np_dtype, dcpl=self._dcpl())
+        offset = ds.id.get_offset()
+        if offset is None or ds.id.get_storage_size() != ti.nbytes:
+            raise UnsupportedError(f"HDF5 did not reserve contiguous space for tensor {ti.name!r}")
+        if marked:
+            ds.attrs[DTYPE_ATTR] = marked
+        self.next = offset + ti.nbytes
+        return ds
 
 
 def _check_paths(spec: FileSpec) -> None:

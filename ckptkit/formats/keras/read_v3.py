@@ -14,6 +14,7 @@ from typing import Any
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
+from ckptkit.formats.keras.h5write import PADDING_GROUP
 from ckptkit.formats.keras.hdf5 import attr_text, child, is_dataset, is_group
 from ckptkit.formats.keras.structure import Layer, Structure
 
@@ -40,7 +41,8 @@ class _Walker:
                 raise CorruptCheckpointError(f"{vars_group.name} should be a group")
             keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
             if any(not k.isdigit() for k in keys):
-                raise CorruptCheckpointError(f"{vars_group.name} holds {keys[0]!r}; Keras numbers variables 0, 1, ...")
+                odd = next(k for k in keys if not k.isdigit())
+                raise CorruptCheckpointError(f"{vars_group.name} holds {odd!r}; Keras numbers variables 0, 1, ...")
             names = naming.variable_names(cls, len(keys)) or tuple(f"vars/{k}" for k in keys)
             for key, var in zip(keys, names, strict=True):
                 ds = child(vars_group, key)
@@ -115,7 +117,7 @@ def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: di
     st.layers = [found.pop(name, Layer(name, cls)) for name, cls in order] + list(found.values())
     for key in sorted(h5.keys(), key=structure.natural_key):
         group = child(h5, key)
-        if key in CONTAINERS or not is_group(group):
+        if key in CONTAINERS or key == PADDING_GROUP.strip("/") or not is_group(group):
             continue
         if key == "optimizer":
             optimizer_name = attr_text(child(group, "vars"), "name") if "vars" in group else None
