@@ -24,7 +24,6 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
-    "ckptkit.formats.safetensors",
     "ckptkit.formats.torch",
     "ckptkit.formats.keras.v3",
     "ckptkit.formats.keras.legacy",
