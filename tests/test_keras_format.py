@@ -188,7 +188,9 @@ def test_large_tensors_land_in_step_with_the_source_for_in_kernel_copies(tmp_pat
                 assert out.raw_extent(tensor).offset % 4096 == src.raw_extent(tensor).offset % 4096
             assert out.structure()["sections"][0]["groups"][0]["name"] == "dense"
     with h5py.File(tmp_path / "out.h5") as f:
-        assert f["embedding/embedding/embeddings"].attrs["dtype"] == "bfloat16" and f["dense/dense/kernel"].chunks is None
+        assert (
+            f["embedding/embedding/embeddings"].attrs["dtype"] == "bfloat16" and f["dense/dense/kernel"].chunks is None
+        )
 
 
 def test_bfloat16_weights_written_by_keras_and_read_back_by_keras(tmp_path, keras):
@@ -296,6 +298,11 @@ def test_realworld_keras_files_inspect_and_convert_both_ways(tmp_path, cli, path
         assert ckptkit.convert(mid, back).verified
         with ckptkit.load(back) as ckpt:
             assert_same_tensors(want, ckpt)
+    receipt = ckptkit.convert(path, tmp_path / "model.pt", layout="torch")
+    assert receipt.verified and any(n.startswith("optimizer/") for n in receipt.dropped)
+    assert ckptkit.convert(tmp_path / "model.pt", tmp_path / "again.weights.h5", layout="keras").verified
+    with ckptkit.load(tmp_path / "again.weights.h5") as ckpt:
+        assert_same_tensors({n: v for n, v in want.items() if not n.startswith("optimizer/")}, ckpt)
 
 
 def test_datasets_pointing_into_other_files_are_refused(tmp_path):
@@ -314,9 +321,6 @@ def test_import_and_detection_of_other_formats_load_no_h5py(tmp_path):
     import sys
 
     ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "w.safetensors")
-    code = (
-        "import sys, ckptkit; ckptkit.inspect(sys.argv[1]); "
-        "print('h5py' in sys.modules, 'keras' in sys.modules)"
-    )
+    code = "import sys, ckptkit; ckptkit.inspect(sys.argv[1]); print('h5py' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.safetensors")], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "False"], out.stderr

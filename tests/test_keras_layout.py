@@ -43,6 +43,13 @@ def test_pytorch_weights_run_in_keras(tmp_path, make):
     pair.keras_model.load_weights(tmp_path / "k.weights.h5")
     assert np.abs(pair.keras_out() - want).max() <= TOLERANCE
 
+    # A torch.save file keeps the modules' order, which legacy .h5 loading (by order) needs.
+    torch.save(pair.torch_model.state_dict(), tmp_path / "model.pt")
+    ckptkit.convert(tmp_path / "model.pt", tmp_path / "from_pt.h5", layout="keras", layout_hints=pair.hints)
+    fresh = make()
+    fresh.keras_model.load_weights(tmp_path / "from_pt.h5")
+    assert np.abs(fresh.keras_out() - want).max() <= TOLERANCE
+
     fresh = make()
     fresh.keras_model.set_weights([np.zeros_like(w) for w in _keras_weights(fresh.keras_model)])
     receipt = ckptkit.convert(
@@ -73,11 +80,12 @@ def test_keras_weights_run_in_pytorch(tmp_path, make):
     want = pair.keras_out()
     pair.keras_model.save(tmp_path / "k.h5")
     pair.keras_model.save_weights(tmp_path / "k.weights.h5")
-    for src in ("k.h5", "k.weights.h5"):
-        out = tmp_path / f"{src}.safetensors"
+    for src, ext in (("k.h5", "pt"), ("k.weights.h5", "safetensors")):
+        out = tmp_path / f"{src}.{ext}"
         ckptkit.convert(tmp_path / src, out, layout="torch", layout_hints=pair.hints)
+        state = torch.load(out, weights_only=True) if ext == "pt" else safetensors_torch.load_file(out)
         fresh = make()
-        fresh.torch_model.load_state_dict(safetensors_torch.load_file(out), strict=True)
+        fresh.torch_model.load_state_dict(state, strict=True)
         assert np.abs(fresh.torch_out() - want).max() <= TOLERANCE, src
 
 
@@ -136,6 +144,27 @@ def test_round_trip_through_pytorch_restores_the_keras_file(tmp_path):
         for name, value in want.items():
             assert ckpt.read_tensor(name).tobytes() == value.tobytes(), name
     fresh = pairs.cnn_batchnorm()
+    fresh.keras_model.load_weights(tmp_path / "back.h5")
+    assert np.array_equal(fresh.keras_out(), pair.keras_out())
+
+
+@pytest.mark.parametrize(
+    "make", [pairs.cnn_batchnorm, pairs.depthwise_separable, pairs.lstm, pairs.gru], ids=lambda m: m.__name__
+)
+def test_h5_through_a_pytorch_file_and_back_is_bit_exact(tmp_path, make):
+    """A .pt file keeps no metadata: the way back relies on the rules (and the same hints)."""
+    pair = make()
+    pair.keras_model.save(tmp_path / "k.h5")
+    with ckptkit.load(tmp_path / "k.h5") as ckpt:
+        want = {n: np.array(ckpt.read_tensor(n)) for n in ckpt.names()}
+    ckptkit.convert(tmp_path / "k.h5", tmp_path / "model.pt", layout="torch", layout_hints=pair.hints)
+    ckptkit.convert(tmp_path / "model.pt", tmp_path / "back.h5", layout="keras", layout_hints=pair.hints)
+    with ckptkit.load(tmp_path / "back.h5") as ckpt:
+        assert ckpt.names() == list(want)
+        for name, value in want.items():
+            got = ckpt.read_tensor(name)
+            assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), name
+    fresh = make()
     fresh.keras_model.load_weights(tmp_path / "back.h5")
     assert np.array_equal(fresh.keras_out(), pair.keras_out())
 
