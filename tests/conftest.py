@@ -12,11 +12,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
-# ../shared/realworld beside the repository; a git worktree one folder deeper looks one level up.
-REALWORLD = next(
-    (p for p in (REPO.parent / "shared" / "realworld", REPO.parent.parent / "shared" / "realworld") if p.is_dir()),
-    REPO.parent / "shared" / "realworld",
-)
+
+
+def _realworld() -> Path:
+    """../shared/realworld beside the repository, or beside the folder of its git worktree."""
+    if os.environ.get("CKPTKIT_REALWORLD"):
+        return Path(os.environ["CKPTKIT_REALWORLD"])
+    candidates = [d / "shared" / "realworld" for d in REPO.parents[:2]]
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+REALWORLD = _realworld()
 
 
 @dataclass
