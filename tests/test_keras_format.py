@@ -264,6 +264,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cli):
         ckptkit.load(tmp_path / "cut.h5")
 
 
+@pytest.mark.parametrize("ext", [".h5", ".weights.h5"])
+def test_an_empty_checkpoint_round_trips(tmp_path, ext):
+    write_read({}, tmp_path / f"empty{ext}")
+
+
 def test_weights_h5_needs_layer_classes(tmp_path):
     ckptkit.save({"encoder/w": np.ones(2, np.float32)}, tmp_path / "x.h5")
     with pytest.raises(Exception, match="cannot tell the Keras class of layer 'encoder'"):

@@ -172,10 +172,9 @@ def _root_and_optimizer(
 ) -> None:
     model_name = st.extra.get(structure.MODEL_NAME)
     root_vars = [t for t in ckpt.names() if _ROOT_VAR.match(t)]
-    if model_name or root_vars:
-        attrs = spec.group("/vars")
-        if model_name:
-            attrs["name"] = model_name
+    attrs = spec.group("/vars")  # Keras always writes the model's own group; it marks the file as Keras 3
+    if model_name:
+        attrs["name"] = model_name
     spec.datasets.extend(DatasetSpec(f"/{t}", t) for t in root_vars)
     if not st.optimizer:
         return
