@@ -4,11 +4,11 @@
 
 Makes a transformer-like checkpoint (201 tensors: a 32000 x 2304 embedding and output head, 22
 blocks of attention and MLP weights), then times, as child processes with a warm page cache:
-``cp`` of the source, ``ckptkit convert`` to a legacy .h5 and back, each with and without the
-check that re-reads the output. Memory is the child's peak ``RssAnon`` (private anonymous
-memory, polled from /proc): mapped file pages are not counted, since a lazy reader maps the whole
-file without holding it. Medians of ``--runs`` runs; the limits are 1.5x cp and the largest
-tensor + 256 MB.
+``cp`` of the source, the command's start-up alone (``ckptkit formats``), and ``ckptkit convert``
+to a legacy .h5 and back, each with and without the check that re-reads the output. Memory is the
+child's peak ``RssAnon`` (private anonymous memory, polled from /proc): mapped file pages are not
+counted, since a lazy reader maps the whole file without holding it. Medians of ``--runs`` runs;
+the limits are 1.5x cp and the largest tensor + 256 MB.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def main() -> None:
     ckptkit_cmd = [sys.executable, "-m", "ckptkit", "convert", "--force"]
     cases = {
         "cp": (["cp", str(src), str(copy)], src),
+        "ckptkit start-up (formats)": ([sys.executable, "-m", "ckptkit", "formats"], src),
         "safetensors -> h5 (no verify)": ([*ckptkit_cmd, "--no-verify", str(src), str(h5)], src),
         "h5 -> safetensors (no verify)": ([*ckptkit_cmd, "--no-verify", str(h5), str(back)], h5),
         "safetensors -> h5 (verified)": ([*ckptkit_cmd, str(src), str(h5)], src),
