@@ -38,4 +38,5 @@ FORMAT = Format(
     write=write_legacy,
     write_options=WRITE_OPTIONS,
     default_extension=".h5",
+    verify="ckptkit.verify.keras:check_structure",
 )

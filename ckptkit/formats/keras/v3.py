@@ -77,4 +77,5 @@ FORMAT = Format(
     write=write_keras,
     write_options=WRITE_OPTIONS,
     default_extension=".weights.h5",
+    verify="ckptkit.verify.keras:check_structure",
 )
