@@ -11,23 +11,31 @@ from ckptkit import registry
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, realworld_files
 
 WRITABLE = [f.name for f in registry.formats() if f.can_write]
-SOURCE = FIXTURES / "mlp_fp32.pt"  # written by torch.save
+# Originals written by other software: torch.save, and Keras 3 (whose layer classes let every
+# writer, the Keras 3 one included, name the layers).
+SOURCES = [FIXTURES / "mlp_fp32.pt", *realworld_files("aimed_digits.weights.h5")]
 TIED = FIXTURES / "tied_lm_fp16.pt"  # a head tied to the embedding: two names, one storage
-VICTIM = "fc1.weight"  # 2 KB of seeded random floats: its bytes occur once in any file holding them
+CASES = [pytest.param(src, fmt, id=f"{src.name}->{fmt}") for src in SOURCES for fmt in WRITABLE]
 
 
-@pytest.fixture(scope="module")
-def original_manifest(tmp_path_factory):
-    path = tmp_path_factory.mktemp("manifest") / "manifest.json"
-    path.write_text(json.dumps(build_manifest(SOURCE).to_dict()))
+def _manifest_file(tmp_path, source):
+    path = tmp_path / "original.json"
+    path.write_text(json.dumps(build_manifest(source).to_dict()))
     return path
 
 
-def _convert(tmp_path, fmt, source=SOURCE):
-    dst = tmp_path / f"converted{registry.get(fmt).default_extension}"
+def _victim(source) -> str:
+    """The largest tensor: seeded or trained floats whose bytes occur once in any file holding them."""
+    with ckptkit.load(source) as ckpt:
+        return max(ckpt.tensor_infos(), key=lambda ti: ti.nbytes).name
+
+
+def _convert(folder, fmt, source):
+    folder.mkdir()
+    dst = folder / f"converted{registry.get(fmt).default_extension}"
     try:
         ckptkit.convert(source, dst, to_format=fmt)
     except UnsupportedError as err:  # e.g. Keras 3 files need a model template to name layers
@@ -46,24 +54,27 @@ def _flip_inside(folder, data: bytes) -> None:
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("fmt", WRITABLE)
-def test_conversion_verifies_against_the_original_manifest(tmp_path, fmt, original_manifest):
-    dst = _convert(tmp_path, fmt)
-    report = verify([dst], VerifyOptions(manifest=original_manifest))
+@pytest.mark.parametrize(("source", "fmt"), CASES)
+def test_conversion_verifies_against_the_original_manifest(tmp_path, source, fmt):
+    manifest = _manifest_file(tmp_path, source)
+    dst = _convert(tmp_path / "out", fmt, source)
+    report = verify([dst], VerifyOptions(manifest=manifest))
     assert report.exit_code == 0, [f.to_dict() for f in report.findings]
-    assert build_manifest(dst).root == json.loads(original_manifest.read_text())["root"]
+    assert build_manifest(dst).root == json.loads(manifest.read_text())["root"]
 
 
-@pytest.mark.parametrize("fmt", WRITABLE)
-def test_one_flipped_byte_is_found_and_the_tensor_named(tmp_path, fmt, original_manifest):
-    dst = _convert(tmp_path, fmt)
+@pytest.mark.parametrize(("source", "fmt"), CASES)
+def test_one_flipped_byte_is_found_and_the_tensor_named(tmp_path, source, fmt):
+    manifest = _manifest_file(tmp_path, source)
+    dst = _convert(tmp_path / "out", fmt, source)
+    victim = _victim(source)
     with ckptkit.load(dst) as ckpt:
-        data = np.ascontiguousarray(ckpt.read_tensor(VICTIM)).tobytes()
-    _flip_inside(tmp_path, data)
-    report = verify([dst], VerifyOptions(manifest=original_manifest))
+        data = np.ascontiguousarray(ckpt.read_tensor(victim)).tobytes()
+    _flip_inside(dst.parent, data)
+    report = verify([dst], VerifyOptions(manifest=manifest))
     assert report.exit_code == 1
-    assert VICTIM in {f.tensor for f in report.findings if f.severity == "error"}
-    assert {f.tensor for f in report.findings} <= {VICTIM, ""}
+    assert victim in {f.tensor for f in report.findings if f.severity == "error"}
+    assert {f.tensor for f in report.findings} <= {victim, ""}
 
 
 # The legacy Keras writer drops the second name of a tied pair, and convert's own check refuses
@@ -76,7 +87,7 @@ def test_tied_weights_keep_their_hashes_through_conversion(tmp_path, fmt):
     manifest = tmp_path / "tied.json"
     original = build_manifest(TIED)
     manifest.write_text(json.dumps(original.to_dict()))
-    dst = _convert(tmp_path, fmt, TIED)
+    dst = _convert(tmp_path / "out", fmt, TIED)
     report = verify([dst], VerifyOptions(manifest=manifest))
     assert report.exit_code == 0, [f.to_dict() for f in report.findings]
     assert build_manifest(dst).root == original.root
