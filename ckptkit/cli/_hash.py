@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
-from ckptkit.manifest import build_manifest, involved_bytes
 from ckptkit.output import AtomicOutput
 
 
@@ -27,6 +26,8 @@ def command(path: Path, output: Path | None, force: bool, format_name: str | Non
     tensors; the same tensors stored in any format give the same tensor hashes and root.
     Check a checkpoint against it with: ckptkit verify PATH --manifest FILE.
     """
+    from ckptkit.manifest import build_manifest, involved_bytes  # loaded only for this command
+
     with progress_bar(2 * involved_bytes([path]), f"hash {path.name}") as progress:
         manifest = build_manifest(path, format_name, progress=progress)
     data = manifest.to_dict()

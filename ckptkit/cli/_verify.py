@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ckptkit.cli._output import human_bytes, print_json, printable, progress_bar, stdout_console
-from ckptkit.manifest import involved_bytes
-from ckptkit.verify import Report, VerifyOptions, verify
-from ckptkit.verify.junit import junit_xml
+
+if TYPE_CHECKING:
+    from ckptkit.verify import Report
 
 _NONFINITE_SHOWN = 10
 
@@ -45,6 +46,10 @@ def command(
     Nothing in a checkpoint is executed. Exit codes: 0 clean; 1 findings (errors, and warnings
     with --strict); 2 verify could not run (no such file, unknown format, bad manifest).
     """
+    from ckptkit.manifest import involved_bytes  # loaded only for this command
+    from ckptkit.verify import VerifyOptions, verify
+    from ckptkit.verify.junit import junit_xml
+
     options = VerifyOptions(manifest=manifest, schema=schema, no_nan=no_nan, strict=strict)
     with progress_bar(involved_bytes(paths), "verify") as progress:
         report = verify(paths, options, progress)
