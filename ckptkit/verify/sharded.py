@@ -114,7 +114,7 @@ def _check_series(index: ShardIndex, report: TargetReport) -> None:
                 name = f"{prefix}-{num:0{widths[prefix, total, ext]}d}-of-{total}{ext}"
                 report.add(
                     error(
-                        "index.series-gap", f"the index names no tensor in {name!r}, shard {num} of {total}", index.path
+                        "index.series-gap", f"the index names no tensor in {name!r}, shard {num} of {int(total)}", index.path
                     )
                 )
     prefixes = {(p, e) for p, _t, e in series}
