@@ -112,11 +112,8 @@ def _check_series(index: ShardIndex, report: TargetReport) -> None:
         for num in range(1, int(total) + 1):
             if num not in numbers:
                 name = f"{prefix}-{num:0{widths[prefix, total, ext]}d}-of-{total}{ext}"
-                report.add(
-                    error(
-                        "index.series-gap", f"the index names no tensor in {name!r}, shard {num} of {int(total)}", index.path
-                    )
-                )
+                message = f"the index names no tensor in {name!r}, shard {num} of {int(total)}"
+                report.add(error("index.series-gap", message, index.path))
     prefixes = {(p, e) for p, _t, e in series}
     for path in sorted(index.folder.iterdir()):
         m = _SERIES.match(path.name)
