@@ -14,7 +14,14 @@ TARGETS = ("keras", "torch")
 
 
 class LayoutAmbiguityError(UsageError):
-    """The names and shapes do not say how to translate some tensors; hints are needed."""
+    """The names and shapes do not say how to translate some tensors; hints are needed.
+
+    ``partial`` is the plan for the tensors that could be translated (the others have no step).
+    """
+
+    def __init__(self, message: str, partial: LayoutPlan | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 @dataclass
@@ -143,7 +150,8 @@ class Planner:
         if self.asks:
             raise LayoutAmbiguityError(
                 f"--layout {self.plan.target} cannot tell how to translate {len(self.asks)} layer(s): "
-                + "; ".join(self.asks)
+                + "; ".join(self.asks),
+                self.plan,
             )
         check_unique(self.plan.steps)
         return self.plan
