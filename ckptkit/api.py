@@ -15,6 +15,7 @@ from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt
 from ckptkit.output import AtomicOutput
 from ckptkit.registry import WriteContext
+from ckptkit.sharding import SHARD_SIZE_OPTION
 from ckptkit.stats import compute_stats
 from ckptkit.transform import TransformedCheckpoint, transform
 
@@ -84,13 +85,21 @@ def write_checkpoint(
     verify: bool = False,
     progress: ProgressFn | None = None,
 ) -> Receipt:
-    """Write ``ckpt`` with the writer of ``format`` (default: from ``dst``'s extension)."""
+    """Write ``ckpt`` with the writer of ``format`` (default: from ``dst``'s extension).
+
+    ``dst`` may be an existing folder (the file is named as Hugging Face names it there, such as
+    ``model.safetensors``) or the name of a shard index (``model.safetensors.index.json``).
+    """
     fmt = registry.for_output(dst, format)
+    if dst.is_dir():
+        dst = dst / fmt.folder_file_name
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.write_options}
     if unknown:
         flags = ", ".join("--" + o.replace("_", "-") for o in sorted(unknown))
         raise UsageError(f"{flags} cannot be used when writing {fmt.name}")
+    if dst.name.endswith(registry.INDEX_SUFFIX) and SHARD_SIZE_OPTION not in fmt.write_options:
+        raise UsageError(f"ckptkit cannot write {fmt.name} as shards with an index; name a single file")
     if ckpt.path is not None and dst.exists() and dst.resolve() == Path(ckpt.path).resolve():
         raise UsageError(f"{dst} is the input too; write to another file")
     receipt = Receipt(
@@ -109,9 +118,12 @@ def write_checkpoint(
         staged = [out.temp_for(f) for f in out.files]
         receipt.bytes_written = sum(p.stat().st_size for p in staged if p.is_file())
         receipt.files = [str(f) for f in out.files]
+        receipt.destination = str(out.path)
         if verify:
             expected = ctx.expected if ctx.expected is not None else ckpt
-            with registry.open_checkpoint(out.temp_for(), fmt.name) as written:
+            # A shard index is read by the format that reads indexes, not by the shards' own.
+            read_as = None if out.path.name.endswith(registry.INDEX_SUFFIX) else fmt.name
+            with registry.open_checkpoint(out.temp_for(), read_as) as written:
                 compare_checkpoints(expected, written, dst, progress)
             receipt.verified = True
     return receipt

@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
     # "ckptkit.formats.torch",
+    "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
@@ -73,7 +74,8 @@ class Format:
     ``sniff(head, path)`` answers from the first bytes (and, for containers, a cheap look inside)
     whether the file is of this format; it must not raise for files of other formats.
     ``read_options`` and ``write_options`` are the options its reader and writer take; they
-    reach ``open`` and ``write`` as a mapping of option name to value.
+    reach ``open`` and ``write`` as a mapping of option name to value. Formats that read
+    directories are asked with an empty ``head`` for them.
     """
 
     name: str
@@ -85,6 +87,12 @@ class Format:
     write_options: tuple[OptionSpec, ...] = ()
     read_options: tuple[OptionSpec, ...] = ()
     default_extension: str = ""
+    weights_name: str = ""  # the file's name inside a model folder; default "model" + default_extension
+
+    @property
+    def folder_file_name(self) -> str:
+        """The name a checkpoint of this format gets when the output is a folder."""
+        return self.weights_name or "model" + self.default_extension
 
     @property
     def can_read(self) -> bool:
@@ -176,12 +184,20 @@ def detect(path: Path) -> Format:
     raise UnknownFormatError(f"not a checkpoint ckptkit can read: no format recognises this {kind}{hint}", path)
 
 
+INDEX_SUFFIX = ".index.json"
+
+
 def for_output(path: Path, name: str | None = None) -> Format:
-    """The format to write ``path`` in: ``name`` if given, else from the extension."""
+    """The format to write ``path`` in: ``name`` if given, else from the extension.
+
+    ``model.safetensors.index.json`` names the index of a sharded output; its format is that of
+    ``model.safetensors``.
+    """
     if name:
         fmt = get(name)
     else:
-        matches = [f for f in _load().values() if f.can_write and _has_extension(path, f)]
+        named = path.with_name(path.name.removesuffix(INDEX_SUFFIX)) if path.name.endswith(INDEX_SUFFIX) else path
+        matches = [f for f in _load().values() if f.can_write and _has_extension(named, f)]
         if not matches:
             raise UsageError(f"cannot tell which format to write from the name {path.name!r}; pass --to FORMAT")
         fmt = matches[0]
