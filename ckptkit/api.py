@@ -129,7 +129,9 @@ def write_checkpoint(
     return receipt
 
 
-def compare_checkpoints(expected: Checkpoint, written: Checkpoint, dst: Path, progress: ProgressFn | None = None) -> None:
+def compare_checkpoints(
+    expected: Checkpoint, written: Checkpoint, dst: Path, progress: ProgressFn | None = None
+) -> None:
     """Check that ``written`` holds every tensor of ``expected``, bit for bit."""
     have = set(written.names()) | set(written.aliases)
     for name in list(expected.names()) + list(expected.aliases):

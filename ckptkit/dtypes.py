@@ -97,13 +97,11 @@ def by_name(name: str) -> DType:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key.startswith("torch."):
-        key = key[len("torch."):]
+        key = key[len("torch.") :]
     try:
         return _BY_NAME[key]
     except KeyError:
-        raise UnsupportedError(
-            f"unknown dtype {name!r}; known: {', '.join(dtype_names())}"
-        ) from None
+        raise UnsupportedError(f"unknown dtype {name!r}; known: {', '.join(dtype_names())}") from None
 
 
 def by_safetensors(code: str) -> DType | None:

@@ -83,7 +83,13 @@ class Checkpoint(ABC):
         """Where the tensor's bytes lie as-is in a file, if they do; else ``None``."""
         return None
 
-    def close(self) -> None:
+    def read_torch(self, name: str) -> Any:
+        """The tensor as a ``torch.Tensor`` (needs torch installed; bfloat16 and float8 kept)."""
+        from ckptkit.torch_interop import numpy_to_torch
+
+        return numpy_to_torch(self.read_tensor(name))
+
+    def close(self) -> None:  # noqa: B027 - readers without open resources need not override it
         """Release files and maps. Arrays returned earlier may become invalid."""
 
     # Conveniences built on the abstract methods.
@@ -145,9 +151,7 @@ class MemoryCheckpoint(Checkpoint):
         self._arrays: dict[str, np.ndarray] = {}
         for name, value in tensors.items():
             self._arrays[name] = np.asarray(to_numpy(value), order="C")
-        self._infos = [
-            TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "memory") for n, a in self._arrays.items()
-        ]
+        self._infos = [TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "memory") for n, a in self._arrays.items()]
         self.metadata.update(metadata or {})
         self.aliases.update(aliases or {})
 
@@ -200,7 +204,7 @@ def parse_size(text: str) -> int:
     }  # fmt: skip
     s = text.strip().lower().replace(" ", "")
     num = s.rstrip("kmgtib")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         value = float(num)
     except ValueError:

@@ -37,11 +37,8 @@ def compute_stats(array: np.ndarray) -> TensorStats:
     m2 = 0.0  # sum of squared deviations, merged chunk by chunk (Chan et al.) to avoid cancellation
     lo, hi = math.inf, -math.inf
     for start in range(0, flat.size, CHUNK_ELEMENTS):
-        chunk = flat[start:start + CHUNK_ELEMENTS]
-        if chunk.dtype.kind == "c":
-            values = np.abs(chunk).astype(np.float64)
-        else:
-            values = chunk.astype(np.float64)
+        chunk = flat[start : start + CHUNK_ELEMENTS]
+        values = np.abs(chunk).astype(np.float64) if chunk.dtype.kind == "c" else chunk.astype(np.float64)
         finite_mask = np.isfinite(values)
         n_finite = int(finite_mask.sum())
         st.nan += int(np.isnan(values).sum())

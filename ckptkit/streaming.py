@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from typing import BinaryIO
@@ -26,7 +27,7 @@ class TensorCopier:
 
     def __init__(self, chunk_bytes: int = CHUNK_BYTES) -> None:
         self._buf = bytearray(chunk_bytes)
-        self._sources: dict[str, BinaryIO] = {}
+        self._sources: dict[str, io.BufferedReader] = {}
 
     def close(self) -> None:
         for f in self._sources.values():
@@ -39,7 +40,7 @@ class TensorCopier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _source(self, path: str) -> BinaryIO:
+    def _source(self, path: str) -> io.BufferedReader:
         f = self._sources.get(path)
         if f is None:
             f = self._sources[path] = open(path, "rb")  # noqa: SIM115 - kept open across tensors
@@ -58,10 +59,10 @@ class TensorCopier:
         if extent is not None:
             return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, want_crc, progress)
         data = np.ascontiguousarray(ckpt.read_tensor(name))
-        view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+        view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")  # type: ignore[arg-type]
         crc = 0
         for start in range(0, len(view), len(self._buf)):
-            piece = view[start:start + len(self._buf)]
+            piece = view[start : start + len(self._buf)]
             if want_crc:
                 crc = zlib.crc32(piece, crc)
             out.write(piece)

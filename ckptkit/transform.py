@@ -114,12 +114,12 @@ def transform(
     def rename(name: str) -> str:
         for pre in subtree:
             if name.startswith(pre + "."):
-                name = name[len(pre) + 1:]
+                name = name[len(pre) + 1 :]
                 break
         for pre in strip_prefix:
             pre = pre if pre.endswith(".") else pre + "."
             while name.startswith(pre):
-                name = name[len(pre):]
+                name = name[len(pre) :]
         return name
 
     names: dict[str, str] = {}

@@ -18,7 +18,7 @@ def snapshot(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
 def assert_same_tensors(expected: Mapping[str, np.ndarray], ckpt: Checkpoint) -> None:
     """Every expected tensor is in ``ckpt`` with the same dtype, shape and bytes (aliases count)."""
     names = set(ckpt.names()) | set(ckpt.aliases)
-    assert names == set(expected), (sorted(names ^ set(expected)))
+    assert names == set(expected), sorted(names ^ set(expected))
     for name, want in expected.items():
         got = ckpt.read_tensor(ckpt.aliases.get(name, name))
         assert got.dtype == want.dtype, (name, got.dtype, want.dtype)

@@ -20,7 +20,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
+        except Exception as err:
             if os.environ.get("CKPTKIT_DEBUG"):
                 raise
             ctx.exit(report_error(err))

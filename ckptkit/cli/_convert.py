@@ -42,8 +42,13 @@ def _names(kind: str) -> set[str]:
 @click.argument("dst", type=click.Path(path_type=Path))
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
-@click.option("--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, float32, ...).")
-@click.option("--select", multiple=True, metavar="GLOB", help="Keep only these tensors; a plain name keeps a subtree and drops its prefix (--select state_dict).")
+@click.option("--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...).")
+@click.option(
+    "--select",
+    multiple=True,
+    metavar="GLOB",
+    help="Keep only these tensors; a plain name keeps a subtree and drops its prefix (--select state_dict).",
+)
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave these tensors out.")
 @click.option("--strip-prefix", multiple=True, metavar="P", help="Remove this prefix from names (module., _orig_mod.).")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")

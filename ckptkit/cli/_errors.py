@@ -29,8 +29,7 @@ def report_error(err: BaseException) -> int:
         click.echo(f"ckptkit: error: {err.filename}: {one_line(err.strerror or str(err))}", err=True)
         return EXIT_ERROR
     click.echo(
-        f"ckptkit: error: unexpected {type(err).__name__}: {one_line(str(err))} "
-        "(set CKPTKIT_DEBUG=1 to see where)",
+        f"ckptkit: error: unexpected {type(err).__name__}: {one_line(str(err))} (set CKPTKIT_DEBUG=1 to see where)",
         err=True,
     )
     sys.stderr.flush()

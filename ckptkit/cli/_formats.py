@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.table import Table
 
@@ -13,7 +15,7 @@ from ckptkit.cli._output import print_json, stdout_console
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def command(as_json: bool) -> None:
     """List the checkpoint formats ckptkit knows."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": f.name,
             "read": f.can_read,

@@ -26,9 +26,11 @@ _MAX_VALUE_CHARS = 200
 @click.option("--tree", is_flag=True, help="Group tensors by module path.")
 def command(path: Path, format_name: str | None, as_json: bool, stats: bool, tree: bool) -> None:
     """Show a checkpoint's format, tensors, sizes and metadata."""
-    with registry.open_checkpoint(path, format_name) as ckpt:
-        with progress_bar(ckpt.total_bytes if stats else 0, f"inspect {path.name}") as progress:
-            report = describe(ckpt, stats=stats, progress=progress)
+    with (
+        registry.open_checkpoint(path, format_name) as ckpt,
+        progress_bar(ckpt.total_bytes if stats else 0, f"inspect {path.name}") as progress,
+    ):
+        report = describe(ckpt, stats=stats, progress=progress)
     if as_json:
         print_json(report)
     elif tree:

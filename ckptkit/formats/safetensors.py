@@ -167,9 +167,7 @@ def open_safetensors(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     return SafetensorsCheckpoint(path)
 
 
-def build_header(
-    infos: Sequence[TensorInfo], metadata: Mapping[str, str]
-) -> tuple[bytes, list[TensorInfo]]:
+def build_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> tuple[bytes, list[TensorInfo]]:
     """The padded header bytes and the tensors in the order their data must follow."""
     for ti in infos:
         if ti.dtype.safetensors is None:
@@ -183,7 +181,11 @@ def build_header(
         header["__metadata__"] = dict(metadata)
     offset = 0
     for ti in ordered:
-        header[ti.name] = {"dtype": ti.dtype.safetensors, "shape": list(ti.shape), "data_offsets": [offset, offset + ti.nbytes]}
+        header[ti.name] = {
+            "dtype": ti.dtype.safetensors,
+            "shape": list(ti.shape),
+            "data_offsets": [offset, offset + ti.nbytes],
+        }
         offset += ti.nbytes
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
@@ -203,9 +205,7 @@ def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:
 def write_safetensors(ckpt: Checkpoint, ctx: WriteContext) -> None:
     header, ordered = build_header(ckpt.tensor_infos(), checkpoint_metadata(ckpt))
     if ckpt.aliases:
-        ctx.notes.append(
-            f"{len(ckpt.aliases)} tied tensor(s) stored once, alias map kept in metadata {ALIASES_KEY}"
-        )
+        ctx.notes.append(f"{len(ckpt.aliases)} tied tensor(s) stored once, alias map kept in metadata {ALIASES_KEY}")
     with open(ctx.output.temp_for(), "wb") as out, TensorCopier() as copier:
         out.write(header)
         for ti in ordered:
