@@ -221,6 +221,8 @@ def open_checkpoint(
         raise UsageError(f"ckptkit cannot read {fmt.name} files")
     if not p.exists():
         raise CkptkitError("no such file or directory", p)
+    if format and p.is_dir() and not fmt.sniff(b"", p):
+        raise UsageError(f"this is a folder, not a {fmt.name} file; leave out --from to read the checkpoint in it", p)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.read_options}
     if unknown:

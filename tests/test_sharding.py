@@ -279,3 +279,11 @@ def test_folder_with_one_checkpoint_and_with_several(tmp_path, cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(cli("inspect", empty), str(empty), "no checkpoint")
+
+
+def test_folder_with_a_forced_file_format_says_what_to_do(tmp_path, cli):
+    ckptkit.save({"a": np.ones(3, np.float32)}, tmp_path / "model.safetensors")
+    assert_one_line_error(cli("inspect", tmp_path, "--from", "safetensors"), str(tmp_path), "leave out --from")
+    r = cli("inspect", tmp_path, "--from", "sharded", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["tensors"][0]["name"] == "a"
