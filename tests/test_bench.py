@@ -8,8 +8,8 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-import measure  # noqa: E402
-import synth  # noqa: E402
+import measure
+import synth
 
 
 def test_peak_anonymous_memory_sees_an_allocation_and_ignores_a_mapped_file(tmp_path):
