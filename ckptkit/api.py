@@ -12,7 +12,7 @@ import numpy as np
 from ckptkit import registry
 from ckptkit.dtypes import by_name
 from ckptkit.errors import CorruptCheckpointError, UsageError
-from ckptkit.executor import balanced_groups, default_executor
+from ckptkit.executor import default_executor, map_tensors
 from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt
 from ckptkit.output import AtomicOutput
 from ckptkit.registry import WriteContext
@@ -154,21 +154,17 @@ def compare_checkpoints(
         if name not in expected.aliases:
             data.append(name)
 
-    def first_difference(group: list[int]) -> str | None:
-        for i in group:
-            name = data[i]
-            if not arrays_identical(expected.read_tensor(name), written.read_tensor(written.aliases.get(name, name))):
-                return name
-            if progress:
-                progress(expected.info(name).nbytes)
-        return None
+    def same(name: str) -> bool:
+        result = arrays_identical(expected.read_tensor(name), written.read_tensor(written.aliases.get(name, name)))
+        if progress:
+            progress(expected.info(name).nbytes)
+        return result
 
     executor = default_executor(expected.concurrent_reads and written.concurrent_reads)
-    groups = balanced_groups([expected.info(n).nbytes for n in data], executor.workers)
-    differing = [name for name in executor.map(first_difference, groups) if name is not None]
-    if differing:
-        first = min(differing, key=data.index)
-        raise CorruptCheckpointError(f"verification failed: tensor {first!r} differs from the source", dst)
+    results = map_tensors(expected, same, data, executor)
+    differing = next((name for name in data if not results[name]), None)
+    if differing is not None:
+        raise CorruptCheckpointError(f"verification failed: tensor {differing!r} differs from the source", dst)
 
 
 def arrays_identical(a: np.ndarray, b: np.ndarray) -> bool:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
+from ckptkit.model import Checkpoint
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -88,3 +90,22 @@ def balanced_groups(sizes: Sequence[int], groups: int) -> list[list[int]]:
         members[g].append(i)
         loads[g] += sizes[i]
     return [sorted(m) for m in members if m]
+
+
+def map_tensors(
+    ckpt: Checkpoint, fn: Callable[[str], R], names: Sequence[str] | None = None, executor: Executor | None = None
+) -> dict[str, R]:
+    """``fn(name)`` for every tensor (or those in ``names``), in the order given.
+
+    The tensors are dealt into one task per worker of similar total size; the tasks run on
+    ``executor`` (default: :func:`default_executor`, serial unless ``ckpt.concurrent_reads``).
+    ``fn`` may read the tensor from ``ckpt`` and report progress; it must not depend on the other
+    tensors' results.
+    """
+    todo = list(ckpt.names() if names is None else names)
+    runner = executor or default_executor(ckpt.concurrent_reads)
+    groups = balanced_groups([ckpt.info(n).nbytes for n in todo], runner.workers)
+    results: dict[str, R] = {}
+    for group, values in zip(groups, runner.map(lambda g: [fn(todo[i]) for i in g], groups), strict=True):
+        results.update((todo[i], v) for i, v in zip(group, values, strict=True))
+    return {n: results[n] for n in todo}

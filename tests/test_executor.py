@@ -82,3 +82,24 @@ def test_convert_verification_reports_the_first_differing_tensor(tmp_path, monke
     with pytest.raises(CorruptCheckpointError, match="'t2' differs"):
         ckptkit.convert(src, tmp_path / "b.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_map_tensors_returns_every_result_in_order_and_runs_serially_when_reads_cannot_overlap():
+    from ckptkit.executor import map_tensors
+    from ckptkit.model import MemoryCheckpoint
+
+    ckpt = MemoryCheckpoint({f"t{i}": np.full(10 * (i + 1), i, np.int32) for i in range(9)})
+    threads = set()
+
+    def total(name):
+        threads.add(threading.current_thread().name)
+        return int(ckpt.read_tensor(name).sum())
+
+    got = map_tensors(ckpt, total, executor=ThreadExecutor(2))
+    assert list(got) == ckpt.names()
+    assert got == {f"t{i}": i * 10 * (i + 1) for i in range(9)}
+    assert map_tensors(ckpt, total, names=["t3", "t1"]) == {"t3": 120, "t1": 20}
+    ckpt.concurrent_reads = False
+    threads.clear()
+    map_tensors(ckpt, total)
+    assert threads == {threading.current_thread().name}

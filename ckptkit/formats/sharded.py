@@ -176,7 +176,7 @@ def _shard_files(weight_map: Mapping[str, Any], index_path: Path) -> list[str]:
     if not files:
         raise CorruptCheckpointError("the shard index lists no tensors")
     for f in files:
-        _check_inside(f)
+        check_relative_name(f, "the index")
         if not (index_path.parent / f).is_file():
             raise CorruptCheckpointError(
                 f"shard {f} listed in the index is missing from {index_path.parent}; download it or fix the index"
@@ -184,13 +184,16 @@ def _shard_files(weight_map: Mapping[str, Any], index_path: Path) -> list[str]:
     return sorted(files)
 
 
-def _check_inside(name: str) -> None:
-    """Shard names are plain relative paths inside the index's folder; symlinked shards (as in the
-    Hugging Face cache) are fine, so this checks the name, not where it resolves to."""
+def check_relative_name(name: str, named_by: str) -> None:
+    """Refuse a file name that could leave the folder of the file that names it.
+
+    Only the name is checked, not where it resolves to, so symlinked files (as in the Hugging
+    Face cache, whose snapshot files link into ``../../blobs``) are still read.
+    """
     pure = PurePosixPath(name)
     if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name:
         raise CorruptCheckpointError(
-            f"the index names shard {name!r}, which is not a file inside the index's folder; refusing to read it"
+            f"{named_by} names the file {name!r}, which is not a file inside its folder; refusing to read it"
         )
 
 
