@@ -287,3 +287,22 @@ def test_folder_with_a_forced_file_format_says_what_to_do(tmp_path, cli):
     r = cli("inspect", tmp_path, "--from", "sharded", "--json")
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["tensors"][0]["name"] == "a"
+
+
+def test_keras_sharded_weights_read_like_the_unsharded_file(tmp_path):
+    from ckptkit import registry
+
+    if not any(ext.endswith(".h5") for f in registry.formats() if f.can_read for ext in f.extensions):
+        pytest.skip("this build has no Keras weights format to read the shards with")
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    layers = [keras.layers.Dense(256), keras.layers.Dense(256), keras.layers.Dense(10)]
+    model = keras.Sequential([keras.Input((64,)), *layers])
+    model.save_weights(tmp_path / "whole.weights.h5")
+    (tmp_path / "sharded").mkdir()
+    model.save_weights(tmp_path / "sharded" / "model.weights.json", max_shard_size=0.0003)
+    assert len(list((tmp_path / "sharded").glob("model_*.weights.h5"))) == 2
+    with ckptkit.load(tmp_path / "whole.weights.h5") as whole, ckptkit.load(tmp_path / "sharded") as sharded:
+        assert sharded.format_name == "sharded" and len(sharded.shards) == 2
+        assert sorted(sharded.names()) == sorted(whole.names())
+        assert_same_tensors({n: whole.read_tensor(n) for n in whole.names()}, sharded)
