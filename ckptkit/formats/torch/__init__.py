@@ -1,0 +1,50 @@
+"""PyTorch ``torch.save`` files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``), read and written without torch.
+
+Reading parses the pickle with an allow-listed unpickler (:mod:`.unpickler`) that never runs the
+file's code, names every tensor by its dotted path (:mod:`.structure`) and maps the file to read
+one tensor at a time (:mod:`.reader`), from the zip format or the legacy one (:mod:`.archive`).
+Writing (:mod:`.writer`) produces the zip format of torch 2.x for a flat state dict.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.formats.torch.archive import ZIP_ERRORS, ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
+from ckptkit.formats.torch.reader import TorchCheckpoint, scan_findings
+from ckptkit.formats.torch.unpickler import PickleFinding
+from ckptkit.formats.torch.writer import write_torch
+from ckptkit.model import Checkpoint
+from ckptkit.registry import Format
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    """A zip holding ``<folder>/data.pkl`` (or TorchScript's ``constants.pkl``), or a legacy file."""
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return zip_root(zf.namelist()) is not None
+        except ZIP_ERRORS:
+            # A damaged archive: claim it when its first member is torch's, so opening reports it.
+            return first_member_name(head).endswith("/data.pkl")
+    return is_legacy_head(head)
+
+
+def open_torch(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    return TorchCheckpoint(path)
+
+
+FORMAT = Format(
+    name="torch",
+    description="PyTorch torch.save (zip or legacy), read without running pickled code",
+    extensions=(".pt", ".pth", ".bin", ".ckpt"),
+    sniff=sniff,
+    open=open_torch,
+    write=write_torch,
+    default_extension=".pt",
+)
+
+__all__ = ["FORMAT", "PickleFinding", "TorchCheckpoint", "scan_findings", "sniff"]

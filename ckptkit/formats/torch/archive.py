@@ -1,0 +1,238 @@
+"""The two containers ``torch.save`` writes, read without touching tensor data.
+
+* Zip (torch >= 1.6): ``<root>/data.pkl`` plus one stored member ``<root>/data/<key>`` per
+  storage; ``<root>`` is any folder name (torch uses the file's stem when saving). Layout:
+  ``torch/csrc/api/include/torch/serialize`` and ``caffe2/serialize/inline_container.h``.
+* Legacy (torch < 1.6, or ``_use_new_zipfile_serialization=False``): five pickles in a row (magic
+  number, protocol version, sys_info, the object, the sorted storage keys), then each storage as
+  an 8-byte element count and its raw bytes. See ``_legacy_save`` in ``torch/serialization.py``.
+
+Both give an :class:`Archive`: the unpickled object tree and where each storage's bytes lie.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import BinaryIO
+
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.torch.unpickler import PickleFinding, StorageRef, load
+
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL_VERSION = 1001
+MAX_PICKLE_BYTES = 1 << 30
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_PICKLED_MAGIC = b"\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
+# What the zipfile module raises on damaged archives (bad names, unknown versions and methods).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error)
+
+
+@dataclass(frozen=True)
+class StorageSpan:
+    """Where one storage's bytes lie in the file: ``nbytes`` bytes from absolute ``offset``."""
+
+    offset: int
+    nbytes: int
+    record: str  # for messages: "data/3" or "storage 94350811273280"
+
+
+@dataclass
+class Archive:
+    """A ``torch.save`` file's object tree, its pickle findings and its storages' places."""
+
+    kind: str  # "zip" or "legacy"
+    root: object
+    findings: list[PickleFinding]
+    big_endian: bool
+    locate: Callable[[str], StorageSpan]
+
+
+def is_legacy_head(head: bytes) -> bool:
+    """True if ``head`` starts with the pickled magic number of a legacy ``torch.save`` file."""
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return False
+    body = head[2:]
+    if body[:1] == b"\x95":  # protocol 4+ FRAME opcode and its 8-byte length
+        body = body[9:]
+    return body.startswith(_PICKLED_MAGIC)
+
+
+def zip_root(names: list[str]) -> str | None:
+    """The folder (with its slash) holding ``data.pkl`` or ``constants.pkl``, or ``None``."""
+    for name in names:
+        folder, _, record = name.rpartition("/")
+        if record in ("data.pkl", "constants.pkl") and "/" not in folder:
+            return folder + "/" if folder else ""
+    return None
+
+
+def first_member_name(head: bytes) -> str:
+    """The file name in the zip's first local header (empty if ``head`` is too short)."""
+    if len(head) < _LOCAL_HEADER.size:
+        return ""
+    fields = _LOCAL_HEADER.unpack_from(head)
+    name = head[_LOCAL_HEADER.size : _LOCAL_HEADER.size + fields[9]]
+    return name.decode("utf-8", "replace")
+
+
+def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
+    """Read a zip-format ``torch.save`` file's pickle and index its storage records."""
+    try:
+        zf = zipfile.ZipFile(f)
+    except ZIP_ERRORS as err:
+        raise CorruptCheckpointError(
+            f"the zip archive is incomplete or damaged ({err}); was the file truncated by a download or copy?"
+        ) from None
+    names = zf.namelist()
+    root = zip_root(names)
+    if root is None:
+        raise CorruptCheckpointError("the zip archive has no data.pkl record, so it is not a torch.save file")
+    if root + "constants.pkl" in zf.NameToInfo or any(n.startswith(root + "code/") for n in names):
+        raise UnsupportedError(
+            "this is a TorchScript archive (made by torch.jit.save), not a torch.save checkpoint; load it with "
+            "torch.jit.load, save its state_dict() with torch.save, and convert that file"
+        )
+    pickle_info = zf.NameToInfo.get(root + "data.pkl")
+    if pickle_info is None:
+        raise CorruptCheckpointError(f"the zip archive has no {root}data.pkl record")
+    if pickle_info.file_size > MAX_PICKLE_BYTES:
+        raise CorruptCheckpointError(
+            f"data.pkl is {pickle_info.file_size} bytes; ckptkit refuses pickles over {MAX_PICKLE_BYTES} bytes"
+        )
+    data = _read_record(zf, pickle_info)
+    big_endian = False
+    order_info = zf.NameToInfo.get(root + "byteorder")
+    if order_info is not None:  # absent in files from torch < 2.1, which were little-endian
+        order = _read_record(zf, order_info).decode("ascii", "replace").strip()
+        if order not in ("little", "big"):
+            raise CorruptCheckpointError(f"the byteorder record says {order!r}, not 'little' or 'big'")
+        big_endian = order == "big"
+    obj, unpickler = load(BytesIO(data), "data.pkl", strict=strict)
+    del data
+    spans: dict[str, StorageSpan] = {}
+
+    def locate(key: str) -> StorageSpan:
+        span = spans.get(key)
+        if span is None:
+            span = spans[key] = _member_span(f, size, zf, root, key)
+        return span
+
+    return Archive("zip", obj, unpickler.findings, big_endian, locate)
+
+
+def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return zf.read(info)
+    except ZIP_ERRORS as err:
+        raise CorruptCheckpointError(f"record {info.filename} cannot be read: {err}") from None
+
+
+def _member_span(f: BinaryIO, size: int, zf: zipfile.ZipFile, root: str, key: str) -> StorageSpan:
+    record = f"data/{key}"
+    info = zf.NameToInfo.get(root + record)
+    if info is None:
+        raise CorruptCheckpointError(f"the archive has no record {record} for storage {key!r}")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise UnsupportedError(
+            f"record {record} is compressed (method {info.compress_type}); torch.save stores tensor data "
+            "uncompressed, so the file was probably re-zipped. Re-zip it with 'zip -0' or save it again with torch"
+        )
+    if info.flag_bits & 0x1:
+        raise UnsupportedError(f"record {record} is encrypted")
+    f.seek(info.header_offset)
+    header = f.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
+        raise CorruptCheckpointError(f"record {record}: no local file header at byte {info.header_offset}")
+    name_len, extra_len = _LOCAL_HEADER.unpack(header)[9:11]
+    offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if offset + info.file_size > size:
+        raise CorruptCheckpointError(
+            f"record {record} should hold {info.file_size} bytes from byte {offset}, but the file ends at {size}: "
+            "truncated?"
+        )
+    return StorageSpan(offset, info.file_size, record)
+
+
+class _BoundedReader:
+    """Reads of ``f`` clamped to the file's end.
+
+    A buffered ``read(n)`` allocates ``n`` bytes before reading, so a length forged in a pickle
+    could otherwise reserve gigabytes.
+    """
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._size = size
+        self.pos = f.tell()
+
+    def read(self, n: int = -1, /) -> bytes:
+        left = self._size - self.pos
+        data = self._f.read(left if n < 0 else max(0, min(n, left)))
+        self.pos += len(data)
+        return data
+
+    def readline(self, limit: int = -1, /) -> bytes:
+        data = self._f.readline(limit)
+        self.pos += len(data)
+        return data
+
+
+def read_legacy(f: BinaryIO, size: int, strict: bool) -> Archive:
+    """Read a legacy ``torch.save`` file's pickles and find each storage by seeking past the others."""
+    f.seek(0)
+    reader = _BoundedReader(f, size)
+    magic, _ = load(reader, "the magic-number pickle", strict=strict)
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise CorruptCheckpointError("the file does not start with torch's magic number")
+    version, _ = load(reader, "the protocol-version pickle", strict=strict)
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise UnsupportedError(f"legacy torch.save protocol version {version!r}; ckptkit reads version 1001")
+    sys_info, _ = load(reader, "the sys_info pickle", strict=strict)
+    if not isinstance(sys_info, dict):
+        raise CorruptCheckpointError("the sys_info pickle is not a dict")
+    big_endian = sys_info.get("little_endian", True) is False
+    obj, unpickler = load(reader, "the main pickle", strict=strict)
+    keys, _ = load(reader, "the storage-key list", strict=strict)
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise CorruptCheckpointError("the storage-key list after the main pickle is not a list of strings")
+    spans = _scan_legacy_storages(f, reader.pos, size, keys, unpickler.storages, big_endian)
+
+    def locate(key: str) -> StorageSpan:
+        span = spans.get(key)
+        if span is None:
+            raise CorruptCheckpointError(f"storage {key!r} is not among the storages stored after the pickle")
+        return span
+
+    return Archive("legacy", obj, unpickler.findings, big_endian, locate)
+
+
+def _scan_legacy_storages(
+    f: BinaryIO, pos: int, size: int, keys: list[str], storages: dict[str, StorageRef], big_endian: bool
+) -> dict[str, StorageSpan]:
+    spans: dict[str, StorageSpan] = {}
+    for key in keys:
+        ref = storages.get(key)
+        if ref is None:
+            raise CorruptCheckpointError(f"storage {key!r} is stored but no tensor in the pickle refers to it")
+        f.seek(pos)
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CorruptCheckpointError(f"the file ends before storage {key!r}: truncated?")
+        count = int.from_bytes(raw, "big" if big_endian else "little")
+        itemsize = ref.storage.dtype.itemsize if ref.storage.dtype else 1
+        if count * itemsize != ref.nbytes:
+            raise CorruptCheckpointError(
+                f"storage {key!r} is stored with {count} elements, but the pickle gives it {ref.nbytes} bytes"
+            )
+        spans[key] = StorageSpan(pos + 8, ref.nbytes, f"storage {key}")
+        pos += 8 + ref.nbytes
+        if pos > size:
+            raise CorruptCheckpointError(
+                f"storage {key!r} ends at byte {pos}, but the file has only {size} bytes: truncated?"
+            )
+    return spans

@@ -1,0 +1,144 @@
+"""A lazy reader for ``torch.save`` files: tensors listed from the pickle, read from a memory map."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ckptkit.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
+from ckptkit.formats.torch.structure import flatten
+from ckptkit.formats.torch.unpickler import PickleFinding, TensorRecord
+from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+
+ROOT_KEY = "torch:root"
+FORMAT_KEY = "torch:format"
+
+
+class TorchCheckpoint(Checkpoint):
+    """A ``torch.save`` file (zip or legacy). Listing reads only the pickle; tensors come from a map.
+
+    ``findings`` lists the globals of the pickle that are not allow-listed (unknown classes kept as
+    placeholders). ``metadata["torch:format"]`` is ``"zip"`` or ``"legacy"``;
+    ``metadata["torch:root"]`` is set when the saved object is not a dict (``"tensor"`` for a bare
+    tensor, which is then named ``tensor``).
+    """
+
+    format_name = "torch"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._file = open(path, "rb")  # noqa: SIM115 - owned by the checkpoint until close()
+        self._map: mmap.mmap | None = None
+        try:
+            self._load()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _load(self) -> None:
+        archive = read_archive(self._file, strict=True)
+        self.findings: list[PickleFinding] = archive.findings
+        self._big_endian = archive.big_endian
+        tree = flatten(archive.root)
+        self.aliases = tree.aliases
+        self.extras = tree.extras
+        self.metadata[FORMAT_KEY] = archive.kind
+        if tree.root != "dict":
+            self.metadata[ROOT_KEY] = tree.root
+        if self._big_endian:
+            self.metadata["torch:byteorder"] = "big"
+        self._infos: list[TensorInfo] = []
+        self._records: dict[str, tuple[TensorRecord, int]] = {}  # name -> (record, storage start in file)
+        for name, rec in tree.tensors.items():
+            try:
+                span = archive.locate(rec.storage.key)
+            except CkptkitError as err:
+                raise type(err)(f"tensor {name!r}: {err.message}") from None
+            self._records[name] = (rec, _check_bounds(name, rec, span))
+            where = span.record + (f" +{rec.offset * rec.dtype.itemsize}" if rec.offset else "")
+            self._infos.append(TensorInfo(name, rec.dtype, rec.shape, where))
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        rec, start = self._records[name]
+        dtype = rec.dtype.numpy
+        if self._map is None:
+            raise CkptkitError(f"cannot read tensor {name!r}: the checkpoint was closed", self.path)
+        if rec.numel == 0:
+            return np.zeros(rec.shape, dtype)
+        itemsize = rec.dtype.itemsize
+        first = start + rec.offset * itemsize
+        if rec.is_contiguous():
+            arr = np.frombuffer(self._map, dtype, count=rec.numel, offset=first).reshape(rec.shape)
+        else:
+            flat = np.frombuffer(self._map, dtype, count=rec.storage_span() - rec.offset, offset=first)
+            strides = tuple(s * itemsize for s in rec.stride)
+            view = np.lib.stride_tricks.as_strided(flat, rec.shape, strides, writeable=False)
+            arr = np.ascontiguousarray(view)
+        return _byteswapped(arr) if self._big_endian else arr
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        rec, start = self._records[name]
+        if self._big_endian or not rec.is_contiguous() or self.path is None:
+            return None
+        itemsize = rec.dtype.itemsize
+        return RawExtent(self.path, start + rec.offset * itemsize, rec.numel * itemsize)
+
+    def close(self) -> None:
+        # Arrays handed out may still view the map; leave it to the garbage collector then.
+        self._map = None
+        self._file.close()
+
+
+def read_archive(f: BinaryIO, strict: bool = True) -> Archive:
+    """The archive of an open ``torch.save`` file, zip or legacy."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(4)
+    f.seek(0)
+    if head == ZIP_MAGIC:
+        return read_zip(f, size, strict)
+    return read_legacy(f, size, strict)
+
+
+def _check_bounds(name: str, rec: TensorRecord, span: StorageSpan) -> int:
+    """The file offset where the tensor's storage starts, after checking the tensor fits in it."""
+    storage = rec.storage
+    if storage.view_offset + storage.nbytes > span.nbytes:
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: its storage needs {storage.view_offset + storage.nbytes} bytes, "
+            f"but {span.record} holds {span.nbytes}"
+        )
+    reach = rec.storage_span() * rec.dtype.itemsize
+    if reach > storage.nbytes:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} ({rec.dtype.name} {list(rec.shape)}, offset {rec.offset}, stride {list(rec.stride)}) "
+            f"reaches byte {reach} of a {storage.nbytes}-byte storage ({span.record})"
+        )
+    return span.offset + storage.view_offset
+
+
+def _byteswapped(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.type.__module__ == "numpy":
+        return arr.byteswap()  # numpy swaps each half of a complex number on its own
+    width = np.dtype(f"u{arr.dtype.itemsize}")
+    return arr.view(width).byteswap().view(arr.dtype)
+
+
+def scan_findings(path: str | Path) -> list[PickleFinding]:
+    """Every global a ``torch.save`` file's pickle names that is not allow-listed, without refusing any.
+
+    Meant for an audit (``verify``): dangerous callables come back as ``"error"`` findings instead
+    of raising :class:`~ckptkit.errors.UnsafeCheckpointError`, and nothing is ever called.
+    """
+    with open(path, "rb") as f:
+        return read_archive(f, strict=False).findings

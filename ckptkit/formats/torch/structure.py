@@ -1,0 +1,170 @@
+"""Turning an unpickled object tree into dotted tensor names, aliases and JSON-able extras.
+
+``{"state_dict": {"layer.0.weight": t}, "epoch": 3}`` gives the tensor
+``state_dict.layer.0.weight`` and the extra ``epoch = 3``. Placeholders for unknown classes
+(:class:`OpaqueObject`) are looked into, so tensors inside a config object are found too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
+
+BARE_TENSOR_NAME = "tensor"
+MAX_DEPTH = 200
+MAX_NODES = 2_000_000  # shared sub-objects can make a small pickle expand exponentially
+MAX_ARRAY_LIST = 64  # numpy arrays up to this many numbers are kept as lists in extras
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+@dataclass
+class Tree:
+    """What :func:`flatten` found: tensors by name (in pickle order), aliases, extras, root kind."""
+
+    tensors: dict[str, TensorRecord] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    root: str = "dict"  # "dict", "tensor", "list", "tuple" or "<opaque module.Class>"
+
+
+def flatten(obj: object) -> Tree:
+    """Name every tensor in ``obj`` by its dotted path; tensors viewing the same bytes become aliases."""
+    walker = _Walker()
+    if isinstance(obj, (TensorRecord, UnsupportedTensor)):
+        walker.tree.root = "tensor"
+        walker.visit(obj, BARE_TENSOR_NAME, 0)
+    else:
+        if not isinstance(obj, dict):
+            walker.tree.root = repr(obj) if isinstance(obj, OpaqueObject) else type(obj).__name__
+        walker.visit(obj, "", 0)
+    return walker.tree
+
+
+def _join(prefix: str, key: object) -> str:
+    text = key if isinstance(key, str) else str(key)
+    return f"{prefix}.{text}" if prefix else text
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.tree = Tree()
+        self._by_identity: dict[tuple[object, ...], str] = {}
+        self._active: set[int] = set()  # containers on the current path, to stop at cycles
+        self._nodes = 0
+
+    def visit(self, obj: object, name: str, depth: int) -> None:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise CorruptCheckpointError(f"the pickle expands to more than {MAX_NODES} objects")
+        if depth > MAX_DEPTH:
+            raise CorruptCheckpointError(f"the pickle nests objects more than {MAX_DEPTH} levels deep, at {name!r}")
+        if isinstance(obj, TensorRecord):
+            self._tensor(name, obj)
+        elif isinstance(obj, UnsupportedTensor):
+            raise UnsupportedError(
+                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; convert it to a dense "
+                "tensor of a standard dtype (dequantize(), to_dense()) in PyTorch and save again"
+            )
+        elif isinstance(obj, (dict, list, tuple, OpaqueObject)):
+            if id(obj) in self._active:
+                self._extra(name, "<cycle>")
+                return
+            self._active.add(id(obj))
+            try:
+                self._container(obj, name, depth)
+            finally:
+                self._active.discard(id(obj))
+        else:
+            self._extra(name, _leaf(obj))
+
+    def _container(
+        self, obj: dict[Any, Any] | list[Any] | tuple[Any, ...] | OpaqueObject, name: str, depth: int
+    ) -> None:
+        if isinstance(obj, dict):
+            if not obj and name:
+                self._extra(name, {})
+            self._items(obj.items(), name, depth)
+        elif isinstance(obj, (list, tuple)):
+            if all(isinstance(v, _SCALARS) for v in obj):
+                if name:
+                    self._extra(name, [_leaf(v) for v in obj])
+            else:
+                self._items(enumerate(obj), name, depth)
+        else:
+            if name:
+                self._extra(name, repr(obj))
+            if obj.args:
+                self.visit(obj.args, _join(name, "args"), depth + 1)
+            if obj.kwargs:
+                self.visit(obj.kwargs, _join(name, "kwargs"), depth + 1)
+            state = obj.state
+            # BUILD state is a dict of attributes, or (dict, slot dict) for classes with __slots__.
+            if isinstance(state, tuple) and len(state) == 2 and all(s is None or isinstance(s, dict) for s in state):
+                for part in state:
+                    self._items((part or {}).items(), name, depth)
+            elif isinstance(state, dict):
+                self._items(state.items(), name, depth)
+            elif state is not None:
+                self.visit(state, _join(name, "state"), depth + 1)
+            self._items(enumerate(obj.list_items), name, depth)
+            self._items(obj.dict_items.items(), name, depth)
+
+    def _items(self, items: Iterable[tuple[object, object]], name: str, depth: int) -> None:
+        for key, value in items:
+            self.visit(value, _join(name, key), depth + 1)
+
+    def _tensor(self, name: str, rec: TensorRecord) -> None:
+        name = _unique(name, self.tree.tensors, self.tree.aliases)
+        identity = rec.identity()
+        first = self._by_identity.get(identity)
+        if first is not None:
+            self.tree.aliases[name] = first
+        else:
+            self._by_identity[identity] = name
+            self.tree.tensors[name] = rec
+
+    def _extra(self, name: str, value: object) -> None:
+        self.tree.extras[_unique(name or "value", self.tree.extras)] = value
+
+
+def _unique(name: str, *taken: dict[str, Any]) -> str:
+    # Keys such as 1 and "1" name the same path; number the later ones rather than lose them.
+    candidate, n = name, 1
+    while any(candidate in t for t in taken):
+        n += 1
+        candidate = f"{name}~{n}"
+    return candidate
+
+
+def _leaf(obj: object) -> Any:
+    """A JSON-able stand-in for a non-tensor value."""
+    if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 256:
+        return f"<int of {obj.bit_length()} bits>"
+    if isinstance(obj, np.generic):  # before the scalar check: np.float64 is a float subclass
+        value = obj.item()
+        return value if isinstance(value, _SCALARS) else str(value)
+    if isinstance(obj, _SCALARS):
+        return obj
+    if isinstance(obj, PickledArray):
+        arr = obj.array
+        if arr is None:
+            return "<ndarray>"
+        if arr.size <= MAX_ARRAY_LIST and arr.dtype.kind in "biuf":
+            return arr.tolist()
+        return f"<ndarray {arr.dtype} {list(arr.shape)}>"
+    if isinstance(obj, (bytes, bytearray)):
+        return f"<{len(obj)} bytes>"
+    if isinstance(obj, (set, frozenset)):
+        items = list(obj)
+        if all(isinstance(v, _SCALARS) for v in items):
+            return sorted((_leaf(v) for v in items), key=repr)
+    if isinstance(obj, Marker):
+        return repr(obj)
+    return str(obj)

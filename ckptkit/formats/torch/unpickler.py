@@ -1,0 +1,657 @@
+"""An unpickler for ``torch.save`` pickles that never imports or calls what the pickle names.
+
+A pickle is a small program: its GLOBAL opcodes name any importable callable and REDUCE calls it,
+which is how a malicious checkpoint runs ``os.system`` inside ``torch.load``. This unpickler
+resolves every global itself (:meth:`SafeUnpickler.find_class`):
+
+* allow-listed globals (the tensor rebuild functions, storage and dtype markers, plain-data
+  builtins, numpy scalars and arrays) map to ckptkit's own stand-ins, which build lightweight
+  records (:class:`TensorRecord`) instead of tensors and read no tensor data;
+* globals in :data:`DANGEROUS_GLOBALS` are refused with :class:`UnsafeCheckpointError`, or recorded
+  as an ``"error"`` finding in collect mode (``strict=False``, for a ``verify`` command);
+* every other global becomes a named placeholder class (:class:`OpaqueObject`) that records its
+  arguments and state, so tensors inside an ``argparse.Namespace`` or a training framework's
+  config object are still found; it is recorded as a ``"warning"`` finding.
+
+Every name that is not allow-listed lands in :attr:`SafeUnpickler.findings`.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import math
+import pickle
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+
+from ckptkit import dtypes
+from ckptkit.dtypes import DType
+from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+
+Severity = Literal["error", "warning"]
+
+
+class Readable(Protocol):
+    """What the unpickler reads from: a binary file or ``io.BytesIO``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def readline(self, limit: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class PickleFinding:
+    """A global a pickle names that is not on the allow-list.
+
+    ``severity`` is ``"error"`` for callables listed in :data:`DANGEROUS_GLOBALS` (the pickle
+    would run code, touch files or the network) and ``"warning"`` for anything else unknown,
+    which ckptkit replaces by a placeholder.
+    """
+
+    module: str
+    name: str
+    severity: Severity
+    reason: str
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+# What a pickle may not call. ``None`` means every name in the module (and its submodules).
+# fmt: off
+DANGEROUS_GLOBALS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
+    # module            names                                           why it is refused
+    ("os",              None, "runs shell commands and changes files"),
+    ("posix",           None, "runs shell commands and changes files"),
+    ("nt",              None, "runs shell commands and changes files"),
+    ("subprocess",      None, "starts processes"),
+    ("_posixsubprocess", None, "starts processes"),
+    ("pty",             None, "spawns a shell"),
+    ("multiprocessing", None, "starts processes"),
+    ("asyncio",         None, "starts processes and opens connections"),
+    ("signal",          None, "sends signals to processes"),
+    ("sys",             None, "reaches interpreter internals"),
+    ("gc",              None, "reaches every live object"),
+    ("builtins", frozenset({
+        "eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open", "input",
+        "breakpoint", "globals", "locals", "vars", "exit", "quit", "help",
+    }), "evaluates code or reaches arbitrary attributes"),
+    ("operator", frozenset({"attrgetter", "methodcaller"}), "reaches arbitrary attributes and methods"),
+    ("types", frozenset({
+        "CodeType", "FunctionType", "LambdaType", "MethodType", "ModuleType", "CellType",
+    }), "builds code or functions"),
+    ("code",            None, "runs Python code"),
+    ("codeop",          None, "compiles Python code"),
+    ("runpy",           None, "runs Python modules"),
+    ("timeit",          None, "runs code strings"),
+    ("pdb",             None, "runs code in a debugger"),
+    ("bdb",             None, "runs code in a debugger"),
+    ("trace",           None, "runs code under tracing"),
+    ("profile",         None, "runs code under the profiler"),
+    ("cProfile",        None, "runs code under the profiler"),
+    ("importlib",       None, "imports arbitrary modules"),
+    ("imp",             None, "imports arbitrary modules"),
+    ("zipimport",       None, "imports arbitrary modules"),
+    ("pip",             None, "installs packages"),
+    ("ctypes",          None, "calls native code"),
+    ("_ctypes",         None, "calls native code"),
+    ("shutil",          None, "copies and deletes files"),
+    ("io",              frozenset({"open", "open_code", "FileIO"}), "opens files"),
+    ("_io",             frozenset({"open", "open_code", "FileIO"}), "opens files"),
+    ("tempfile",        None, "creates files"),
+    ("platform",        frozenset({"popen"}), "runs shell commands"),
+    ("commands",        None, "runs shell commands"),
+    ("popen2",          None, "runs shell commands"),
+    ("socket",          None, "opens network connections"),
+    ("ssl",             None, "opens network connections"),
+    ("urllib",          None, "downloads from the network"),
+    ("http",            None, "talks to the network"),
+    ("ftplib",          None, "talks to the network"),
+    ("smtplib",         None, "talks to the network"),
+    ("telnetlib",       None, "talks to the network"),
+    ("xmlrpc",          None, "calls remote servers"),
+    ("requests",        None, "downloads from the network"),
+    ("webbrowser",      None, "opens URLs"),
+    ("pickle",          None, "unpickles nested data, which can run code"),
+    ("_pickle",         None, "unpickles nested data, which can run code"),
+    ("cPickle",         None, "unpickles nested data, which can run code"),
+    ("marshal",         None, "loads code objects"),
+    ("shelve",          None, "unpickles nested data, which can run code"),
+    ("dill",            None, "unpickles nested data and code"),
+    ("cloudpickle",     None, "unpickles nested data and code"),
+    ("joblib",          None, "unpickles nested data, which can run code"),
+    ("numpy",           frozenset({"load", "loads", "fromfile"}), "reads files or unpickles nested data"),
+    ("torch",           frozenset({"load"}), "unpickles nested data, which can run code"),
+    ("torch.serialization", None, "unpickles nested data, which can run code"),
+    ("torch.storage",   frozenset({"_load_from_bytes"}), "unpickles nested data, which can run code"),
+    ("torch.hub",       None, "downloads and runs code"),
+    ("torch.jit",       None, "loads and runs TorchScript"),
+    ("torch._C",        None, "calls native code"),
+    ("torch.ops",       None, "calls native operators"),
+)
+# fmt: on
+
+
+def dangerous_reason(module: str, name: str) -> str | None:
+    """Why a pickle may not name ``module.name``, or ``None`` if it is not on the danger list."""
+    first = name.split(".", 1)[0]
+    for mod, names, reason in DANGEROUS_GLOBALS:
+        if (module == mod or module.startswith(mod + ".")) and (names is None or first in names):
+            return reason
+    return None
+
+
+# --- Records the unpickler builds instead of torch objects -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A torch or numpy name the pickle refers to as a value: a dtype, a layout, a storage class."""
+
+    kind: str  # "dtype", "storage", "layout", "memory_format", "qscheme", "class"
+    name: str
+    dtype: DType | None = None  # the element type of a dtype or typed-storage marker, if known
+
+    def __repr__(self) -> str:
+        return self.name if self.kind == "class" else f"torch.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRef:
+    """A persistent id: one storage of the checkpoint, named by ``key``; its data is not read.
+
+    ``nbytes`` is the storage's size; ``view_offset`` (legacy files only) is where a view
+    storage starts inside its root storage, in bytes.
+    """
+
+    key: str
+    storage: Marker
+    location: str
+    nbytes: int
+    view_offset: int = 0
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class TensorRecord:
+    """A tensor as the pickle describes it: a strided view of a storage. No data is read."""
+
+    storage: StorageRef
+    dtype: DType
+    offset: int  # in elements
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def storage_span(self) -> int:
+        """Elements of the storage this view reaches, counted from the storage's start."""
+        if self.numel == 0:
+            return self.offset
+        return self.offset + 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
+
+    def identity(self) -> tuple[object, ...]:
+        """Equal for two records that view the same bytes the same way (tied weights)."""
+        return (self.storage.key, self.storage.view_offset, self.dtype.name, self.offset, self.shape, self.stride)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class UnsupportedTensor:
+    """A tensor ckptkit cannot represent (quantized, sparse, nested, ...); refused when named."""
+
+    kind: str
+
+
+class _OpaqueType(type):
+    """Placeholder classes are per-pickle; BUILD opcodes must still not rewire their methods."""
+
+    def __setattr__(cls, key: str, value: object) -> None:
+        raise CorruptCheckpointError(f"the pickle sets attribute {key!r} on the class {cls.__name__}")
+
+
+class OpaqueObject(metaclass=_OpaqueType):
+    """Stand-in for an instance of a class the unpickler does not import.
+
+    Keeps what the pickle gave it (constructor arguments, ``__setstate__`` state, list and dict
+    items) so the reader can still find tensors inside and show the object's content.
+    Each unknown global gets its own subclass named after it (see :meth:`qualname`).
+    """
+
+    pickled_module: ClassVar[str] = ""
+    pickled_name: ClassVar[str] = ""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    list_items: list[Any]
+    dict_items: dict[Any, Any]
+
+    # __new__ rather than __init__: the NEWOBJ opcode creates instances without calling __init__.
+    def __new__(cls, *args: Any, **kwargs: Any) -> OpaqueObject:
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.kwargs = kwargs
+        obj.state = None
+        obj.list_items = []
+        obj.dict_items = {}
+        return obj
+
+    @classmethod
+    def qualname(cls) -> str:
+        return f"{cls.pickled_module}.{cls.pickled_name}"
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def append(self, item: Any) -> None:
+        self.list_items.append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        self.list_items.extend(items)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.dict_items[key] = value
+
+    def __repr__(self) -> str:
+        return f"<opaque {self.qualname()}>"
+
+
+class PickledDType:
+    """A numpy dtype from a pickle, restricted to plain (non-object, non-structured) types."""
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        if not isinstance(spec, str):
+            raise CorruptCheckpointError(f"numpy dtype spec {spec!r} is not a type code")
+        try:
+            dtype = np.dtype(spec)
+        except TypeError:
+            raise CorruptCheckpointError(f"unknown numpy dtype {spec!r}") from None
+        if dtype.kind not in "biufcmMSU":
+            raise CorruptCheckpointError(f"numpy dtype {spec!r} may hold Python objects; ckptkit does not build it")
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise CorruptCheckpointError(f"numpy dtype state {state!r} is not understood")
+        if len(state) >= 5 and (state[3] is not None or state[4] is not None):
+            raise CorruptCheckpointError("structured numpy dtypes are not supported in checkpoints")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class PickledArray:
+    """A numpy array rebuilt from its pickled bytes; ``array`` is ``None`` until its state arrives."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise CorruptCheckpointError("numpy array state is not (shape, dtype, fortran, data)")
+        shape, dtype, fortran, raw = state
+        if not isinstance(dtype, PickledDType):
+            raise CorruptCheckpointError("numpy array state lacks a dtype")
+        shape = _int_tuple(shape, "numpy array shape")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise CorruptCheckpointError("numpy array data is not raw bytes (object arrays are not supported)")
+        if len(raw) != math.prod(shape) * dtype.dtype.itemsize:
+            raise CorruptCheckpointError(f"numpy array of shape {shape} has {len(raw)} bytes of data")
+        arr = np.frombuffer(bytes(raw), dtype=dtype.dtype)
+        self.array = arr.reshape(shape, order="F" if fortran else "C")
+
+
+# --- Allow-listed callables ---------------------------------------------------------------------
+
+
+def _int_tuple(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
+        raise CorruptCheckpointError(f"{what} {value!r} is not a tuple of non-negative integers")
+    return tuple(value)
+
+
+def _tensor(
+    storage: object, offset: object, size: object, stride: object, dtype: DType | None
+) -> TensorRecord | UnsupportedTensor:
+    if not isinstance(storage, StorageRef):
+        raise CorruptCheckpointError(f"a tensor's storage is {type(storage).__name__}, not a storage reference")
+    if type(offset) is not int or offset < 0:
+        raise CorruptCheckpointError(f"tensor storage offset {offset!r} is not a non-negative integer")
+    shape = _int_tuple(size, "tensor shape")
+    strides = _int_tuple(stride, "tensor stride")
+    if len(shape) != len(strides):
+        raise CorruptCheckpointError(f"tensor shape {shape} and stride {strides} differ in length")
+    if dtype is None:
+        dtype = storage.storage.dtype if storage.storage.name != "UntypedStorage" else dtypes.by_name("uint8")
+    if dtype is None:
+        return UnsupportedTensor(storage.storage.name)
+    return TensorRecord(storage, dtype, offset, shape, strides)
+
+
+def _rebuild_tensor(storage: object, offset: object, size: object, stride: object, *_: object) -> object:
+    return _tensor(storage, offset, size, stride, None)
+
+
+def _rebuild_tensor_v3(
+    storage: object, offset: object, size: object, stride: object, requires_grad: object, hooks: object,
+    dtype: object, *_: object,
+) -> object:  # fmt: skip
+    if not (isinstance(dtype, Marker) and dtype.kind == "dtype"):
+        raise CorruptCheckpointError(f"_rebuild_tensor_v3 got {dtype!r} where a dtype belongs")
+    if dtype.dtype is None:
+        return UnsupportedTensor(dtype.name)
+    return _tensor(storage, offset, size, stride, dtype.dtype)
+
+
+def _rebuild_parameter(data: object, *_: object) -> object:
+    return data
+
+
+def _rebuild_from_type(func: object, new_type: object, args: object, state: object = None) -> object:
+    if not callable(func) or not isinstance(args, tuple):
+        raise CorruptCheckpointError("_rebuild_from_type needs a rebuild function and its arguments")
+    return func(*args)
+
+
+def _unsupported(kind: str) -> Callable[..., UnsupportedTensor]:
+    def rebuild(*args: object) -> UnsupportedTensor:
+        return UnsupportedTensor(kind)
+
+    return rebuild
+
+
+def _ordered_dict(*args: object) -> OrderedDict[Any, Any]:
+    return _PickledOrderedDict(*args)
+
+
+class _PickledOrderedDict(OrderedDict):
+    """An OrderedDict whose pickled attributes (``_metadata`` of a state_dict) are kept aside."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.pickled_state = state
+
+
+def _torch_size(dims: object = ()) -> tuple[Any, ...]:
+    if not isinstance(dims, (tuple, list)):
+        raise CorruptCheckpointError(f"torch.Size of {dims!r}")
+    return tuple(dims)
+
+
+def _torch_device(kind: object, index: object = None) -> str:
+    return f"{kind}" if index is None else f"{kind}:{index}"
+
+
+def _get_layout(name: object) -> Marker:
+    # torch.serialization._get_layout turns "torch.sparse_coo" back into the layout object.
+    layout = str(name).removeprefix("torch.")
+    if _TORCH_MARKERS.get(layout) != "layout":
+        raise CorruptCheckpointError(f"unknown tensor layout {name!r}")
+    return Marker("layout", layout)
+
+
+def _codecs_encode(text: object, encoding: object = "utf-8") -> bytes:
+    # Protocol-2 pickles made by Python 3 store bytes as latin-1 text plus this call.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CorruptCheckpointError("_codecs.encode is allowed only to rebuild bytes from latin-1 text")
+    return text.encode("latin-1")
+
+
+def _byte_string(kind: type) -> Callable[..., object]:
+    def build(*args: object) -> object:
+        # bytes(10**12) would allocate a terabyte: only rebuild from data, never from a size.
+        if args and not isinstance(args[0], (bytes, bytearray, str, list)):
+            raise CorruptCheckpointError(f"{kind.__name__} may only be rebuilt from data, not from {args[0]!r}")
+        return kind(*args)
+
+    return build
+
+
+def _plain(kind: type) -> Callable[..., object]:
+    def build(*args: object) -> object:
+        return kind(*args)
+
+    return build
+
+
+def _np_scalar(dtype: object, data: object = None) -> object:
+    if not isinstance(dtype, PickledDType) or not isinstance(data, (bytes, bytearray)):
+        raise CorruptCheckpointError("numpy scalar without a plain dtype and raw bytes")
+    if len(data) != dtype.dtype.itemsize:
+        raise CorruptCheckpointError(f"numpy {dtype.dtype} scalar has {len(data)} bytes")
+    return np.frombuffer(bytes(data), dtype=dtype.dtype)[0]
+
+
+def _np_reconstruct(subtype: object, shape: object = None, typecode: object = None) -> PickledArray:
+    if not (isinstance(subtype, Marker) and subtype.name == "numpy.ndarray"):
+        raise CorruptCheckpointError(f"numpy _reconstruct of {subtype!r}; only plain arrays are rebuilt")
+    return PickledArray()
+
+
+def _reconstructor(cls: object, base: object = None, state: object = None) -> object:
+    # copyreg._reconstructor is how protocol 0 and 1 pickle plain objects.
+    if not (isinstance(cls, type) and issubclass(cls, OpaqueObject)):
+        raise CorruptCheckpointError(f"copyreg._reconstructor of {cls!r}")
+    return cls.__new__(cls)
+
+
+_REBUILDERS: dict[str, Callable[..., object]] = {
+    "_rebuild_tensor": _rebuild_tensor,
+    "_rebuild_tensor_v2": _rebuild_tensor,
+    "_rebuild_tensor_v3": _rebuild_tensor_v3,
+    "_rebuild_parameter": _rebuild_parameter,
+    "_rebuild_parameter_with_state": _rebuild_parameter,
+    "_rebuild_qtensor": _unsupported("quantized"),
+    "_rebuild_sparse_tensor": _unsupported("sparse"),
+    "_rebuild_sparse_csr_tensor": _unsupported("sparse"),
+    "_rebuild_nested_tensor": _unsupported("nested"),
+    "_rebuild_meta_tensor_no_storage": _unsupported("meta (no data)"),
+    "_rebuild_wrapper_subclass": _unsupported("tensor-subclass"),
+    "_rebuild_device_tensor_from_numpy": _unsupported("device"),
+    "_rebuild_device_tensor_from_cpu_tensor": _unsupported("device"),
+    "_rebuild_xla_tensor": _unsupported("XLA"),
+    "_rebuild_mlc_tensor": _unsupported("MLC"),
+    "_rebuild_mkldnn_tensor": _unsupported("MKL-DNN"),
+}
+
+_ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("torch._tensor", "_rebuild_from_type"): _rebuild_from_type,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): _torch_device,
+    ("torch.serialization", "_get_layout"): _get_layout,
+    ("_codecs", "encode"): _codecs_encode,
+    ("builtins", "set"): _plain(set),
+    ("builtins", "frozenset"): _plain(frozenset),
+    ("builtins", "slice"): _plain(slice),
+    ("builtins", "complex"): _plain(complex),
+    ("builtins", "bytearray"): _byte_string(bytearray),
+    ("builtins", "bytes"): _byte_string(bytes),
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("numpy", "dtype"): PickledDType,
+    **{(m, "scalar"): _np_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_reconstruct"): _np_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{("torch._utils", name): fn for name, fn in _REBUILDERS.items()},
+}
+
+# torch names that pickles use as values. Dtypes ckptkit cannot hold are still recognised, so a
+# tensor of such a type is refused by name rather than its dtype being taken for an unknown class.
+_OTHER_TORCH_DTYPES = frozenset({
+    "complex32", "chalf", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4",
+    "bits4x2", "bits8", "bits16", "float8_e8m0fnu", "float4_e2m1fn_x2",
+    "int1", "int2", "int3", "int4", "int5", "int6", "int7",
+    "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7",
+})  # fmt: skip
+_TORCH_MARKERS: dict[str, str] = {
+    **dict.fromkeys(("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc", "_mkldnn",
+                     "jagged"), "layout"),
+    **dict.fromkeys(("contiguous_format", "channels_last", "channels_last_3d", "preserve_format"), "memory_format"),
+    **dict.fromkeys(("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
+                     "per_channel_affine_float_qparams"), "qscheme"),
+}  # fmt: skip
+_CLASS_MARKERS = {
+    ("torch", "Tensor"), ("torch._tensor", "Tensor"), ("torch.nn.parameter", "Parameter"), ("torch.nn", "Parameter"),
+    ("numpy", "ndarray"), ("builtins", "object"),
+}  # fmt: skip
+_DTYPE_NAMES = frozenset(dtypes.dtype_names())
+
+
+def _torch_marker(module: str, name: str) -> Marker | None:
+    """The marker for a torch dtype, storage class, layout and the like, or ``None``."""
+    if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage"):
+        return Marker("storage", name)
+    if module in ("torch", "torch.cuda") and name.endswith("Storage") and name[:1].isupper():
+        return Marker("storage", name, dtypes.by_torch_storage(name))
+    if module != "torch":
+        return None
+    if name in _DTYPE_NAMES:
+        return Marker("dtype", name, dtypes.by_name(name))
+    if name in _OTHER_TORCH_DTYPES:
+        return Marker("dtype", name)
+    if name in _TORCH_MARKERS:
+        return Marker(_TORCH_MARKERS[name], name)
+    return None
+
+
+def normalize_global(module: str, name: str) -> tuple[str, str]:
+    """Python 2 names (``__builtin__.set``) as Python 3 knows them, as the stock unpickler maps them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+class _Allowed:
+    """An allow-listed callable as handed to the pickle machinery; attributes cannot be set on it.
+
+    BUILD opcodes can set attributes on whatever object they are given; wrapping keeps them off
+    ckptkit's own functions.
+    """
+
+    __slots__ = ("_fn", "_qualname")
+    _fn: Callable[..., object]
+    _qualname: str
+
+    def __init__(self, qualname: str, fn: Callable[..., object]) -> None:
+        object.__setattr__(self, "_qualname", qualname)
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise CorruptCheckpointError(f"the pickle sets attribute {key!r} on {self._qualname}")
+
+    def __repr__(self) -> str:
+        return self._qualname
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """Unpickles a ``torch.save`` pickle into records, without importing or calling its globals.
+
+    ``strict=True`` (reading) raises :class:`UnsafeCheckpointError` at the first dangerous
+    global; ``strict=False`` (auditing) records it and goes on, so :attr:`findings` lists every
+    global that is not allow-listed. Persistent ids (storages) become :class:`StorageRef`.
+
+    It builds on the pure-Python unpickler: the C one sizes its memo from the index a
+    ``LONG_BINPUT`` opcode names, so a 5-byte forged opcode makes it allocate and zero gigabytes.
+    """
+
+    def __init__(self, file: Readable, *, strict: bool = True) -> None:
+        super().__init__(file, encoding="utf-8")
+        self.strict = strict
+        self.findings: list[PickleFinding] = []
+        self.storages: dict[str, StorageRef] = {}  # key -> the whole (root) storage
+        self._placeholders: dict[tuple[str, str], type[OpaqueObject]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = normalize_global(module, name)
+        fn = _ALLOWED.get((module, name))
+        if fn is not None:
+            return _Allowed(f"{module}.{name}", fn)
+        marker = _torch_marker(module, name)
+        if marker is not None:
+            return marker
+        if (module, name) in _CLASS_MARKERS:
+            return Marker("class", f"{module}.{name}")
+        reason = dangerous_reason(module, name)
+        if reason is not None:
+            self._record(PickleFinding(module, name, "error", reason))
+            if self.strict:
+                raise UnsafeCheckpointError(
+                    f"the checkpoint's pickle calls {module}.{name}, which {reason}; ckptkit never runs code "
+                    "from a checkpoint. Do not load this file with torch.load unless you trust who made it"
+                )
+        else:
+            self._record(PickleFinding(module, name, "warning", "unknown class, kept as a placeholder"))
+        return self._placeholder(module, name)
+
+    def _record(self, finding: PickleFinding) -> None:
+        if finding not in self.findings:
+            self.findings.append(finding)
+
+    def _placeholder(self, module: str, name: str) -> type[OpaqueObject]:
+        cls = self._placeholders.get((module, name))
+        if cls is None:
+            attrs = {"pickled_module": module, "pickled_name": name, "__module__": __name__}
+            cls = self._placeholders[(module, name)] = type(name, (OpaqueObject,), attrs)
+        return cls
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] in ("storage", b"storage")):
+            raise CorruptCheckpointError(f"unknown persistent id {pid!r:.200}")
+        storage, key, location, numel = pid[1:5]
+        if not (isinstance(storage, Marker) and storage.kind == "storage"):
+            raise CorruptCheckpointError(f"persistent id names {storage!r}, not a storage class")
+        if type(numel) is not int or numel < 0:
+            raise CorruptCheckpointError(f"storage {key!r} has size {numel!r}")
+        key = key.decode("ascii", "replace") if isinstance(key, bytes) else str(key)
+        location = location.decode("ascii", "replace") if isinstance(location, bytes) else str(location)
+        itemsize = storage.dtype.itemsize if storage.dtype else 1
+        ref = StorageRef(key, storage, location, numel * itemsize)
+        known = self.storages.setdefault(key, ref)
+        if known.nbytes != ref.nbytes:
+            raise CorruptCheckpointError(f"storage {key!r} is given sizes {known.nbytes} and {ref.nbytes} bytes")
+        view = pid[5] if len(pid) == 6 else None
+        if view is not None:
+            # Legacy (torch < 0.4) storage views: (view_key, offset, size) in elements of the root.
+            if not (isinstance(view, tuple) and len(view) == 3 and all(type(v) is int and v >= 0 for v in view[1:])):
+                raise CorruptCheckpointError(f"storage {key!r} has view metadata {view!r}")
+            _key, offset, size = view
+            ref = StorageRef(key, storage, ref.location, size * itemsize, offset * itemsize)
+            if ref.view_offset + ref.nbytes > numel * itemsize:
+                raise CorruptCheckpointError(f"storage view of {key!r} reaches past its storage")
+        return ref
+
+
+_LOAD_ERRORS = (
+    pickle.UnpicklingError, struct.error, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+    OverflowError, RecursionError, MemoryError,
+)  # fmt: skip
+
+
+def load(file: Readable, what: str, *, strict: bool = True) -> tuple[Any, SafeUnpickler]:
+    """Unpickle one pickle from ``file`` safely; broken pickles raise :class:`CorruptCheckpointError`.
+
+    ``what`` names the pickle in error messages (``"data.pkl"``). Returns the object and the
+    unpickler, whose ``findings`` and ``storages`` tell what the pickle referred to.
+    """
+    unpickler = SafeUnpickler(file, strict=strict)
+    try:
+        return unpickler.load(), unpickler
+    except _LOAD_ERRORS as err:
+        raise CorruptCheckpointError(f"{what} is not a valid pickle: {type(err).__name__}: {err}") from None
