@@ -137,6 +137,10 @@ class _ShardOutput:
         self._output = output
         self._final = final
 
+    @property
+    def path(self) -> Path:
+        return self._final
+
     def temp_for(self, final: str | Path | None = None) -> Path:
         return self._output.temp_for(self._final if final is None else final)
 

@@ -306,3 +306,41 @@ def test_keras_sharded_weights_read_like_the_unsharded_file(tmp_path):
         assert sharded.format_name == "sharded" and len(sharded.shards) == 2
         assert sorted(sharded.names()) == sorted(whole.names())
         assert_same_tensors({n: whole.read_tensor(n) for n in whole.names()}, sharded)
+
+
+def test_pytorch_shards_load_in_transformers_and_hub_and_read_back(tmp_path, bert):
+    import torch
+    from huggingface_hub import load_torch_model, save_torch_state_dict
+    from transformers import AutoModel
+
+    want = _numpy_state(bert)
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    bert.config.save_pretrained(folder)
+    receipt = ckptkit.save(want, folder, "torch", shard_size="12KB")
+    assert receipt.destination == str(folder / "pytorch_model.bin.index.json")
+    shard_files = sorted(p.name for p in folder.glob("pytorch_model-*.bin"))
+    assert shard_files == shard_names("pytorch_model.bin", len(shard_files)) and len(shard_files) >= 2
+    for f in shard_files:  # each shard is a plain torch.save file of the tensors the index gives it
+        index = json.loads((folder / "pytorch_model.bin.index.json").read_text())
+        shard = torch.load(folder / f, weights_only=True)
+        assert set(shard) == {k for k, v in index["weight_map"].items() if v == f}
+    loaded = AutoModel.from_pretrained(folder)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, bert.state_dict()[name]), name
+    fresh = type(bert)(bert.config)
+    result = load_torch_model(fresh, folder, strict=True, safe=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    with ckptkit.load(folder) as back:
+        assert back.format_name == "sharded" and back.shard_format == "torch"
+        assert_same_tensors(want, back)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_torch_state_dict(bert.state_dict(), hub, max_shard_size="10KB", safe_serialization=False)
+    with ckptkit.load(hub / "pytorch_model.bin.index.json") as ckpt:
+        assert len(ckpt.shards) > 1
+        assert_same_tensors(want, ckpt)
+    ckptkit.convert(hub, tmp_path / "hub.safetensors")  # sharded .bin to one safetensors file, verified
+    ckptkit.save(want, hub / "model.safetensors")
+    with ckptkit.load(hub) as ckpt:  # with both, the safetensors checkpoint wins, as in transformers
+        assert ckpt.format_name == "safetensors"

@@ -13,9 +13,9 @@ its tensors are served from there; nothing is read until asked for. The index is
 shard names may not leave the index's folder, every shard must exist, and every tensor must be in
 exactly one shard, the one the index names.
 
-A folder is accepted wherever a file is: ckptkit reads the shard index in it, or else the one
-checkpoint file in it, preferring what ``transformers`` would load (``model.safetensors`` over
-``pytorch_model.bin``). Formats that are folders themselves (torch.distributed.checkpoint) are
+A folder is accepted wherever a file is: ckptkit reads the shard index or checkpoint file in it,
+preferring what ``transformers`` would load (``model.safetensors``, then its index, then
+``pytorch_model.bin``, then its index). Formats that are folders themselves (torch.distributed.checkpoint) are
 registered before this one and claim theirs first.
 """
 
@@ -37,7 +37,7 @@ from ckptkit.sharding import ALIASES_KEY, EXTRAS_KEY
 MAX_INDEX_BYTES = 100 * 1024 * 1024
 KERAS_INDEX_SUFFIX = ".weights.json"
 _INDEX_SIZE_KEYS = ("total_size", "total_parameters")
-# transformers loads these names first; between two of them, the earlier-registered format wins.
+# transformers loads these names first.
 _PREFERRED_STEMS = ("model", "pytorch_model")
 
 
@@ -198,47 +198,42 @@ def check_relative_name(name: str, named_by: str) -> None:
 
 
 def resolve_folder(folder: Path) -> Path:
-    """The file in ``folder`` that ckptkit reads for it: a shard index, else the one checkpoint."""
+    """The file in ``folder`` that ckptkit reads for it: a shard index or a checkpoint file.
+
+    Among several, the one ``transformers`` loads wins: Hugging Face names (``model.*``,
+    ``pytorch_model.*``) first, then the format detected first (safetensors before PyTorch), then
+    a single file before an index; a tie is an error that lists the candidates.
+    """
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    indexes = [p for p in files if is_index(registry.read_head(p), p)]
-    if indexes:
-        return _pick(folder, indexes, "shard indexes", _index_rank)
-    found: list[tuple[Path, int]] = []
-    order = {f.name: i for i, f in enumerate(registry.formats())}
+    fmts = registry.formats()
+    order = {f.name: i for i, f in enumerate(fmts)}
+    ranks: dict[Path, tuple[int, int, int]] = {}
     for p in files:
+        if is_index(registry.read_head(p), p):
+            base = p.name.removesuffix(registry.INDEX_SUFFIX)
+            by_ext = [i for i, f in enumerate(fmts) if f.extensions and base.endswith(f.extensions)]
+            ranks[p] = (_stem_rank(base), min(by_ext, default=len(fmts)), 1)
+            continue
         try:
             fmt = registry.detect(p)
         except CkptkitError:
             continue
-        found.append((p, order[fmt.name]))
-    if not found:
+        ranks[p] = (_stem_rank(p.name), order[fmt.name], 0)
+    if not ranks:
         shown = ", ".join(p.name for p in files[:8]) or "nothing"
         raise CorruptCheckpointError(
             f"no checkpoint ckptkit can read in this folder (it holds {shown}); name a checkpoint file"
         )
-    ranks = dict(found)
-    return _pick(folder, [p for p, _ in found], "checkpoints", lambda p: (_stem_rank(p.name), ranks[p]))
+    ranked = sorted(ranks, key=lambda p: ranks[p])
+    if len(ranked) > 1 and ranks[ranked[0]] == ranks[ranked[1]]:
+        shown = ", ".join(p.name for p in ranked[:8])
+        raise CorruptCheckpointError(f"this folder holds several checkpoints ({shown}); name the one to read")
+    return ranked[0]
 
 
 def _stem_rank(file_name: str) -> int:
     stem = file_name.split(".", 1)[0]
     return 0 if stem in _PREFERRED_STEMS else 1
-
-
-def _index_rank(index: Path) -> tuple[int, int]:
-    """Indexes of the preferred names first, then by the detection order of their shards' format."""
-    base = index.name.removesuffix(registry.INDEX_SUFFIX)
-    fmts = registry.formats()
-    by_ext = [i for i, f in enumerate(fmts) if f.extensions and base.endswith(f.extensions)]
-    return _stem_rank(base), min(by_ext, default=len(fmts))
-
-
-def _pick(folder: Path, candidates: list[Path], what: str, rank: Any) -> Path:
-    ranked = sorted(candidates, key=rank)
-    if len(ranked) > 1 and rank(ranked[0]) == rank(ranked[1]):
-        shown = ", ".join(p.name for p in ranked[:8])
-        raise CorruptCheckpointError(f"this folder holds several {what} ({shown}); name the one to read")
-    return ranked[0]
 
 
 def open_sharded(path: Path, options: Mapping[str, Any]) -> Checkpoint:
