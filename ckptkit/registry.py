@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
+    "ckptkit.formats.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
     "ckptkit.formats.torch",
     "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )

@@ -162,7 +162,9 @@ class DcpCheckpoint(Checkpoint):
             elif isinstance(entry, _RECORDS["TensorStorageMetadata"]):
                 self._add_tensor(fqn, entry, places)
             else:
-                raise CorruptCheckpointError(f"entry {fqn!r} of .metadata is {entry!r:.80}, not tensor or bytes metadata")
+                raise CorruptCheckpointError(
+                    f"entry {fqn!r} of .metadata is {entry!r:.80}, not tensor or bytes metadata"
+                )
 
     def _add_tensor(self, fqn: str, entry: Record, places: Mapping[tuple[str, Any], Record]) -> None:
         dtype = _dtype(fqn, entry.get("properties"))
@@ -173,7 +175,9 @@ class DcpCheckpoint(Checkpoint):
             offsets = _ints(c.get("offsets"), f"tensor {fqn!r} chunk offsets")
             sizes = _ints(c.get("sizes"), f"tensor {fqn!r} chunk sizes")
             if len(offsets) != len(shape) or len(sizes) != len(shape):
-                raise CorruptCheckpointError(f"tensor {fqn!r} {list(shape)} has a chunk at {list(offsets)} of {list(sizes)}")
+                raise CorruptCheckpointError(
+                    f"tensor {fqn!r} {list(shape)} has a chunk at {list(offsets)} of {list(sizes)}"
+                )
             if any(o + s > n for o, s, n in zip(offsets, sizes, shape, strict=True)):
                 raise CorruptCheckpointError(
                     f"tensor {fqn!r}: the chunk at {list(offsets)} of size {list(sizes)} reaches past {list(shape)}"
@@ -190,7 +194,11 @@ class DcpCheckpoint(Checkpoint):
             )
         self._chunks[fqn] = chunks
         files = sorted({c.file for c in chunks})
-        where = f"{chunks[0].file} +{chunks[0].start}" if len(chunks) == 1 else f"{len(chunks)} chunks in {', '.join(files)}"
+        where = (
+            f"{chunks[0].file} +{chunks[0].start}"
+            if len(chunks) == 1
+            else f"{len(chunks)} chunks in {', '.join(files)}"
+        )
         self._infos.append(TensorInfo(fqn, dtype, shape, where))
 
     def _chunk(self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], place: Record) -> Chunk:
@@ -240,11 +248,10 @@ class DcpCheckpoint(Checkpoint):
         if place is None:
             raise CorruptCheckpointError(f"entry {fqn!r}: no file holds it")
         chunk = self._chunk(fqn, (), (), place)
-        tree = flatten(self._archive(fqn, chunk).root)
-        for key, value in tree.extras.items():
-            self.extras[fqn if key == "value" else f"{fqn}.{key}"] = value
+        tree = flatten({fqn: self._archive(fqn, chunk).root})  # named from the entry, as a state dict would be
+        self.extras.update(tree.extras)
         for key, rec in tree.tensors.items():
-            self.extras[f"{fqn}.{key}"] = f"<tensor {rec.dtype.name} {list(rec.shape)} inside a pickled object>"
+            self.extras[key] = f"<tensor {rec.dtype.name} {list(rec.shape)} inside a pickled object>"
 
     def _parse(self, fqn: str, chunk: Chunk) -> tuple[TensorRecord, int]:
         """The chunk's tensor record and the absolute offset of its storage in ``chunk.file``."""
@@ -333,9 +340,11 @@ def _read_metadata(path: Path) -> Record:
         raise CorruptCheckpointError(f"no {METADATA_NAME} file in the folder: not a complete DCP checkpoint")
     size = path.stat().st_size
     if size > MAX_METADATA_BYTES:
-        raise CorruptCheckpointError(f"{METADATA_NAME} is {size:,} bytes; ckptkit refuses pickles over {MAX_METADATA_BYTES:,}")
+        raise CorruptCheckpointError(
+            f"{METADATA_NAME} is {size:,} bytes; ckptkit refuses pickles over {MAX_METADATA_BYTES:,}"
+        )
     with open(path, "rb") as f:
-        meta, _ = load(f, METADATA_NAME, strict=True, unpickler=MetadataUnpickler)
+        meta, _ = load(f, METADATA_NAME, strict=True, unpickler_class=MetadataUnpickler)
     if not isinstance(meta, _RECORDS["Metadata"]):
         raise CorruptCheckpointError(f"{METADATA_NAME} holds {type(meta).__name__}, not DCP Metadata")
     return meta
