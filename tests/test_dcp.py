@@ -117,7 +117,7 @@ def _rewrite_metadata(folder, change) -> None:
     import torch.distributed.checkpoint.metadata  # noqa: F401 - the classes the pickle names
 
     path = folder / ".metadata"
-    meta = pickle.loads(path.read_bytes())  # noqa: S301 - the test's own file
+    meta = pickle.loads(path.read_bytes())  # the test wrote this file itself
     change(meta)
     path.write_bytes(pickle.dumps(meta))
 
@@ -185,13 +185,13 @@ def test_chunk_holding_the_wrong_tensor_is_named(tmp_path):
         meta.storage_data[bias] = meta.storage_data[other]
 
     _rewrite_metadata(folder, swap)
-    with ckptkit.load(folder) as ckpt, pytest.raises(CorruptCheckpointError, match="'model.bias'.*holds float32"):
+    with ckptkit.load(folder) as ckpt, pytest.raises(CorruptCheckpointError, match=r"'model\.bias'.*holds float32"):
         ckpt.read_tensor("model.bias")
 
 
 def test_metadata_that_calls_code_is_refused(tmp_path, cli):
     folder = _copy_two_ranks(tmp_path)
     (folder / ".metadata").write_bytes(b"\x80\x04cos\nsystem\n(S'echo hacked'\ntR.")
-    with pytest.raises(UnsafeCheckpointError, match="os.system"):
+    with pytest.raises(UnsafeCheckpointError, match=r"os\.system"):
         ckptkit.load(folder)
     assert_one_line_error(cli("inspect", folder), "os.system")
