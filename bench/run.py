@@ -1,7 +1,7 @@
 """Benchmark ckptkit on synthetic checkpoints of growing size against cp, sha256 and naive scripts.
 
     python bench/run.py                       # 0.5, 1, 2, 4 GB; fp16 and bf16 (about half an hour)
-    python bench/run.py --quick               # 50 MB fp16 smoke run (under a minute)
+    python bench/run.py --quick               # one 50 MB fp16 checkpoint: a smoke run (a few minutes)
     python bench/run.py --sizes 1,2 --dtypes bf16 --repeat 3
 
 For each size and dtype it writes a transformer-like checkpoint with torch.save and safetensors
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 import measure  # noqa: E402 - bench/ is not a package
 import synth  # noqa: E402
 
-SHARD_SIZE = "1GB"
+SHARDS = 4  # sharded outputs are split in about this many shards at every size
 SHARDED = "safetensors-sharded"
 
 
@@ -79,7 +79,8 @@ def probe() -> dict:
     code = (
         "import json; from ckptkit.cli import cli; from ckptkit import registry\n"
         "fmts = {f.name: f.default_extension for f in registry.formats() if f.can_read and f.can_write}\n"
-        "print(json.dumps({'commands': sorted(cli.commands), 'formats': fmts}))"
+        "readable = [f.name for f in registry.formats() if f.can_read]\n"
+        "print(json.dumps({'commands': sorted(cli.commands), 'formats': fmts, 'readable': readable}))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -114,7 +115,7 @@ def _remove(path: Path | None) -> None:
         path.unlink()
 
 
-def plan_ops(work: Path, pt: Path, st: Path, caps: dict) -> list[Op]:
+def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: int) -> list[Op]:
     """The operations for one checkpoint, in an order where each input exists when needed."""
     commands, formats = set(caps["commands"]), dict(caps["formats"])
     torch_fmt = next((n for n in ("torch", "pytorch") if n in formats), None)
@@ -124,8 +125,7 @@ def plan_ops(work: Path, pt: Path, st: Path, caps: dict) -> list[Op]:
     targets: dict[str, Path] = {}
     for name, ext in formats.items():
         targets[name] = work / f"converted{ext or '.' + name}"
-    (work / "sharded").mkdir(exist_ok=True)
-    targets[SHARDED] = work / "sharded" / "model.safetensors.index.json"
+    targets[SHARDED] = work / "sharded" / "model.safetensors.index.json"  # kept: the input of sharded -> X
     ops = [
         Op("inspect safetensors", _ckptkit("inspect", st, "--json"), [st], naive=_naive("naive_inspect.py", st)),
         Op(
@@ -148,14 +148,22 @@ def plan_ops(work: Path, pt: Path, st: Path, caps: dict) -> list[Op]:
                 ops.append(Op(label, None, [pt]))
                 continue
             dst = targets[dst_name]
+            if dst_name == SHARDED and src_name != "safetensors":
+                dst = work / f"sharded-from-{src_name}" / dst.name
+            dst.parent.mkdir(exist_ok=True)
             cleanup = dst.parent if dst_name == SHARDED else dst
-            extra = ["--shard-size", SHARD_SIZE] if dst_name == SHARDED else []
+            extra = ["--shard-size", str(shard_size)] if dst_name == SHARDED else []
             to = [] if dst_name == SHARDED else ["--to", dst_name]
             naive = None
             naive_out = None
-            if {src_name, dst_name} == {"safetensors", torch_fmt}:
-                naive_out = work / ("naive" + (".safetensors" if dst_name == "safetensors" else ".pt"))
-                naive = _naive("naive_convert.py", src, naive_out)
+            if {src_name, dst_name} <= {"safetensors", torch_fmt, SHARDED}:
+                if dst_name == SHARDED:
+                    (work / "naive-sharded").mkdir(exist_ok=True)
+                    naive_out = work / "naive-sharded"
+                    naive = _naive("naive_convert.py", src, naive_out / "model.safetensors.index.json", shard_size)
+                else:
+                    naive_out = work / ("naive" + (".safetensors" if dst_name == "safetensors" else ".pt"))
+                    naive = _naive("naive_convert.py", src, naive_out)
             keep = src_name == "safetensors" and dst_name not in files
             data = [src.parent] if src_name == SHARDED else [src]  # a shard index counts its shards' bytes
             argv = _ckptkit("convert", src, dst, *to, *extra)
@@ -164,6 +172,15 @@ def plan_ops(work: Path, pt: Path, st: Path, caps: dict) -> list[Op]:
                 sources[dst_name] = dst
     if torch_fmt is None:
         ops.append(Op("convert safetensors -> torch", None, [st]))
+    has_dcp = "dcp" in caps.get("readable", [])
+    ops.append(Op("inspect dcp", _ckptkit("inspect", dcp, "--json") if has_dcp else None, [dcp]))
+    ops.append(Op("convert dcp -> safetensors", _ckptkit("convert", dcp, targets["safetensors"], "--force") if has_dcp
+                  else None, [dcp], targets["safetensors"]))  # fmt: skip
+    if torch_fmt:
+        out, naive_out = targets[torch_fmt], work / "naive.pt"
+        argv = _ckptkit("convert", dcp, out, "--force") if has_dcp else None
+        naive_argv = _naive("naive_dcp_to_torch.py", dcp, naive_out)
+        ops.append(Op(f"convert dcp -> {torch_fmt}", argv, [dcp], out, naive_argv, naive_out))
     ops.append(
         Op("diff safetensors vs torch", _ckptkit("diff", st, pt) if "diff" in commands else None, [st, pt],
            naive=_naive("naive_diff.py", st, pt))
@@ -189,9 +206,9 @@ def timed(argv: list[str], repeat: int, cleanup: Path | None = None) -> measure.
 
 def bench_one(size_gb: float, dtype: str, work: Path, caps: dict, args: argparse.Namespace) -> list[Row]:
     work.mkdir(parents=True, exist_ok=True)
-    pt, st = work / "input.pt", work / "input.safetensors"
+    pt, st, dcp = work / "input.pt", work / "input.safetensors", work / "input.dcp"
     t0 = time.perf_counter()
-    synth.make(int(size_gb * 1e9), dtype, pt, st)
+    synth.make(int(size_gb * 1e9), dtype, pt, st, dcp)
     print(f"# {dtype} {size_gb:g} GB: made {st.stat().st_size / 1e9:.2f} GB inputs in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)  # fmt: skip
     nbytes = st.stat().st_size
@@ -203,7 +220,7 @@ def bench_one(size_gb: float, dtype: str, work: Path, caps: dict, args: argparse
         Row("cp (baseline)", dtype, size_gb, nbytes, cp.seconds, cp_mb, 1.0, cp.seconds / sha.seconds),
         Row("sha256 1 thread (baseline)", dtype, size_gb, nbytes, sha.seconds, sha_mb, sha.seconds / cp.seconds, 1.0),
     ]
-    for op in plan_ops(work, pt, st, caps):
+    for op in plan_ops(work, pt, st, dcp, caps, nbytes // SHARDS):
         if args.only and not any(op.name.startswith(o) for o in args.only):
             continue
         row = Row(op.name, dtype, size_gb, sum(_size_of(p) for p in op.inputs))

@@ -6,8 +6,9 @@ largest tensors at every size), a final norm, and 22 blocks of attention (q, k, 
 requested size: 201 tensors whatever the size. Values are normal(0, 0.02) from a fixed seed.
 Smoke-test sizes under 0.4 GB get a 500 x 288 embedding instead, so that they stay small.
 
-The PyTorch file is written with ``torch.save`` and the safetensors file with
-``safetensors.torch.save_file``, both from the same in-memory state dict.
+The PyTorch file is written with ``torch.save``, the safetensors file with
+``safetensors.torch.save_file`` and the DCP folder with ``torch.distributed.checkpoint.save`` (one
+process, so each tensor is one chunk), all from the same in-memory state dict.
 """
 
 from __future__ import annotations
@@ -60,8 +61,11 @@ def layout(total_bytes: int, itemsize: int = 2) -> Layout:
     return Layout(shapes)
 
 
-def make(total_bytes: int, dtype: str, pt_path: Path, st_path: Path, seed: int = 0) -> Layout:
-    """Write the same synthetic state dict to ``pt_path`` (torch.save) and ``st_path`` (safetensors)."""
+def make(
+    total_bytes: int, dtype: str, pt_path: Path, st_path: Path, dcp_path: Path | None = None, seed: int = 0
+) -> Layout:
+    """Write the same synthetic state dict to ``pt_path`` (torch.save), ``st_path`` (safetensors)
+    and, if given, ``dcp_path`` (torch.distributed.checkpoint.save from one process)."""
     import torch
     from safetensors.torch import save_file
 
@@ -81,4 +85,12 @@ def make(total_bytes: int, dtype: str, pt_path: Path, st_path: Path, seed: int =
         state[name] = t
     torch.save(state, pt_path)
     save_file(state, st_path, metadata={"format": "pt"})
+    if dcp_path is not None:
+        import warnings
+
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+            dcp.save(state, checkpoint_id=dcp_path)
     return shape_plan
