@@ -347,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in dtypes:
         for size in sizes:
             free = shutil.disk_usage(args.workdir).free
-            if free < size * 1e9 * 5:
-                print(f"# skipping {dtype} {size:g} GB: needs ~{size * 5:.0f} GB free disk", file=sys.stderr)
+            if free < size * 1e9 * 7:
+                print(f"# skipping {dtype} {size:g} GB: needs ~{size * 7:.0f} GB free disk", file=sys.stderr)
                 continue
             rows += bench_one(size, dtype, args.workdir / f"{dtype}-{size:g}gb", caps, args)
     args.out.mkdir(parents=True, exist_ok=True)
