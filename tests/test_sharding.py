@@ -236,6 +236,7 @@ def _first(doc: dict) -> str:
         (lambda d: d["weight_map"].pop("layers.0.norm.bias"), "does not list"),
         (lambda d: d["weight_map"].update({"embed.weight": 3}), "not to a shard file name"),
         (lambda d: d.pop("weight_map"), "weight_map"),
+        (lambda d: d["weight_map"].update({"ghost": "model.safetensors.index.json"}), "shard index itself"),
     ],
 )
 def test_bad_indexes_are_named(tmp_path, cli, change, fragment):

@@ -34,6 +34,7 @@ from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.registry import Format
 from ckptkit.sharding import ALIASES_KEY, EXTRAS_KEY
 
+FORMAT_NAME = "sharded"
 MAX_INDEX_BYTES = 100 * 1024 * 1024
 KERAS_INDEX_SUFFIX = ".weights.json"
 _INDEX_SIZE_KEYS = ("total_size", "total_parameters")
@@ -56,7 +57,7 @@ class ShardedCheckpoint(Checkpoint):
     """The checkpoint an index describes; each shard is a checkpoint of its own, opened at once
     (headers only) and closed with this one."""
 
-    format_name = "sharded"
+    format_name = FORMAT_NAME
 
     def __init__(self, index_path: Path) -> None:
         super().__init__(index_path)
@@ -68,7 +69,7 @@ class ShardedCheckpoint(Checkpoint):
         self.shards: dict[str, Checkpoint] = {}
         try:
             for name in self.shard_files:
-                self.shards[name] = registry.open_checkpoint(index_path.parent / name)
+                self.shards[name] = _open_shard(index_path.parent / name)
             self._collect(weight_map)
             self._read_metadata(index_meta)
         except BaseException:
@@ -149,6 +150,13 @@ class ShardedCheckpoint(Checkpoint):
     def close(self) -> None:
         for s in self.shards.values():
             s.close()
+
+
+def _open_shard(path: Path) -> Checkpoint:
+    fmt = registry.detect(path)
+    if fmt.name == FORMAT_NAME:  # an index listing an index (itself, even) would never end
+        raise CorruptCheckpointError(f"the index lists {path.name}, which is a shard index itself, as a shard")
+    return registry.open_checkpoint(path, fmt.name)
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -251,7 +259,7 @@ def open_sharded(path: Path, options: Mapping[str, Any]) -> Checkpoint:
 
 
 FORMAT = Format(
-    name="sharded",
+    name=FORMAT_NAME,
     description="shards with a JSON index (Hugging Face, Keras 3), or a folder holding a checkpoint",
     extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
     sniff=sniff,
