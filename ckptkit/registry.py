@@ -26,6 +26,9 @@ _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
     "ckptkit.formats.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
     "ckptkit.formats.torch",
+    "ckptkit.formats.onnx",
+    "ckptkit.formats.keras.v3",
+    "ckptkit.formats.keras.legacy",
     "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.tree import Tree
 from ckptkit import registry
 from ckptkit.api import describe
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.names import leaf_name, module_path
 
 _MAX_VALUE_CHARS = 200
 
@@ -68,35 +68,66 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
     out = stdout_console()
     for line in _summary(report):
         out.print(line, markup=False)
+    if "structure" in report:
+        _print_structure(report, stats)
+        return
+    table = _tensor_table(stats)
+    for t in report["tensors"]:
+        table.add_row(*_tensor_row(t, stats))
+    out.print(table)
+
+
+def _tensor_table(stats: bool) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("name", "dtype", "shape", "size"):
+    for col in ("name", "dtype", "shape", "size", "location"):
         table.add_column(col, justify="right" if col == "size" else "left")
     if stats:
         for col in ("min", "max", "mean", "std", "nan", "inf"):
             table.add_column(col, justify="right")
-    for t in report["tensors"]:
-        row = [Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"])]
-        if stats:
-            s = t["stats"]
-            row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
-        table.add_row(*row)
-    out.print(table)
+    return table
+
+
+def _tensor_row(t: dict[str, Any], stats: bool, indent: str = "") -> list[Any]:
+    row: list[Any] = [
+        Text(indent + printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
+        Text(printable(t["location"])),
+    ]  # fmt: skip
+    if stats:
+        s = t["stats"]
+        row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
+    return row
+
+
+def _print_structure(report: dict[str, Any], stats: bool) -> None:
+    """The format's own grouping: one table per section (a Keras file's layers, its optimizer)."""
+    out = stdout_console()
+    by_name = {t["name"]: t for t in report["tensors"]}
+    shown: set[str] = set()
+    for section in report["structure"]["sections"]:
+        groups = section["groups"]
+        count = sum(len(g["tensors"]) for g in groups)
+        size = sum(by_name[n]["nbytes"] for g in groups for n in g["tensors"] if n in by_name)
+        out.print(f"{printable(section['title'])} ({len(groups)}, {count} tensors, {human_bytes(size)}):", markup=False)
+        table = _tensor_table(stats)
+        for group in groups:
+            kind = f" ({printable(group['kind'])})" if group.get("kind") else ""
+            table.add_row(Text(f"{printable(group['name'])}{kind}"), "", "", "" if group["tensors"] else "no weights")
+            for name in group["tensors"]:
+                if name in by_name:
+                    table.add_row(*_tensor_row(by_name[name], stats, indent="  "))
+                    shown.add(name)
+        out.print(table)
+    rest = [t for t in report["tensors"] if t["name"] not in shown]
+    if rest:
+        out.print(f"other tensors ({len(rest)}):", markup=False)
+        table = _tensor_table(stats)
+        for t in rest:
+            table.add_row(*_tensor_row(t, stats))
+        out.print(table)
 
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
-
-
-def module_path(name: str) -> list[str]:
-    """``encoder.layers.0.attn.weight`` -> ``[encoder, layers.0, attn]``: numbered items stay with their list."""
-    parts = re.split(r"[./]", name)[:-1]
-    grouped: list[str] = []
-    for part in parts:
-        if part.isdigit() and grouped:
-            grouped[-1] = f"{grouped[-1]}.{part}"
-        else:
-            grouped.append(part)
-    return grouped
 
 
 def _print_tree(report: dict[str, Any]) -> None:
@@ -126,5 +157,5 @@ def _fill(branch: Tree, node: dict[str, Any]) -> None:
         sub = branch.add(Text(f"{printable(key)}  ({_params(child):,} parameters)"))
         _fill(sub, child)
     for t in node.get("\0tensors", []):
-        leaf = re.split(r"[./]", t["name"])[-1]
+        leaf = leaf_name(t["name"])
         branch.add(Text(f"{printable(leaf)}  {t['dtype']} {t['shape']}  {human_bytes(t['nbytes'])}"))
