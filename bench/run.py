@@ -126,7 +126,8 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
     targets: dict[str, Path] = {}
     for name, ext in formats.items():
         targets[name] = work / f"converted{ext or '.' + name}"
-    targets[SHARDED] = work / "sharded" / "model.safetensors.index.json"  # kept: the input of sharded -> X
+    targets[SHARDED] = work / "sharded" / "model.safetensors.index.json"
+    scratch = work / "scratch"  # outputs that are deleted after each run; kept ones are inputs later
     ops = [
         Op("inspect safetensors", _ckptkit("inspect", st, "--json"), [st], naive=_naive("naive_inspect.py", st)),
         Op(
@@ -148,10 +149,9 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
             if src is None:
                 ops.append(Op(label, None, [pt]))
                 continue
-            dst = targets[dst_name]
-            if dst_name == SHARDED and src_name != "safetensors":
-                dst = work / f"sharded-from-{src_name}" / dst.name
-            dst.parent.mkdir(exist_ok=True)
+            keep = src_name == "safetensors" and dst_name not in files
+            dst = targets[dst_name] if keep else scratch / f"{dst_name}" / targets[dst_name].name
+            dst.parent.mkdir(parents=True, exist_ok=True)
             cleanup = dst.parent if dst_name == SHARDED else dst
             extra = ["--shard-size", str(shard_size)] if dst_name == SHARDED else []
             to = [] if dst_name == SHARDED else ["--to", dst_name]
@@ -165,7 +165,6 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
                 else:
                     naive_out = work / ("naive" + (".safetensors" if dst_name == "safetensors" else ".pt"))
                     naive = _naive("naive_convert.py", src, naive_out)
-            keep = src_name == "safetensors" and dst_name not in files
             data = [src.parent] if src_name == SHARDED else [src]  # a shard index counts its shards' bytes
             argv = _ckptkit("convert", src, dst, *to, *extra)
             ops.append(Op(label, argv, data, cleanup, naive, naive_out, keep))
@@ -175,10 +174,11 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
         ops.append(Op("convert safetensors -> torch", None, [st]))
     has_dcp = "dcp" in caps.get("readable", [])
     ops.append(Op("inspect dcp", _ckptkit("inspect", dcp, "--json") if has_dcp else None, [dcp]))
-    ops.append(Op("convert dcp -> safetensors", _ckptkit("convert", dcp, targets["safetensors"], "--force") if has_dcp
-                  else None, [dcp], targets["safetensors"]))  # fmt: skip
+    st_out = scratch / "converted.safetensors"
+    ops.append(Op("convert dcp -> safetensors", _ckptkit("convert", dcp, st_out, "--force") if has_dcp else None,
+                  [dcp], st_out))  # fmt: skip
     if torch_fmt:
-        out, naive_out = targets[torch_fmt], work / "naive.pt"
+        out, naive_out = scratch / "converted.pt", work / "naive.pt"
         argv = _ckptkit("convert", dcp, out, "--force") if has_dcp else None
         naive_argv = _naive("naive_dcp_to_torch.py", dcp, naive_out)
         ops.append(Op(f"convert dcp -> {torch_fmt}", argv, [dcp], out, naive_argv, naive_out))
@@ -240,9 +240,13 @@ def bench_one(size_gb: float, dtype: str, work: Path, caps: dict, args: argparse
     for op in plan_ops(work, pt, st, dcp, caps, nbytes // SHARDS):
         if args.only and not any(op.name.startswith(o) for o in args.only):
             continue
-        row = Row(op.name, dtype, size_gb, sum(_size_of(p) for p in op.inputs))
+        missing = [p for p in op.inputs if not p.exists()]
+        row = Row(op.name, dtype, size_gb, sum(_size_of(p) for p in op.inputs if p.exists()))
         if op.argv is None:
             row.status = "not available"
+        elif missing:
+            row.status = "no input"
+            row.notes.append(f"{missing[0].name} was not written (its conversion was refused)")
         else:
             r = timed(op.argv, args.repeat, op.output, op.inputs)
             if r.ok or op.name.startswith("diff"):  # diff exits 1 when it finds differences
@@ -251,11 +255,15 @@ def bench_one(size_gb: float, dtype: str, work: Path, caps: dict, args: argparse
                 if not r.ok:
                     row.notes.append(f"exit {r.returncode}")
             else:
-                row.status = "failed"
-                row.notes.append(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}")
+                message = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+                # A one-line ckptkit error with exit 2 is a refusal by design (say, a Keras 3 file
+                # needs layer classes a plain state dict lacks); anything else is a failure.
+                refused = r.returncode == 2 and message.startswith("ckptkit: error:") and "unexpected" not in message
+                row.status = "refused" if refused else "failed"
+                row.notes.append(message)
             if not op.keep_output:
                 _remove(op.output)
-        if op.naive and not args.no_naive:
+        if op.naive and not args.no_naive and not missing:
             n = timed(op.naive, 1, op.naive_output, op.inputs)
             if n.ok or op.name.startswith("verify"):
                 row.naive_seconds, row.naive_peak_anon_mb = n.seconds, n.peak_anon_bytes / 1e6
@@ -380,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     text = "## All measurements\n\n" + table(rows) + "\n## Scaling\n\n" + scaling(rows, sizes)
+    notes = dict.fromkeys(f"- {r.op}: {r.status}: {n}" for r in rows if r.status != "ok" for n in r.notes)
+    if notes:
+        text += "\n## Not measured\n\n" + "\n".join(notes) + "\n"
     (args.out / "results.md").write_text(text)
     print(text)
     return 0 if all(r.status != "failed" for r in rows) else 1
