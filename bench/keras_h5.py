@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,30 +27,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import measure  # noqa: E402 - bench/measure.py: child processes' time and peak anonymous memory
+import synth  # noqa: E402 - bench/synth.py: the transformer-like shapes every benchmark uses
 
 from ckptkit.dtypes import by_name  # noqa: E402
 from ckptkit.model import Checkpoint, TensorInfo  # noqa: E402
-
-VOCAB, DIM, BLOCKS = 32000, 2304, 22
-
-
-def shapes(total_bytes: int, itemsize: int) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes adding up to about ``total_bytes``: embedding, 22 blocks, norm, head."""
-    fixed = 2 * VOCAB * DIM + DIM
-    per_block = max(total_bytes // itemsize - fixed, BLOCKS * 64) / BLOCKS
-    d = max(8, int((-2 + math.sqrt(4 + 48 * per_block)) / 24) // 8 * 8)  # 12 d^2 + 2 d per block
-    f = (8 * d // 3) // 8 * 8
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, DIM)}
-    for i in range(BLOCKS):
-        p = f"model.layers.{i}."
-        out.update({p + f"self_attn.{n}.weight": (d, d) for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
-        out.update(
-            {p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d), p + "mlp.down_proj.weight": (d, f)}
-        )
-        out.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)})
-    out["model.norm.weight"] = (DIM,)
-    out["lm_head.weight"] = (VOCAB, DIM)
-    return out
 
 
 class Synthetic(Checkpoint):
@@ -64,7 +44,9 @@ class Synthetic(Checkpoint):
     def __init__(self, total_bytes: int, dtype: str) -> None:
         super().__init__(None)
         self.dtype = by_name(dtype)
-        self._infos = [TensorInfo(n, self.dtype, s) for n, s in shapes(total_bytes, self.dtype.itemsize).items()]
+        self._infos = [
+            TensorInfo(n, self.dtype, s) for n, s in synth.layout(total_bytes, self.dtype.itemsize).shapes.items()
+        ]
 
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
@@ -75,32 +57,12 @@ class Synthetic(Checkpoint):
         return (rng.standard_normal(ti.shape, dtype=np.float32) * 0.02).astype(self.dtype.numpy)
 
 
-def rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def timed(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds and peak anonymous memory of a child process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, rss_anon(proc.pid))
-            time.sleep(0.003)
-        seconds = time.perf_counter() - start
-        if proc.returncode:
-            err.seek(0)
-            raise SystemExit(f"{' '.join(cmd)} failed: {err.read().decode(errors='replace')}")
-    return seconds, peak
+    run = measure.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if not run.ok:
+        raise SystemExit(f"{' '.join(cmd)} failed: {run.stderr}")
+    return run.seconds, run.peak_anon_bytes
 
 
 def warm(path: Path) -> None:

@@ -57,9 +57,13 @@ class Checkpoint(ABC):
     ``metadata`` holds string metadata, format-specific keys namespaced as ``"format:key"``.
     ``extras`` holds the non-tensor content of training checkpoints (epoch, optimizer scalars,
     hyperparameters), flattened to dotted names.
+    ``concurrent_reads`` says that :meth:`read_tensor` and :meth:`raw_extent` may be called from
+    several threads at once (readers over memory maps can; readers sharing one file position
+    cannot), so work over its tensors may run on threads.
     """
 
     format_name: str = "?"
+    concurrent_reads: bool = False
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
@@ -143,6 +147,7 @@ class MemoryCheckpoint(Checkpoint):
     """A checkpoint held in memory, for saving a dict of arrays through any writer."""
 
     format_name = "memory"
+    concurrent_reads = True
 
     def __init__(
         self,

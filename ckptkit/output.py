@@ -56,6 +56,12 @@ class AtomicOutput:
         staged.parent.mkdir(parents=True, exist_ok=True)
         return staged
 
+    def set_main(self, final: str | Path) -> None:
+        """Make ``final`` the file readers open (the index of a set of shards): it is published
+        last and :meth:`temp_for` without an argument returns its staged path."""
+        self.temp_for(final)
+        self.path = Path(final)
+
     @property
     def files(self) -> list[Path]:
         """The final paths this output creates, the main file last."""

@@ -25,10 +25,12 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
+    "ckptkit.formats.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
     "ckptkit.formats.torch",
     "ckptkit.formats.onnx",
     "ckptkit.formats.keras.v3",
     "ckptkit.formats.keras.legacy",
+    "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
@@ -84,7 +86,8 @@ class Format:
     reach ``open`` and ``write`` as a mapping of option name to value.
     ``verify`` names, as ``"module:function"`` (imported only when ``ckptkit verify`` runs), the
     format's structure check: ``function(path) -> list[ckptkit.verify.findings.Finding]``,
-    reporting every fault it finds without stopping at the first.
+    reporting every fault it finds without stopping at the first. Formats that read
+    directories are asked with an empty ``head`` for them.
     """
 
     name: str
@@ -97,6 +100,12 @@ class Format:
     read_options: tuple[OptionSpec, ...] = ()
     default_extension: str = ""
     verify: str = ""
+    weights_name: str = ""  # the file's name inside a model folder; default "model" + default_extension
+
+    @property
+    def folder_file_name(self) -> str:
+        """The name a checkpoint of this format gets when the output is a folder."""
+        return self.weights_name or "model" + self.default_extension
 
     @property
     def can_read(self) -> bool:
@@ -188,12 +197,20 @@ def detect(path: Path) -> Format:
     raise UnknownFormatError(f"not a checkpoint ckptkit can read: no format recognises this {kind}{hint}", path)
 
 
+INDEX_SUFFIX = ".index.json"
+
+
 def for_output(path: Path, name: str | None = None) -> Format:
-    """The format to write ``path`` in: ``name`` if given, else from the extension."""
+    """The format to write ``path`` in: ``name`` if given, else from the extension.
+
+    ``model.safetensors.index.json`` names the index of a sharded output; its format is that of
+    ``model.safetensors``.
+    """
     if name:
         fmt = get(name)
     else:
-        matches = [f for f in _load().values() if f.can_write and _has_extension(path, f)]
+        named = path.with_name(path.name.removesuffix(INDEX_SUFFIX)) if path.name.endswith(INDEX_SUFFIX) else path
+        matches = [f for f in _load().values() if f.can_write and _has_extension(named, f)]
         if not matches:
             raise UsageError(f"cannot tell which format to write from the name {path.name!r}; pass --to FORMAT")
         fmt = matches[0]
@@ -217,6 +234,8 @@ def open_checkpoint(
         raise UsageError(f"ckptkit cannot read {fmt.name} files")
     if not p.exists():
         raise CkptkitError("no such file or directory", p)
+    if format and p.is_dir() and not fmt.sniff(b"", p):
+        raise UsageError(f"this is a folder, not a {fmt.name} file; leave out --from to read the checkpoint in it", p)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.read_options}
     if unknown:

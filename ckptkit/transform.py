@@ -35,6 +35,7 @@ class TransformedCheckpoint(Checkpoint):
         self.dropped = dropped
         self.base = base
         self.format_name = base.format_name
+        self.concurrent_reads = base.concurrent_reads
         self.metadata = dict(base.metadata)
         self.extras = dict(base.extras)
         self._source = names  # new name -> base name (tensors and promoted aliases)

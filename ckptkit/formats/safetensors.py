@@ -23,6 +23,7 @@ from ckptkit import dtypes
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.registry import Format, WriteContext
+from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
 from ckptkit.streaming import TensorCopier
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -56,6 +57,7 @@ class SafetensorsCheckpoint(Checkpoint):
     """A safetensors file, memory-mapped; tensors are views into the map."""
 
     format_name = "safetensors"
+    concurrent_reads = True
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -217,7 +219,8 @@ FORMAT = Format(
     extensions=(".safetensors",),
     sniff=sniff,
     open=open_safetensors,
-    write=write_safetensors,
+    write=shardable(write_safetensors),
+    write_options=(SHARD_SIZE_OPTION,),
     default_extension=".safetensors",
     verify="ckptkit.verify.safetensors:check_structure",
 )

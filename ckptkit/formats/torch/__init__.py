@@ -19,6 +19,7 @@ from ckptkit.formats.torch.unpickler import PickleFinding
 from ckptkit.formats.torch.writer import write_torch
 from ckptkit.model import Checkpoint
 from ckptkit.registry import Format
+from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -43,9 +44,11 @@ FORMAT = Format(
     extensions=(".pt", ".pth", ".bin", ".ckpt"),
     sniff=sniff,
     open=open_torch,
-    write=write_torch,
+    write=shardable(write_torch),
+    write_options=(SHARD_SIZE_OPTION,),
     default_extension=".pt",
     verify="ckptkit.verify.torch:check_structure",
+    weights_name="pytorch_model.bin",  # as transformers names it in a model folder
 )
 
 __all__ = ["FORMAT", "PickleFinding", "TorchCheckpoint", "scan_findings", "sniff"]

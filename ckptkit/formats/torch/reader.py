@@ -30,6 +30,7 @@ class TorchCheckpoint(Checkpoint):
     """
 
     format_name = "torch"
+    concurrent_reads = True  # tensors are read from a memory map, never through the shared file position
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -60,7 +61,7 @@ class TorchCheckpoint(Checkpoint):
                 span = archive.locate(rec.storage.key)
             except CkptkitError as err:
                 raise type(err)(f"tensor {name!r}: {err.message}") from None
-            self._records[name] = (rec, _check_bounds(name, rec, span))
+            self._records[name] = (rec, check_bounds(name, rec, span))
             where = span.record + (f" +{rec.offset * rec.dtype.itemsize}" if rec.offset else "")
             self._infos.append(TensorInfo(name, rec.dtype, rec.shape, where))
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -70,21 +71,9 @@ class TorchCheckpoint(Checkpoint):
 
     def read_tensor(self, name: str) -> np.ndarray:
         rec, start = self._records[name]
-        dtype = rec.dtype.numpy
         if self._map is None:
             raise CkptkitError(f"cannot read tensor {name!r}: the checkpoint was closed", self.path)
-        if rec.numel == 0:
-            return np.zeros(rec.shape, dtype)
-        itemsize = rec.dtype.itemsize
-        first = start + rec.offset * itemsize
-        if rec.is_contiguous():
-            arr = np.frombuffer(self._map, dtype, count=rec.numel, offset=first).reshape(rec.shape)
-        else:
-            flat = np.frombuffer(self._map, dtype, count=rec.storage_span() - rec.offset, offset=first)
-            strides = tuple(s * itemsize for s in rec.stride)
-            view = np.lib.stride_tricks.as_strided(flat, rec.shape, strides, writeable=False)
-            arr = np.ascontiguousarray(view)
-        return _byteswapped(arr) if self._big_endian else arr
+        return record_array(self._map, rec, start, self._big_endian)
 
     def raw_extent(self, name: str) -> RawExtent | None:
         rec, start = self._records[name]
@@ -99,6 +88,26 @@ class TorchCheckpoint(Checkpoint):
         self._file.close()
 
 
+def record_array(buf: mmap.mmap, rec: TensorRecord, start: int, big_endian: bool = False) -> np.ndarray:
+    """The tensor ``rec`` describes, C-contiguous, from a map whose storage bytes begin at ``start``.
+
+    A contiguous little-endian tensor is a view of the map; others are copied.
+    """
+    dtype = rec.dtype.numpy
+    if rec.numel == 0:
+        return np.zeros(rec.shape, dtype)
+    itemsize = rec.dtype.itemsize
+    first = start + rec.offset * itemsize
+    if rec.is_contiguous():
+        arr = np.frombuffer(buf, dtype, count=rec.numel, offset=first).reshape(rec.shape)
+    else:
+        flat = np.frombuffer(buf, dtype, count=rec.storage_span() - rec.offset, offset=first)
+        strides = tuple(s * itemsize for s in rec.stride)
+        view = np.lib.stride_tricks.as_strided(flat, rec.shape, strides, writeable=False)
+        arr = np.ascontiguousarray(view)
+    return _byteswapped(arr) if big_endian else arr
+
+
 def read_archive(f: BinaryIO, strict: bool = True) -> Archive:
     """The archive of an open ``torch.save`` file, zip or legacy."""
     size = os.fstat(f.fileno()).st_size
@@ -110,7 +119,7 @@ def read_archive(f: BinaryIO, strict: bool = True) -> Archive:
     return read_legacy(f, size, strict)
 
 
-def _check_bounds(name: str, rec: TensorRecord, span: StorageSpan) -> int:
+def check_bounds(name: str, rec: TensorRecord, span: StorageSpan) -> int:
     """The file offset where the tensor's storage starts, after checking the tensor fits in it."""
     storage = rec.storage
     if storage.view_offset + storage.nbytes > span.nbytes:

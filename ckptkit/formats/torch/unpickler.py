@@ -644,13 +644,16 @@ _LOAD_ERRORS = (
 )  # fmt: skip
 
 
-def load(file: Readable, what: str, *, strict: bool = True) -> tuple[Any, SafeUnpickler]:
+def load(
+    file: Readable, what: str, *, strict: bool = True, unpickler_class: type[SafeUnpickler] = SafeUnpickler
+) -> tuple[Any, SafeUnpickler]:
     """Unpickle one pickle from ``file`` safely; broken pickles raise :class:`CorruptCheckpointError`.
 
     ``what`` names the pickle in error messages (``"data.pkl"``). Returns the object and the
-    unpickler, whose ``findings`` and ``storages`` tell what the pickle referred to.
+    unpickler, whose ``findings`` and ``storages`` tell what the pickle referred to. Formats whose
+    pickles name a few more plain-data classes pass a subclass that allows them in ``find_class``.
     """
-    unpickler = SafeUnpickler(file, strict=strict)
+    unpickler = unpickler_class(file, strict=strict)
     try:
         return unpickler.load(), unpickler
     except _LOAD_ERRORS as err:

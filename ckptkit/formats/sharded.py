@@ -1,0 +1,267 @@
+"""Checkpoints split over several files, and folders that hold a checkpoint, read as one.
+
+A shard index is a JSON file whose ``weight_map`` says which file holds what:
+
+- Hugging Face (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``): tensor name
+  -> shard file name, plus ``metadata.total_size``.
+- Keras 3 sharded weights (``model.weights.json``, written by ``save_weights(...,
+  max_shard_size=...)``): layer variable path -> shard file, or a list of them when a layer's
+  variables span shards.
+
+Each shard is opened with whichever format reads it (so shards of any readable format work) and
+its tensors are served from there; nothing is read until asked for. The index is checked first:
+shard names may not leave the index's folder, every shard must exist, and every tensor must be in
+exactly one shard, the one the index names.
+
+A folder is accepted wherever a file is: ckptkit reads the shard index or checkpoint file in it,
+preferring what ``transformers`` would load (``model.safetensors``, then its index, then
+``pytorch_model.bin``, then its index). Formats that are folders themselves (torch.distributed.checkpoint) are
+registered before this one and claim theirs first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ckptkit import registry
+from ckptkit.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.registry import Format
+from ckptkit.sharding import ALIASES_KEY, EXTRAS_KEY
+
+FORMAT_NAME = "sharded"
+MAX_INDEX_BYTES = 100 * 1024 * 1024
+KERAS_INDEX_SUFFIX = ".weights.json"
+_INDEX_SIZE_KEYS = ("total_size", "total_parameters")
+# transformers loads these names first.
+_PREFERRED_STEMS = ("model", "pytorch_model")
+
+
+def is_index(head: bytes, path: Path) -> bool:
+    """A JSON object file named like an index, or one whose start names a ``weight_map``."""
+    if not path.name.endswith(".json") or not head.lstrip().startswith(b"{"):
+        return False
+    return path.name.endswith((registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX)) or b'"weight_map"' in head
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    return path.is_dir() or is_index(head, path)
+
+
+class ShardedCheckpoint(Checkpoint):
+    """The checkpoint an index describes; each shard is a checkpoint of its own, opened at once
+    (headers only) and closed with this one."""
+
+    format_name = FORMAT_NAME
+
+    def __init__(self, index_path: Path) -> None:
+        super().__init__(index_path)
+        doc = _read_index(index_path)
+        self.keras = index_path.name.endswith(KERAS_INDEX_SUFFIX)
+        weight_map: dict[str, Any] = doc["weight_map"]
+        index_meta: dict[str, Any] = doc.get("metadata") or {}
+        self.shard_files = _shard_files(weight_map, index_path)
+        self.shards: dict[str, Checkpoint] = {}
+        try:
+            for name in self.shard_files:
+                self.shards[name] = _open_shard(index_path.parent / name)
+            self._collect(weight_map)
+            self._read_metadata(index_meta)
+        except BaseException:
+            self.close()
+            raise
+        self.concurrent_reads = all(s.concurrent_reads for s in self.shards.values())
+        formats = sorted({s.format_name for s in self.shards.values()})
+        self.shard_format = formats[0] if len(formats) == 1 else "mixed"
+
+    def _collect(self, weight_map: Mapping[str, Any]) -> None:
+        self._infos: list[TensorInfo] = []
+        self._owner: dict[str, str] = {}
+        for file_name, shard in self.shards.items():
+            for ti in shard.tensor_infos():
+                if ti.name in self._owner:
+                    raise CorruptCheckpointError(
+                        f"tensor {ti.name!r} is in two shards, {self._owner[ti.name]} and {file_name}; "
+                        "the shards are from different saves, download them again"
+                    )
+                self._owner[ti.name] = file_name
+                self._infos.append(TensorInfo(ti.name, ti.dtype, ti.shape, f"{file_name}: {ti.location}".rstrip(": ")))
+        if self.keras:
+            return  # Keras maps layers, not tensors, to shards: the shards' own contents are the truth.
+        for name, file_name in weight_map.items():
+            owner = self._owner.get(name)
+            if owner != file_name:
+                where = f"it is in {owner}" if owner else "no shard holds it"
+                raise CorruptCheckpointError(
+                    f"the index puts tensor {name!r} in {file_name}, but {where}; the index and the shards do not "
+                    "match, download them again"
+                )
+        unlisted = [n for n in self._owner if n not in weight_map]
+        if unlisted:
+            raise CorruptCheckpointError(
+                f"shard {self._owner[unlisted[0]]} holds tensor {unlisted[0]!r}, which the index does not list "
+                f"({len(unlisted)} such tensors); the index and the shards do not match"
+            )
+
+    def _read_metadata(self, index_meta: Mapping[str, Any]) -> None:
+        shards = list(self.shards.values())
+        common = dict(shards[0].metadata) if shards else {}
+        for s in shards[1:]:
+            common = {k: v for k, v in common.items() if s.metadata.get(k) == v}
+        for key, value in index_meta.items():
+            if key in (ALIASES_KEY, EXTRAS_KEY, *_INDEX_SIZE_KEYS):
+                continue
+            common[key] = value if isinstance(value, str) else json.dumps(value)
+        self.metadata = common
+        for s in shards:
+            self.aliases.update(s.aliases)
+            self.extras.update(s.extras)
+        aliases = index_meta.get(ALIASES_KEY) or {}
+        if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+            raise CorruptCheckpointError(f"index metadata {ALIASES_KEY} must map names to names")
+        missing = sorted(t for t in aliases.values() if t not in self._owner)
+        if missing:
+            raise CorruptCheckpointError(
+                f"index metadata {ALIASES_KEY} points at tensors no shard holds: {missing[:5]}"
+            )
+        self.aliases.update(aliases)
+        extras = index_meta.get(EXTRAS_KEY) or {}
+        if isinstance(extras, dict):
+            self.extras.update(extras)
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def shard_of(self, name: str) -> Checkpoint:
+        """The open shard that holds tensor ``name``."""
+        return self.shards[self._owner[name]]
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        return self.shard_of(name).read_tensor(name)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return self.shard_of(name).raw_extent(name)
+
+    def close(self) -> None:
+        for s in self.shards.values():
+            s.close()
+
+
+def _open_shard(path: Path) -> Checkpoint:
+    fmt = registry.detect(path)
+    if fmt.name == FORMAT_NAME:  # an index listing an index (itself, even) would never end
+        raise CorruptCheckpointError(f"the index lists {path.name}, which is a shard index itself, as a shard")
+    return registry.open_checkpoint(path, fmt.name)
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size > MAX_INDEX_BYTES:
+        raise CorruptCheckpointError(f"a shard index of {size:,} bytes is past the {MAX_INDEX_BYTES:,}-byte limit")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
+        raise CorruptCheckpointError('not a shard index: no "weight_map" object mapping tensors to files')
+    if not isinstance(doc.get("metadata") or {}, dict):
+        raise CorruptCheckpointError('the shard index\'s "metadata" is not an object')
+    return doc
+
+
+def _shard_files(weight_map: Mapping[str, Any], index_path: Path) -> list[str]:
+    files: set[str] = set()
+    for name, value in weight_map.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise CorruptCheckpointError(f"the index maps {name!r} to {value!r}, not to a shard file name")
+        files.update(values)
+    if not files:
+        raise CorruptCheckpointError("the shard index lists no tensors")
+    for f in files:
+        check_relative_name(f, "the index")
+        if not (index_path.parent / f).is_file():
+            raise CorruptCheckpointError(
+                f"shard {f} listed in the index is missing from {index_path.parent}; download it or fix the index"
+            )
+    return sorted(files)
+
+
+def check_relative_name(name: str, named_by: str) -> None:
+    """Refuse a file name that could leave the folder of the file that names it.
+
+    Only the name is checked, not where it resolves to, so symlinked files (as in the Hugging
+    Face cache, whose snapshot files link into ``../../blobs``) are still read.
+    """
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name:
+        raise CorruptCheckpointError(
+            f"{named_by} names the file {name!r}, which is not a file inside its folder; refusing to read it"
+        )
+
+
+def resolve_folder(folder: Path) -> Path:
+    """The file in ``folder`` that ckptkit reads for it: a shard index or a checkpoint file.
+
+    Among several, the one ``transformers`` loads wins: Hugging Face names (``model.*``,
+    ``pytorch_model.*``) first, then the format detected first (safetensors before PyTorch), then
+    a single file before an index; a tie is an error that lists the candidates.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    fmts = registry.formats()
+    order = {f.name: i for i, f in enumerate(fmts)}
+    ranks: dict[Path, tuple[int, int, int]] = {}
+    for p in files:
+        if is_index(registry.read_head(p), p):
+            base = p.name.removesuffix(registry.INDEX_SUFFIX)
+            by_ext = [i for i, f in enumerate(fmts) if f.extensions and base.endswith(f.extensions)]
+            ranks[p] = (_stem_rank(base), min(by_ext, default=len(fmts)), 1)
+            continue
+        try:
+            fmt = registry.detect(p)
+        except CkptkitError:
+            continue
+        ranks[p] = (_stem_rank(p.name), order[fmt.name], 0)
+    if not ranks:
+        shown = ", ".join(p.name for p in files[:8]) or "nothing"
+        raise CorruptCheckpointError(
+            f"no checkpoint ckptkit can read in this folder (it holds {shown}); name a checkpoint file"
+        )
+    ranked = sorted(ranks, key=lambda p: ranks[p])
+    if len(ranked) > 1 and ranks[ranked[0]] == ranks[ranked[1]]:
+        shown = ", ".join(p.name for p in ranked[:8])
+        raise CorruptCheckpointError(f"this folder holds several checkpoints ({shown}); name the one to read")
+    return ranked[0]
+
+
+def _stem_rank(file_name: str) -> int:
+    stem = file_name.split(".", 1)[0]
+    return 0 if stem in _PREFERRED_STEMS else 1
+
+
+def open_sharded(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    if path.is_dir():
+        target = resolve_folder(path)
+        if not is_index(registry.read_head(target), target):
+            return registry.open_checkpoint(target, None, options)
+        path = target
+    try:
+        return ShardedCheckpoint(path)
+    except CkptkitError as err:
+        if err.path is None:  # an error in the index itself: name the index, not the folder
+            err.path = str(path)
+        raise
+
+
+FORMAT = Format(
+    name=FORMAT_NAME,
+    description="shards with a JSON index (Hugging Face, Keras 3), or a folder holding a checkpoint",
+    extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
+    sniff=sniff,
+    open=open_sharded,
+)

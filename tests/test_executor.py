@@ -1,0 +1,105 @@
+import threading
+
+import numpy as np
+import pytest
+
+import ckptkit
+from ckptkit.api import arrays_identical
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.executor import SerialExecutor, ThreadExecutor, balanced_groups, default_executor
+
+
+@pytest.mark.parametrize("executor", [SerialExecutor(), ThreadExecutor(2)], ids=["serial", "threads"])
+def test_results_come_back_in_task_order(executor):
+    assert executor.map(lambda x: x * x, list(range(20))) == [x * x for x in range(20)]
+
+
+def test_threads_run_tasks_on_two_threads_at_once():
+    both_inside = threading.Barrier(2, timeout=10)
+    names = ThreadExecutor(2).map(lambda _: (both_inside.wait(), threading.current_thread().name)[1], [0, 1])
+    assert len(set(names)) == 2  # the barrier only opens when two tasks are running together
+
+
+def test_first_error_is_raised_and_later_tasks_do_not_start():
+    started = []
+
+    def task(i):
+        started.append(i)
+        if i == 0:
+            raise CorruptCheckpointError("shard 0 is broken")
+        return i
+
+    with pytest.raises(CorruptCheckpointError, match="shard 0"):
+        ThreadExecutor(1).map(task, list(range(50)))
+    assert started == [0]
+    with pytest.raises(CorruptCheckpointError, match="shard 0"):
+        ThreadExecutor(2).map(task, list(range(50)))
+
+
+def test_default_executor_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("CKPTKIT_WORKERS", "1")
+    assert isinstance(default_executor(), SerialExecutor)
+    monkeypatch.setenv("CKPTKIT_WORKERS", "2")
+    assert default_executor().workers == min(2, __import__("os").cpu_count())
+    assert isinstance(default_executor(concurrent=False), SerialExecutor)
+
+
+def test_balanced_groups_keep_order_and_balance():
+    sizes = [100, 1, 1, 1, 50, 50, 2]
+    groups = balanced_groups(sizes, 2)
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    assert all(g == sorted(g) for g in groups)
+    loads = sorted(sum(sizes[i] for i in g) for g in groups)
+    assert loads == [102, 103]
+    assert balanced_groups([5], 4) == [[0]]
+    assert balanced_groups([], 2) == []
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 7, 8, 9, 4096 + 3])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_arrays_identical_finds_any_flipped_bit(nbytes, offset):
+    raw = np.random.default_rng(nbytes).integers(0, 256, nbytes + offset, dtype=np.uint8)
+    a = raw[offset:]  # unaligned start, as tensors in safetensors files often are
+    assert arrays_identical(a, a.copy())
+    for pos in {0, nbytes // 2, nbytes - 1} if nbytes else set():
+        b = a.copy()
+        b[pos] ^= 0x10
+        assert not arrays_identical(a, b), pos
+
+
+def test_convert_verification_reports_the_first_differing_tensor(tmp_path, monkeypatch):
+    from ckptkit.formats import safetensors as st
+
+    src = tmp_path / "a.safetensors"
+    ckptkit.save({f"t{i}": np.full(1000, i, np.float32) for i in range(6)}, src)
+    original = st.SafetensorsCheckpoint.read_tensor
+
+    def corrupt(self, name):
+        data = original(self, name)
+        return data + 1 if ".ckptkit-tmp-" in str(self.path) and name in ("t2", "t4") else data
+
+    monkeypatch.setattr(st.SafetensorsCheckpoint, "read_tensor", corrupt)
+    with pytest.raises(CorruptCheckpointError, match="'t2' differs"):
+        ckptkit.convert(src, tmp_path / "b.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_map_tensors_returns_every_result_in_order_and_runs_serially_when_reads_cannot_overlap():
+    from ckptkit.executor import map_tensors
+    from ckptkit.model import MemoryCheckpoint
+
+    ckpt = MemoryCheckpoint({f"t{i}": np.full(10 * (i + 1), i, np.int32) for i in range(9)})
+    threads = set()
+
+    def total(name):
+        threads.add(threading.current_thread().name)
+        return int(ckpt.read_tensor(name).sum())
+
+    got = map_tensors(ckpt, total, executor=ThreadExecutor(2))
+    assert list(got) == ckpt.names()
+    assert got == {f"t{i}": i * 10 * (i + 1) for i in range(9)}
+    assert map_tensors(ckpt, total, names=["t3", "t1"]) == {"t3": 120, "t1": 20}
+    ckpt.concurrent_reads = False
+    threads.clear()
+    map_tensors(ckpt, total)
+    assert threads == {threading.current_thread().name}
