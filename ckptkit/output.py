@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from types import TracebackType
 
 from ckptkit.errors import OutputExistsError, UsageError
 
 STAGING_PREFIX = ".ckptkit-tmp-"
+# Staging folders are named .ckptkit-tmp-<host>-<pid>-<file name>, so that a later run on the same
+# machine can tell a dead process's leftovers from a live process's work in progress.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"([0-9a-f]{8})-(\d+)-")
 
 
 class AtomicOutput:
@@ -21,6 +28,8 @@ class AtomicOutput:
     there before anything is published. :meth:`commit` renames each into place, the main file
     last, so that a process killed at any point never leaves a partial file under a final name.
     On error the staging folder is removed. Existing files are replaced only with ``force``.
+    A process killed outright (SIGKILL, out of memory) cannot clean up: its staging folder stays
+    until the next write into the same folder removes it (:func:`remove_stale_staging`).
     (Files are not fsynced: that guards against power loss, costs seconds on multi-GB outputs,
     and ``cp`` does not do it either.)
     """
@@ -35,7 +44,8 @@ class AtomicOutput:
         if not self.path.parent.exists():
             raise UsageError(f"the directory {self.path.parent} does not exist")
         self.check_free(self.path)
-        self.staging = self.path.parent / f"{STAGING_PREFIX}{os.getpid()}-{self.path.name}"
+        remove_stale_staging(self.path.parent)
+        self.staging = self.path.parent / f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{self.path.name}"
 
     def check_free(self, final: Path) -> None:
         if final.exists() and not self.force:
@@ -83,3 +93,36 @@ class AtomicOutput:
             self.commit()
         elif exc_type is not None:
             self.abort()
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` left by ckptkit processes of this machine that died.
+
+    A folder is removed only when its name carries this machine's tag and a process id that no
+    longer runs, so another machine's write on a shared file system is never touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING_NAME.match(entry.name)
+        if match is None or match[1] != _HOST or _alive(int(match[2])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id this machine could have given: leave the folder alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to another user, or the platform cannot tell
+    return True

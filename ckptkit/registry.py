@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
 from ckptkit.model import Checkpoint, ProgressFn
 
 SNIFF_BYTES = 4096
@@ -153,20 +153,29 @@ def read_head(path: Path) -> bytes:
         return f.read(SNIFF_BYTES)
 
 
-def detect(path: Path) -> Format:
-    """The format of an existing file or directory: by content first, then by extension."""
+def check_input(path: Path) -> bytes:
+    """The first bytes of an input, after the checks every format shares (``b""`` for a folder)."""
     if not path.exists():
         raise CkptkitError("no such file or directory", path)
+    if path.is_dir():
+        return b""
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file (a pipe or a device?); give a checkpoint file")
     head = read_head(path)
-    if path.is_file():
-        if not head:
-            raise CorruptCheckpointError("the file is empty", path)
-        if head.startswith(LFS_POINTER_PREFIX):
-            raise CorruptCheckpointError(
-                "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
-            )
+    if not head:
+        raise CorruptCheckpointError("the file is empty", path)
+    if head.startswith(LFS_POINTER_PREFIX):
+        raise CorruptCheckpointError(
+            "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
+        )
+    return head
+
+
+def detect(path: Path) -> Format:
+    """The format of an existing file or directory: by content first, then by extension."""
+    head = check_input(path)
     for fmt in _load().values():
-        if fmt.can_read and fmt.sniff(head, path):
+        if fmt.can_read and _sniff(fmt, head, path):
             return fmt
     by_ext = [f for f in _load().values() if f.can_read and _has_extension(path, f)]
     if by_ext and path.is_dir():
@@ -174,6 +183,14 @@ def detect(path: Path) -> Format:
     kind = "directory" if path.is_dir() else "file"
     hint = f" (its extension suggests {by_ext[0].name}, but the content does not match)" if by_ext else ""
     raise UnknownFormatError(f"not a checkpoint ckptkit can read: no format recognises this {kind}{hint}", path)
+
+
+def _sniff(fmt: Format, head: bytes, path: Path) -> bool:
+    # A sniffer that chokes on a stranger's bytes has not recognised them.
+    try:
+        return fmt.sniff(head, path)
+    except READ_ERRORS:
+        return False
 
 
 def for_output(path: Path, name: str | None = None) -> Format:
@@ -200,11 +217,13 @@ def open_checkpoint(
 ) -> Checkpoint:
     """Open a checkpoint for reading, detecting its format unless ``format`` is given."""
     p = Path(path)
-    fmt = get(format) if format else detect(p)
+    if format:
+        fmt = get(format)
+        check_input(p)
+    else:
+        fmt = detect(p)
     if not fmt.can_read or fmt.open is None:
         raise UsageError(f"ckptkit cannot read {fmt.name} files")
-    if not p.exists():
-        raise CkptkitError("no such file or directory", p)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.read_options}
     if unknown:
@@ -216,5 +235,5 @@ def open_checkpoint(
         if err.path is None:
             err.path = str(p)
         raise
-    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as err:
+    except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {type(err).__name__}: {err}", p) from err

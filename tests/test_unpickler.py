@@ -265,7 +265,7 @@ def test_shared_sub_objects_cannot_expand_without_bound(monkeypatch):
         parts.append(b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i]))
     data = b"".join(parts) + b"."
     obj, _ = _unpickle(data)
-    monkeypatch.setattr(structure, "MAX_NODES", 10_000)
+    monkeypatch.setenv("CKPTKIT_MAX_PICKLE_OBJECTS", "10000")
     with pytest.raises(CorruptCheckpointError, match="expands"):
         structure.flatten({"x": obj})
 

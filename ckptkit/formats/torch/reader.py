@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ckptkit import limits
 from ckptkit.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
@@ -46,6 +47,7 @@ class TorchCheckpoint(Checkpoint):
         self.findings: list[PickleFinding] = archive.findings
         self._big_endian = archive.big_endian
         tree = flatten(archive.root)
+        limits.check("the tensor count", len(tree.tensors), "tensors", "tensors")
         self.aliases = tree.aliases
         self.extras = tree.extras
         self.metadata[FORMAT_KEY] = archive.kind
@@ -80,6 +82,7 @@ class TorchCheckpoint(Checkpoint):
         if rec.is_contiguous():
             arr = np.frombuffer(self._map, dtype, count=rec.numel, offset=first).reshape(rec.shape)
         else:
+            _check_expansion(name, rec)
             flat = np.frombuffer(self._map, dtype, count=rec.storage_span() - rec.offset, offset=first)
             strides = tuple(s * itemsize for s in rec.stride)
             view = np.lib.stride_tricks.as_strided(flat, rec.shape, strides, writeable=False)
@@ -125,6 +128,21 @@ def _check_bounds(name: str, rec: TensorRecord, span: StorageSpan) -> int:
             f"reaches byte {reach} of a {storage.nbytes}-byte storage ({span.record})"
         )
     return span.offset + storage.view_offset
+
+
+def _check_expansion(name: str, rec: TensorRecord) -> None:
+    """Refuse a view whose copy would take far more memory than the bytes it reads (zero strides)."""
+    itemsize = rec.dtype.itemsize
+    extra = (rec.numel - (rec.storage_span() - rec.offset)) * itemsize
+    limit = limits.current().expanded_bytes
+    if extra > limit:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} ({rec.dtype.name} {list(rec.shape)}, stride {list(rec.stride)}) repeats its data; "
+            f"reading it takes {rec.numel * itemsize:,} bytes of memory for "
+            f"{(rec.storage_span() - rec.offset) * itemsize:,} bytes in the file, over ckptkit's limit of "
+            f"{limit:,} extra bytes; if the file is trusted, raise the limit with "
+            f"{limits.Limits.env_name('expanded_bytes')}"
+        )
 
 
 def _byteswapped(arr: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from ckptkit import dtypes
+from ckptkit import dtypes, limits
 from ckptkit.dtypes import DType
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 
@@ -577,11 +577,20 @@ class SafeUnpickler(pickle._Unpickler):
         self.findings: list[PickleFinding] = []
         self.storages: dict[str, StorageRef] = {}  # key -> the whole (root) storage
         self._placeholders: dict[tuple[str, str], type[OpaqueObject]] = {}
+        bounds = limits.current()
+        self._max_depth = bounds.pickle_depth
+        self._max_objects = bounds.pickle_objects
+        self._objects = 0
+        # Tuples already checked as keys, with their nesting height; holding them keeps ids unique.
+        self._key_heights: dict[int, tuple[int, tuple[Any, ...]]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         module, name = normalize_global(module, name)
         fn = _ALLOWED.get((module, name))
         if fn is not None:
+            keys_of = _HASHES_ARGUMENT.get((module, name))
+            if keys_of is not None:
+                fn = self._keys_checked(fn, keys_of)
             return _Allowed(f"{module}.{name}", fn)
         marker = _torch_marker(module, name)
         if marker is not None:
@@ -611,6 +620,61 @@ class SafeUnpickler(pickle._Unpickler):
             cls = self._placeholders[(module, name)] = type(name, (OpaqueObject,), attrs)
         return cls
 
+    # --- Bounds on what the pickle builds ---------------------------------------------------------
+    # CPython hashes a tuple by recursing through it in C with no depth check, so a dict key of a
+    # million nested tuples (a 2 MB pickle) overflows the C stack. Every key the pickle makes
+    # Python hash is checked first; building containers is counted, since one opcode byte can
+    # make a 200-byte object.
+
+    def check_keys(self, keys: Iterable[object]) -> None:
+        """Refuse keys whose tuple nesting is deeper than the pickle depth limit."""
+        for key in keys:
+            if type(key) is tuple and id(key) not in self._key_heights:
+                self._tuple_height(key)
+
+    def _tuple_height(self, root: tuple[Any, ...]) -> int:
+        heights = self._key_heights
+        stack: list[tuple[tuple[Any, ...], int, bool]] = [(root, 1, False)]
+        while stack:
+            node, depth, children_done = stack.pop()
+            if id(node) in heights:
+                continue
+            if depth > self._max_depth:
+                raise CorruptCheckpointError(
+                    f"the pickle nests tuples more than {self._max_depth} levels deep; if the file is trusted, "
+                    f"raise the limit with {limits.Limits.env_name('pickle_depth')}"
+                )
+            children = [c for c in node if type(c) is tuple]
+            if children_done:
+                heights[id(node)] = (1 + max((heights[id(c)][0] for c in children), default=0), node)
+            else:
+                stack.append((node, depth, True))
+                stack.extend((c, depth + 1, False) for c in children if id(c) not in heights)
+        return heights[id(root)][0]
+
+    def _keys_checked(self, fn: Callable[..., object], keys_of: str) -> Callable[..., object]:
+        def call(*args: object) -> object:
+            items = args[0] if args else ()
+            if isinstance(items, (list, tuple)):
+                if keys_of == "pairs":
+                    self.check_keys(p[0] for p in items if isinstance(p, (list, tuple)) and p)
+                else:
+                    self.check_keys(items)
+            return fn(*args)
+
+        return call
+
+    def count_objects(self) -> None:
+        self._objects += 1
+        if self._objects > self._max_objects:
+            raise CorruptCheckpointError(
+                f"the pickle builds more than {self._max_objects:,} objects; if the file is trusted, raise the "
+                f"limit with {limits.Limits.env_name('pickle_objects')}"
+            )
+
+    stack: list[Any]  # the pure-Python unpickler's stack (items since the last MARK)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] in ("storage", b"storage")):
             raise CorruptCheckpointError(f"unknown persistent id {pid!r:.200}")
@@ -637,6 +701,37 @@ class SafeUnpickler(pickle._Unpickler):
                 raise CorruptCheckpointError(f"storage view of {key!r} reaches past its storage")
         return ref
 
+
+def _before(opcode: bytes, check: Callable[[Any], None]) -> None:
+    run = SafeUnpickler.dispatch[opcode[0]]
+
+    def checked(self: Any) -> None:
+        check(self)
+        run(self)
+
+    SafeUnpickler.dispatch[opcode[0]] = checked
+
+
+# Opcodes that hash what the pickle built: the key below the value; every other item after the
+# mark (dict items); every item after the mark (set items).
+_before(pickle.SETITEM, lambda u: u.check_keys(u.stack[-2:-1]))
+_before(pickle.SETITEMS, lambda u: u.check_keys(u.stack[0::2]))
+_before(pickle.DICT, lambda u: u.check_keys(u.stack[0::2]))
+_before(pickle.ADDITEMS, lambda u: u.check_keys(u.stack))
+_before(pickle.FROZENSET, lambda u: u.check_keys(u.stack))
+for _op in (
+    pickle.EMPTY_DICT, pickle.EMPTY_LIST, pickle.EMPTY_SET, pickle.DICT, pickle.LIST, pickle.TUPLE, pickle.TUPLE1,
+    pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ,
+    pickle.INST,
+):  # fmt: skip
+    _before(_op, SafeUnpickler.count_objects)
+
+# Allowed callables that hash their argument's items ("items") or the first item of each pair.
+_HASHES_ARGUMENT = {
+    ("builtins", "set"): "items",
+    ("builtins", "frozenset"): "items",
+    ("collections", "OrderedDict"): "pairs",
+}
 
 _LOAD_ERRORS = (
     pickle.UnpicklingError, struct.error, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
