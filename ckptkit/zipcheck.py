@@ -4,8 +4,8 @@
 member into memory on ``read``. A forged end record can announce a directory of millions of
 members, and a small compressed member can claim (and hold) gigabytes. :func:`open_zip` checks
 the directory against :mod:`ckptkit.limits` before ``zipfile`` parses it; :func:`read_member`
-checks a member's declared size before decompressing it (``zipfile`` stops at the declared
-size, and a member longer than it claims fails its CRC check).
+checks a member's declared size before decompressing it and inflates no more than that size (a
+member longer than it claims then fails its CRC check).
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: str = "member
     """A member's bytes, refused before decompression when its declared size is over ``limit``."""
     limits.check(f"record {info.filename} (uncompressed)", info.file_size, limit)
     try:
-        return zf.read(info)
+        # read(n), not read(): without a size, zipfile inflates up to 2 GiB in one call before it
+        # compares the result with the declared size.
+        with zf.open(info) as member:
+            data = member.read(info.file_size)
     except ZIP_ERRORS as err:
         raise CorruptCheckpointError(f"record {info.filename} cannot be read: {err}") from None
+    if len(data) != info.file_size:
+        raise CorruptCheckpointError(
+            f"record {info.filename} holds {len(data)} bytes, but its header says {info.file_size}: truncated?"
+        )
+    return data

@@ -140,7 +140,11 @@ DANGEROUS_GLOBALS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
 
 def dangerous_reason(module: str, name: str) -> str | None:
     """Why a pickle may not name ``module.name``, or ``None`` if it is not on the danger list."""
-    first = name.split(".", 1)[0]
+    parts = name.split(".")
+    if any(p.startswith("__") and p.endswith("__") for p in parts[1:]):
+        # A dotted name walks attributes (protocol 4): OrderedDict.__init__.__globals__ reaches os.
+        return "walks attributes to reach interpreter internals"
+    first = parts[0]
     for mod, names, reason in DANGEROUS_GLOBALS:
         if (module == mod or module.startswith(mod + ".")) and (names is None or first in names):
             return reason
@@ -581,8 +585,8 @@ class SafeUnpickler(pickle._Unpickler):
         self._max_depth = bounds.pickle_depth
         self._max_objects = bounds.pickle_objects
         self._objects = 0
-        # Tuples already checked as keys, with their nesting height; holding them keeps ids unique.
-        self._key_heights: dict[int, tuple[int, tuple[Any, ...]]] = {}
+        # Tuples already measured as keys, with their expanded size; holding them keeps ids unique.
+        self._key_sizes: dict[int, tuple[int, tuple[Any, ...]]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         module, name = normalize_global(module, name)
@@ -621,36 +625,42 @@ class SafeUnpickler(pickle._Unpickler):
         return cls
 
     # --- Bounds on what the pickle builds ---------------------------------------------------------
-    # CPython hashes a tuple by recursing through it in C with no depth check, so a dict key of a
-    # million nested tuples (a 2 MB pickle) overflows the C stack. Every key the pickle makes
-    # Python hash is checked first; building containers is counted, since one opcode byte can
-    # make a 200-byte object.
+    # CPython hashes a tuple by recursing through it in C, with no depth check and no cached
+    # hash: a dict key of a million nested tuples (a 2 MB pickle) overflows the C stack, and 60
+    # tuples that each hold the previous one twice take 2**60 steps to hash. Every key the pickle
+    # makes Python hash is measured first. Building containers is counted too, since one opcode
+    # byte can make a 200-byte object.
 
     def check_keys(self, keys: Iterable[object]) -> None:
-        """Refuse keys whose tuple nesting is deeper than the pickle depth limit."""
+        """Refuse tuple keys nested deeper than the depth limit or expanding past the object limit."""
         for key in keys:
-            if type(key) is tuple and id(key) not in self._key_heights:
-                self._tuple_height(key)
+            if type(key) is tuple and id(key) not in self._key_sizes:
+                self._measure_tuple(key)
 
-    def _tuple_height(self, root: tuple[Any, ...]) -> int:
-        heights = self._key_heights
+    def _measure_tuple(self, root: tuple[Any, ...]) -> None:
+        # Post-order walk, each distinct tuple once; sizes count elements as hashing visits them.
+        sizes = self._key_sizes
         stack: list[tuple[tuple[Any, ...], int, bool]] = [(root, 1, False)]
         while stack:
             node, depth, children_done = stack.pop()
-            if id(node) in heights:
+            if id(node) in sizes:
                 continue
             if depth > self._max_depth:
                 raise CorruptCheckpointError(
                     f"the pickle nests tuples more than {self._max_depth} levels deep; if the file is trusted, "
                     f"raise the limit with {limits.Limits.env_name('pickle_depth')}"
                 )
-            children = [c for c in node if type(c) is tuple]
             if children_done:
-                heights[id(node)] = (1 + max((heights[id(c)][0] for c in children), default=0), node)
+                size = 1 + sum(sizes[id(c)][0] if type(c) is tuple else 1 for c in node)
+                if size > self._max_objects:
+                    raise CorruptCheckpointError(
+                        f"the pickle uses as a key a tuple that expands to more than {self._max_objects:,} items; "
+                        f"if the file is trusted, raise the limit with {limits.Limits.env_name('pickle_objects')}"
+                    )
+                sizes[id(node)] = (size, node)
             else:
                 stack.append((node, depth, True))
-                stack.extend((c, depth + 1, False) for c in children if id(c) not in heights)
-        return heights[id(root)][0]
+                stack.extend((c, depth + 1, False) for c in node if type(c) is tuple and id(c) not in sizes)
 
     def _keys_checked(self, fn: Callable[..., object], keys_of: str) -> Callable[..., object]:
         def call(*args: object) -> object:
@@ -712,6 +722,22 @@ def _before(opcode: bytes, check: Callable[[Any], None]) -> None:
     SafeUnpickler.dispatch[opcode[0]] = checked
 
 
+def _check_build(u: Any) -> None:
+    target = u.stack[-2] if len(u.stack) >= 2 else None
+    if not isinstance(target, _TAKES_STATE):
+        if isinstance(target, type):
+            what = f"the class {target.qualname()}" if issubclass(target, OpaqueObject) else f"the class {target!r}"
+        else:
+            what = repr(target) if isinstance(target, _Allowed) else f"a {type(target).__name__}"
+        raise CorruptCheckpointError(
+            f"the pickle changes the state of {what} (BUILD), which no torch.save file does; ckptkit refuses it"
+        )
+
+
+# BUILD may give state only to objects made to hold it; on anything else (a checked tensor
+# record, an allowed function, a class) it would overwrite what ckptkit has validated.
+_before(pickle.BUILD, _check_build)
+
 # Opcodes that hash what the pickle built: the key below the value; every other item after the
 # mark (dict items); every item after the mark (set items).
 _before(pickle.SETITEM, lambda u: u.check_keys(u.stack[-2:-1]))
@@ -732,6 +758,8 @@ _HASHES_ARGUMENT = {
     ("builtins", "frozenset"): "items",
     ("collections", "OrderedDict"): "pairs",
 }
+
+_TAKES_STATE = (OpaqueObject, PickledDType, PickledArray, _PickledOrderedDict)
 
 _LOAD_ERRORS = (
     pickle.UnpicklingError, struct.error, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
