@@ -1,7 +1,9 @@
 """One table of the element types ckptkit knows, with the name each format gives them.
 
-numpy lacks bfloat16 and the float8 types; ``ml_dtypes`` provides them, so every tensor can be
-held as a numpy array without a framework.
+numpy lacks bfloat16, the float8 types and the sub-byte types; ``ml_dtypes`` provides them, so
+every tensor can be held as a numpy array without a framework. Sub-byte types (int4, float4_e2m1fn,
+...) are held one element per byte, as ml_dtypes does; a format that packs them (ONNX) packs and
+unpacks them itself, so ``itemsize`` is always the in-memory size.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ DTYPES: tuple[DType, ...] = (
     DType("float8_e4m3fnuz",  1, "f", "float8_e4m3fnuz", None,     None,                   18),
     DType("float8_e5m2",      1, "f", "float8_e5m2",    "F8_E5M2", None,                   19),
     DType("float8_e5m2fnuz",  1, "f", "float8_e5m2fnuz", None,     None,                   20),
+    DType("float8_e8m0fnu",   1, "f", "float8_e8m0fnu", "F8_E8M0", None,                   24),
+    DType("float6_e2m3fn",    1, "f", "float6_e2m3fn",  None,      None,                   27),
+    DType("float6_e3m2fn",    1, "f", "float6_e3m2fn",  None,      None,                   28),
+    DType("float4_e2m1fn",    1, "f", "float4_e2m1fn",  None,      None,                   23),
     DType("int64",            8, "i", "int64",          "I64",     "LongStorage",           7),
     DType("int32",            4, "i", "int32",          "I32",     "IntStorage",            6),
     DType("int16",            2, "i", "int16",          "I16",     "ShortStorage",          5),
@@ -66,6 +72,10 @@ DTYPES: tuple[DType, ...] = (
     DType("uint32",           4, "u", "uint32",         "U32",     None,                   12),
     DType("uint16",           2, "u", "uint16",         "U16",     None,                    4),
     DType("uint8",            1, "u", "uint8",          "U8",      "ByteStorage",           2),
+    DType("int4",             1, "i", "int4",           None,      None,                   22),
+    DType("uint4",            1, "u", "uint4",          None,      None,                   21),
+    DType("int2",             1, "i", "int2",           None,      None,                   26),
+    DType("uint2",            1, "u", "uint2",          None,      None,                   25),
     DType("bool",             1, "b", "bool",           "BOOL",    "BoolStorage",           9),
     DType("complex128",      16, "c", "complex128",     None,      "ComplexDoubleStorage", 15),
     DType("complex64",        8, "c", "complex64",      "C64",     "ComplexFloatStorage",  14),

@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
     "ckptkit.formats.torch",
+    "ckptkit.formats.onnx",
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"

@@ -12,7 +12,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
-REALWORLD = REPO.parent / "shared" / "realworld"
+
+
+def _realworld() -> Path:
+    """../shared/realworld beside the repository, or beside the folder of its git worktree."""
+    if os.environ.get("CKPTKIT_REALWORLD"):
+        return Path(os.environ["CKPTKIT_REALWORLD"])
+    candidates = [d / "shared" / "realworld" for d in REPO.parents[:2]]
+    return next((p for p in candidates if p.is_dir()), candidates[0])
+
+
+REALWORLD = _realworld()
 
 
 @dataclass
@@ -55,3 +65,13 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> 
 def realworld_files(pattern: str) -> list[Path]:
     """Files from ../shared/realworld (beside the repository); empty when that folder is absent."""
     return sorted(REALWORLD.glob(pattern)) if REALWORLD.is_dir() else []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only when asked for: pytest -m slow."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

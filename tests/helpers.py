@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 import ckptkit
@@ -48,13 +49,21 @@ def sample_array(dtype_name: str, shape: tuple[int, ...] = (3, 5), seed: int = 0
     if dt.kind == "b":
         return (rng.integers(0, 2, n) == 1).reshape(shape)
     if dt.kind in "iu":
-        info = np.iinfo(dt.numpy)
-        return rng.integers(info.min, info.max, n, dtype=dt.numpy, endpoint=True).reshape(shape)
+        info = ml_dtypes.iinfo(dt.numpy)  # numpy's iinfo does not know int4 and friends
+        carrier = dt.numpy if dt.numpy.kind in "iu" else np.int8
+        values = rng.integers(int(info.min), int(info.max), n, dtype=carrier, endpoint=True)
+        return values.astype(dt.numpy).reshape(shape)
     if dt.kind == "c":
         return (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(dt.numpy).reshape(shape)
     values = (rng.standard_normal(n) * 4).astype(np.float32)
-    if n >= 3 and dt.name not in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz"):
+    if dt.name == "float8_e8m0fnu":  # powers of two only: no sign, no zero
+        values = np.abs(values) + 0.5
+    if n >= 3 and dt.name not in _NO_INF:
         values[1] = np.inf
-    if n >= 3:
+    if n >= 3 and dt.name not in _NO_NAN:
         values[2] = np.nan
     return values.astype(dt.numpy).reshape(shape)
+
+
+_NO_NAN = {"float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn"}
+_NO_INF = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", *_NO_NAN}

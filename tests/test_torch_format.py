@@ -18,11 +18,11 @@ import torch
 import torch.utils.serialization
 
 import ckptkit
-from ckptkit import registry
 from ckptkit.dtypes import DTYPES
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
 from ckptkit.formats.torch import FORMAT as TORCH_FORMAT
 from ckptkit.formats.torch import scan_findings, zipwriter
+from ckptkit.formats.torch.writer import NOT_IN_TORCH
 from ckptkit.model import MemoryCheckpoint
 from ckptkit.output import AtomicOutput
 from ckptkit.registry import WriteContext, get, open_checkpoint
@@ -30,18 +30,11 @@ from ckptkit.torch_interop import numpy_to_torch, torch_to_numpy
 from tests.conftest import FIXTURES, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 
-TORCH_DTYPES = [d.name for d in DTYPES if hasattr(torch, d.name)]
+TORCH_DTYPES = [d.name for d in DTYPES if hasattr(torch, d.name) and d.name not in NOT_IN_TORCH]
 SAVERS = {
     "zip": lambda obj, path: torch.save(obj, path),
     "legacy": lambda obj, path: torch.save(obj, path, _use_new_zipfile_serialization=False),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_format_registered():
-    # The registry lists ckptkit.formats.torch among its built-ins; register it here only while it does not.
-    if "torch" not in {f.name for f in registry.formats()}:
-        registry.register(TORCH_FORMAT)
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:

@@ -40,9 +40,9 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from ckptkit.cli import _convert, _formats, _inspect
+    from ckptkit.cli import _convert, _diff, _formats, _inspect
 
-    for module in (_convert, _inspect, _formats):
+    for module in (_convert, _inspect, _diff, _formats):
         cli.add_command(module.command)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.tree import Tree
 from ckptkit import registry
 from ckptkit.api import describe
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.names import leaf_name, module_path
 
 _MAX_VALUE_CHARS = 200
 
@@ -69,13 +69,16 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
     for line in _summary(report):
         out.print(line, markup=False)
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("name", "dtype", "shape", "size"):
+    for col in ("name", "dtype", "shape", "size", "location"):
         table.add_column(col, justify="right" if col == "size" else "left")
     if stats:
         for col in ("min", "max", "mean", "std", "nan", "inf"):
             table.add_column(col, justify="right")
     for t in report["tensors"]:
-        row = [Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"])]
+        row = [
+            Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
+            Text(printable(t["location"])),
+        ]  # fmt: skip
         if stats:
             s = t["stats"]
             row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
@@ -85,18 +88,6 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
-
-
-def module_path(name: str) -> list[str]:
-    """``encoder.layers.0.attn.weight`` -> ``[encoder, layers.0, attn]``: numbered items stay with their list."""
-    parts = re.split(r"[./]", name)[:-1]
-    grouped: list[str] = []
-    for part in parts:
-        if part.isdigit() and grouped:
-            grouped[-1] = f"{grouped[-1]}.{part}"
-        else:
-            grouped.append(part)
-    return grouped
 
 
 def _print_tree(report: dict[str, Any]) -> None:
@@ -126,5 +117,5 @@ def _fill(branch: Tree, node: dict[str, Any]) -> None:
         sub = branch.add(Text(f"{printable(key)}  ({_params(child):,} parameters)"))
         _fill(sub, child)
     for t in node.get("\0tensors", []):
-        leaf = re.split(r"[./]", t["name"])[-1]
+        leaf = leaf_name(t["name"])
         branch.add(Text(f"{printable(leaf)}  {t['dtype']} {t['shape']}  {human_bytes(t['nbytes'])}"))

@@ -12,15 +12,9 @@ import click
 from rich.console import Console
 
 from ckptkit.model import ProgressFn
+from ckptkit.names import printable as printable  # re-exported for the subcommands
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
-
-
-def printable(text: str) -> str:
-    """A name with control characters escaped, so a hostile file cannot drive the terminal."""
-    return str(text).translate(_CONTROL)
 
 
 def stdout_console() -> Console:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ckptkit.dtypes import DType
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch.reader import ROOT_KEY
 from ckptkit.formats.torch.structure import BARE_TENSOR_NAME
 from ckptkit.formats.torch.zipwriter import ALIGNMENT, ZipWriter
@@ -183,8 +183,17 @@ def _dropped_note(ckpt: Checkpoint) -> str | None:
     return f"{' and '.join(parts)} are not stored in PyTorch files"
 
 
+# Sub-byte types ckptkit holds one element per byte: torch's int4/uint4/int2/uint2 are placeholders
+# no tensor can be made of, and torch has no float4_e2m1fn or float6 type of that layout.
+NOT_IN_TORCH = frozenset({"int4", "uint4", "int2", "uint2", "float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn"})
+
+
 def write_torch(ckpt: Checkpoint, ctx: WriteContext) -> None:
     """Write ``ckpt`` as a zip-format ``torch.save`` file that ``torch.load(weights_only=True)`` reads."""
+    for ti in ckpt.tensor_infos():
+        if ti.dtype.name in NOT_IN_TORCH:
+            hint = "cast it with --dtype" if ti.dtype.is_floating else "choose another format (ONNX holds it)"
+            raise UnsupportedError(f"tensor {ti.name!r} is {ti.dtype.name}, which PyTorch cannot load; {hint}")
     data_pkl, ordered = build_pickle(ckpt)
     root = archive_name(Path(ctx.output.path))
     note = _dropped_note(ckpt)
