@@ -80,7 +80,7 @@ def exceeded(what: str, found: int, field: str, unit: str = "bytes") -> CorruptC
     """The error for a claim over a limit, naming the variable that raises it."""
     limit = getattr(current(), field)
     return CorruptCheckpointError(
-        f"{what} is {found:,} {unit}, over ckptkit's limit of {limit:,}; if the file is trusted, "
+        f"{what} is {found:,} {unit}, over ckptkit's limit of {limit:,} {unit}; if the file is trusted, "
         f"raise the limit with {Limits.env_name(field)}"
     )
 

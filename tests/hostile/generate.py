@@ -170,8 +170,8 @@ def safetensors_cases() -> list[Case]:
              fail("metadata ckptkit:extras nests JSON too deeply"), fail("too deeply"),
              "extras JSON nested 100,000 levels deep"),
         Case("st_too_many_tensors", "many.safetensors", _st(many, bytes(11)),
-             fail("the tensor count is 11 tensors, over ckptkit's limit of 10; if the file is trusted, raise the "
-                  "limit with CKPTKIT_MAX_TENSORS"), fail("CKPTKIT_MAX_TENSORS"),
+             fail("the tensor count is 11 tensors, over ckptkit's limit of 10 tensors; if the file is trusted, "
+                  "raise the limit with CKPTKIT_MAX_TENSORS"), fail("CKPTKIT_MAX_TENSORS"),
              "more tensors than the limit", env={"CKPTKIT_MAX_TENSORS": "10"}),
         Case("st_header_over_limit", "big.safetensors", _st({"w": _W, "__metadata__": {"pad": "x" * 5000}}),
              fail("the JSON header is 5,"), fail("CKPTKIT_MAX_HEADER_BYTES"),
