@@ -76,6 +76,7 @@ def test_case(name: str, command: str, corpus: dict[str, Path], tmp_path: Path) 
 
 SUBPROCESS_SAMPLE = [
     "st_header_deep_json", "pt_zip_bomb_lying", "pt_broadcast_terabyte", "pickle_os_system", "pickle_deep_tuple_key",
+    "onnx_external_escape",
 ]  # fmt: skip
 MEMORY_CAP = 768 * 1024 * 1024  # address space; a plain conversion of a small file needs under 400 MB
 

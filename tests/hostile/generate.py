@@ -571,6 +571,115 @@ def legacy_cases() -> list[Case]:
     return cases
 
 
+# --- ONNX ------------------------------------------------------------------------------------------
+
+
+def onnx_model(initializers: list, nodes: list | None = None) -> bytes:
+    from onnx import helper
+
+    graph = helper.make_graph(nodes or [], "g", [], [], initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def onnx_tensor(name: str = "w", dims: tuple[int, ...] = (2, 2), raw: bytes | None = W_DATA, **external: str):
+    """A float32 initializer, inline (``raw``) or external (``location=..., offset=..., length=...``)."""
+    from onnx import TensorProto
+
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(dims))
+    if external:
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in external.items():
+            t.external_data.add(key=key, value=value)
+    elif raw is not None:
+        t.raw_data = raw
+    return t
+
+
+def _onnx_external(location: str, data: bytes | None = W_DATA, link_to: str = "", **fields: str):
+    def build(folder: Path) -> bytes:
+        target = folder / location
+        if link_to:
+            target.symlink_to(link_to)
+        elif data is not None and "/" not in location:
+            target.write_bytes(data)
+        return onnx_model([onnx_tensor(location=location, **fields)])
+
+    return build
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _pb(number: int, value: bytes | int) -> bytes:
+    """One protobuf field: a varint, or length-delimited bytes."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _nested_ifs(depth: int) -> Callable[[Path], bytes]:
+    # Written field by field: the onnx helpers copy each subgraph through a parser that stops at 32 levels.
+    def build(folder: Path) -> bytes:
+        graph = _pb(2, b"leaf") + _pb(5, onnx_tensor().SerializeToString())
+        for i in range(depth):
+            branch = _pb(1, b"then_branch") + _pb(20, 5) + _pb(6, graph)  # AttributeProto of type GRAPH
+            node = _pb(1, b"c") + _pb(2, b"o") + _pb(4, b"If") + _pb(5, branch)
+            graph = _pb(1, node) + _pb(2, f"g{i}".encode())
+        return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(2, 17))  # ir_version, graph, opset_import
+
+    return build
+
+
+def onnx_cases() -> list[Case]:
+    fx = "onnx/conv_bn_ln_gemm.onnx"
+    cut = fail("truncated?")
+    outside = fail("leads outside the model's folder")
+    cases = [
+        Case("onnx_cut_quarter", "cut.onnx", _fixture_cut(fx, lambda d: len(d) // 4), cut, cut,
+             "cut a quarter of the way in"),
+        Case("onnx_cut_half", "cut.onnx", _fixture_cut(fx, lambda d: len(d) // 2), cut, cut, "cut half way"),
+        Case("onnx_cut_last_byte", "cut.onnx", _fixture_cut(fx, lambda d: len(d) - 1), cut, cut,
+             "the last byte missing"),
+        Case("onnx_wrong_magic", "model.onnx", lambda f: b"\x0a\x05hello" + bytes(64),
+             fail("no format recognises this file (its extension suggests onnx"), fail("no format recognises"),
+             "bytes that do not start like an ONNX model"),
+        Case("onnx_external_missing", "model.onnx", _onnx_external("w.data", data=None),
+             fail("tensor 'w': external data file"), fail("is missing"), "external data whose file is absent"),
+        Case("onnx_external_escape", "model.onnx", _onnx_external("../../../../../../etc/passwd"), outside, outside,
+             "external data at ../../../../etc/passwd"),
+        Case("onnx_external_absolute", "model.onnx", _onnx_external("/etc/passwd"),
+             fail("external data location '/etc/passwd' is an absolute path"), fail("absolute path"),
+             "external data at an absolute path"),
+        Case("onnx_external_symlink_out", "model.onnx", _onnx_external("w.data", link_to="/etc/hostname"), outside,
+             outside, "external data through a symbolic link that points out of the folder"),
+        Case("onnx_external_short", "model.onnx", _onnx_external("w.data", data=W_DATA[:8], length="16"),
+             fail("external data file w.data has 8 bytes, the tensor ends at 16: truncated"), fail("truncated"),
+             "an external data file shorter than its tensors"),
+        Case("onnx_external_offset_huge", "model.onnx", _onnx_external("w.data", offset=str(2**62), length="16"),
+             fail("the tensor ends at 4611686018427387920"), fail("truncated"), "an offset of 2**62"),
+        Case("onnx_external_offset_not_number", "model.onnx", _onnx_external("w.data", offset="12abc"),
+             fail("are not numbers"), fail("are not numbers"), "an offset that is not a number"),
+        Case("onnx_deep_subgraphs", "deep.onnx", _nested_ifs(80),
+             fail("subgraphs nest deeper than 64 levels"), fail("nest deeper"), "If nodes nested 80 deep"),
+        Case("onnx_terabyte_dims", "tb.onnx", lambda f: onnx_model([onnx_tensor(dims=(2**20, 2**20))]),
+             fail("tensor 'w': raw_data holds 16 bytes, float32 [1048576, 1048576] needs 4398046511104"),
+             fail("needs 4398046511104"), "dims of 4 TiB over 16 bytes of data"),
+        Case("onnx_too_many_dims", "bad.onnx", lambda f: onnx_model([onnx_tensor(dims=(1,) * 65 + (4,))]),
+             fail("tensor 'w' has 66 dimensions"), fail("66 dimensions"), "66 dimensions"),
+        Case("onnx_too_many_tensors", "many.onnx",
+             lambda f: onnx_model([onnx_tensor(f"w{i}") for i in range(11)]),
+             fail("the tensor count is 11 tensors, over ckptkit's limit of 10 tensors"), fail("CKPTKIT_MAX_TENSORS"),
+             "more initializers than the limit", env={"CKPTKIT_MAX_TENSORS": "10"}),
+    ]  # fmt: skip
+    return cases
+
+
 def lfs_cases() -> list[Case]:
     oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12345\n".encode()
@@ -584,12 +693,12 @@ def lfs_cases() -> list[Case]:
             expect,
             f"a Git LFS pointer named {ext}",
         )
-        for ext in (".safetensors", ".pt", ".bin", ".ckpt")
+        for ext in (".safetensors", ".pt", ".bin", ".ckpt", ".onnx")
     ]
 
 
 def all_cases() -> list[Case]:
-    cases = safetensors_cases() + torch_zip_cases() + payload_cases() + legacy_cases() + lfs_cases()
+    cases = safetensors_cases() + torch_zip_cases() + payload_cases() + legacy_cases() + onnx_cases() + lfs_cases()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases
