@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -72,12 +75,17 @@ class AtomicOutput:
         return [f for f in self._finals if f != self.path] + ([self.path] if self.path in self._finals else [])
 
     def commit(self) -> None:
-        """Publish every staged file under its final name, then remove the staging folder."""
-        for final in self.files:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.staging / final.relative_to(self.path.parent), final)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self._committed = True
+        """Publish every staged file under its final name, then remove the staging folder.
+
+        Ctrl-C and SIGTERM wait until every file is renamed, so an interruption never publishes
+        some files of a multi-file output and not others.
+        """
+        with _interruptions_held():
+            for final in self.files:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.staging / final.relative_to(self.path.parent), final)
+            self._committed = True
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def abort(self) -> None:
         """Remove everything staged; nothing under a final name is touched."""
@@ -93,6 +101,19 @@ class AtomicOutput:
             self.commit()
         elif exc_type is not None:
             self.abort()
+
+
+@contextlib.contextmanager
+def _interruptions_held() -> Iterator[None]:
+    """SIGINT and SIGTERM delivered only after the block (where the platform can hold signals)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def remove_stale_staging(folder: Path) -> list[Path]:

@@ -11,7 +11,6 @@ See tests/fuzzing.py for what counts as a failure.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import ckptkit
 from ckptkit.dtypes import by_name
 from tests import fuzzing
 from tests.conftest import FIXTURES
+from tests.helpers import print_to_terminal
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
@@ -74,9 +74,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
         lines.append(f"fuzz {target}: {tally.inputs} inputs ({outcomes}); failures 0")
     total = sum(t.inputs for t in fuzzing.TALLIES.values())
     lines.append(f"fuzz total: {total} inputs, 0 failures")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n" + "\n".join(lines))
+    print_to_terminal(request, lines)
     if os.environ.get("CKPTKIT_FUZZ_REPORT"):
         summary = {t: tally.as_dict() for t, tally in fuzzing.TALLIES.items()}
         Path(os.environ["CKPTKIT_FUZZ_REPORT"]).write_text(json.dumps(summary, indent=2))
