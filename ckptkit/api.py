@@ -59,19 +59,73 @@ def convert(
     read_options: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    layout: str | None = None,
+    layout_hints: Sequence[str] = (),
 ) -> Receipt:
-    """Convert ``src`` into ``dst``, atomically, re-reading the result to check it by default."""
+    """Convert ``src`` into ``dst``, atomically, re-reading the result to check it by default.
+
+    ``layout`` ("keras" or "torch") translates tensor layouts between the frameworks on the way
+    (see :mod:`ckptkit.layout`); ``layout_hints`` settle what names and shapes cannot tell.
+    """
     src, dst = Path(src), Path(dst)
     with registry.open_checkpoint(src, from_format, read_options) as ckpt:
         view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
+        plan = None
+        if layout:
+            from ckptkit.layout import apply_layout, plan_layout
+
+            template = (options or {}).get("template")
+            extra = []
+            if layout == "keras" and template:
+                from ckptkit.layout.reference import template_hints
+
+                extra = template_hints(Path(template), list(view.tensor_infos()))
+            plan = plan_layout(view, layout, layout_hints, extra)
+            translated: Checkpoint = apply_layout(view, plan)
+        else:
+            translated = view
         receipt = write_checkpoint(
-            view, dst, to_format, force=force, options=options or {}, verify=verify, progress=progress
+            translated, dst, to_format, force=force, options=options or {}, verify=verify, progress=progress
         )
         if isinstance(view, TransformedCheckpoint):
             receipt.renamed.update(view.renamed)
             receipt.cast.update(view.cast)
             receipt.dropped.extend(view.dropped)
+        if plan is not None:
+            earlier = dict(receipt.renamed)
+            for new, old in plan.renamed.items():
+                receipt.renamed[new] = earlier.pop(old, old)
+                receipt.renamed.pop(old, None)
+            receipt.transformed.update(plan.transformed)
+            receipt.dropped.extend(plan.dropped)
+            receipt.notes[:0] = plan.notes
         return receipt
+
+
+def plan_layout(
+    src: str | Path,
+    layout: str,
+    layout_hints: Sequence[str] = (),
+    *,
+    from_format: str | None = None,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    read_options: Mapping[str, Any] | None = None,
+    template: str | Path | None = None,
+) -> Any:
+    """What ``convert(..., layout=layout)`` would do to each tensor, without writing (a ``LayoutPlan``).
+
+    ``template``: the Keras model a ``--template`` conversion would fill, whose layer classes
+    settle what names and shapes cannot.
+    """
+    from ckptkit.layout import plan_layout as plan
+    from ckptkit.layout.reference import template_hints
+
+    with registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
+        view = transform(ckpt, select, exclude, strip_prefix)
+        extra = template_hints(Path(template), list(view.tensor_infos())) if template and layout == "keras" else []
+        return plan(view, layout, layout_hints, extra)
 
 
 def write_checkpoint(
@@ -184,7 +238,7 @@ def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | No
             if progress:
                 progress(ti.nbytes)
         tensors.append(entry)
-    return {
+    report = {
         "schema": "ckptkit.inspect/1",
         "path": str(ckpt.path),
         "format": ckpt.format_name,
@@ -198,3 +252,7 @@ def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | No
         "extras": dict(ckpt.extras),
         "tensors": tensors,
     }
+    structure = ckpt.structure()
+    if structure is not None:
+        report["structure"] = structure
+    return report

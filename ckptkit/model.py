@@ -107,6 +107,14 @@ class Checkpoint(ABC):
         """Where the tensor's bytes lie as-is in a file, if they do; else ``None``."""
         return None
 
+    def structure(self) -> dict[str, Any] | None:
+        """How the format groups the tensors, for ``inspect`` (``None``: a flat list).
+
+        ``{"kind": ..., "sections": [{"title": ..., "groups": [{"name", "kind", "tensors"}]}]}``:
+        for example a Keras file's layers with their weights, and its optimizer variables apart.
+        """
+        return None
+
     def read_torch(self, name: str) -> Any:
         """The tensor as a ``torch.Tensor`` (needs torch installed; bfloat16 and float8 kept)."""
         from ckptkit.torch_interop import numpy_to_torch
@@ -225,6 +233,7 @@ class Receipt:
     bytes_written: int = 0
     renamed: dict[str, str] = field(default_factory=dict)
     cast: dict[str, str] = field(default_factory=dict)
+    transformed: dict[str, str] = field(default_factory=dict)  # new name -> how its layout was changed
     aliased: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

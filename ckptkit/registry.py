@@ -26,6 +26,8 @@ _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
     "ckptkit.formats.torch",
     "ckptkit.formats.onnx",
+    "ckptkit.formats.keras.v3",
+    "ckptkit.formats.keras.legacy",
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"

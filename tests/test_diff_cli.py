@@ -44,7 +44,11 @@ def write_pair(tmp_path):
 
 
 def storable(fmt: registry.Format, tmp_path) -> dict[str, np.ndarray]:
-    """One sample tensor of every dtype the format's writer accepts."""
+    """One sample tensor of every dtype the format's writer accepts.
+
+    Named as Keras names Dense kernels, which every format can hold (a Keras 3 .weights.h5 file
+    needs to know each layer's class).
+    """
     arrays = {}
     for name in (
         "float32",
@@ -60,10 +64,10 @@ def storable(fmt: registry.Format, tmp_path) -> dict[str, np.ndarray]:
     ):
         array = sample_array(name, (4, 6), seed=len(arrays))
         try:
-            ckptkit.save({"x": array}, tmp_path / f"probe-{name}{fmt.default_extension}", fmt.name)
+            ckptkit.save({"dense/kernel": array}, tmp_path / f"probe-{name}{fmt.default_extension}", fmt.name)
         except UnsupportedError:
             continue
-        arrays[f"layers.{len(arrays)}.{name}"] = array
+        arrays[f"dense_{len(arrays)}/kernel"] = array
     return arrays
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ckptkit import registry
-from ckptkit.api import convert
+from ckptkit.api import convert, plan_layout
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.errors import UsageError
 from ckptkit.model import Receipt
 
 
@@ -54,6 +55,17 @@ def _names(kind: str) -> set[str]:
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip re-reading the output to check every tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
+@click.option(
+    "--layout", type=click.Choice(["keras", "torch"]),
+    help="Translate layouts between PyTorch and Keras: to Keras names and channels-last kernels, or back.",
+)  # fmt: skip
+@click.option(
+    "--layout-hint", "layout_hints", multiple=True, metavar="NAME=KIND",
+    help="Say what a layer is where names and shapes cannot tell (fc1=flatten:16x5x5, conv1=depthwise, emb=embedding).",
+)  # fmt: skip
+@click.option(
+    "--plan", "plan_only", is_flag=True, help="With --layout: print every rename and transpose, write nothing."
+)
 @_format_options("read")
 @_format_options("write")
 def command(
@@ -68,6 +80,9 @@ def command(
     force: bool,
     no_verify: bool,
     as_json: bool,
+    layout: str | None,
+    layout_hints: tuple[str, ...],
+    plan_only: bool,
     **format_opts: Any,
 ) -> None:
     """Convert checkpoint SRC into DST (any readable format to any writable one).
@@ -78,6 +93,21 @@ def command(
     read_names, write_names = _names("read"), _names("write")
     read_opts = {k: v for k, v in format_opts.items() if k in read_names}
     write_opts = {k: v for k, v in format_opts.items() if k in write_names}
+    if (plan_only or layout_hints) and not layout:
+        raise UsageError("--plan and --layout-hint go with --layout keras|torch")
+    if plan_only:
+        plan = plan_layout(
+            src, layout or "", layout_hints, from_format=from_format, select=select, exclude=exclude,
+            strip_prefix=strip_prefix, read_options=read_opts, template=write_opts.get("template"),
+        )  # fmt: skip
+        if as_json:
+            steps = [s.to_json() for s in plan.steps]
+            print_json({"source": plan.source, "target": plan.target, "restored": plan.restored, "steps": steps,
+                        "dropped": plan.dropped, "notes": plan.notes})  # fmt: skip
+        else:
+            for line in plan.lines():
+                stdout_console().print(printable(line), markup=False)
+        return
     with registry.open_checkpoint(src, from_format, read_opts) as probe:
         total = probe.total_bytes
     with progress_bar(total * (1 if no_verify else 2), f"convert {src.name}") as progress:
@@ -87,6 +117,7 @@ def command(
             select=select, exclude=exclude, strip_prefix=strip_prefix,
             force=force, verify=not no_verify,
             read_options=read_opts, options=write_opts, progress=progress,
+            layout=layout, layout_hints=layout_hints,
         )  # fmt: skip
     if as_json:
         print_json(receipt.to_dict())
@@ -102,7 +133,8 @@ def _print_receipt(r: Receipt) -> None:
         f"{human_bytes(r.bytes_written)}, {check}",
         markup=False,
     )
-    for title, items in (("renamed", r.renamed), ("cast", r.cast), ("aliased", r.aliased)):
+    sections = (("renamed", r.renamed), ("transformed", r.transformed), ("cast", r.cast), ("aliased", r.aliased))
+    for title, items in sections:
         if items:
             out.print(f"  {title} ({len(items)}):", markup=False)
             for k, v in list(items.items())[:20]:

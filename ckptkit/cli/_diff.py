@@ -14,6 +14,7 @@ from ckptkit.cli._errors import EXIT_FINDINGS
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
 from ckptkit.drift import DiffReport, diff
 from ckptkit.drift import formatting as fmt
+from ckptkit.drift.normalize import default_normalizers
 from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, TensorDiff
 from ckptkit.errors import UsageError
 from ckptkit.output import AtomicOutput
@@ -73,6 +74,11 @@ from ckptkit.output import AtomicOutput
     metavar="FILE",
     help="Also write a self-contained HTML report with a per-layer drift chart.",
 )
+@click.option(
+    "--layout-hint", "layout_hints", multiple=True, metavar="NAME=KIND",
+    help="When a Keras checkpoint is compared with a PyTorch one: what a layer is where names and shapes "
+    "cannot tell, as for convert --layout (fc=flatten:16x5x5, conv1=depthwise).",
+)  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), help="Threads to compare on (default: one per core, up to 4).")
 def command(
     a: Path,
@@ -88,6 +94,7 @@ def command(
     as_json: bool,
     as_markdown: bool,
     html_file: Path | None,
+    layout_hints: tuple[str, ...],
     threads: int | None,
 ) -> None:  # fmt: skip
     """Compare checkpoint A with B, in the same or different formats.
@@ -105,6 +112,11 @@ def command(
         raise UsageError("--json and --markdown both print the report; choose one")
     # Made first so that a bad --html path fails before the comparison; a report is rewritten each run.
     html_out = AtomicOutput(html_file, force=True) if html_file is not None else None
+    normalizers = None
+    if layout_hints:
+        from ckptkit.layout.diff_normalizer import keras_to_torch_layout_with
+
+        normalizers = [keras_to_torch_layout_with(layout_hints), *default_normalizers()]
     with (
         registry.open_checkpoint(a, a_format) as ckpt_a,
         registry.open_checkpoint(b, b_format) as ckpt_b,
@@ -113,7 +125,7 @@ def command(
         report = diff(
             ckpt_a, ckpt_b,
             depth=depth, rename=rename, map=map_file, fail_on=fail_on, tolerance=tolerance,
-            threads=threads, progress=progress,
+            normalizers=normalizers, threads=threads, progress=progress,
         )  # fmt: skip
     if html_out is not None:
         with html_out:

@@ -68,22 +68,62 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
     out = stdout_console()
     for line in _summary(report):
         out.print(line, markup=False)
+    if "structure" in report:
+        _print_structure(report, stats)
+        return
+    table = _tensor_table(stats)
+    for t in report["tensors"]:
+        table.add_row(*_tensor_row(t, stats))
+    out.print(table)
+
+
+def _tensor_table(stats: bool) -> Table:
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("name", "dtype", "shape", "size", "location"):
         table.add_column(col, justify="right" if col == "size" else "left")
     if stats:
         for col in ("min", "max", "mean", "std", "nan", "inf"):
             table.add_column(col, justify="right")
-    for t in report["tensors"]:
-        row = [
-            Text(printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
-            Text(printable(t["location"])),
-        ]  # fmt: skip
-        if stats:
-            s = t["stats"]
-            row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
-        table.add_row(*row)
-    out.print(table)
+    return table
+
+
+def _tensor_row(t: dict[str, Any], stats: bool, indent: str = "") -> list[Any]:
+    row: list[Any] = [
+        Text(indent + printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
+        Text(printable(t["location"])),
+    ]  # fmt: skip
+    if stats:
+        s = t["stats"]
+        row += [_num(s["min"]), _num(s["max"]), _num(s["mean"]), _num(s["std"]), str(s["nan"]), str(s["inf"])]
+    return row
+
+
+def _print_structure(report: dict[str, Any], stats: bool) -> None:
+    """The format's own grouping: one table per section (a Keras file's layers, its optimizer)."""
+    out = stdout_console()
+    by_name = {t["name"]: t for t in report["tensors"]}
+    shown: set[str] = set()
+    for section in report["structure"]["sections"]:
+        groups = section["groups"]
+        count = sum(len(g["tensors"]) for g in groups)
+        size = sum(by_name[n]["nbytes"] for g in groups for n in g["tensors"] if n in by_name)
+        out.print(f"{printable(section['title'])} ({len(groups)}, {count} tensors, {human_bytes(size)}):", markup=False)
+        table = _tensor_table(stats)
+        for group in groups:
+            kind = f" ({printable(group['kind'])})" if group.get("kind") else ""
+            table.add_row(Text(f"{printable(group['name'])}{kind}"), "", "", "" if group["tensors"] else "no weights")
+            for name in group["tensors"]:
+                if name in by_name:
+                    table.add_row(*_tensor_row(by_name[name], stats, indent="  "))
+                    shown.add(name)
+        out.print(table)
+    rest = [t for t in report["tensors"] if t["name"] not in shown]
+    if rest:
+        out.print(f"other tensors ({len(rest)}):", markup=False)
+        table = _tensor_table(stats)
+        for t in rest:
+            table.add_row(*_tensor_row(t, stats))
+        out.print(table)
 
 
 def _num(x: float | None) -> str:

@@ -122,8 +122,17 @@ def _working_dtype(a: np.dtype, b: np.dtype) -> np.dtype | None:
 
 
 def _is_float(dt: np.dtype) -> bool:
-    # ml_dtypes types (bfloat16, float8) report kind "V"; their names say what they are.
-    return dt.kind == "f" or (dt.kind == "V" and dt.name.startswith(("bfloat16", "float8")))
+    # ml_dtypes types (bfloat16, float8, float6, float4) report kind "V"; their names say what they are.
+    return dt.kind == "f" or (dt.kind == "V" and dt.name.startswith(("bfloat16", "float8", "float6", "float4")))
+
+
+_SUB_BYTE_INTS = {"int4": np.int8, "int2": np.int8, "uint4": np.uint8, "uint2": np.uint8}
+
+
+def _widen_sub_byte(x: np.ndarray) -> np.ndarray:
+    """ml_dtypes' int4/uint4/int2/uint2 (one element per byte, kind "V") as numpy integers."""
+    wide = _SUB_BYTE_INTS.get(x.dtype.name)
+    return x if wide is None else x.astype(wide)
 
 
 def _to_work(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -201,6 +210,7 @@ def _exact_values(x: np.ndarray) -> np.ndarray:
 def accumulate(a: np.ndarray, b: np.ndarray, start: int = 0, stop: int | None = None) -> Accumulator:
     """Drift sums of the flat, C-contiguous arrays ``a`` and ``b`` over elements ``start:stop``."""
     stop = a.size if stop is None else stop
+    a, b = _widen_sub_byte(a), _widen_sub_byte(b)
     acc = Accumulator()
     s = _scratch()
     work = _working_dtype(a.dtype, b.dtype)

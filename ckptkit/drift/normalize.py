@@ -24,7 +24,7 @@ Normalizer = Callable[[Checkpoint, Checkpoint], "Checkpoint | None"]
 # "module:function" of the normalizers formats provide, tried in this order. A format whose
 # conversions rename or re-lay tensors (Keras <-> PyTorch) lists here the function that applies
 # the same rules to a checkpoint being compared.
-BUILTIN_NORMALIZERS: tuple[str, ...] = ()
+BUILTIN_NORMALIZERS: tuple[str, ...] = ("ckptkit.layout.diff_normalizer:keras_to_torch_layout",)
 
 _registered: list[Normalizer] = []
 

@@ -1,0 +1,83 @@
+"""The checkpoint both Keras readers return: named datasets of one HDF5 file, read one at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype
+from ckptkit.formats.keras.structure import CLASSES, Structure
+from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+
+# Root attribute where ckptkit keeps metadata the Keras layout has no place for (a layout record,
+# metadata carried over from another format), as one JSON object of strings.
+METADATA_ATTR = "ckptkit_metadata"
+
+
+class KerasCheckpoint(Checkpoint):
+    """Tensors of a Keras HDF5 file, each read from its dataset when asked for."""
+
+    def __init__(self, reader: DataReader, h5: Any, format_name: str) -> None:
+        super().__init__(reader.path)
+        self.format_name = format_name
+        self.reader = reader
+        self.h5 = h5
+        self._infos: list[TensorInfo] = []
+        self._datasets: dict[str, Any] = {}
+        self.keras: Structure | None = None
+
+    def add(self, name: str, ds: Any) -> None:
+        if name in self._datasets:
+            raise CorruptCheckpointError(f"two datasets would both be named {name!r} ({ds.name} and another)")
+        if ds.external or ds.is_virtual:
+            # Their data lives in other files, which a weights file has no business pointing at.
+            raise UnsupportedError(f"dataset {ds.name} keeps its data in other files; ckptkit refuses such datasets")
+        dtype = dataset_dtype(ds)
+        self._infos.append(TensorInfo(name, dtype, tuple(int(d) for d in ds.shape), ds.name))
+        self._datasets[name] = ds
+
+    def reorder(self, first: list[str]) -> None:
+        """Put these tensors first, in this order (model order where the file is walked by name)."""
+        rank = {name: i for i, name in enumerate(first)}
+        self._infos.sort(key=lambda ti: rank.get(ti.name, len(rank)))
+
+    def finish(self, structure: Structure) -> None:
+        """Publish the structure as metadata, under whatever ckptkit stored in the file earlier."""
+        self.keras = structure
+        stored = attr_text(self.h5, METADATA_ATTR)
+        if stored is not None:
+            try:
+                extra = json.loads(stored)
+            except json.JSONDecodeError:
+                raise CorruptCheckpointError(f"the {METADATA_ATTR} attribute is not valid JSON") from None
+            if not isinstance(extra, dict):
+                raise CorruptCheckpointError(f"the {METADATA_ATTR} attribute is not a JSON object")
+            self.metadata.update({str(k): str(v) for k, v in extra.items()})
+            recorded = json.loads(self.metadata.get(CLASSES, "{}") or "{}")
+            structure.classes = {**recorded, **structure.classes}
+            for layer in structure.layers:
+                layer.cls = layer.cls or structure.classes.get(layer.name)
+        self.metadata.update(structure.metadata())
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        ti = self.info(name)
+        return self.reader.read(self._datasets[name], ti.dtype, ti.shape)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return self.reader.extent(self._datasets[name], self.info(name).nbytes)
+
+    def structure(self) -> dict[str, Any] | None:
+        return self.keras.sections() if self.keras else None
+
+    def close(self) -> None:
+        try:
+            self.h5.close()
+        finally:
+            self.reader.close()

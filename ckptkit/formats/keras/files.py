@@ -1,0 +1,85 @@
+"""Opening any Keras HDF5 file and writing one, shared by the ``keras`` and ``keras-h5`` formats."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.errors import UnknownFormatError
+from ckptkit.formats.keras import structure
+from ckptkit.formats.keras.archive import ArchiveReader
+from ckptkit.formats.keras.checkpoint import KerasCheckpoint
+from ckptkit.formats.keras.h5write import FileSpec, write_hdf5
+from ckptkit.formats.keras.hdf5 import DataReader
+from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read_legacy
+from ckptkit.formats.keras.read_v3 import is_v3, read_v3
+from ckptkit.formats.keras.template import fill
+from ckptkit.model import Checkpoint
+from ckptkit.registry import OptionSpec, WriteContext
+
+WRITE_OPTIONS = (
+    OptionSpec(
+        "template",
+        "Keras writers: fill this model (.keras, .h5 or .weights.h5) with the checkpoint's tensors, "
+        "checking every shape, so the output is a complete model laid out like it.",
+        kind="path",
+    ),
+    OptionSpec(
+        "template_match",
+        "With --template: match variables to tensors by 'name' or 'order' (default: name if all match).",
+    ),
+)
+
+
+def open_file(path: Path, archive: bool) -> KerasCheckpoint:
+    """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has."""
+    reader: DataReader = ArchiveReader(path) if archive else DataReader(path)
+    try:
+        h5 = reader.open_h5()
+    except BaseException:
+        reader.close()
+        raise
+    try:
+        if isinstance(reader, ArchiveReader):
+            ckpt = KerasCheckpoint(reader, h5, "keras")
+            extra = {structure.ARCHIVE_CONFIG: reader.config}
+            if reader.archive_metadata is not None:
+                extra[structure.ARCHIVE_METADATA] = reader.archive_metadata
+            config = structure.load_json(reader.config, "config.json")
+            read_v3(ckpt, "keras", config, extra)
+        elif is_legacy(h5):
+            ckpt = KerasCheckpoint(reader, h5, "keras-h5")
+            read_legacy(ckpt)
+        elif is_v3(h5):
+            ckpt = KerasCheckpoint(reader, h5, "keras")
+            read_v3(ckpt, "weights.h5")
+        else:
+            raise UnknownFormatError(not_keras_message(h5))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            h5.close()
+        reader.close()
+        raise
+    return ckpt
+
+
+def write_with(spec_for: Callable[[Checkpoint, list[str]], FileSpec], ckpt: Checkpoint, ctx: WriteContext) -> Path:
+    """Fill the template if asked, then write the HDF5 file laid out by ``spec_for``; returns its path."""
+    view = prepare(ckpt, ctx)
+    target = ctx.output.temp_for()
+    write_hdf5(spec_for(view, ctx.notes), view, target, ctx.progress)
+    return target
+
+
+def prepare(ckpt: Checkpoint, ctx: WriteContext) -> Checkpoint:
+    options: Mapping[str, Any] = ctx.options
+    template = options.get("template")
+    if template is None:
+        if options.get("template_match"):
+            ctx.notes.append("--template-match has no effect without --template")
+        return ckpt
+    view = fill(ckpt, Path(template), options.get("template_match"), ctx.notes)
+    ctx.expected = view
+    return view

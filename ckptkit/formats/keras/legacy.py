@@ -1,0 +1,41 @@
+"""The ``keras-h5`` format: legacy Keras HDF5 files (``model.save('x.h5')``, ``save_weights('x.h5')``).
+
+Any HDF5 file that the ``keras`` format does not claim comes here, so that an HDF5 file which is
+not a Keras file gets a message saying so rather than "unknown format".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, write_with
+from ckptkit.formats.keras.hdf5 import signature_offset
+from ckptkit.formats.keras.write_legacy import legacy_spec
+from ckptkit.model import Checkpoint
+from ckptkit.registry import Format, WriteContext
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    return signature_offset(head) is not None
+
+
+def open_legacy(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    return open_file(path, archive=False)
+
+
+def write_legacy(ckpt: Checkpoint, ctx: WriteContext) -> None:
+    write_with(legacy_spec, ckpt, ctx)
+
+
+FORMAT = Format(
+    name="keras-h5",
+    description="legacy Keras HDF5 (.h5): full models and weights, Keras 1-3 and tf.keras",
+    extensions=(".h5", ".hdf5"),
+    sniff=sniff,
+    open=open_legacy,
+    write=write_legacy,
+    write_options=WRITE_OPTIONS,
+    default_extension=".h5",
+)

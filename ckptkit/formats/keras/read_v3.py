@@ -1,0 +1,146 @@
+"""Reading Keras 3 weight files: ``model.weights.h5`` alone or inside a ``.keras`` archive.
+
+Keras 3 saves each object's variables as ``<path>/vars/0``, ``/1``, ...: a model's layers under
+``layers/<class in snake case>[_<n>]``, a nested model's under its own ``layers/``, an RNN's cell
+under ``cell``, the optimizer under ``optimizer``. Newer versions put the object's name in the
+``vars`` group's ``name`` attribute. The class (from config.json, or from the group name Keras
+derived from it) gives the variables their names: ``vars/0`` of a Dense layer is its ``kernel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.formats.keras import naming, structure
+from ckptkit.formats.keras.checkpoint import KerasCheckpoint
+from ckptkit.formats.keras.h5write import PADDING_GROUP
+from ckptkit.formats.keras.hdf5 import attr_text, child, is_dataset, is_group
+from ckptkit.formats.keras.structure import Layer, Structure
+
+CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
+
+
+def is_v3(h5: Any) -> bool:
+    return any(key in h5 for key in ("vars", "optimizer", *CONTAINERS))
+
+
+class _Walker:
+    def __init__(self, ckpt: KerasCheckpoint, config_classes: dict[str, str]) -> None:
+        self.ckpt = ckpt
+        self.config_classes = config_classes
+        self.st: Structure = Structure(file_kind="")
+
+    def object(self, group: Any, logical: str, cls: str | None, into: list[str]) -> None:
+        """The variables of one saved object, then its sub-objects."""
+        if cls:
+            self.st.classes.setdefault(logical, cls)
+        if "vars" in group:
+            vars_group = child(group, "vars")
+            if is_dataset(vars_group):
+                raise CorruptCheckpointError(f"{vars_group.name} should be a group")
+            keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+            if any(not k.isdigit() for k in keys):
+                odd = next(k for k in keys if not k.isdigit())
+                raise CorruptCheckpointError(f"{vars_group.name} holds {odd!r}; Keras numbers variables 0, 1, ...")
+            names = naming.variable_names(cls, len(keys)) or tuple(f"vars/{k}" for k in keys)
+            for key, var in zip(keys, names, strict=True):
+                ds = child(vars_group, key)
+                if not is_dataset(ds):
+                    raise CorruptCheckpointError(f"{ds.name} should be a dataset")
+                tensor = f"{logical}/{var}"
+                self.ckpt.add(tensor, ds)
+                self.st.h5_paths[tensor] = ds.name
+                into.append(tensor)
+        for key in sorted(group.keys(), key=structure.natural_key):
+            if key == "vars":
+                continue
+            sub = child(group, key)
+            if not is_group(sub):
+                continue
+            if key in CONTAINERS:
+                for item_key in sorted(sub.keys(), key=structure.natural_key):
+                    item = child(sub, item_key)
+                    name = self.name_of(item, item_key)
+                    self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
+            else:
+                name = self.name_of(sub, key)
+                sub_cls = self.sublayer_class(cls, key)
+                if sub_cls and name == key:
+                    name = naming.SUBLAYERS[cls or ""][2]
+                path = f"{logical}/{name}"
+                self.object(sub, path, self.class_of(path, key) or sub_cls, into)
+
+    def name_of(self, group: Any, key: str) -> str:
+        if "vars" in group and is_group(group["vars"]):
+            name = attr_text(child(group, "vars"), "name")
+            if name and "/" not in name:
+                return name
+        return key
+
+    def class_of(self, path: str, key: str) -> str | None:
+        return self.config_classes.get(path) or naming.class_from_auto_name(key)
+
+    def sublayer_class(self, cls: str | None, key: str) -> str | None:
+        found = naming.SUBLAYERS.get(cls or "")
+        return found[1] if found and found[0] == key else None
+
+
+def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: dict[str, str] | None = None) -> None:
+    h5 = ckpt.h5
+    order, classes = structure.config_classes(config) if config is not None else ([], {})
+    walker = _Walker(ckpt, classes)
+    st = walker.st
+    st.file_kind = file_kind
+    st.extra.update(extra or {})
+    st.classes.update(classes)
+    if "vars" in h5:
+        model_name = attr_text(child(h5, "vars"), "name")
+        if model_name:
+            st.extra[structure.MODEL_NAME] = model_name
+    container = next((child(h5, c) for c in CONTAINERS if c in h5), None)
+    found: dict[str, Layer] = {}
+    if container is not None:
+        for key in sorted(container.keys(), key=structure.natural_key):
+            group = child(container, key)
+            if not is_group(group):
+                continue
+            name = walker.name_of(group, key)
+            cls = walker.class_of(name, key)
+            layer = Layer(name, cls, group=group.name)
+            walker.object(group, name, cls, layer.tensors)
+            if cls:
+                st.classes.setdefault(name, cls)
+            found[name] = layer
+    # Layers in model order where config.json gives it (weightless ones included); a bare
+    # .weights.h5 does not record the order, so its layers come by name.
+    st.layers = [found.pop(name, Layer(name, cls)) for name, cls in order] + list(found.values())
+    for key in sorted(h5.keys(), key=structure.natural_key):
+        group = child(h5, key)
+        if key in CONTAINERS or key == PADDING_GROUP.strip("/") or not is_group(group):
+            continue
+        if key == "optimizer":
+            optimizer_name = attr_text(child(group, "vars"), "name") if "vars" in group else None
+            if optimizer_name:
+                st.extra[structure.OPTIMIZER_NAME] = optimizer_name
+            walker.object(group, "optimizer", None, st.optimizer)
+        elif key == "vars":
+            _root_vars(walker, h5)
+        else:
+            name = walker.name_of(group, key)
+            layer = Layer(name, walker.class_of(name, key), group=group.name)
+            walker.object(group, name, layer.cls, layer.tensors)
+            if layer.tensors:
+                st.layers.append(layer)
+    ckpt.reorder([t for layer in st.layers for t in layer.tensors])
+    ckpt.finish(st)
+
+
+def _root_vars(walker: _Walker, h5: Any) -> None:
+    """The model's own variables (a subclassed model's ``add_weight``), named ``vars/<i>``."""
+    vars_group = child(h5, "vars")
+    for key in sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1):
+        ds = child(vars_group, key)
+        if is_dataset(ds):
+            walker.ckpt.add(f"vars/{key}", ds)
+            walker.st.h5_paths[f"vars/{key}"] = ds.name

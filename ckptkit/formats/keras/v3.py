@@ -1,0 +1,80 @@
+"""The ``keras`` format: Keras 3 ``.weights.h5`` files and ``.keras`` archives.
+
+Writing ``.keras`` needs the model's config.json: from ``--template`` or from a checkpoint read
+out of a .keras archive (its config travels in the ``keras:config`` metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.errors import UsageError
+from ckptkit.formats.keras import archive, structure
+from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, prepare
+from ckptkit.formats.keras.h5write import write_hdf5
+from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
+from ckptkit.formats.keras.read_legacy import is_legacy
+from ckptkit.formats.keras.read_v3 import is_v3
+from ckptkit.formats.keras.write_v3 import v3_spec
+from ckptkit.model import Checkpoint
+from ckptkit.registry import Format, WriteContext
+from ckptkit.transform import TransformedCheckpoint
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    if head.startswith(b"PK\x03\x04"):
+        # A damaged .keras archive is still claimed, so that the error says what is wrong with it.
+        return path.name.lower().endswith(".keras") or archive.is_archive(path)
+    if signature_offset(head) is None:
+        return False
+    if path.name.lower().endswith(".weights.h5"):
+        return True
+    with contextlib.suppress(Exception), h5py_module().File(path, "r", locking=False) as h5:
+        return is_v3(h5) and not is_legacy(h5)
+    return False
+
+
+def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    return open_file(path, archive=zipped)
+
+
+def write_keras(ckpt: Checkpoint, ctx: WriteContext) -> None:
+    view = prepare(ckpt, ctx)
+    renamed: dict[str, str] = {}
+    archive_out = ctx.output.path.name.lower().endswith(".keras")
+    spec = v3_spec(view, ctx.notes, renamed, archive=archive_out)
+    if renamed:
+        new_name = {old: new for new, old in renamed.items()}
+        ctx.expected = TransformedCheckpoint(view, {new_name.get(n, n): n for n in view.names()}, None, {}, [])
+    if not archive_out:
+        write_hdf5(spec, view, ctx.output.temp_for(), ctx.progress)
+        return
+    config = view.metadata.get(structure.ARCHIVE_CONFIG)
+    if config is None:
+        raise UsageError(
+            "a .keras archive needs the model's config.json: pass --template MODEL.keras, "
+            "or write weights only to a .weights.h5 file"
+        )
+    target = ctx.output.temp_for()
+    weights = target.parent / (target.name + ".weights.h5")
+    write_hdf5(spec, view, weights, ctx.progress)
+    version = view.metadata.get(structure.KERAS_VERSION, "3.0.0")
+    archive.write_archive(target, config, view.metadata.get(structure.ARCHIVE_METADATA), weights, version)
+    weights.unlink()
+
+
+FORMAT = Format(
+    name="keras",
+    description="Keras 3 weights (.weights.h5) and models (.keras archives)",
+    extensions=(".weights.h5", ".keras"),
+    sniff=sniff,
+    open=open_keras,
+    write=write_keras,
+    write_options=WRITE_OPTIONS,
+    default_extension=".weights.h5",
+)

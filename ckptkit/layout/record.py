@@ -1,0 +1,192 @@
+"""The layout record: what a translation did, kept in the output's metadata so it can be undone.
+
+Stored as JSON under ``ckptkit:layout``: every step, the original order of the tensors, the
+values of tensors the target has no place for (a BatchNorm's ``num_batches_tracked``) and the two
+PyTorch biases an LSTM's Keras bias was summed from. Translating back to the source framework
+replays the steps inverted, so names, layouts and values come back bit for bit; a tensor that
+changed in between (fine-tuned, say) is translated by the rules instead, with a note.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ckptkit import dtypes
+from ckptkit.api import arrays_identical
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.layout.ops import Step, encode, inverse, inverse_ops, rename
+from ckptkit.layout.plan import LayoutPlan
+from ckptkit.model import Checkpoint
+
+RECORD_KEY = "ckptkit:layout"
+CLASSES_KEY = "keras:classes"
+VERSION = 1
+MAX_RECORDED_BYTES = 1 << 20  # larger dropped tensors are reported, not kept
+
+
+def make_record(plan: LayoutPlan, ckpt: Checkpoint, added_metadata: list[str]) -> str:
+    """The record of ``plan`` applied to ``ckpt`` (reads the small tensors it must keep)."""
+    dropped: dict[str, Any] = {}
+    for name in plan.dropped:
+        ti = ckpt.info(name)
+        if ti.nbytes <= MAX_RECORDED_BYTES:
+            dropped[name] = {"dtype": ti.dtype.name, "shape": list(ti.shape), "value": encode(ckpt.read_tensor(name))}
+    summed = {s.out: [encode(ckpt.read_tensor(i)) for i in s.inputs] for s in plan.steps if s.combine == "sum"}
+    record = {
+        "version": VERSION,
+        "from": plan.source,
+        "to": plan.target,
+        "order": ckpt.names(),
+        "steps": [s.to_json() for s in plan.steps],
+        "dropped": dropped,
+        "summed": summed,
+        "splits": {k: list(v) for k, v in plan.splits.items()},
+        "added_metadata": added_metadata,
+    }
+    return json.dumps(record, separators=(",", ":"))
+
+
+def load_record(ckpt: Checkpoint) -> dict[str, Any] | None:
+    text = ckpt.metadata.get(RECORD_KEY)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        raise CorruptCheckpointError(f"the {RECORD_KEY} metadata is not valid JSON") from None
+    if not isinstance(record, dict) or record.get("version") != VERSION:
+        raise CorruptCheckpointError(f"the {RECORD_KEY} metadata is not a layout record ckptkit {VERSION} knows")
+    return record
+
+
+def undo(record: dict[str, Any], ckpt: Checkpoint) -> LayoutPlan | None:
+    """The plan that undoes ``record`` on ``ckpt``; ``None`` when the tensors no longer match it."""
+    steps = [Step.from_json(s) for s in record["steps"]]
+    have = {ti.name: ti for ti in ckpt.tensor_infos()}
+    for s in steps:
+        ti = have.get(s.out)
+        if ti is None or ti.shape != s.shape:
+            return None
+    plan = LayoutPlan(record["to"], record["from"], restored=True)
+    made: list[Step] = []
+    splits = {tuple(v): k for k, v in record.get("splits", {}).items()}
+    split_outputs = {name for pair in splits for name in pair}
+    for s in steps:
+        if s.out in split_outputs:
+            continue
+        if s.combine == "one":
+            made.append(replace(inverse(s), dtype=have[s.out].dtype))
+        elif s.combine == "sum":
+            made.extend(_unsum(s, record["summed"].get(s.out), ckpt, plan))
+        elif s.combine == "stack":
+            made.extend(_unstack(s))
+        # "zeros" and "const" made tensors the source never had: undoing drops them.
+    for (ih, hh), bias in splits.items():
+        made.append(_unsplit(bias, ih, hh, have, ckpt, plan))
+    for name, entry in record.get("dropped", {}).items():
+        dtype = dtypes.by_name(entry["dtype"])
+        made.append(
+            Step(
+                name,
+                (),
+                tuple(entry["shape"]),
+                dtype,
+                combine="const",
+                value=entry["value"],
+                why="restored from the layout record",
+            )
+        )
+    lost = [n for n in record["order"] if n not in {m.out for m in made}]
+    if lost:
+        plan.notes.append(
+            f"{len(lost)} tensor(s) the earlier translation dropped cannot be restored: {', '.join(lost[:5])}"
+        )
+    rank = {name: i for i, name in enumerate(record["order"])}
+    made.sort(key=lambda m: rank.get(m.out, len(rank)))
+    covered = {s.out for s in steps}
+    for ti in ckpt.tensor_infos():
+        if ti.name not in covered:
+            made.append(rename(ti.name, ti.name, ti.shape, ti.dtype, "", "not in the layout record: kept as is"))
+    plan.steps = made
+    plan.remove_metadata = [RECORD_KEY, *record.get("added_metadata", [])]
+    return plan
+
+
+def _decode(value: str, like: Step, shape: tuple[int, ...]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(value), dtype=like.dtype.numpy).reshape(shape)
+
+
+def _unsum(s: Step, originals: list[str] | None, ckpt: Checkpoint, plan: LayoutPlan) -> list[Step]:
+    a_name, b_name = s.inputs
+    shape_a, shape_b = s.in_shapes
+    if originals is not None:
+        a, b = _decode(originals[0], s, shape_a), _decode(originals[1], s, shape_b)
+        current = ckpt.read_tensor(s.out)
+        if current.dtype == a.dtype and arrays_identical(current, a + b):
+            return [
+                Step(
+                    a_name,
+                    (),
+                    shape_a,
+                    s.dtype,
+                    combine="const",
+                    value=originals[0],
+                    why="restored from the layout record",
+                ),
+                Step(
+                    b_name,
+                    (),
+                    shape_b,
+                    s.dtype,
+                    combine="const",
+                    value=originals[1],
+                    why="restored from the layout record",
+                ),
+            ]
+    plan.notes.append(f"{s.out} changed since it was summed from {a_name} and {b_name}: {a_name} = it, {b_name} = 0")
+    return [
+        rename(a_name, s.out, s.shape, s.dtype, s.layer, "bias changed since the earlier translation"),
+        Step(
+            b_name,
+            (),
+            shape_b,
+            s.dtype,
+            combine="zeros",
+            layer=s.layer,
+            why="bias changed since the earlier translation",
+        ),
+    ]
+
+
+def _unstack(s: Step) -> list[Step]:
+
+    out = []
+    for row, (name, shape) in enumerate(zip(s.inputs, s.in_shapes, strict=True)):
+        post = inverse_ops(shape, s.pre)
+        out.append(
+            Step(name, (s.out,), shape, s.dtype, combine=f"row:{row}", post=post, layer=s.layer, in_shapes=(s.shape,))
+        )
+    return out
+
+
+def _unsplit(bias: str, ih: str, hh: str, have: dict[str, Any], ckpt: Checkpoint, plan: LayoutPlan) -> Step:
+    """Keras's bias from PyTorch's two: bias_ih itself while bias_hh is still all zeros (so -0.0 survives)."""
+    b_ih, b_hh = have[ih], have[hh]
+    hh_values = ckpt.read_tensor(hh)
+    if not np.any(hh_values):
+        return rename(bias, ih, b_ih.shape, b_ih.dtype, "", "bias_ih back to the one Keras bias")
+    plan.notes.append(f"{hh} is no longer zero: {bias} = {ih} + {hh}")
+    return Step(
+        bias,
+        (ih, hh),
+        b_ih.shape,
+        b_ih.dtype,
+        combine="sum",
+        why="sum of the two PyTorch biases",
+        in_shapes=(b_ih.shape, b_hh.shape),
+    )

@@ -1,0 +1,420 @@
+"""PyTorch state_dict -> Keras 3 (channels-last): rules chosen from names, ranks and hints.
+
+A module is recognised by its parameters: ``running_mean`` makes a BatchNorm, ``weight_ih_l0`` an
+RNN (LSTM, GRU or plain by the gate count), a 2-D ``weight`` with a bias a Linear, a 3-5-D one a
+convolution, a 1-D one with a bias a normalization. What cannot be told apart is reported, with
+the hint that settles it, instead of guessed: a 2-D weight without bias (Linear or Embedding?), a
+convolution with one input channel (or depthwise?), a Linear after a feature map (flattened from
+what shape?).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ckptkit.layout import ops
+from ckptkit.layout.hints import Hint, find, hint_help
+from ckptkit.layout.ops import Step, moved, rename
+from ckptkit.layout.plan import LayoutPlan, Planner
+from ckptkit.model import TensorInfo
+
+_RNN = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_RNN_KINDS = {4: ("LSTM", "lstm_cell"), 3: ("GRU", "gru_cell"), 1: ("SimpleRNN", "simple_rnn_cell")}
+_GRU_TORCH_TO_KERAS = (1, 0, 2)  # PyTorch gates r, z, n; Keras z, r, h
+_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+@dataclass
+class Module:
+    name: str
+    params: dict[str, TensorInfo] = field(default_factory=dict)
+
+    def tensor(self, param: str) -> str:
+        return f"{self.name}.{param}" if self.name else param
+
+
+def group_modules(infos: list[TensorInfo]) -> list[Module]:
+    modules: dict[str, Module] = {}
+    for ti in infos:
+        module, _, param = ti.name.rpartition(".")
+        modules.setdefault(module, Module(module)).params[param] = ti
+    return list(modules.values())
+
+
+def conv_perm(rank: int) -> tuple[int, ...]:
+    """PyTorch (O, I, *k) -> Keras (*k, I, O); also (I, O, *k) -> (*k, O, I) for transposed ones."""
+    return (*range(2, rank), 1, 0)
+
+
+class _Planner(Planner):
+    def __init__(self, infos: list[TensorInfo], hints: list[Hint]) -> None:
+        super().__init__(infos, hints, "torch", "keras")
+        self.assumed_conv: list[str] = []  # convolutions that might be transposed ones
+
+    def run(self) -> LayoutPlan:
+        modules = group_modules(self.infos)
+        separable = self._separable_groups(modules)
+        done: set[str] = set()
+        for module in modules:
+            if module.name in done:
+                continue
+            group = separable.get(module.name)
+            if group:
+                self._separable(*group)
+                done.update(m.name for m in group[1])
+                continue
+            self._module(module)
+        self.finish()
+        if self.assumed_conv:
+            few = ", ".join(self.assumed_conv[:5]) + (
+                f" and {len(self.assumed_conv) - 5} more" if len(self.assumed_conv) > 5 else ""
+            )
+            self.plan.notes.append(
+                f"{len(self.assumed_conv)} convolution(s) taken as regular ones ({few}); a transposed convolution "
+                "has the same layout rule, hint NAME=conv_transpose for one so that Keras .weights.h5 files name "
+                "its class right"
+            )
+        return self.plan
+
+    # -- one module -------------------------------------------------------------------------------
+
+    def _module(self, m: Module) -> None:
+        hint = find(self.hints, m.name)
+        self.keep_hinted(m.name, m.params, hint)
+        if not m.params:
+            return
+        params = m.params
+        if not m.name:
+            self.ask(f"{', '.join(params)} belong to no module ({hint_help(next(iter(params)), ('keep',))})")
+        elif "running_mean" in params or "running_var" in params:
+            self._batchnorm(m)
+        elif any(_RNN.match(p) for p in params):
+            self._rnn(m)
+        elif "weight" in params:
+            self._weighted(m, hint)
+        else:
+            self.ask(f"{m.name} has {', '.join(params)}, which no rule knows ({hint_help(m.name, ('keep',))})")
+
+    def _weighted(self, m: Module, hint: Hint | None) -> None:
+        w = m.params["weight"]
+        bias = m.params.get("bias")
+        if not self.only(m.name, m.params, {"weight", "bias"}):
+            return
+        kind = hint.kind if hint else None
+        rank = len(w.shape)
+        if rank == 1:
+            if kind in ("norm", "group_norm", "rms_norm") or (
+                kind is None and bias is not None and bias.shape == w.shape
+            ):
+                self._norm(m, kind or "norm")
+            else:
+                self.ask(
+                    f"{w.name} {list(w.shape)} has no bias: a normalization scale? "
+                    f"({hint_help(m.name, ('norm', 'rms_norm', 'keep'))})"
+                )
+            return
+        if rank == 2:
+            self._two_d(m, w, bias, hint)
+            return
+        if 3 <= rank <= 5:
+            self._conv(m, w, bias, hint)
+            return
+        self.ask(f"{w.name} has rank {rank}, which no rule knows ({hint_help(m.name, ('keep',))})")
+
+    def _two_d(self, m: Module, w: TensorInfo, bias: TensorInfo | None, hint: Hint | None) -> None:
+        kind = hint.kind if hint else None
+        if kind == "embedding" or (kind is None and bias is None and "emb" in m.name.rsplit(".", 1)[-1].lower()):
+            if bias is not None:
+                self.ask(f"{m.name} is hinted as an Embedding but has a bias")
+                return
+            self.plan.steps.append(rename(f"{m.name}/embeddings", w.name, w.shape, w.dtype, m.name, "Embedding"))
+            self.plan.classes[m.name] = "Embedding"
+            self.spatial = False
+            return
+        if kind is None and bias is None:
+            self.ask(
+                f"{w.name} {list(w.shape)} has no bias: Linear or Embedding? "
+                f"({hint_help(m.name, ('dense', 'embedding'))})"
+            )
+            return
+        if bias is not None and bias.shape != (w.shape[0],):
+            self.ask(f"{m.name}: bias {list(bias.shape)} does not fit a Linear weight {list(w.shape)}")
+            return
+        in_features = w.shape[1]
+        if kind == "flatten":
+            assert hint is not None
+            self._flatten_dense(m, w, hint.dims)
+        elif kind in (None, "dense"):
+            if (
+                kind is None
+                and self.spatial
+                and self.channels
+                and in_features != self.channels
+                and in_features % self.channels == 0
+            ):
+                c = self.channels
+                self.ask(
+                    f"{w.name} takes {in_features} inputs after a {c}-channel feature map: if they were flattened "
+                    f"from it, give its shape ('{m.name}=flatten:{c}xHxW'), else '{m.name}=dense'"
+                )
+                return
+            why = "Linear -> Dense"
+            self.plan.steps.append(
+                moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, (("transpose", (1, 0)),), m.name, why)
+            )
+        else:
+            self.ask(f"{m.name} is hinted as {kind}, but its weight is 2-D")
+            return
+        if bias is not None:
+            self.plan.steps.append(rename(f"{m.name}/bias", bias.name, bias.shape, bias.dtype, m.name, "Dense bias"))
+        self.plan.classes[m.name] = "Dense"
+        self.spatial = False
+
+    def _flatten_dense(self, m: Module, w: TensorInfo, dims: tuple[int, ...]) -> None:
+        post = self.flatten_ops(m.name, dims, w.shape[1], w.shape[0])
+        if post is None:
+            return
+        shape = "x".join(map(str, dims))
+        why = f"Linear after Flatten of {shape} (channels first) -> Dense after Flatten (channels last)"
+        self.plan.steps.append(moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, post, m.name, why))
+
+    def _conv(self, m: Module, w: TensorInfo, bias: TensorInfo | None, hint: Hint | None) -> None:
+        rank = len(w.shape)
+        dim = rank - 2
+        kind = hint.kind if hint else None
+        if kind is None:
+            if bias is not None and bias.shape[0] != w.shape[0]:
+                kind = "conv_transpose" if bias.shape[0] == w.shape[1] else None
+                if kind is None:
+                    self.ask(
+                        f"{m.name}: bias {list(bias.shape)} fits neither a convolution nor a transposed one "
+                        f"of weight {list(w.shape)}"
+                    )
+                    return
+            elif w.shape[1] == 1 and w.shape[0] > 1:
+                self.ask(
+                    f"{w.name} {list(w.shape)} is a convolution with one input channel or a depthwise one "
+                    f"({hint_help(m.name, ('conv', 'depthwise'))})"
+                )
+                return
+            else:
+                kind = "conv"
+        if kind == "depthwise":
+            self._depthwise(m, w, bias, hint.dims[0] if hint and hint.dims else 1)
+            return
+        if kind not in ("conv", "conv_transpose"):
+            self.ask(f"{m.name} is hinted as {kind}, but its weight is {rank}-D")
+            return
+        transposed = kind == "conv_transpose"
+        cls = f"Conv{dim}D" + ("Transpose" if transposed else "")
+        why = f"ConvTranspose{dim}d -> {cls}" if transposed else f"Conv{dim}d -> {cls}"
+        self.plan.steps.append(
+            moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, (("transpose", conv_perm(rank)),), m.name, why)
+        )
+        if bias is not None:
+            self.plan.steps.append(rename(f"{m.name}/bias", bias.name, bias.shape, bias.dtype, m.name, f"{cls} bias"))
+        if not transposed and hint is None and (bias is None or w.shape[0] == w.shape[1]):
+            self.assumed_conv.append(m.name)
+        self.plan.classes[m.name] = cls
+        self.channels = w.shape[1] if transposed else w.shape[0]
+        self.spatial = True
+
+    def _depthwise(self, m: Module, w: TensorInfo, bias: TensorInfo | None, multiplier: int) -> None:
+        rank = len(w.shape)
+        if w.shape[1] != 1 or w.shape[0] % multiplier:
+            self.ask(
+                f"{w.name} {list(w.shape)} is not a depthwise weight with multiplier {multiplier} "
+                "(channels*multiplier, 1, ...)"
+            )
+            return
+        if rank == 5:
+            self.ask(f"{m.name}: Keras has no 3-D depthwise convolution")
+            return
+        channels = w.shape[0] // multiplier
+        kernel = w.shape[2:]
+        post = (("reshape", (channels, multiplier, *kernel)), ("transpose", (*range(2, rank), 0, 1)))
+        cls = f"DepthwiseConv{rank - 2}D"
+        self.plan.steps.append(
+            moved(f"{m.name}/kernel", w.name, w.shape, w.dtype, post, m.name, f"depthwise Conv{rank - 2}d -> {cls}")
+        )
+        if bias is not None:
+            self.plan.steps.append(rename(f"{m.name}/bias", bias.name, bias.shape, bias.dtype, m.name, f"{cls} bias"))
+        self.plan.classes[m.name] = cls
+        self.channels = w.shape[0]
+        self.spatial = True
+
+    def _separable_groups(self, modules: list[Module]) -> dict[str, tuple[str, list[Module], int]]:
+        """Modules under a prefix hinted as separable: first module -> (prefix, [depthwise, pointwise])."""
+        groups: dict[str, tuple[str, list[Module], int]] = {}
+        for hint in self.hints:
+            if hint.kind != "separable":
+                continue
+            multiplier = hint.dims[0] if hint.dims else 1
+            members: dict[str, list[Module]] = {}
+            for m in modules:
+                parts = m.name.split(".")
+                for i in range(1, len(parts)):
+                    prefix = ".".join(parts[:i])
+                    if hint.matches(prefix):
+                        members.setdefault(prefix, []).append(m)
+                        break
+            for prefix, group in members.items():
+                groups[group[0].name] = (prefix, group, multiplier)
+        return groups
+
+    def _separable(self, prefix: str, group: list[Module], multiplier: int) -> None:
+        if len(group) != 2 or any("weight" not in m.params for m in group):
+            self.ask(
+                f"{prefix} is hinted as separable but holds {len(group)} modules, "
+                "not a depthwise and a pointwise convolution"
+            )
+            return
+        dw_m, pw_m = group
+        dw, pw = dw_m.params["weight"], pw_m.params["weight"]
+        rank = len(dw.shape)
+        fits = (
+            len(pw.shape) == rank
+            and dw.shape[1] == 1
+            and all(k == 1 for k in pw.shape[2:])
+            and pw.shape[1] == dw.shape[0]
+        )
+        if "bias" in dw_m.params or not fits or dw.shape[0] % multiplier:
+            self.ask(
+                f"{prefix}: a separable convolution needs a depthwise weight (C*M, 1, k...) without bias, "
+                f"M={multiplier}, "
+                f"and a 1x1 pointwise weight taking C*M channels; found {list(dw.shape)}"
+                f"{' with bias' if 'bias' in dw_m.params else ''} and {list(pw.shape)}"
+            )
+            return
+        channels = dw.shape[0] // multiplier
+        cls = f"SeparableConv{rank - 2}D"
+        dw_post = (("reshape", (channels, multiplier, *dw.shape[2:])), ("transpose", (*range(2, rank), 0, 1)))
+        steps = self.plan.steps
+        steps.append(
+            moved(
+                f"{prefix}/depthwise_kernel", dw.name, dw.shape, dw.dtype, dw_post, prefix, f"depthwise part of {cls}"
+            )
+        )
+        steps.append(
+            moved(
+                f"{prefix}/pointwise_kernel",
+                pw.name,
+                pw.shape,
+                pw.dtype,
+                (("transpose", conv_perm(rank)),),
+                prefix,
+                f"pointwise part of {cls}",
+            )
+        )
+        if "bias" in pw_m.params:
+            b = pw_m.params["bias"]
+            steps.append(rename(f"{prefix}/bias", b.name, b.shape, b.dtype, prefix, f"{cls} bias"))
+        self.plan.classes[prefix] = cls
+        self.channels = pw.shape[0]
+        self.spatial = True
+
+    def _norm(self, m: Module, kind: str) -> None:
+        cls, names = {
+            "norm": ("LayerNormalization", {"weight": "gamma", "bias": "beta"}),
+            "group_norm": ("GroupNormalization", {"weight": "gamma", "bias": "beta"}),
+            "rms_norm": ("RMSNormalization", {"weight": "scale"}),
+        }[kind]
+        for param, ti in m.params.items():
+            if param not in names:
+                self.ask(f"{m.name}: {cls} has no place for {param}")
+                return
+            self.plan.steps.append(rename(f"{m.name}/{names[param]}", ti.name, ti.shape, ti.dtype, m.name, cls))
+        self.plan.classes[m.name] = cls
+        if self.spatial and self.channels != m.params["weight"].shape[0]:
+            self.spatial = False
+
+    def _batchnorm(self, m: Module) -> None:
+        for param, ti in m.params.items():
+            if param == "num_batches_tracked":
+                self.plan.dropped[ti.name] = (
+                    "Keras BatchNormalization keeps no batch counter; its value is kept in the layout record"
+                )
+            elif param in _BN:
+                self.plan.steps.append(
+                    rename(
+                        f"{m.name}/{_BN[param]}", ti.name, ti.shape, ti.dtype, m.name, "BatchNorm -> BatchNormalization"
+                    )
+                )
+            else:
+                self.ask(f"{m.name}: BatchNormalization has no place for {param}")
+                return
+        self.plan.classes[m.name] = "BatchNormalization"
+        size = m.params["running_mean"].shape[0] if "running_mean" in m.params else None
+        if self.spatial and size != self.channels:
+            self.spatial = False
+
+    def _rnn(self, m: Module) -> None:
+        layers: dict[int, dict[str, TensorInfo]] = {}
+        for param, ti in m.params.items():
+            match = _RNN.match(param)
+            if not match:
+                self.ask(f"{m.name}: {param} does not belong to an LSTM, GRU or RNN this rule knows")
+                return
+            if match.group(3):
+                self.ask(f"{m.name} is bidirectional; translate a Keras Bidirectional layer's halves one at a time")
+                return
+            layers.setdefault(int(match.group(2)), {})[match.group(1)] = ti
+        for k, params in sorted(layers.items()):
+            self._rnn_layer(m, k, params)
+        self.spatial = False
+
+    def _rnn_layer(self, m: Module, k: int, p: dict[str, TensorInfo]) -> None:
+        if "weight_ih" not in p or "weight_hh" not in p:
+            self.ask(f"{m.name} layer {k} lacks weight_ih or weight_hh")
+            return
+        w_ih, w_hh = p["weight_ih"], p["weight_hh"]
+        hidden = w_hh.shape[1]
+        gates = w_hh.shape[0] // hidden if hidden else 0
+        if gates not in _RNN_KINDS or w_hh.shape[0] != gates * hidden:
+            self.ask(f"{w_hh.name} {list(w_hh.shape)} is not an LSTM, GRU or RNN weight (it may have a projection)")
+            return
+        cls, cell = _RNN_KINDS[gates]
+        layer = m.name if k == 0 else f"{m.name}_l{k}"
+        base = f"{layer}/{cell}"
+        gate_ops: tuple[ops.Op, ...] = (("gates", 0, _GRU_TORCH_TO_KERAS),) if cls == "GRU" else ()
+        why = f"{cls} layer {k}"
+        steps = self.plan.steps
+        steps.append(
+            moved(f"{base}/kernel", w_ih.name, w_ih.shape, w_ih.dtype, (*gate_ops, ("transpose", (1, 0))), layer, why)
+        )
+        steps.append(
+            moved(
+                f"{base}/recurrent_kernel",
+                w_hh.name,
+                w_hh.shape,
+                w_hh.dtype,
+                (*gate_ops, ("transpose", (1, 0))),
+                layer,
+                why,
+            )
+        )
+        b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+        if (b_ih is None) != (b_hh is None):
+            self.ask(f"{m.name} layer {k} has only one of bias_ih and bias_hh")
+            return
+        if b_ih is not None and b_hh is not None:
+            if b_ih.dtype != b_hh.dtype or b_ih.shape != b_hh.shape:
+                self.ask(f"{m.name} layer {k}: bias_ih and bias_hh differ in dtype or shape")
+                return
+            if cls == "GRU":
+                # Keras GRU(reset_after=True) keeps both biases, as PyTorch does: rows input, recurrent.
+                why_bias = f"{why}: input and recurrent biases stacked (reset_after=True)"
+                step = Step(f"{base}/bias", (b_ih.name, b_hh.name), (2, b_ih.shape[0]), b_ih.dtype, combine="stack",
+                            pre=gate_ops, layer=layer, why=why_bias, in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
+            else:
+                why_bias = f"{why}: Keras has one bias, the sum of PyTorch's two"
+                step = Step(f"{base}/bias", (b_ih.name, b_hh.name), b_ih.shape, b_ih.dtype, combine="sum", layer=layer,
+                            why=why_bias, in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
+            steps.append(step)
+        self.plan.classes[layer] = cls
+        self.plan.classes[base] = f"{cls}Cell"
+
+
+def plan_to_keras(infos: list[TensorInfo], hints: list[Hint]) -> LayoutPlan:
+    return _Planner(infos, hints).run()

@@ -1,0 +1,313 @@
+"""Keras (channels-last) -> PyTorch state_dict: rules chosen from Keras classes, names and ranks.
+
+A layer's class comes from the Keras file (config, or the class-derived group names of Keras 3
+files: ``keras:classes`` metadata), else from an auto-generated layer name (``conv2d_3``), else
+from its variable names and shapes. Ambiguities (a kernel that may be depthwise, a Dense after a
+feature map) are reported with the hint that settles them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ckptkit import dtypes
+from ckptkit.formats.keras import naming
+from ckptkit.layout.hints import Hint, find, hint_help
+from ckptkit.layout.ops import Op, Step, inverse_ops, moved, rename
+from ckptkit.layout.plan import LayoutPlan, Planner
+from ckptkit.model import TensorInfo
+
+_GRU_KERAS_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h; PyTorch r, z, n
+_NORMS = {"LayerNormalization", "GroupNormalization", "RMSNormalization"}
+_TORCH_NAMES = {
+    "gamma": "weight", "beta": "bias", "scale": "weight", "moving_mean": "running_mean",
+    "moving_variance": "running_var", "embeddings": "weight", "kernel": "weight", "bias": "bias",
+}  # fmt: skip
+
+
+@dataclass
+class Owner:
+    """A Keras layer (or RNN cell) and its variables."""
+
+    path: str
+    vars: dict[str, TensorInfo] = field(default_factory=dict)
+
+
+def group_owners(infos: list[TensorInfo]) -> list[Owner]:
+    owners: dict[str, Owner] = {}
+    for ti in infos:
+        path, _, var = ti.name.rpartition("/")
+        if path.endswith("/vars") or path == "vars":
+            path, var = path[: -len("vars")].rstrip("/"), f"vars/{var}"
+        owners.setdefault(path, Owner(path)).vars[var] = ti
+    return list(owners.values())
+
+
+def conv_perm(rank: int) -> tuple[int, ...]:
+    """Keras (*k, I, O) -> PyTorch (O, I, *k); also (*k, O, I) -> (I, O, *k) for transposed ones."""
+    return (rank - 1, rank - 2, *range(rank - 2))
+
+
+class _Planner(Planner):
+    def __init__(self, infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> None:
+        super().__init__(infos, hints, "keras", "torch")
+        self.classes = classes
+        self.rnn_modules: set[str] = set()
+
+    def run(self) -> LayoutPlan:
+        optimizer = [ti for ti in self.infos if ti.name.startswith("optimizer/")]
+        for ti in optimizer:
+            self.plan.dropped[ti.name] = "PyTorch keeps optimizer state apart from the state_dict"
+        for owner in group_owners([ti for ti in self.infos if not ti.name.startswith("optimizer/")]):
+            self._owner(owner)
+        return self.finish()
+
+    def _class(self, owner: Owner) -> str | None:
+        last = owner.path.rsplit("/", 1)[-1]
+        return self.classes.get(owner.path) or naming.class_from_auto_name(last) or _class_from_variables(owner)
+
+    def _owner(self, o: Owner) -> None:
+        module = o.path.replace("/", ".")
+        hint = find(self.hints, o.path, module)
+        self.keep_hinted(o.path, o.vars, hint)
+        if not o.vars:
+            return
+        if not o.path or any(v.startswith("vars/") for v in o.vars):
+            self.ask(
+                f"{o.path or 'the model'} has unnamed variables {', '.join(o.vars)} "
+                f"({hint_help(o.path or 'vars/*', ('keep',))})"
+            )
+            return
+        cls = self._class(o)
+        kind = hint.kind if hint else None
+        if cls and cls.endswith("Cell") and cls[:-4] in naming.SUBLAYERS:
+            self._rnn(o, cls[:-4], module.rsplit(".", 1)[0] if "." in module else module)
+        elif cls == "BatchNormalization":
+            self._batchnorm(o, module)
+        elif cls in _NORMS or kind in ("norm", "group_norm", "rms_norm"):
+            self._renames(o, module, cls or "normalization")
+            self._after_norm(o)
+        elif cls == "Embedding" or kind == "embedding":
+            self._renames(o, module, "Embedding")
+            self.spatial = False
+        elif cls and cls.startswith("SeparableConv"):
+            self._separable(o, module, cls)
+        elif "kernel" in o.vars:
+            self._kernel(o, module, cls, hint)
+        else:
+            self.ask(
+                f"{o.path} ({cls or 'class unknown'}) has {', '.join(o.vars)}, which no rule knows "
+                f"({hint_help(o.path, ('keep',))})"
+            )
+
+    def _torch_name(self, o: Owner, module: str, var: str) -> str | None:
+        name = _TORCH_NAMES.get(var)
+        if name is None:
+            self.ask(f"{o.path}: no PyTorch name for variable {var!r} ({hint_help(o.path, ('keep',))})")
+            return None
+        return f"{module}.{name}"
+
+    def _renames(self, o: Owner, module: str, why: str) -> None:
+        for var, ti in o.vars.items():
+            name = self._torch_name(o, module, var)
+            if name:
+                self.plan.steps.append(rename(name, ti.name, ti.shape, ti.dtype, o.path, why))
+
+    def _after_norm(self, o: Owner) -> None:
+        size = next(iter(o.vars.values())).shape
+        if self.spatial and size != (self.channels,):
+            self.spatial = False
+
+    def _batchnorm(self, o: Owner, module: str) -> None:
+        self._renames(o, module, "BatchNormalization -> BatchNorm")
+        counter = f"{module}.num_batches_tracked"
+        why = "PyTorch BatchNorm counts batches; Keras does not, so it starts at 0"
+        self.plan.steps.append(Step(counter, (), (), dtypes.by_name("int64"), combine="zeros", layer=o.path, why=why))
+        self._after_norm(o)
+
+    def _kernel(self, o: Owner, module: str, cls: str | None, hint: Hint | None) -> None:
+        k = o.vars["kernel"]
+        bias = o.vars.get("bias")
+        if not self.only(o.path, o.vars, {"kernel", "bias"}):
+            return
+        kind = hint.kind if hint else None
+        rank = len(k.shape)
+        if rank == 2 and kind in (None, "dense", "flatten"):
+            self._dense(o, module, k, hint)
+        elif 3 <= rank <= 5:
+            if kind is None:
+                kind = _conv_kind(cls, k, bias)
+            if kind is None:
+                self.ask(
+                    f"{k.name} {list(k.shape)} may be a convolution or a depthwise one "
+                    f"({hint_help(o.path, ('conv', 'depthwise'))})"
+                )
+                return
+            if kind == "depthwise":
+                self._depthwise(o, module, k)
+            elif kind in ("conv", "conv_transpose"):
+                why = f"{cls or 'convolution'} -> {'ConvTranspose' if kind == 'conv_transpose' else 'Conv'}{rank - 2}d"
+                self.plan.steps.append(
+                    moved(f"{module}.weight", k.name, k.shape, k.dtype, (("transpose", conv_perm(rank)),), o.path, why)
+                )
+                self.channels = k.shape[-2] if kind == "conv_transpose" else k.shape[-1]
+                self.spatial = True
+            else:
+                self.ask(f"{o.path} is hinted as {kind}, but its kernel is {rank}-D")
+                return
+        else:
+            self.ask(f"{o.path}: a {rank}-D kernel hinted as {kind} fits no rule")
+            return
+        if bias is not None:
+            self.plan.steps.append(rename(f"{module}.bias", bias.name, bias.shape, bias.dtype, o.path, "bias"))
+
+    def _dense(self, o: Owner, module: str, k: TensorInfo, hint: Hint | None) -> None:
+        inputs, outputs = k.shape
+        post: tuple[Op, ...] = (("transpose", (1, 0)),)
+        why = "Dense -> Linear"
+        if hint and hint.kind == "flatten":
+            forward = self.flatten_ops(o.path, hint.dims, inputs, outputs)
+            if forward is None:
+                return
+            post = inverse_ops((outputs, inputs), forward)
+            dims = "x".join(map(str, hint.dims))
+            why = f"Dense after Flatten (channels last) -> Linear after Flatten of {dims}"
+        elif (
+            hint is None and self.spatial and self.channels and inputs != self.channels and inputs % self.channels == 0
+        ):
+            c = self.channels
+            self.ask(
+                f"{k.name} takes {inputs} inputs after a {c}-channel feature map: if they were flattened from it, give "
+                f"the PyTorch shape ('{o.path}=flatten:{c}xHxW'), else '{o.path}=dense'"
+            )
+            return
+        self.plan.steps.append(moved(f"{module}.weight", k.name, k.shape, k.dtype, post, o.path, why))
+        self.spatial = False
+
+    def _depthwise(self, o: Owner, module: str, k: TensorInfo, name: str = "weight") -> None:
+        rank = len(k.shape)
+        channels, multiplier = k.shape[-2], k.shape[-1]
+        post = (
+            ("transpose", (rank - 2, rank - 1, *range(rank - 2))),
+            ("reshape", (channels * multiplier, 1, *k.shape[:-2])),
+        )
+        self.plan.steps.append(
+            moved(f"{module}.{name}", k.name, k.shape, k.dtype, post, o.path, "depthwise -> Conv with groups=channels")
+        )
+        self.channels = channels * multiplier
+        self.spatial = True
+
+    def _separable(self, o: Owner, module: str, cls: str) -> None:
+        if set(o.vars) - {"depthwise_kernel", "pointwise_kernel", "bias"} or "pointwise_kernel" not in o.vars:
+            self.ask(f"{o.path} ({cls}) has {', '.join(o.vars)}; expected depthwise_kernel, pointwise_kernel, bias")
+            return
+        self._depthwise(o, f"{module}.depthwise", o.vars["depthwise_kernel"])
+        pw = o.vars["pointwise_kernel"]
+        rank = len(pw.shape)
+        why = f"pointwise part of {cls} -> Conv{rank - 2}d 1x1"
+        self.plan.steps.append(
+            moved(
+                f"{module}.pointwise.weight",
+                pw.name,
+                pw.shape,
+                pw.dtype,
+                (("transpose", conv_perm(rank)),),
+                o.path,
+                why,
+            )
+        )
+        if "bias" in o.vars:
+            b = o.vars["bias"]
+            self.plan.steps.append(rename(f"{module}.pointwise.bias", b.name, b.shape, b.dtype, o.path, f"{cls} bias"))
+        self.channels = pw.shape[-1]
+        self.spatial = True
+
+    def _rnn(self, o: Owner, cls: str, module: str) -> None:
+        if set(o.vars) - {"kernel", "recurrent_kernel", "bias"} or {"kernel", "recurrent_kernel"} - set(o.vars):
+            self.ask(f"{o.path} ({cls}) has {', '.join(o.vars)}; expected kernel, recurrent_kernel and bias")
+            return
+        # Layer k>0 of a stacked PyTorch RNN comes to Keras as a layer named <name>_l<k>; it goes back.
+        layer = 0
+        stacked = re.fullmatch(r"(.+)_l(\d+)", module)
+        if stacked and stacked.group(1) in self.rnn_modules:
+            module, layer = stacked.group(1), int(stacked.group(2))
+        self.rnn_modules.add(module)
+        k, rk = o.vars["kernel"], o.vars["recurrent_kernel"]
+        gates: tuple[Op, ...] = (("gates", 0, _GRU_KERAS_TO_TORCH),) if cls == "GRU" else ()
+        why = f"{cls} -> torch.nn.{'RNN' if cls == 'SimpleRNN' else cls}"
+        steps = self.plan.steps
+        steps.append(
+            moved(
+                f"{module}.weight_ih_l{layer}", k.name, k.shape, k.dtype, (("transpose", (1, 0)), *gates), o.path, why
+            )
+        )
+        steps.append(
+            moved(
+                f"{module}.weight_hh_l{layer}",
+                rk.name,
+                rk.shape,
+                rk.dtype,
+                (("transpose", (1, 0)), *gates),
+                o.path,
+                why,
+            )
+        )
+        b = o.vars.get("bias")
+        if b is not None:
+            ih, hh = f"{module}.bias_ih_l{layer}", f"{module}.bias_hh_l{layer}"
+            if cls == "GRU":
+                if len(b.shape) != 2 or b.shape[0] != 2:
+                    self.ask(f"{b.name} {list(b.shape)}: a GRU with reset_after=False has no PyTorch equivalent")
+                    return
+                size = (b.shape[1],)
+                for row, name in enumerate((ih, hh)):
+                    why_row = f"{why}: {'input' if row == 0 else 'recurrent'} bias"
+                    steps.append(Step(name, (b.name,), size, b.dtype, combine=f"row:{row}", post=gates, layer=o.path,
+                                      why=why_row, in_shapes=(b.shape,)))  # fmt: skip
+            else:
+                steps.append(rename(ih, b.name, b.shape, b.dtype, o.path, f"{why}: Keras's one bias goes to bias_ih"))
+                steps.append(Step(hh, (), b.shape, b.dtype, combine="zeros", layer=o.path, why=f"{why}: bias_hh = 0"))
+                self.plan.splits[b.name] = (ih, hh)
+        self.spatial = False
+
+
+def _conv_kind(cls: str | None, k: TensorInfo, bias: TensorInfo | None) -> str | None:
+    if cls:
+        if cls.startswith("Depthwise"):
+            return "depthwise"
+        if cls.endswith("Transpose"):
+            return "conv_transpose"
+        if cls.startswith("Conv"):
+            return "conv"
+    channels, last = k.shape[-2], k.shape[-1]
+    if bias is not None:
+        if bias.shape[0] == channels * last and channels > 1 and last > 1:
+            return "depthwise"
+        if bias.shape[0] == last:
+            return "conv" if last != 1 or channels == 1 else None
+        if bias.shape[0] == channels:
+            return "conv_transpose" if last != 1 else None
+        return None
+    return None if last == 1 else "conv"
+
+
+def _class_from_variables(o: Owner) -> str | None:
+    names = set(o.vars)
+    if names == {"gamma", "beta", "moving_mean", "moving_variance"} or names == {"moving_mean", "moving_variance"}:
+        return "BatchNormalization"
+    if names == {"embeddings"}:
+        return "Embedding"
+    if names <= {"gamma", "beta"} and names:
+        return "LayerNormalization"
+    if {"kernel", "recurrent_kernel"} <= names:
+        rk = o.vars["recurrent_kernel"]
+        ratio = rk.shape[1] // rk.shape[0] if len(rk.shape) == 2 and rk.shape[0] else 0
+        return {4: "LSTMCell", 3: "GRUCell", 1: "SimpleRNNCell"}.get(ratio)
+    if {"depthwise_kernel", "pointwise_kernel"} <= names:
+        return f"SeparableConv{len(o.vars['pointwise_kernel'].shape) - 2}D"
+    return None
+
+
+def plan_to_torch(infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> LayoutPlan:
+    return _Planner(infos, hints, classes).run()

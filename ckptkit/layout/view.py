@@ -1,0 +1,48 @@
+"""The translated checkpoint: a view computing each output tensor from the source when read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ckptkit.layout.ops import Step, run
+from ckptkit.layout.plan import LayoutPlan
+from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+
+
+class LayoutCheckpoint(Checkpoint):
+    """``base`` seen through a :class:`LayoutPlan`; a renamed tensor keeps its raw bytes."""
+
+    def __init__(self, base: Checkpoint, plan: LayoutPlan, metadata: dict[str, str]) -> None:
+        super().__init__(base.path)
+        self.base = base
+        self.plan = plan
+        self.format_name = base.format_name
+        self.metadata = metadata
+        self.extras = dict(base.extras)
+        self._steps: dict[str, Step] = {s.out: s for s in plan.steps}
+        self._infos = [
+            TensorInfo(s.out, s.dtype, s.shape, f"from {', '.join(s.inputs) or 'the layout record'}")
+            for s in plan.steps
+        ]
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def _read_base(self, name: str) -> np.ndarray:
+        return self.base.read_tensor(self.base.aliases.get(name, name))
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        step = self._steps[name]
+        return run(step, [self._read_base(i) for i in step.inputs])
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        step = self._steps[name]
+        if not step.is_rename:
+            return None
+        source = step.inputs[0]
+        return self.base.raw_extent(self.base.aliases.get(source, source))
+
+    def close(self) -> None:
+        self.base.close()

@@ -1,0 +1,180 @@
+"""The same small architectures built in PyTorch and in Keras 3 (torch backend), for layout tests.
+
+Each pair has the PyTorch module (its state_dict is the PyTorch side), the Keras model, an input
+in PyTorch's layout, and how to move inputs and outputs between the frameworks' layouts
+(channels first vs channels last). Importing this module sets KERAS_BACKEND=torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras
+import numpy as np
+import torch
+from keras import layers as L
+from torch import nn
+
+
+@dataclass
+class Pair:
+    name: str
+    torch_model: nn.Module
+    keras_model: keras.Model
+    x: np.ndarray  # PyTorch layout
+    hints: list[str] = field(default_factory=list)
+    to_keras: Callable[[np.ndarray], np.ndarray] = lambda a: a  # input, PyTorch -> Keras layout
+    from_keras: Callable[[np.ndarray], np.ndarray] = lambda a: a  # output, Keras -> PyTorch layout
+
+    def torch_out(self) -> np.ndarray:
+        self.torch_model.eval()
+        with torch.no_grad():
+            out = self.torch_model(torch.from_numpy(self.x))
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
+    def keras_out(self) -> np.ndarray:
+        out = self.keras_model(self.to_keras(self.x), training=False)
+        return self.from_keras(keras.ops.convert_to_numpy(out))
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+
+def _nchw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(a, -1, 1))
+
+
+def _rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _randomize_norm_stats(module: nn.Module) -> None:
+    """Non-trivial running statistics, so a swapped mean and variance would show."""
+    gen = torch.Generator().manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.num_batches_tracked.fill_(7)
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+
+
+class _Seq(nn.Module):
+    """Named children applied in order; ``flatten`` before the named child, if any."""
+
+    def __init__(self, flatten_before: str | None = None, **children: nn.Module) -> None:
+        super().__init__()
+        self.flatten_before = flatten_before
+        for name, child in children.items():
+            self.add_module(name, child)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name, child in self.named_children():
+            if name == self.flatten_before:
+                x = torch.flatten(x, 1)
+            x = child(x)
+            if isinstance(x, tuple):
+                x = x[0]
+        return x
+
+
+def _keras(input_shape: tuple[int, ...], *layers: keras.layers.Layer, dtype: str = "float32") -> keras.Model:
+    model = keras.Sequential([keras.Input(input_shape, dtype=dtype), *layers])
+    return model
+
+
+def mlp() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(fc1=nn.Linear(6, 8), act=nn.ReLU(), fc2=nn.Linear(8, 3))
+    km = _keras((6,), L.Dense(8, activation="relu", name="fc1"), L.Dense(3, name="fc2"))
+    return Pair("mlp", tm, km, _rand(4, 6))
+
+
+def cnn_batchnorm() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(
+        flatten_before="fc",
+        conv1=nn.Conv2d(3, 4, 3), bn1=nn.BatchNorm2d(4), act1=nn.ReLU(),
+        conv2=nn.Conv2d(4, 5, 3, bias=False), bn2=nn.BatchNorm2d(5), act2=nn.ReLU(),
+        fc=nn.Linear(5 * 4 * 4, 3),
+    )  # fmt: skip
+    _randomize_norm_stats(tm)
+    km = _keras(
+        (8, 8, 3),
+        L.Conv2D(4, 3, name="conv1"), L.BatchNormalization(epsilon=1e-5, name="bn1"), L.ReLU(),
+        L.Conv2D(5, 3, use_bias=False, name="conv2"), L.BatchNormalization(epsilon=1e-5, name="bn2"), L.ReLU(),
+        L.Flatten(), L.Dense(3, name="fc"),
+    )  # fmt: skip
+    return Pair("cnn_batchnorm", tm, km, _rand(2, 3, 8, 8), ["fc=flatten:5x4x4"], _nhwc)
+
+
+class _SeparableTorch(nn.Module):
+    def __init__(self, channels: int, multiplier: int, out: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels * multiplier, 3, groups=channels, bias=False)
+        self.pointwise = nn.Conv2d(channels * multiplier, out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+def depthwise_separable() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(dw=nn.Conv2d(4, 8, 3, groups=4), sep=_SeparableTorch(8, 2, 6))
+    km = _keras(
+        (9, 9, 4),
+        L.DepthwiseConv2D(3, depth_multiplier=2, name="dw"),
+        L.SeparableConv2D(6, 3, depth_multiplier=2, name="sep"),
+    )
+    return Pair("depthwise_separable", tm, km, _rand(2, 4, 9, 9), ["dw=depthwise:2", "sep=separable:2"], _nhwc, _nchw)
+
+
+def conv1d() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(c1=nn.Conv1d(3, 5, 3), act=nn.ReLU(), c2=nn.Conv1d(5, 2, 2, bias=False))
+    km = _keras((10, 3), L.Conv1D(5, 3, activation="relu", name="c1"), L.Conv1D(2, 2, use_bias=False, name="c2"))
+    return Pair("conv1d", tm, km, _rand(2, 3, 10), [], _nhwc, _nchw)
+
+
+def conv_transpose2d() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(up=nn.ConvTranspose2d(3, 4, 3, stride=2), up2=nn.ConvTranspose2d(4, 2, 2, bias=False))
+    km = _keras(
+        (5, 5, 3), L.Conv2DTranspose(4, 3, strides=2, name="up"), L.Conv2DTranspose(2, 2, use_bias=False, name="up2")
+    )
+    return Pair("conv_transpose2d", tm, km, _rand(2, 3, 5, 5), ["up2=conv_transpose"], _nhwc, _nchw)
+
+
+def embedding_layernorm() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(emb=nn.Embedding(10, 6), ln=nn.LayerNorm(6))
+    with torch.no_grad():
+        tm.ln.weight.normal_()
+        tm.ln.bias.normal_()
+    km = _keras((5,), L.Embedding(10, 6, name="emb"), L.LayerNormalization(epsilon=1e-5, name="ln"), dtype="int64")
+    x = np.random.default_rng(0).integers(0, 10, (3, 5))
+    return Pair("embedding_layernorm", tm, km, x)
+
+
+def lstm() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(lstm=nn.LSTM(4, 6, num_layers=2, batch_first=True))
+    km = _keras((7, 4), L.LSTM(6, return_sequences=True, name="lstm"), L.LSTM(6, return_sequences=True, name="lstm_l1"))
+    return Pair("lstm", tm, km, _rand(2, 7, 4))
+
+
+def gru() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(gru=nn.GRU(4, 5, batch_first=True))
+    km = _keras((7, 4), L.GRU(5, return_sequences=True, name="gru"))
+    return Pair("gru", tm, km, _rand(2, 7, 4))
+
+
+PAIRS = [mlp, cnn_batchnorm, depthwise_separable, conv1d, conv_transpose2d, embedding_layernorm, lstm, gru]
