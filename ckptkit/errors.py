@@ -59,4 +59,5 @@ class MissingDependencyError(CkptkitError):
 READ_ERRORS: tuple[type[BaseException], ...] = (
     OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError, RecursionError,
     struct.error, zlib.error, zipfile.BadZipFile,
+    NotImplementedError,  # zipfile, for compression methods and zip features it lacks
 )  # fmt: skip

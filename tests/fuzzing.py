@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import pickletools
@@ -390,6 +391,96 @@ def onnx_edits(draw: st.DrawFn, data: bytes) -> bytes:
         else:
             t.data_location = draw(st.sampled_from([0, 1]))
     return model.SerializeToString()
+
+
+# --- Keras: HDF5 objects and attributes through h5py, and the .keras zip's members -----------------
+
+
+def _h5_edit(h5: Any, draw: st.DrawFn) -> None:
+    import h5py
+
+    datasets: list[str] = []
+    groups: list[str] = []
+    h5.visititems(lambda name, obj: (datasets if isinstance(obj, h5py.Dataset) else groups).append(name))
+    kind = draw(st.sampled_from(["dtype_attr", "dataset", "hard_link", "other_link", "delete", "attr"]))
+    group = h5[draw(st.sampled_from(groups))] if groups else h5
+    if kind == "dtype_attr" and datasets:
+        h5[draw(st.sampled_from(datasets))].attrs["dtype"] = draw(
+            st.sampled_from(["bfloat16", "float8_e4m3fn", "float64", "nope", "", "int4"])
+        )
+    elif kind == "dataset":
+        name = draw(st.sampled_from(["0", "1", "7", "x", "vars"]))
+        if name in group:
+            del group[name]
+        shape = tuple(draw(st.lists(st.sampled_from([0, 1, 3, 2**20, 2**31]), min_size=0, max_size=3)))
+        dtype = draw(st.sampled_from(["<f4", "<f2", ">f8", "<i8", "u1", "|b1", "S4", "<c8"]))
+        big = math.prod(shape) > 2**16
+        chunks = True if big or draw(st.booleans()) else None
+        if not shape:
+            chunks = None
+        compression = "gzip" if chunks and draw(st.booleans()) else None
+        ds = group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, compression=compression)
+        if not big and math.prod(shape):
+            ds[...] = np.ones(shape, dtype=dtype) if dtype != "S4" else b"ab"
+    elif kind == "hard_link":
+        target = h5[draw(st.sampled_from(groups + datasets))] if groups or datasets else h5
+        name = draw(st.sampled_from(["loop", "2", "vars"]))
+        if name in group:
+            del group[name]
+        group[name] = target
+    elif kind == "other_link":
+        name = draw(st.sampled_from(["2", "loop"]))
+        if name not in group:
+            group[name] = draw(st.sampled_from([h5py.SoftLink("/nowhere"), h5py.SoftLink("/"),
+                                                h5py.ExternalLink("other.h5", "/")]))  # fmt: skip
+    elif kind == "delete" and (groups or datasets):
+        victim = draw(st.sampled_from(groups + datasets))
+        if victim in h5:
+            del h5[victim]
+    else:
+        target = h5[draw(st.sampled_from(datasets))] if datasets and draw(st.booleans()) else group
+        key = draw(st.sampled_from(["ckptkit_metadata", "layer_names", "weight_names", "name", "keras_version"]))
+        target.attrs[key] = draw(st.sampled_from(["{}", "[1]", "not json", '{"keras:classes": "[]"}', "dense",
+                                                  "x" * 1000]))  # fmt: skip
+
+
+@st.composite
+def keras_h5_edits(draw: st.DrawFn, data: bytes) -> bytes:
+    """A Keras HDF5 file with datasets, links or attributes added, changed or removed by h5py."""
+    import h5py
+
+    buf = io.BytesIO(data)
+    with h5py.File(buf, "r+") as h5:
+        for _ in range(draw(st.integers(1, 3))):
+            _h5_edit(h5, draw)
+    out = buf.getvalue()
+    return draw(byte_mutations(out)) if draw(st.integers(0, 4)) == 0 else out
+
+
+@st.composite
+def keras_zip_edits(draw: st.DrawFn, data: bytes) -> bytes:
+    """A .keras archive with a member edited (JSON, or the weights through h5py), dropped or deflated."""
+    members = zip_members(data)
+    i = draw(st.integers(0, len(members) - 1))
+    name, content = members[i]
+    kind = draw(st.sampled_from(["edit", "edit", "drop", "deflate"]))
+    if kind == "drop":
+        del members[i]
+        return rezip(members)
+    if kind == "deflate":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for n, c in members:
+                zf.writestr(n, c, compress_type=zipfile.ZIP_DEFLATED if n == name else zipfile.ZIP_STORED)
+        return buf.getvalue()
+    if name.endswith(".h5"):
+        content = draw(keras_h5_edits(content))
+    elif draw(st.booleans()):
+        content = json.dumps(draw(_json_values())).encode()
+    else:
+        content = draw(byte_mutations(content))
+    members[i] = (name, content)
+    return rezip(members)
 
 
 Mutator = Callable[[bytes], st.SearchStrategy[bytes]]

@@ -50,12 +50,16 @@ ROUTES = [
     Route("src.pt", "out.safetensors"),
     Route("src.safetensors", "out.onnx"),
     Route("src.pt", "out.onnx"),
+    Route("src.safetensors", "out.weights.h5"),
+    Route("src.pt", "out.h5"),
 ]
+POINTS = 12
 
 
 def _arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
-    return {f"layer{i}.weight": rng.standard_normal(TENSOR_ELEMENTS, dtype=np.float32) for i in range(TENSORS)}
+    # Named like Keras Dense layers, so every writer (Keras 3 names groups by class) takes them.
+    return {f"dense_{i}/kernel": rng.standard_normal(TENSOR_ELEMENTS, dtype=np.float32) for i in range(TENSORS)}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, n
     arrays = _arrays()
     ckptkit.save(arrays, folder / "src.safetensors")
     ckptkit.save(arrays, folder / "src.pt")
-    ckptkit.save({"previous": np.arange(10, dtype=np.float32)}, folder / "previous.safetensors")
     return folder, arrays
 
 
@@ -153,13 +156,16 @@ def kill_points(route: Route, sources, tmp_path: Path, points: int, start=fork_c
     # How long each kind of run takes uninterrupted, to spread the kill points over it.
     base = ["convert", str(src), str(dst), "--force"]
     durations = {flag: timed_run(start, [*base, *flag]) for flag in ((), ("--no-verify",))}
+    # A complete earlier file of the same format, for the runs that replace one with --force.
+    ckptkit.save({"dense_99/kernel": np.arange(10, dtype=np.float32)}, dst, force=True)
+    previous_bytes = dst.read_bytes()
     dst.unlink()
     for i in range(points):
         verify_flag = () if i % 4 < 2 else ("--no-verify",)
         force = i % 2 == 1
         previous = None
         if force:
-            dst.write_bytes((folder / "previous.safetensors").read_bytes())
+            dst.write_bytes(previous_bytes)
             previous = digest(dst)
         elif dst.exists():
             dst.unlink()
@@ -199,9 +205,9 @@ def _record(name: str, seen: dict[str, int]) -> None:
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.source}->{r.destination}")
 def test_killed_conversions_leave_nothing_partial(route, sources, tmp_path):
-    seen = kill_points(route, sources, tmp_path, points=14)
+    seen = kill_points(route, sources, tmp_path, points=POINTS)
     _record(f"{route.source} -> {route.destination}", seen)
-    assert sum(seen.values()) == 14
+    assert sum(seen.values()) == POINTS
 
 
 def test_fresh_processes_killed_mid_write(sources, tmp_path):
@@ -234,7 +240,9 @@ def test_sigterm_mid_write_removes_the_staging_folder(sources, tmp_path):
         _pid, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         state = assert_absent_previous_or_complete(dst, None, arrays)
-        assert (code, state) in ((128 + signal.SIGTERM, "absent"), (0, "complete")), (code, state)
+        # Exit 143 with a complete file: the signal came while the file was being renamed into
+        # place, and was held until the rename was done.
+        assert code in (0, 128 + signal.SIGTERM) and (code == 143 or state == "complete"), (code, state)
         assert [p.name for p in dst.parent.iterdir()] == ([dst.name] if state == "complete" else [])
 
 
@@ -242,14 +250,15 @@ def _failing_source(folder: Path) -> Path:
     """A torch file whose last tensor cannot be read: two tensors are written before the failure."""
     from tests.hostile.generate import W_DATA, op_tensor, state_dict, torch_zip
 
-    pkl = state_dict({"a": op_tensor("0", 4, (2, 2), (2, 1)), "b": op_tensor("1", 4, (4,), (1,)),
-                      "c": op_tensor("2", 4, (2**20, 2**20), (0, 0))})  # fmt: skip
+    pkl = state_dict({"dense/kernel": op_tensor("0", 4, (2, 2), (2, 1)),
+                      "dense_1/kernel": op_tensor("1", 4, (4,), (1,)),
+                      "dense_2/kernel": op_tensor("2", 4, (2**20, 2**20), (0, 0))})  # fmt: skip
     path = folder / "fails_late.pt"
     path.write_bytes(torch_zip(pkl, {"0": W_DATA, "1": W_DATA, "2": W_DATA}))
     return path
 
 
-@pytest.mark.parametrize("destination", ["out.safetensors", "out.pt", "out.onnx"])
+@pytest.mark.parametrize("destination", ["out.safetensors", "out.pt", "out.onnx", "out.weights.h5", "out.h5"])
 @pytest.mark.parametrize("force", [False, True])
 def test_a_conversion_failing_mid_way_leaves_nothing(destination, force, tmp_path, cli):
     src = _failing_source(tmp_path)
@@ -258,10 +267,10 @@ def test_a_conversion_failing_mid_way_leaves_nothing(destination, force, tmp_pat
     dst = out_dir / destination
     previous = None
     if force:
-        ckptkit.save({"previous": np.arange(3, dtype=np.float32)}, dst)
+        ckptkit.save({"dense_99/kernel": np.arange(3, dtype=np.float32)}, dst)
         previous = digest(dst)
     result = cli("convert", src, dst, *(["--force"] if force else []))
-    assert_one_line_error(result, "tensor 'c'", "repeats its data")
+    assert_one_line_error(result, "tensor 'dense_2/kernel'", "repeats its data")
     assert [p.name for p in out_dir.iterdir()] == ([dst.name] if force else [])
     if force:
         assert digest(dst) == previous
@@ -269,15 +278,15 @@ def test_a_conversion_failing_mid_way_leaves_nothing(destination, force, tmp_pat
 
 class _BreaksOnThirdTensor(MemoryCheckpoint):
     def read_tensor(self, name: str) -> np.ndarray:
-        if name == "c":
+        if name == "dense_2/kernel":
             raise CorruptCheckpointError(f"tensor {name!r} cannot be read")
         return super().read_tensor(name)
 
 
-@pytest.mark.parametrize("destination", ["out.safetensors", "out.pt", "out.onnx"])
+@pytest.mark.parametrize("destination", ["out.safetensors", "out.pt", "out.onnx", "out.weights.h5", "out.h5"])
 def test_a_writer_interrupted_by_its_source_removes_its_staging_folder(destination, tmp_path):
-    ckpt = _BreaksOnThirdTensor({n: np.full(1000, i, np.float32) for i, n in enumerate("abcd")})
-    with pytest.raises(CorruptCheckpointError, match="tensor 'c'"):
+    ckpt = _BreaksOnThirdTensor({f"dense_{i}/kernel": np.full(1000, i, np.float32) for i in range(4)})
+    with pytest.raises(CorruptCheckpointError, match="tensor 'dense_2/kernel'"):
         ckptkit.save(ckpt, tmp_path / destination)
     assert list(tmp_path.iterdir()) == []
 

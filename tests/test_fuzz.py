@@ -11,6 +11,7 @@ See tests/fuzzing.py for what counts as a failure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ from hypothesis import strategies as st
 import ckptkit
 from ckptkit.dtypes import by_name
 from tests import fuzzing
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, realworld_files
 from tests.helpers import print_to_terminal
+from tests.hostile.generate import _keras_archive
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
@@ -40,13 +42,20 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[bytes, dict[str, bytes]]]]:
-    """Valid files per reader, each with the side files it needs."""
+SEEDS: dict[str, list[tuple[bytes, dict[str, bytes]]]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Valid files per reader, each with the side files it needs (a module global: hypothesis would
+    print a fixture's value with every failure)."""
     made = tmp_path_factory.mktemp("seeds")
     # A safetensors file with ckptkit's alias map and extras in its metadata.
     ckptkit.convert(FIXTURES / "tied_lm_fp16.pt", made / "tied.safetensors")
     ckptkit.convert(FIXTURES / "training_mlp.ckpt", made / "training.safetensors")
+    ckptkit.save(_dense_layers(), made / "v3.weights.h5")
+    ckptkit.save(_dense_layers(), made / "legacy.h5")
+    (made / "model.keras").write_bytes(_keras_archive()(made))
     onnx_dir = FIXTURES / "onnx"
     external = {"external_data.onnx.data": (onnx_dir / "external_data.onnx.data").read_bytes()}
 
@@ -55,14 +64,18 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[byte
 
     onnx_models = files(*(onnx_dir / n for n in ("conv_bn_ln_gemm.onnx", "every_dtype_raw_and_typed.onnx",
                                                  "if_loop_subgraphs_and_constants.onnx")))  # fmt: skip
-    return {
-        "safetensors": files(
-            FIXTURES / "mlp_fp32.safetensors", made / "tied.safetensors", made / "training.safetensors"
-        ),
-        "torch_zip": files(FIXTURES / "mlp_fp16.pt", FIXTURES / "training_mlp.ckpt", FIXTURES / "tied_lm_bf16.pt"),
-        "torch_legacy": files(FIXTURES / "mlp_fp32_legacy.pt"),
-        "onnx": [*onnx_models, ((onnx_dir / "external_data.onnx").read_bytes(), external)],
-    }
+    SEEDS.update(
+        {
+            "safetensors": files(
+                FIXTURES / "mlp_fp32.safetensors", made / "tied.safetensors", made / "training.safetensors"
+            ),
+            "torch_zip": files(FIXTURES / "mlp_fp16.pt", FIXTURES / "training_mlp.ckpt", FIXTURES / "tied_lm_bf16.pt"),
+            "torch_legacy": files(FIXTURES / "mlp_fp32_legacy.pt"),
+            "onnx": [*onnx_models, ((onnx_dir / "external_data.onnx").read_bytes(), external)],
+            "keras_h5": files(made / "v3.weights.h5", made / "legacy.h5", *realworld_files("*.weights.h5")),
+            "keras_zip": files(made / "model.keras", *realworld_files("*.keras")),
+        }
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,27 +98,46 @@ STRUCTURED = {
     "torch_zip": fuzzing.torch_zip_edits,
     "torch_legacy": fuzzing.torch_legacy_edits,
     "onnx": fuzzing.onnx_edits,
+    "keras_h5": fuzzing.keras_h5_edits,
+    "keras_zip": fuzzing.keras_zip_edits,
 }
 
 
-def _fuzz(target: str, structured: bool, data: st.DataObject, seeds: dict, work: Path) -> None:
-    raw, side_files = data.draw(st.sampled_from(seeds[target]))
+def _dense_layers() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "dense/kernel": rng.standard_normal((8, 4)).astype(np.float32),
+        "dense/bias": np.zeros(4, np.float32),
+        "dense_1/kernel": rng.standard_normal((4, 2)).astype(np.float16),
+    }
+
+
+class Blob(bytes):
+    """Input bytes that hypothesis reports by size and hash, not byte by byte."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes, sha256 {hashlib.sha256(self).hexdigest()[:16]}>"
+
+
+def _fuzz(target: str, structured: bool, data: st.DataObject, work: Path) -> None:
+    index = data.draw(st.integers(0, len(SEEDS[target]) - 1), label="seed")
+    raw, side_files = SEEDS[target][index]
     mutate = STRUCTURED[target] if structured else fuzzing.byte_mutations
-    fuzzing.run_input(target, data.draw(mutate(raw)), work, side_files)
+    fuzzing.run_input(target, data.draw(mutate(Blob(raw)).map(Blob), label="input"), work, side_files)
 
 
 @pytest.mark.parametrize("target", list(STRUCTURED))
 @FUZZ
 @given(data=st.data())
-def test_byte_mutations(target: str, data: st.DataObject, seeds: dict, tmp_path_factory) -> None:
-    _fuzz(target, False, data, seeds, tmp_path_factory.getbasetemp() / f"fuzz-{target}-bytes")
+def test_byte_mutations(target: str, data: st.DataObject, tmp_path_factory) -> None:
+    _fuzz(target, False, data, tmp_path_factory.getbasetemp() / f"fuzz-{target}-bytes")
 
 
 @pytest.mark.parametrize("target", list(STRUCTURED))
 @FUZZ
 @given(data=st.data())
-def test_structured_mutations(target: str, data: st.DataObject, seeds: dict, tmp_path_factory) -> None:
-    _fuzz(target, True, data, seeds, tmp_path_factory.getbasetemp() / f"fuzz-{target}-fields")
+def test_structured_mutations(target: str, data: st.DataObject, tmp_path_factory) -> None:
+    _fuzz(target, True, data, tmp_path_factory.getbasetemp() / f"fuzz-{target}-fields")
 
 
 class _Misbehaving(ckptkit.Checkpoint):

@@ -13,6 +13,7 @@ The test that runs the corpus is ``tests/test_hostile_corpus.py``; see ``tests/h
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import pickletools
@@ -24,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parents[1] / "fixtures"
@@ -680,6 +684,137 @@ def onnx_cases() -> list[Case]:
     return cases
 
 
+# --- Keras HDF5 -------------------------------------------------------------------------------------
+
+
+def keras_weights(extra: Callable[[Any, Path], None] | None = None) -> Callable[[Path], bytes]:
+    """A Keras 3 ``.weights.h5`` (one Dense layer) made with h5py; ``extra(h5, folder)`` adds the hostile part."""
+
+    def build(folder: Path) -> bytes:
+        import h5py
+
+        path = folder / "made.h5"
+        with h5py.File(path, "w") as h5:
+            dense = h5.create_group("layers/dense/vars")
+            dense.create_dataset("0", data=np.arange(12, dtype=np.float32).reshape(3, 4))
+            dense.create_dataset("1", data=np.zeros(4, np.float32))
+            h5.create_group("vars")
+            if extra is not None:
+                extra(h5, folder)
+        data = path.read_bytes()
+        path.unlink()
+        return data
+
+    return build
+
+
+def _shared_chain(h5: Any, folder: Path) -> None:
+    # g0 holds a and b, both g1; g1 holds a and b, both g2; ...: 2**40 paths to the last group.
+    groups = [h5.create_group(f"layers/chain/g{i}") for i in range(41)]
+    for parent, below in itertools.pairwise(groups):
+        parent["a"] = below
+        parent["b"] = below
+
+
+def _gzip_bomb(h5: Any, folder: Path) -> None:
+    # 512 chunks of 4 MB of zeros, each written pre-compressed: 2 GiB of float32 in about 2 MB.
+    chunk = 1 << 20
+    ds = h5.create_dataset("layers/embed/vars/0", shape=(512 * chunk,), dtype="<f4", chunks=(chunk,),
+                           compression="gzip")  # fmt: skip
+    packed = zlib.compress(bytes(4 * chunk), 9)
+    for i in range(512):
+        ds.id.write_direct_chunk((i * chunk,), packed)
+
+
+def _keras_archive(
+    config: Member | None = None, weights: Member | None = None, no_weights: bool = False
+) -> Callable[[Path], bytes]:
+    """A .keras zip: metadata.json, config.json (or ``config``), weights (valid and stored unless given)."""
+
+    def build(folder: Path) -> bytes:
+        default_config = Member("config.json", b'{"class_name": "Sequential", "config": {"layers": []}}')
+        members = [Member("metadata.json", b'{"keras_version": "3.9.2"}'), config or default_config]
+        if not no_weights:
+            members.append(weights or Member("model.weights.h5", keras_weights()(folder)))
+        return raw_zip(members)
+
+    return build
+
+
+def keras_cases() -> list[Case]:
+    def link(kind: str) -> Callable[[Any, Path], None]:
+        def add(h5: Any, folder: Path) -> None:
+            import h5py
+
+            target = {"soft": h5py.SoftLink("/vars"), "external": h5py.ExternalLink("/etc/hostname", "/")}[kind]
+            h5["layers/dense/vars"]["2"] = target
+
+        return add
+
+    def external_storage(h5: Any, folder: Path) -> None:
+        h5.create_dataset("layers/dense/vars/2", shape=(4,), dtype="<f4", external=[("/etc/hostname", 0, 16)])
+
+    def cycle(h5: Any, folder: Path) -> None:
+        h5["layers/dense/loop"] = h5["layers"]
+
+    def sparse(h5: Any, folder: Path) -> None:
+        h5.create_dataset("layers/embed/vars/0", shape=(2**31,), dtype="<f4", chunks=(2**20,))
+
+    bomb = deflate_bomb(1 << 30)
+    cut = fail("truncated: the HDF5 superblock says the file holds")
+    cases = [
+        Case("keras_cut_half", "cut.weights.h5", lambda f: keras_weights()(f)[: len(keras_weights()(f)) // 2], cut,
+             cut, "cut half way"),
+        Case("keras_cut_last_byte", "cut.weights.h5", lambda f: keras_weights()(f)[:-1], cut, cut,
+             "the last byte missing"),
+        Case("keras_cut_in_superblock", "cut.weights.h5", lambda f: keras_weights()(f)[:20],
+             fail("the HDF5 superblock is damaged"), fail("superblock"), "cut inside the superblock"),
+        Case("keras_wrong_magic", "model.weights.h5", lambda f: b"\x89HDF\r\n\x1b\n" + bytes(600),
+             fail("no format recognises this file"), fail("no format recognises"), "an HDF5 signature one byte off"),
+        Case("keras_cyclic_link", "cycle.weights.h5", keras_weights(cycle),
+             fail("is linked from more than one place"), fail("a cycle or a shared group"),
+             "a group holding a hard link to its own parent"),
+        Case("keras_shared_chain", "chain.weights.h5", keras_weights(_shared_chain),
+             fail("is linked from more than one place"), fail("a cycle or a shared group"),
+             "41 groups each linking twice to the next: 2**40 paths"),
+        Case("keras_soft_link", "soft.weights.h5", keras_weights(link("soft")),
+             fail("/layers/dense/vars/2 is a SoftLink; ckptkit follows only hard links"), fail("SoftLink"),
+             "a soft link among the variables"),
+        Case("keras_external_link", "ext.weights.h5", keras_weights(link("external")),
+             fail("/layers/dense/vars/2 is a ExternalLink; ckptkit follows only hard links"), fail("ExternalLink"),
+             "an external link to /etc/hostname among the variables"),
+        Case("keras_external_storage", "ext.weights.h5", keras_weights(external_storage),
+             fail("dataset /layers/dense/vars/2 keeps its data in other files"), fail("other files"),
+             "a dataset whose bytes are in /etc/hostname"),
+        Case("keras_sparse_dataset", "sparse.weights.h5", keras_weights(sparse), ok("8.59 GB"),
+             fail("holds 8,589,934,592 bytes once decompressed but stores 0"),
+             "an 8 GiB dataset of chunks never written: listed, refused when read"),
+        Case("keras_gzip_bomb", "bomb.weights.h5", keras_weights(_gzip_bomb), ok("2.15 GB"),
+             fail("holds 2,147,483,648 bytes once decompressed but stores"),
+             "2 GiB of gzip-compressed zeros in 2 MB: listed, refused when read"),
+        Case("keras_archive_config_bomb", "bomb.keras",
+             _keras_archive(Member("config.json", bomb, zipfile.ZIP_DEFLATED, 1 << 30, 0)),
+             fail("record config.json (uncompressed) is 1,073,741,824 bytes, over ckptkit's limit of 104,857,600"),
+             fail("CKPTKIT_MAX_HEADER_BYTES"), "a config.json inflating to 1 GiB"),
+        Case("keras_archive_config_lying", "bomb.keras",
+             _keras_archive(Member("config.json", bomb, zipfile.ZIP_DEFLATED, 4096, 0)),
+             fail("record config.json cannot be read: Bad CRC-32"), fail("Bad CRC-32"),
+             "a config.json inflating to 1 GiB while declaring 4 KB"),
+        Case("keras_archive_weights_bomb", "bomb.keras",
+             _keras_archive(weights=Member("model.weights.h5", deflate_bomb(1 << 31), zipfile.ZIP_DEFLATED,
+                                           1 << 31, 0)),
+             fail("model.weights.h5 in the archive (compressed, 2,"), fail("CKPTKIT_MAX_MEMBER_BYTES"),
+             "compressed weights that would extract to 2 GiB on disk"),
+        Case("keras_archive_no_weights", "empty.keras", _keras_archive(no_weights=True),
+             fail("the archive has no model.weights.h5"), fail("model.weights.h5"), "an archive without weights"),
+        Case("keras_archive_config_deep", "deep.keras",
+             _keras_archive(Member("config.json", b"[" * 100_000 + b"]" * 100_000)),
+             fail("config.json in the archive nests JSON too deeply"), fail("too deeply"),
+             "a config.json nested 100,000 deep"),
+    ]  # fmt: skip
+    return cases
+
+
 def lfs_cases() -> list[Case]:
     oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12345\n".encode()
@@ -693,12 +828,13 @@ def lfs_cases() -> list[Case]:
             expect,
             f"a Git LFS pointer named {ext}",
         )
-        for ext in (".safetensors", ".pt", ".bin", ".ckpt", ".onnx")
+        for ext in (".safetensors", ".pt", ".bin", ".ckpt", ".onnx", ".h5", ".weights.h5", ".keras")
     ]
 
 
 def all_cases() -> list[Case]:
-    cases = safetensors_cases() + torch_zip_cases() + payload_cases() + legacy_cases() + onnx_cases() + lfs_cases()
+    cases = (safetensors_cases() + torch_zip_cases() + payload_cases() + legacy_cases() + onnx_cases()
+             + keras_cases() + lfs_cases())  # fmt: skip
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases
