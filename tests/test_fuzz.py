@@ -32,7 +32,7 @@ from tests.hostile.generate import _keras_archive
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 LONG_RUN = "CKPTKIT_FUZZ_EXAMPLES" in os.environ
-EXAMPLES = int(os.environ.get("CKPTKIT_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("CKPTKIT_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
