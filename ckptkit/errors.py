@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import zipfile
+import zlib
+
 
 class CkptkitError(Exception):
     """Base of every error ckptkit raises on purpose.
@@ -47,3 +51,13 @@ class OutputExistsError(CkptkitError):
 
 class MissingDependencyError(CkptkitError):
     """A format needs an optional package that is not installed."""
+
+
+# What parsing a damaged file raises from the standard library and numpy: readers let these
+# escape only by mistake, and the registry and :class:`ckptkit.model.Checkpoint` turn them into
+# :class:`CorruptCheckpointError` so a caller sees one kind of error for a bad file.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError, RecursionError,
+    struct.error, zlib.error, zipfile.BadZipFile,
+    NotImplementedError,  # zipfile, for compression methods and zip features it lacks
+)  # fmt: skip

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,10 +14,13 @@ from typing import Any
 import numpy as np
 
 from ckptkit.dtypes import DType, from_numpy
-from ckptkit.errors import UsageError
+from ckptkit.errors import READ_ERRORS, CorruptCheckpointError, UsageError
 
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just processed; the caller knows the total."""
+
+MAX_DIMS = 64  # numpy's limit on dimensions
+_MAX_ELEMENTS = 2**62  # far past any real tensor, still clear of numpy's index overflow
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,20 @@ class TensorInfo:
     dtype: DType
     shape: tuple[int, ...]
     location: str = ""  # where the bytes live, for people: "data/3", "offset 1024", ...
+
+    def __post_init__(self) -> None:
+        # Every reader builds these from a header: refuse shapes numpy cannot hold here, once.
+        try:
+            shape = tuple(operator.index(d) for d in self.shape)
+        except TypeError:
+            raise CorruptCheckpointError(f"tensor {self.name!r}: shape {self.shape!r} is not a list of sizes") from None
+        if len(shape) > MAX_DIMS:
+            raise CorruptCheckpointError(
+                f"tensor {self.name!r} has {len(shape)} dimensions; at most {MAX_DIMS} are possible"
+            )
+        if any(d < 0 or d > _MAX_ELEMENTS for d in shape) or math.prod(shape) * self.dtype.itemsize > _MAX_ELEMENTS:
+            raise CorruptCheckpointError(f"tensor {self.name!r}: shape {list(shape)} is not a possible tensor size")
+        object.__setattr__(self, "shape", shape)
 
     @property
     def numel(self) -> int:
@@ -64,6 +83,15 @@ class Checkpoint(ABC):
 
     format_name: str = "?"
     concurrent_reads: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every reader, built-in or plug-in, reports a damaged file as CorruptCheckpointError
+        # rather than whatever numpy or the standard library raised on the way.
+        super().__init_subclass__(**kwargs)
+        for attr in ("tensor_infos", "read_tensor", "raw_extent"):
+            fn = cls.__dict__.get(attr)
+            if fn is not None and not getattr(fn, "_ckptkit_guarded", False):
+                setattr(cls, attr, _guarded(fn))
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
@@ -141,6 +169,23 @@ class Checkpoint(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format_name} {self.path} tensors={len(self)}>"
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with the errors of reading a damaged file turned into :class:`CorruptCheckpointError`."""
+
+    @functools.wraps(fn)
+    def guarded(self: Checkpoint, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except READ_ERRORS as err:
+            if isinstance(err, KeyError) and args and args[0] not in self:
+                raise  # the caller asked for a tensor that is not there
+            what = f"tensor {args[0]!r}" if args else "the tensor list"
+            raise CorruptCheckpointError(f"cannot read {what}: {type(err).__name__}: {err}", self.path) from err
+
+    guarded._ckptkit_guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 class MemoryCheckpoint(Checkpoint):

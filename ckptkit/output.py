@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
 import shutil
+import signal
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
 from ckptkit.errors import OutputExistsError, UsageError
 
 STAGING_PREFIX = ".ckptkit-tmp-"
+# Staging folders are named .ckptkit-tmp-<host>-<pid>-<file name>, so that a later run on the same
+# machine can tell a dead process's leftovers from a live process's work in progress.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"([0-9a-f]{8})-(\d+)-")
 
 
 class AtomicOutput:
@@ -21,6 +31,8 @@ class AtomicOutput:
     there before anything is published. :meth:`commit` renames each into place, the main file
     last, so that a process killed at any point never leaves a partial file under a final name.
     On error the staging folder is removed. Existing files are replaced only with ``force``.
+    A process killed outright (SIGKILL, out of memory) cannot clean up: its staging folder stays
+    until the next write into the same folder removes it (:func:`remove_stale_staging`).
     (Files are not fsynced: that guards against power loss, costs seconds on multi-GB outputs,
     and ``cp`` does not do it either.)
     """
@@ -35,7 +47,8 @@ class AtomicOutput:
         if not self.path.parent.exists():
             raise UsageError(f"the directory {self.path.parent} does not exist")
         self.check_free(self.path)
-        self.staging = self.path.parent / f"{STAGING_PREFIX}{os.getpid()}-{self.path.name}"
+        remove_stale_staging(self.path.parent)
+        self.staging = self.path.parent / f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{self.path.name}"
 
     def check_free(self, final: Path) -> None:
         if final.exists() and not self.force:
@@ -68,12 +81,17 @@ class AtomicOutput:
         return [f for f in self._finals if f != self.path] + ([self.path] if self.path in self._finals else [])
 
     def commit(self) -> None:
-        """Publish every staged file under its final name, then remove the staging folder."""
-        for final in self.files:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.staging / final.relative_to(self.path.parent), final)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self._committed = True
+        """Publish every staged file under its final name, then remove the staging folder.
+
+        Ctrl-C and SIGTERM wait until every file is renamed, so an interruption never publishes
+        some files of a multi-file output and not others.
+        """
+        with _interruptions_held():
+            for final in self.files:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.staging / final.relative_to(self.path.parent), final)
+            self._committed = True
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def abort(self) -> None:
         """Remove everything staged; nothing under a final name is touched."""
@@ -89,3 +107,49 @@ class AtomicOutput:
             self.commit()
         elif exc_type is not None:
             self.abort()
+
+
+@contextlib.contextmanager
+def _interruptions_held() -> Iterator[None]:
+    """SIGINT and SIGTERM delivered only after the block (where the platform can hold signals)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` left by ckptkit processes of this machine that died.
+
+    A folder is removed only when its name carries this machine's tag and a process id that no
+    longer runs, so another machine's write on a shared file system is never touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING_NAME.match(entry.name)
+        if match is None or match[1] != _HOST or _alive(int(match[2])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process id this machine could have given: leave the folder alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to another user, or the platform cannot tell
+    return True

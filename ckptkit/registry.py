@@ -9,14 +9,13 @@ group, whose entries point at a :class:`Format` object.
 from __future__ import annotations
 
 import importlib
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
 from ckptkit.model import Checkpoint, ProgressFn
 
 SNIFF_BYTES = 4096
@@ -34,10 +33,6 @@ _BUILTIN_MODULES = (
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
-# What readers raise on damaged files (beyond ckptkit's own errors); reported as corrupt input.
-READ_ERRORS = (
-    OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError, MemoryError, zipfile.BadZipFile,
-)  # fmt: skip
 
 
 @dataclass
@@ -174,20 +169,29 @@ def read_head(path: Path) -> bytes:
         return f.read(SNIFF_BYTES)
 
 
-def detect(path: Path) -> Format:
-    """The format of an existing file or directory: by content first, then by extension."""
+def check_input(path: Path) -> bytes:
+    """The first bytes of an input, after the checks every format shares (``b""`` for a folder)."""
     if not path.exists():
         raise CkptkitError("no such file or directory", path)
+    if path.is_dir():
+        return b""
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file (a pipe or a device?); give a checkpoint file")
     head = read_head(path)
-    if path.is_file():
-        if not head:
-            raise CorruptCheckpointError("the file is empty", path)
-        if head.startswith(LFS_POINTER_PREFIX):
-            raise CorruptCheckpointError(
-                "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
-            )
+    if not head:
+        raise CorruptCheckpointError("the file is empty", path)
+    if head.startswith(LFS_POINTER_PREFIX):
+        raise CorruptCheckpointError(
+            "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
+        )
+    return head
+
+
+def detect(path: Path) -> Format:
+    """The format of an existing file or directory: by content first, then by extension."""
+    head = check_input(path)
     for fmt in _load().values():
-        if fmt.can_read and fmt.sniff(head, path):
+        if fmt.can_read and _sniff(fmt, head, path):
             return fmt
     by_ext = [f for f in _load().values() if f.can_read and _has_extension(path, f)]
     if by_ext and path.is_dir():
@@ -198,6 +202,14 @@ def detect(path: Path) -> Format:
 
 
 INDEX_SUFFIX = ".index.json"
+
+
+def _sniff(fmt: Format, head: bytes, path: Path) -> bool:
+    # A sniffer that chokes on a stranger's bytes has not recognised them.
+    try:
+        return fmt.sniff(head, path)
+    except READ_ERRORS:
+        return False
 
 
 def for_output(path: Path, name: str | None = None) -> Format:
@@ -229,7 +241,11 @@ def open_checkpoint(
 ) -> Checkpoint:
     """Open a checkpoint for reading, detecting its format unless ``format`` is given."""
     p = Path(path)
-    fmt = get(format) if format else detect(p)
+    if format:
+        fmt = get(format)
+        check_input(p)
+    else:
+        fmt = detect(p)
     if not fmt.can_read or fmt.open is None:
         raise UsageError(f"ckptkit cannot read {fmt.name} files")
     if not p.exists():

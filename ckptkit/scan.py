@@ -13,7 +13,6 @@ import hashlib
 import mmap
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptkit import registry
+from ckptkit import errors
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError
 from ckptkit.hashing import tensor_hasher, update_from
@@ -31,7 +30,7 @@ from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
 SPLIT_BYTES = 64 * 1024 * 1024  # value checks (not hashes) of larger tensors are split across threads
 
 # What a broken file makes readers raise; anything else is a bug in ckptkit and propagates.
-READ_ERRORS = (CkptkitError, zlib.error, *registry.READ_ERRORS)
+READ_ERRORS: tuple[type[BaseException], ...] = (CkptkitError, *errors.READ_ERRORS)
 
 
 def default_workers() -> int:

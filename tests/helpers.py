@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -67,3 +69,10 @@ def sample_array(dtype_name: str, shape: tuple[int, ...] = (3, 5), seed: int = 0
 
 _NO_NAN = {"float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn"}
 _NO_INF = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", *_NO_NAN}
+
+
+def print_to_terminal(request: Any, lines: list[str]) -> None:
+    """Print past pytest's output capture, for summaries a run should show (counts of inputs, kills)."""
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n" + "\n".join(lines))

@@ -244,12 +244,11 @@ def test_tensor_subclasses_and_parameters_with_state_are_unwrapped(tmp_path):
         assert [f.qualname for f in ckpt.findings] == [f"{TaggedTensor.__module__}.TaggedTensor"]
 
 
-def test_oversized_pickles_are_refused(tmp_path, monkeypatch):
-    from ckptkit.formats.torch import archive
-
-    torch.save({"a": torch.ones(2)}, tmp_path / "x.pt")
-    monkeypatch.setattr(archive, "MAX_PICKLE_BYTES", 64)
-    with pytest.raises(CorruptCheckpointError, match="refuses pickles over 64 bytes"):
+@pytest.mark.parametrize("kind", ["zip", "legacy"])
+def test_oversized_pickles_are_refused(tmp_path, monkeypatch, kind):
+    SAVERS[kind]({"a": torch.ones(2)}, tmp_path / "x.pt")
+    monkeypatch.setenv("CKPTKIT_MAX_PICKLE_BYTES", "64")
+    with pytest.raises(CorruptCheckpointError, match=r"limit of 64 .*CKPTKIT_MAX_PICKLE_BYTES"):
         open_checkpoint(tmp_path / "x.pt")
 
 

@@ -204,8 +204,50 @@ def test_byte_strings_are_not_built_from_sizes():
 def test_attributes_cannot_be_set_on_allowed_callables():
     # GLOBAL collections.OrderedDict, then BUILD with a (None, {"x": 1}) slot state: setattr on it.
     data = b"\x80\x02ccollections\nOrderedDict\nN}X\x01\x00\x00\x00xK\x01s\x86b."
-    with pytest.raises(CorruptCheckpointError, match="sets attribute"):
+    with pytest.raises(CorruptCheckpointError, match=r"changes the state of collections\.OrderedDict"):
         _unpickle(data)
+
+
+def test_build_cannot_rewrite_a_checked_tensor_record():
+    # A valid tensor, then BUILD with a tuple state: a frozen dataclass would take it field by field.
+    tensor = _TORCH_PICKLE[_TORCH_PICKLE.index(b"ctorch._utils") : _TORCH_PICKLE.index(b"X\x02\x00\x00\x00ns")]
+    data = b"\x80\x02" + tensor + b"(NNK\x00(J\x00\x00\x10\x00t(J\xff\xff\xff\xfftt" + b"b."
+    with pytest.raises(CorruptCheckpointError, match="changes the state of a TensorRecord"):
+        _unpickle(data)
+
+
+def test_dotted_names_reaching_dunders_are_dangerous():
+    data = b"\x80\x02ccollections\nOrderedDict.__init__.__globals__\n."
+    with pytest.raises(UnsafeCheckpointError, match="interpreter internals"):
+        _unpickle(data)
+    _obj, findings = _unpickle(data, strict=False)
+    assert [f.severity for f in findings] == ["error"]
+
+
+@pytest.mark.parametrize("opcodes", [b"}", b"c__builtin__\nset\n", b"c__builtin__\nfrozenset\n"])
+def test_deeply_nested_tuples_are_refused_before_hashing(opcodes):
+    # Hashing a million nested tuples recurses in C without a check: it would crash the process.
+    deep = b")" + b"\x85" * 1_000_000
+    body = {b"}": deep + b"K\x01s", b"c__builtin__\nset\n": b"(" + deep + b"l\x85R"}
+    data = b"\x80\x02" + opcodes + body.get(opcodes, b"(" + deep + b"l\x85R") + b"."
+    with pytest.raises(CorruptCheckpointError, match="nests tuples more than 200 levels"):
+        _unpickle(data)
+
+
+def test_shared_tuples_as_keys_are_measured_not_hashed():
+    # t0 = (); t_i = (t_{i-1}, t_{i-1}): hashing t_60 takes 2**60 steps, and so would a naive walk.
+    parts = [b"\x80\x02})q\x010"]
+    for i in range(1, 61):
+        parts.append(b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]) + b"0")
+    parts.append(b"h=K\x01s.")
+    with pytest.raises(CorruptCheckpointError, match="expands to more than 5,000,000 items"):
+        _unpickle(b"".join(parts))
+
+
+def test_building_too_many_objects_is_refused(monkeypatch):
+    monkeypatch.setenv("CKPTKIT_MAX_PICKLE_OBJECTS", "1000")
+    with pytest.raises(CorruptCheckpointError, match="builds more than 1,000 objects"):
+        _unpickle(b"\x80\x02(" + b"}" * 1001 + b"l.")
 
 
 def test_storages_become_references_and_tensors_records():
@@ -265,7 +307,7 @@ def test_shared_sub_objects_cannot_expand_without_bound(monkeypatch):
         parts.append(b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i]))
     data = b"".join(parts) + b"."
     obj, _ = _unpickle(data)
-    monkeypatch.setattr(structure, "MAX_NODES", 10_000)
+    monkeypatch.setenv("CKPTKIT_MAX_PICKLE_OBJECTS", "10000")
     with pytest.raises(CorruptCheckpointError, match="expands"):
         structure.flatten({"x": obj})
 

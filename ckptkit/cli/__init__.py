@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -47,8 +49,15 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # Unwind like an error, so staged output is removed before the process ends.
+    click.echo("ckptkit: terminated", err=True)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(prog_name="ckptkit")
     except BrokenPipeError:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ckptkit.cli._output import printable
 from ckptkit.errors import CkptkitError
 
 EXIT_OK = 0
@@ -14,7 +15,8 @@ EXIT_ERROR = 2
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line, with control characters a hostile file put in a name escaped."""
+    return printable(" ".join(str(text).split()))
 
 
 def report_error(err: BaseException) -> int:

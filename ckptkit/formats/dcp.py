@@ -105,6 +105,8 @@ _PATHS = {("pathlib", n) for n in ("Path", "PosixPath", "WindowsPath", "PurePosi
 class MetadataUnpickler(SafeUnpickler):
     """The torch unpickler, with DCP's dataclasses (and pathlib paths) allowed as plain records."""
 
+    takes_state = (Record,)
+
     def find_class(self, module: str, name: str) -> Any:
         if module in _MODULES and name in _RECORDS:
             return _RECORDS[name]

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit import dtypes
+from ckptkit import dtypes, limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.registry import Format, WriteContext
 from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
 from ckptkit.streaming import TensorCopier
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+_SNIFF_MAX_HEADER = 1 << 40  # only a plausibility bound: opening checks ckptkit's limits
 ALIASES_KEY = "ckptkit:aliases"
 EXTRAS_KEY = "ckptkit:extras"
 
@@ -41,7 +41,7 @@ def sniff(head: bytes, path: Path) -> bool:
     if len(head) < 10:
         return False
     (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{"
+    return 2 <= n <= _SNIFF_MAX_HEADER and head[8:9] == b"{"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -74,16 +74,16 @@ class SafetensorsCheckpoint(Checkpoint):
         if len(raw) < 8:
             raise CorruptCheckpointError("too short for a safetensors file (no 8-byte header length)")
         (n,) = struct.unpack("<Q", raw)
-        if n > MAX_HEADER_BYTES or n > size - 8:
+        if n > size - 8:
             raise CorruptCheckpointError(
-                f"header length {n} is larger than the file ({size} bytes) or the {MAX_HEADER_BYTES}-byte limit"
+                f"the header length says {n:,} bytes, but the file holds only {size:,} bytes: truncated, or not "
+                "a safetensors file"
             )
-        try:
-            header = json.loads(self._file.read(n), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptCheckpointError(f"the header is not valid JSON: {err}") from None
+        limits.check("the JSON header", n, "header_bytes")
+        header = _json(self._file.read(n), "the header")
         if not isinstance(header, dict):
             raise CorruptCheckpointError("the header is not a JSON object")
+        limits.check("the tensor count", len(header) - ("__metadata__" in header), "tensors", "tensors")
         self.data_start = 8 + n
         data_len = size - self.data_start
         meta = header.pop("__metadata__", None) or {}
@@ -96,12 +96,18 @@ class SafetensorsCheckpoint(Checkpoint):
             self._infos.append(ti)
             self._offsets[name] = (begin, end)
         if ALIASES_KEY in meta:
-            self.aliases = _json_field(meta.pop(ALIASES_KEY), ALIASES_KEY)
-            missing = {t for t in self.aliases.values() if t not in self._offsets}
+            aliases = _json(meta.pop(ALIASES_KEY), f"metadata {ALIASES_KEY}")
+            if not (isinstance(aliases, dict) and all(isinstance(t, str) for t in aliases.values())):
+                raise CorruptCheckpointError(f"metadata {ALIASES_KEY} is not a map of names to names")
+            missing = {t for t in aliases.values() if t not in self._offsets}
             if missing:
-                raise CorruptCheckpointError(f"{ALIASES_KEY} points at tensors not in the file: {sorted(missing)}")
+                raise CorruptCheckpointError(f"{ALIASES_KEY} points at tensors not in the file: {sorted(missing)[:5]}")
+            self.aliases = aliases
         if EXTRAS_KEY in meta:
-            self.extras = _json_field(meta.pop(EXTRAS_KEY), EXTRAS_KEY)
+            extras = _json(meta.pop(EXTRAS_KEY), f"metadata {EXTRAS_KEY}")
+            if not isinstance(extras, dict):
+                raise CorruptCheckpointError(f"metadata {EXTRAS_KEY} is not a JSON object")
+            self.extras = extras
         self.metadata = meta
         self._map: mmap.mmap | None = None
         if size > 0:
@@ -129,11 +135,13 @@ class SafetensorsCheckpoint(Checkpoint):
         self._file.close()
 
 
-def _json_field(text: str, key: str) -> Any:
+def _json(text: str | bytes, what: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise CorruptCheckpointError(f"metadata {key} is not valid JSON") from None
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise CorruptCheckpointError(f"{what} nests JSON too deeply to be a checkpoint header") from None
 
 
 def parse_entry(name: str, entry: object, data_len: int) -> tuple[TensorInfo, int, int]:

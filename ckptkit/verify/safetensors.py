@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.safetensors import MAX_HEADER_BYTES, parse_entry
+from ckptkit.formats.safetensors import parse_entry
 from ckptkit.jsonfile import loads_noting_repeats
 from ckptkit.verify.findings import Finding, error
 
@@ -34,11 +35,12 @@ def check_structure(path: Path) -> list[Finding]:
                 )
             ]
         (n,) = struct.unpack("<Q", raw)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
+        max_header_bytes = limits.current().header_bytes
+        if n > max_header_bytes or 8 + n > size:
             return [
                 error(
                     "safetensors.header-length",
-                    f"header length {n} is past the end of the file ({size} bytes) or the {MAX_HEADER_BYTES}-byte "
+                    f"header length {n} is past the end of the file ({size} bytes) or the {max_header_bytes}-byte "
                     "limit; the file is truncated or not safetensors",
                     path,
                 )

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
+from ckptkit import limits
 from ckptkit.errors import CkptkitError
-from ckptkit.formats.torch.archive import MAX_PICKLE_BYTES, ZIP_ERRORS, ZIP_MAGIC, zip_root
+from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
 from ckptkit.scan import default_workers
 from ckptkit.verify.findings import Finding, error, warning
+from ckptkit.zipcheck import ZIP_ERRORS
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header, after which come the name and extra field
 _LOCAL_SIG = 0x04034B50
@@ -121,7 +123,7 @@ def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
 
 def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: _Record, findings: list[Finding]) -> dict[str, str]:
     """Each tensor's storage key, from the pickle (parsed safely); pickle findings go to ``findings``."""
-    if pickle_rec.end > len(mm) or pickle_rec.compressed or pickle_rec.size > MAX_PICKLE_BYTES:
+    if pickle_rec.end > len(mm) or pickle_rec.compressed or pickle_rec.size > limits.current().pickle_bytes:
         findings.append(error("torch.record", "data.pkl is cut short, compressed or too large to check", path))
         return {}
     data = mm[pickle_rec.data_offset : pickle_rec.end]

@@ -16,22 +16,23 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit import limits
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader
+from ckptkit.zipcheck import ZIP_ERRORS, open_zip, read_member
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"
 METADATA = "metadata.json"
-MAX_JSON_BYTES = 256 * 1024 * 1024
 COPY_CHUNK = 16 * 1024 * 1024
 
 
 def is_archive(path: Path) -> bool:
     """A zip holding config.json and Keras weights (cheap: reads the central directory only)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with open(path, "rb") as f, open_zip(f, os.fstat(f.fileno()).st_size) as zf:
             names = set(zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (CkptkitError, *ZIP_ERRORS):
         return False
     return CONFIG in names and bool({WEIGHTS, "model.weights.npz"} & names)
 
@@ -40,11 +41,7 @@ class ArchiveReader(DataReader):
     """The weights member of a .keras archive, with the archive's config.json and metadata.json."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
-            raise CorruptCheckpointError("not a readable zip archive (truncated or damaged)") from None
-        with zf:
+        with open(path, "rb") as f, open_zip(f, os.fstat(f.fileno()).st_size) as zf:
             names = set(zf.namelist())
             if WEIGHTS not in names:
                 if "model.weights.npz" in names:
@@ -60,10 +57,21 @@ class ArchiveReader(DataReader):
                 start = _data_offset(path, info)
                 super().__init__(path, start, info.file_size)
             else:
+                # Extracted no further than its declared size, which must fit the limit.
+                limits.check(f"{WEIGHTS} in the archive (compressed, {info.compress_size:,} bytes)", info.file_size,
+                             "member_bytes")  # fmt: skip
                 fd, temp = tempfile.mkstemp(suffix=".weights.h5", prefix="ckptkit-")
                 self._temp = Path(temp)
-                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                    shutil.copyfileobj(src, out, COPY_CHUNK)
+                try:
+                    with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                        while chunk := src.read(COPY_CHUNK):
+                            out.write(chunk)
+                except ZIP_ERRORS as err:
+                    self._temp.unlink(missing_ok=True)
+                    raise CorruptCheckpointError(f"{WEIGHTS} in the archive cannot be extracted: {err}") from None
+                except BaseException:
+                    self._temp.unlink(missing_ok=True)
+                    raise
                 super().__init__(self._temp)
 
     def close(self) -> None:
@@ -75,13 +83,13 @@ class ArchiveReader(DataReader):
 def _read_json_text(zf: zipfile.ZipFile, name: str) -> str:
     if name not in zf.namelist():
         raise CorruptCheckpointError(f"the archive has no {name}")
-    if zf.getinfo(name).file_size > MAX_JSON_BYTES:
-        raise CorruptCheckpointError(f"{name} in the archive is larger than {MAX_JSON_BYTES} bytes")
-    text = zf.read(name).decode("utf-8")
     try:
+        text = read_member(zf, zf.getinfo(name), "header_bytes").decode("utf-8")
         json.loads(text)
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise CorruptCheckpointError(f"{name} in the archive is not valid JSON") from None
+    except RecursionError:
+        raise CorruptCheckpointError(f"{name} in the archive nests JSON too deeply") from None
     return text
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype
+from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype, hdf5_errors
 from ckptkit.formats.keras.structure import CLASSES, Structure
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 
@@ -68,10 +68,12 @@ class KerasCheckpoint(Checkpoint):
 
     def read_tensor(self, name: str) -> np.ndarray:
         ti = self.info(name)
-        return self.reader.read(self._datasets[name], ti.dtype, ti.shape)
+        with hdf5_errors():
+            return self.reader.read(self._datasets[name], ti.dtype, ti.shape)
 
     def raw_extent(self, name: str) -> RawExtent | None:
-        return self.reader.extent(self._datasets[name], self.info(name).nbytes)
+        with hdf5_errors():
+            return self.reader.extent(self._datasets[name], self.info(name).nbytes)
 
     def structure(self) -> dict[str, Any] | None:
         return self.keras.sections() if self.keras else None

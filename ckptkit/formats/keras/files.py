@@ -12,7 +12,7 @@ from ckptkit.formats.keras import structure
 from ckptkit.formats.keras.archive import ArchiveReader
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
 from ckptkit.formats.keras.h5write import FileSpec, write_hdf5
-from ckptkit.formats.keras.hdf5 import DataReader
+from ckptkit.formats.keras.hdf5 import DataReader, hdf5_errors
 from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read_legacy
 from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
@@ -37,31 +37,37 @@ def open_file(path: Path, archive: bool) -> KerasCheckpoint:
     """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has."""
     reader: DataReader = ArchiveReader(path) if archive else DataReader(path)
     try:
-        h5 = reader.open_h5()
+        with hdf5_errors():
+            h5 = reader.open_h5()
     except BaseException:
         reader.close()
         raise
     try:
-        if isinstance(reader, ArchiveReader):
-            ckpt = KerasCheckpoint(reader, h5, "keras")
-            extra = {structure.ARCHIVE_CONFIG: reader.config}
-            if reader.archive_metadata is not None:
-                extra[structure.ARCHIVE_METADATA] = reader.archive_metadata
-            config = structure.load_json(reader.config, "config.json")
-            read_v3(ckpt, "keras", config, extra)
-        elif is_legacy(h5):
-            ckpt = KerasCheckpoint(reader, h5, "keras-h5")
-            read_legacy(ckpt)
-        elif is_v3(h5):
-            ckpt = KerasCheckpoint(reader, h5, "keras")
-            read_v3(ckpt, "weights.h5")
-        else:
-            raise UnknownFormatError(not_keras_message(h5))
+        with hdf5_errors():
+            return _read(reader, h5)
     except BaseException:
         with contextlib.suppress(Exception):
             h5.close()
         reader.close()
         raise
+
+
+def _read(reader: DataReader, h5: Any) -> KerasCheckpoint:
+    if isinstance(reader, ArchiveReader):
+        ckpt = KerasCheckpoint(reader, h5, "keras")
+        extra = {structure.ARCHIVE_CONFIG: reader.config}
+        if reader.archive_metadata is not None:
+            extra[structure.ARCHIVE_METADATA] = reader.archive_metadata
+        config = structure.load_json(reader.config, "config.json")
+        read_v3(ckpt, "keras", config, extra)
+    elif is_legacy(h5):
+        ckpt = KerasCheckpoint(reader, h5, "keras-h5")
+        read_legacy(ckpt)
+    elif is_v3(h5):
+        ckpt = KerasCheckpoint(reader, h5, "keras")
+        read_v3(ckpt, "weights.h5")
+    else:
+        raise UnknownFormatError(not_keras_message(h5))
     return ckpt
 
 

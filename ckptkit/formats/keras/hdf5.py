@@ -7,7 +7,9 @@ unfiltered datasets (what Keras writes) are read through a memory map of the fil
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import mmap
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ckptkit import dtypes
+from ckptkit import dtypes, limits
 from ckptkit.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
 from ckptkit.model import RawExtent
 
@@ -24,6 +26,22 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # float8): the data is stored as an opaque type of the same width and this names the real dtype.
 # Keras 3 does the same for bfloat16, so it reads these datasets back too.
 DTYPE_ATTR = "dtype"
+
+
+@contextlib.contextmanager
+def hdf5_errors() -> Iterator[None]:
+    """HDF5's complaints about a damaged file as ckptkit errors.
+
+    h5py reports a broken object header, a link past the end of the file and the like as
+    RuntimeError, OSError or KeyError, depending on the call.
+    """
+    try:
+        yield
+    except (RuntimeError, OSError, KeyError) as err:
+        if isinstance(err, RecursionError):
+            raise
+        reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+        raise CorruptCheckpointError(f"HDF5 cannot read it, it is damaged: {reason}") from None
 
 
 def h5py_module() -> Any:
@@ -162,12 +180,18 @@ def is_dataset(obj: Any) -> bool:
     return isinstance(obj, h5py_module().Dataset)
 
 
-def walk_datasets(group: Any) -> Iterator[Any]:
-    """Every dataset below ``group``, depth first in name order, through hard links only."""
+def walk_datasets(group: Any, _seen: set[Any] | None = None) -> Iterator[Any]:
+    """Every dataset below ``group``, depth first in name order, through hard links only, each group once."""
+    seen = _seen if _seen is not None else {group.id}
+    if group.name.count("/") > limits.current().pickle_depth:
+        raise CorruptCheckpointError(f"groups nest too deeply at {group.name}")
     for key in sorted(group.keys()):
         node = child(group, key)
         if is_group(node):
-            yield from walk_datasets(node)
+            if node.id in seen:
+                raise CorruptCheckpointError(f"{node.name} links back to a group already walked: a cycle")
+            seen.add(node.id)
+            yield from walk_datasets(node, seen)
         elif is_dataset(node):
             yield node
 
@@ -208,6 +232,22 @@ def _plain_extent(ds: Any) -> tuple[int, int] | None:
     return offset, ds.id.get_storage_size()
 
 
+def _check_stored(ds: Any, nbytes: int) -> None:
+    """Refuse a dataset whose decompressed size is far beyond what the file stores for it.
+
+    A compressed dataset of zeros, or one whose chunks were never written, declares gigabytes in
+    a few bytes; reading it takes all of that memory.
+    """
+    stored = ds.id.get_storage_size()
+    limit = limits.current().member_bytes
+    if nbytes - stored > limit:
+        raise CorruptCheckpointError(
+            f"dataset {ds.name} holds {nbytes:,} bytes once decompressed but stores {stored:,}; reading it would "
+            f"take more memory than ckptkit's limit of {limit:,} bytes for decompressed data; if the file is "
+            f"trusted, raise the limit with {limits.Limits.env_name('member_bytes')}"
+        )
+
+
 class DataReader:
     """Reads datasets of one HDF5 file (or of a member lying uncompressed at ``start`` in a zip)."""
 
@@ -242,12 +282,13 @@ class DataReader:
         return RawExtent(self.path, self.start + offset, nbytes)
 
     def read(self, ds: Any, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         extent = self.extent(ds, nbytes)
         if extent is not None and self._map is not None and nbytes:
-            return np.frombuffer(self._map, dtype=dtype.numpy, count=int(np.prod(shape)), offset=extent.offset).reshape(
+            return np.frombuffer(self._map, dtype=dtype.numpy, count=math.prod(shape), offset=extent.offset).reshape(
                 shape
             )
+        _check_stored(ds, nbytes)
         data = np.empty(shape, ds.dtype.newbyteorder("=") if ds.dtype.byteorder == ">" else ds.dtype)
         if data.size:
             ds.read_direct(data)

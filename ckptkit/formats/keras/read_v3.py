@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
@@ -30,9 +31,24 @@ class _Walker:
         self.ckpt = ckpt
         self.config_classes = config_classes
         self.st: Structure = Structure(file_kind="")
+        self._seen: dict[Any, str] = {}  # group -> where it was first reached
+        self._max_depth = limits.current().pickle_depth
 
     def object(self, group: Any, logical: str, cls: str | None, into: list[str]) -> None:
         """The variables of one saved object, then its sub-objects."""
+        # Hard links can make a group its own descendant, or reach one group by many paths
+        # (exponentially many through a chain of shared groups); Keras writes a tree.
+        first = self._seen.setdefault(group.id, group.name)
+        if first != group.name:
+            raise CorruptCheckpointError(
+                f"{group.name} is linked from more than one place (also reached as {first}): a cycle or a "
+                "shared group, which Keras never writes"
+            )
+        if logical.count("/") > self._max_depth:
+            raise CorruptCheckpointError(
+                f"objects nest more than {self._max_depth} levels deep at {group.name}; if the file is trusted, "
+                f"raise the limit with {limits.Limits.env_name('pickle_depth')}"
+            )
         if cls:
             self.st.classes.setdefault(logical, cls)
         if "vars" in group:

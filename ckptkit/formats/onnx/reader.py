@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
+from ckptkit import limits
 from ckptkit.dtypes import DType, by_name, by_onnx
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.safetensors import ALIASES_KEY, EXTRAS_KEY
@@ -57,6 +58,7 @@ class OnnxCheckpoint(Checkpoint):
             size = os.fstat(f.fileno()).st_size
             self._map: Buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self.model: ModelInfo = scan_model(self._map)
+        limits.check("the tensor count", len(self.model.slots), "tensors", "tensors")
         self._external_maps: dict[Path, Buffer] = {}
         self._external_sizes: dict[Path, int] = {}
         self.slots: dict[str, Slot] = {}

@@ -8,27 +8,29 @@ Writing (:mod:`.writer`) produces the zip format of torch 2.x for a flat state d
 
 from __future__ import annotations
 
-import zipfile
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.formats.torch.archive import ZIP_ERRORS, ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
+from ckptkit.errors import CkptkitError
+from ckptkit.formats.torch.archive import ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
 from ckptkit.formats.torch.reader import TorchCheckpoint, scan_findings
 from ckptkit.formats.torch.unpickler import PickleFinding
 from ckptkit.formats.torch.writer import write_torch
 from ckptkit.model import Checkpoint
 from ckptkit.registry import Format
 from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
+from ckptkit.zipcheck import ZIP_ERRORS, open_zip
 
 
 def sniff(head: bytes, path: Path) -> bool:
     """A zip holding ``<folder>/data.pkl`` (or TorchScript's ``constants.pkl``), or a legacy file."""
     if head.startswith(ZIP_MAGIC):
         try:
-            with zipfile.ZipFile(path) as zf:
+            with open(path, "rb") as f, open_zip(f, os.fstat(f.fileno()).st_size) as zf:
                 return zip_root(zf.namelist()) is not None
-        except ZIP_ERRORS:
+        except (CkptkitError, *ZIP_ERRORS):
             # A damaged archive: claim it when its first member is torch's, so opening reports it.
             return first_member_name(head).endswith("/data.pkl")
     return is_legacy_head(head)

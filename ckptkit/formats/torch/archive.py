@@ -19,17 +19,16 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
+from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.torch.unpickler import PickleFinding, StorageRef, load
+from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler, StorageRef, load
+from ckptkit.zipcheck import open_zip, read_member
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-MAX_PICKLE_BYTES = 1 << 30
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _PICKLED_MAGIC = b"\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
-# What the zipfile module raises on damaged archives (bad names, unknown versions and methods).
-ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,7 @@ def first_member_name(head: bytes) -> str:
 
 def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
     """Read a zip-format ``torch.save`` file's pickle and index its storage records."""
-    try:
-        zf = zipfile.ZipFile(f)
-    except ZIP_ERRORS as err:
-        raise CorruptCheckpointError(
-            f"the zip archive is incomplete or damaged ({err}); was the file truncated by a download or copy?"
-        ) from None
+    zf = open_zip(f, size)
     names = zf.namelist()
     root = zip_root(names)
     if root is None:
@@ -100,15 +94,11 @@ def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
     pickle_info = zf.NameToInfo.get(root + "data.pkl")
     if pickle_info is None:
         raise CorruptCheckpointError(f"the zip archive has no {root}data.pkl record")
-    if pickle_info.file_size > MAX_PICKLE_BYTES:
-        raise CorruptCheckpointError(
-            f"data.pkl is {pickle_info.file_size} bytes; ckptkit refuses pickles over {MAX_PICKLE_BYTES} bytes"
-        )
-    data = _read_record(zf, pickle_info)
+    data = read_member(zf, pickle_info, "pickle_bytes")
     big_endian = False
     order_info = zf.NameToInfo.get(root + "byteorder")
     if order_info is not None:  # absent in files from torch < 2.1, which were little-endian
-        order = _read_record(zf, order_info).decode("ascii", "replace").strip()
+        order = read_member(zf, order_info).decode("ascii", "replace").strip()
         if order not in ("little", "big"):
             raise CorruptCheckpointError(f"the byteorder record says {order!r}, not 'little' or 'big'")
         big_endian = order == "big"
@@ -123,13 +113,6 @@ def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
         return span
 
     return Archive("zip", obj, unpickler.findings, big_endian, locate)
-
-
-def _read_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    try:
-        return zf.read(info)
-    except ZIP_ERRORS as err:
-        raise CorruptCheckpointError(f"record {info.filename} cannot be read: {err}") from None
 
 
 def _member_span(f: BinaryIO, size: int, zf: zipfile.ZipFile, root: str, key: str) -> StorageSpan:
@@ -159,7 +142,7 @@ def _member_span(f: BinaryIO, size: int, zf: zipfile.ZipFile, root: str, key: st
 
 
 class _BoundedReader:
-    """Reads of ``f`` clamped to the file's end.
+    """Reads of ``f`` clamped to ``size`` bytes (the file's end, or the pickle size limit).
 
     A buffered ``read(n)`` allocates ``n`` bytes before reading, so a length forged in a pickle
     could otherwise reserve gigabytes.
@@ -177,7 +160,8 @@ class _BoundedReader:
         return data
 
     def readline(self, limit: int = -1, /) -> bytes:
-        data = self._f.readline(limit)
+        left = self._size - self.pos
+        data = self._f.readline(left if limit < 0 else max(0, min(limit, left)))
         self.pos += len(data)
         return data
 
@@ -185,7 +169,30 @@ class _BoundedReader:
 def read_legacy(f: BinaryIO, size: int, strict: bool) -> Archive:
     """Read a legacy ``torch.save`` file's pickles and find each storage by seeking past the others."""
     f.seek(0)
-    reader = _BoundedReader(f, size)
+    cap = limits.current().pickle_bytes
+    reader = _BoundedReader(f, min(size, cap))
+    try:
+        big_endian, obj, unpickler, keys = _legacy_pickles(reader, strict)
+    except CorruptCheckpointError:
+        if size > cap and reader.pos >= cap:
+            raise CorruptCheckpointError(
+                f"the pickles of this legacy torch.save file run past ckptkit's limit of {cap:,} bytes; if the "
+                f"file is trusted, raise the limit with {limits.Limits.env_name('pickle_bytes')}"
+            ) from None
+        raise
+    spans = _scan_legacy_storages(f, reader.pos, size, keys, unpickler.storages, big_endian)
+
+    def locate(key: str) -> StorageSpan:
+        span = spans.get(key)
+        if span is None:
+            raise CorruptCheckpointError(f"storage {key!r} is not among the storages stored after the pickle")
+        return span
+
+    return Archive("legacy", obj, unpickler.findings, big_endian, locate)
+
+
+def _legacy_pickles(reader: _BoundedReader, strict: bool) -> tuple[bool, object, SafeUnpickler, list[str]]:
+    """The legacy file's four leading pickles checked, then its object and storage keys."""
     magic, _ = load(reader, "the magic-number pickle", strict=strict)
     if magic != LEGACY_MAGIC_NUMBER:
         raise CorruptCheckpointError("the file does not start with torch's magic number")
@@ -200,15 +207,7 @@ def read_legacy(f: BinaryIO, size: int, strict: bool) -> Archive:
     keys, _ = load(reader, "the storage-key list", strict=strict)
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         raise CorruptCheckpointError("the storage-key list after the main pickle is not a list of strings")
-    spans = _scan_legacy_storages(f, reader.pos, size, keys, unpickler.storages, big_endian)
-
-    def locate(key: str) -> StorageSpan:
-        span = spans.get(key)
-        if span is None:
-            raise CorruptCheckpointError(f"storage {key!r} is not among the storages stored after the pickle")
-        return span
-
-    return Archive("legacy", obj, unpickler.findings, big_endian, locate)
+    return big_endian, obj, unpickler, keys
 
 
 def _scan_legacy_storages(

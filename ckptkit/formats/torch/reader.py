@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ckptkit import limits
 from ckptkit.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
@@ -47,6 +48,7 @@ class TorchCheckpoint(Checkpoint):
         self.findings: list[PickleFinding] = archive.findings
         self._big_endian = archive.big_endian
         tree = flatten(archive.root)
+        limits.check("the tensor count", len(tree.tensors), "tensors", "tensors")
         self.aliases = tree.aliases
         self.extras = tree.extras
         self.metadata[FORMAT_KEY] = archive.kind
@@ -73,6 +75,8 @@ class TorchCheckpoint(Checkpoint):
         rec, start = self._records[name]
         if self._map is None:
             raise CkptkitError(f"cannot read tensor {name!r}: the checkpoint was closed", self.path)
+        if not rec.is_contiguous():
+            _check_expansion(name, rec)
         return record_array(self._map, rec, start, self._big_endian)
 
     def raw_extent(self, name: str) -> RawExtent | None:
@@ -134,6 +138,21 @@ def check_bounds(name: str, rec: TensorRecord, span: StorageSpan) -> int:
             f"reaches byte {reach} of a {storage.nbytes}-byte storage ({span.record})"
         )
     return span.offset + storage.view_offset
+
+
+def _check_expansion(name: str, rec: TensorRecord) -> None:
+    """Refuse a view whose copy would take far more memory than the bytes it reads (zero strides)."""
+    itemsize = rec.dtype.itemsize
+    extra = (rec.numel - (rec.storage_span() - rec.offset)) * itemsize
+    limit = limits.current().expanded_bytes
+    if extra > limit:
+        raise CorruptCheckpointError(
+            f"tensor {name!r} ({rec.dtype.name} {list(rec.shape)}, stride {list(rec.stride)}) repeats its data; "
+            f"reading it takes {rec.numel * itemsize:,} bytes of memory for "
+            f"{(rec.storage_span() - rec.offset) * itemsize:,} bytes in the file, over ckptkit's limit of "
+            f"{limit:,} extra bytes; if the file is trusted, raise the limit with "
+            f"{limits.Limits.env_name('expanded_bytes')}"
+        )
 
 
 def _byteswapped(arr: np.ndarray) -> np.ndarray:

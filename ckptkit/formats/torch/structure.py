@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
 
 BARE_TENSOR_NAME = "tensor"
-MAX_DEPTH = 200
-MAX_NODES = 2_000_000  # shared sub-objects can make a small pickle expand exponentially
 MAX_ARRAY_LIST = 64  # numpy arrays up to this many numbers are kept as lists in extras
 
 _SCALARS = (type(None), bool, int, float, str)
@@ -58,13 +57,23 @@ class _Walker:
         self._by_identity: dict[tuple[object, ...], str] = {}
         self._active: set[int] = set()  # containers on the current path, to stop at cycles
         self._nodes = 0
+        bounds = limits.current()
+        # Shared sub-objects can make a small pickle expand exponentially: count what is walked.
+        self._max_nodes = bounds.pickle_objects
+        self._max_depth = bounds.pickle_depth
 
     def visit(self, obj: object, name: str, depth: int) -> None:
         self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise CorruptCheckpointError(f"the pickle expands to more than {MAX_NODES} objects")
-        if depth > MAX_DEPTH:
-            raise CorruptCheckpointError(f"the pickle nests objects more than {MAX_DEPTH} levels deep, at {name!r}")
+        if self._nodes > self._max_nodes:
+            raise CorruptCheckpointError(
+                f"the pickle expands to more than {self._max_nodes:,} objects; if the file is trusted, raise the "
+                f"limit with {limits.Limits.env_name('pickle_objects')}"
+            )
+        if depth > self._max_depth:
+            raise CorruptCheckpointError(
+                f"the pickle nests objects more than {self._max_depth} levels deep, at {name[:200]!r}; if the file "
+                f"is trusted, raise the limit with {limits.Limits.env_name('pickle_depth')}"
+            )
         if isinstance(obj, TensorRecord):
             self._tensor(name, obj)
         elif isinstance(obj, UnsupportedTensor):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from ckptkit import dtypes
+from ckptkit import dtypes, limits
 from ckptkit.dtypes import DType
 from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 
@@ -140,7 +140,11 @@ DANGEROUS_GLOBALS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
 
 def dangerous_reason(module: str, name: str) -> str | None:
     """Why a pickle may not name ``module.name``, or ``None`` if it is not on the danger list."""
-    first = name.split(".", 1)[0]
+    parts = name.split(".")
+    if any(p.startswith("__") and p.endswith("__") for p in parts[1:]):
+        # A dotted name walks attributes (protocol 4): OrderedDict.__init__.__globals__ reaches os.
+        return "walks attributes to reach interpreter internals"
+    first = parts[0]
     for mod, names, reason in DANGEROUS_GLOBALS:
         if (module == mod or module.startswith(mod + ".")) and (names is None or first in names):
             return reason
@@ -569,7 +573,12 @@ class SafeUnpickler(pickle._Unpickler):
 
     It builds on the pure-Python unpickler: the C one sizes its memo from the index a
     ``LONG_BINPUT`` opcode names, so a 5-byte forged opcode makes it allocate and zero gigabytes.
+
+    ``takes_state`` lists the types a BUILD opcode may give state to; a subclass that allows
+    record classes of its own (DCP metadata) extends it.
     """
+
+    takes_state: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, file: Readable, *, strict: bool = True) -> None:
         super().__init__(file, encoding="utf-8")
@@ -577,11 +586,20 @@ class SafeUnpickler(pickle._Unpickler):
         self.findings: list[PickleFinding] = []
         self.storages: dict[str, StorageRef] = {}  # key -> the whole (root) storage
         self._placeholders: dict[tuple[str, str], type[OpaqueObject]] = {}
+        bounds = limits.current()
+        self._max_depth = bounds.pickle_depth
+        self._max_objects = bounds.pickle_objects
+        self._objects = 0
+        # Tuples already measured as keys, with their expanded size; holding them keeps ids unique.
+        self._key_sizes: dict[int, tuple[int, tuple[Any, ...]]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         module, name = normalize_global(module, name)
         fn = _ALLOWED.get((module, name))
         if fn is not None:
+            keys_of = _HASHES_ARGUMENT.get((module, name))
+            if keys_of is not None:
+                fn = self._keys_checked(fn, keys_of)
             return _Allowed(f"{module}.{name}", fn)
         marker = _torch_marker(module, name)
         if marker is not None:
@@ -611,6 +629,67 @@ class SafeUnpickler(pickle._Unpickler):
             cls = self._placeholders[(module, name)] = type(name, (OpaqueObject,), attrs)
         return cls
 
+    # --- Bounds on what the pickle builds ---------------------------------------------------------
+    # CPython hashes a tuple by recursing through it in C, with no depth check and no cached
+    # hash: a dict key of a million nested tuples (a 2 MB pickle) overflows the C stack, and 60
+    # tuples that each hold the previous one twice take 2**60 steps to hash. Every key the pickle
+    # makes Python hash is measured first. Building containers is counted too, since one opcode
+    # byte can make a 200-byte object.
+
+    def check_keys(self, keys: Iterable[object]) -> None:
+        """Refuse tuple keys nested deeper than the depth limit or expanding past the object limit."""
+        for key in keys:
+            if type(key) is tuple and id(key) not in self._key_sizes:
+                self._measure_tuple(key)
+
+    def _measure_tuple(self, root: tuple[Any, ...]) -> None:
+        # Post-order walk, each distinct tuple once; sizes count elements as hashing visits them.
+        sizes = self._key_sizes
+        stack: list[tuple[tuple[Any, ...], int, bool]] = [(root, 1, False)]
+        while stack:
+            node, depth, children_done = stack.pop()
+            if id(node) in sizes:
+                continue
+            if depth > self._max_depth:
+                raise CorruptCheckpointError(
+                    f"the pickle nests tuples more than {self._max_depth} levels deep; if the file is trusted, "
+                    f"raise the limit with {limits.Limits.env_name('pickle_depth')}"
+                )
+            if children_done:
+                size = 1 + sum(sizes[id(c)][0] if type(c) is tuple else 1 for c in node)
+                if size > self._max_objects:
+                    raise CorruptCheckpointError(
+                        f"the pickle uses as a key a tuple that expands to more than {self._max_objects:,} items; "
+                        f"if the file is trusted, raise the limit with {limits.Limits.env_name('pickle_objects')}"
+                    )
+                sizes[id(node)] = (size, node)
+            else:
+                stack.append((node, depth, True))
+                stack.extend((c, depth + 1, False) for c in node if type(c) is tuple and id(c) not in sizes)
+
+    def _keys_checked(self, fn: Callable[..., object], keys_of: str) -> Callable[..., object]:
+        def call(*args: object) -> object:
+            items = args[0] if args else ()
+            if isinstance(items, (list, tuple)):
+                if keys_of == "pairs":
+                    self.check_keys(p[0] for p in items if isinstance(p, (list, tuple)) and p)
+                else:
+                    self.check_keys(items)
+            return fn(*args)
+
+        return call
+
+    def count_objects(self) -> None:
+        self._objects += 1
+        if self._objects > self._max_objects:
+            raise CorruptCheckpointError(
+                f"the pickle builds more than {self._max_objects:,} objects; if the file is trusted, raise the "
+                f"limit with {limits.Limits.env_name('pickle_objects')}"
+            )
+
+    stack: list[Any]  # the pure-Python unpickler's stack (items since the last MARK)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] in ("storage", b"storage")):
             raise CorruptCheckpointError(f"unknown persistent id {pid!r:.200}")
@@ -637,6 +716,55 @@ class SafeUnpickler(pickle._Unpickler):
                 raise CorruptCheckpointError(f"storage view of {key!r} reaches past its storage")
         return ref
 
+
+def _before(opcode: bytes, check: Callable[[Any], None]) -> None:
+    run = SafeUnpickler.dispatch[opcode[0]]
+
+    def checked(self: Any) -> None:
+        check(self)
+        run(self)
+
+    SafeUnpickler.dispatch[opcode[0]] = checked
+
+
+def _check_build(u: Any) -> None:
+    target = u.stack[-2] if len(u.stack) >= 2 else None
+    if not isinstance(target, _TAKES_STATE + u.takes_state):
+        if isinstance(target, type):
+            what = f"the class {target.qualname()}" if issubclass(target, OpaqueObject) else f"the class {target!r}"
+        else:
+            what = repr(target) if isinstance(target, _Allowed) else f"a {type(target).__name__}"
+        raise CorruptCheckpointError(
+            f"the pickle changes the state of {what} (BUILD), which no torch.save file does; ckptkit refuses it"
+        )
+
+
+# BUILD may give state only to objects made to hold it; on anything else (a checked tensor
+# record, an allowed function, a class) it would overwrite what ckptkit has validated.
+_before(pickle.BUILD, _check_build)
+
+# Opcodes that hash what the pickle built: the key below the value; every other item after the
+# mark (dict items); every item after the mark (set items).
+_before(pickle.SETITEM, lambda u: u.check_keys(u.stack[-2:-1]))
+_before(pickle.SETITEMS, lambda u: u.check_keys(u.stack[0::2]))
+_before(pickle.DICT, lambda u: u.check_keys(u.stack[0::2]))
+_before(pickle.ADDITEMS, lambda u: u.check_keys(u.stack))
+_before(pickle.FROZENSET, lambda u: u.check_keys(u.stack))
+for _op in (
+    pickle.EMPTY_DICT, pickle.EMPTY_LIST, pickle.EMPTY_SET, pickle.DICT, pickle.LIST, pickle.TUPLE, pickle.TUPLE1,
+    pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ,
+    pickle.INST,
+):  # fmt: skip
+    _before(_op, SafeUnpickler.count_objects)
+
+# Allowed callables that hash their argument's items ("items") or the first item of each pair.
+_HASHES_ARGUMENT = {
+    ("builtins", "set"): "items",
+    ("builtins", "frozenset"): "items",
+    ("collections", "OrderedDict"): "pairs",
+}
+
+_TAKES_STATE = (OpaqueObject, PickledDType, PickledArray, _PickledOrderedDict)
 
 _LOAD_ERRORS = (
     pickle.UnpicklingError, struct.error, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,

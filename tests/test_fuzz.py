@@ -1,0 +1,169 @@
+"""Fuzzing every reader: mutated valid checkpoints are read completely or refused with a ckptkit error.
+
+A short, reproducible run is part of the suite. A long run, with fresh random inputs each time:
+
+    CKPTKIT_FUZZ_EXAMPLES=20000 CKPTKIT_FUZZ_REPORT=fuzz.json python -m pytest tests/test_fuzz.py -q
+
+``CKPTKIT_FUZZ_EXAMPLES`` is the number of inputs per test; the counts of inputs and outcomes per
+reader are printed at the end and written as JSON to ``CKPTKIT_FUZZ_REPORT`` when it is set.
+See tests/fuzzing.py for what counts as a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ckptkit
+from ckptkit.dtypes import by_name
+from tests import fuzzing
+from tests.conftest import FIXTURES, realworld_files
+from tests.helpers import print_to_terminal
+from tests.hostile.generate import _keras_archive
+
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
+LONG_RUN = "CKPTKIT_FUZZ_EXAMPLES" in os.environ
+EXAMPLES = int(os.environ.get("CKPTKIT_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=not LONG_RUN,  # the suite's run is the same every time; a long run explores
+    suppress_health_check=list(HealthCheck),
+)
+
+
+SEEDS: dict[str, list[tuple[bytes, dict[str, bytes]]]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Valid files per reader, each with the side files it needs (a module global: hypothesis would
+    print a fixture's value with every failure)."""
+    made = tmp_path_factory.mktemp("seeds")
+    # A safetensors file with ckptkit's alias map and extras in its metadata.
+    ckptkit.convert(FIXTURES / "tied_lm_fp16.pt", made / "tied.safetensors")
+    ckptkit.convert(FIXTURES / "training_mlp.ckpt", made / "training.safetensors")
+    ckptkit.save(_dense_layers(), made / "v3.weights.h5")
+    ckptkit.save(_dense_layers(), made / "legacy.h5")
+    (made / "model.keras").write_bytes(_keras_archive()(made))
+    onnx_dir = FIXTURES / "onnx"
+    external = {"external_data.onnx.data": (onnx_dir / "external_data.onnx.data").read_bytes()}
+
+    def files(*paths: Path) -> list[tuple[bytes, dict[str, bytes]]]:
+        return [(p.read_bytes(), {}) for p in paths]
+
+    onnx_models = files(*(onnx_dir / n for n in ("conv_bn_ln_gemm.onnx", "every_dtype_raw_and_typed.onnx",
+                                                 "if_loop_subgraphs_and_constants.onnx")))  # fmt: skip
+    SEEDS.update(
+        {
+            "safetensors": files(
+                FIXTURES / "mlp_fp32.safetensors", made / "tied.safetensors", made / "training.safetensors"
+            ),
+            "torch_zip": files(FIXTURES / "mlp_fp16.pt", FIXTURES / "training_mlp.ckpt", FIXTURES / "tied_lm_bf16.pt"),
+            "torch_legacy": files(FIXTURES / "mlp_fp32_legacy.pt"),
+            "onnx": [*onnx_models, ((onnx_dir / "external_data.onnx").read_bytes(), external)],
+            "keras_h5": files(made / "v3.weights.h5", made / "legacy.h5", *realworld_files("*.weights.h5")),
+            "keras_zip": files(made / "model.keras", *realworld_files("*.keras")),
+        }
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    lines = []
+    for target, tally in sorted(fuzzing.TALLIES.items()):
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(tally.outcomes.items()))
+        lines.append(f"fuzz {target}: {tally.inputs} inputs ({outcomes}); failures 0")
+    total = sum(t.inputs for t in fuzzing.TALLIES.values())
+    lines.append(f"fuzz total: {total} inputs, 0 failures")
+    print_to_terminal(request, lines)
+    if os.environ.get("CKPTKIT_FUZZ_REPORT"):
+        summary = {t: tally.as_dict() for t, tally in fuzzing.TALLIES.items()}
+        Path(os.environ["CKPTKIT_FUZZ_REPORT"]).write_text(json.dumps(summary, indent=2))
+
+
+STRUCTURED = {
+    "safetensors": fuzzing.safetensors_header_edits,
+    "torch_zip": fuzzing.torch_zip_edits,
+    "torch_legacy": fuzzing.torch_legacy_edits,
+    "onnx": fuzzing.onnx_edits,
+    "keras_h5": fuzzing.keras_h5_edits,
+    "keras_zip": fuzzing.keras_zip_edits,
+}
+
+
+def _dense_layers() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "dense/kernel": rng.standard_normal((8, 4)).astype(np.float32),
+        "dense/bias": np.zeros(4, np.float32),
+        "dense_1/kernel": rng.standard_normal((4, 2)).astype(np.float16),
+    }
+
+
+class Blob(bytes):
+    """Input bytes that hypothesis reports by size and hash, not byte by byte."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes, sha256 {hashlib.sha256(self).hexdigest()[:16]}>"
+
+
+def _fuzz(target: str, structured: bool, data: st.DataObject, work: Path) -> None:
+    index = data.draw(st.integers(0, len(SEEDS[target]) - 1), label="seed")
+    raw, side_files = SEEDS[target][index]
+    mutate = STRUCTURED[target] if structured else fuzzing.byte_mutations
+    fuzzing.run_input(target, data.draw(mutate(Blob(raw)).map(Blob), label="input"), work, side_files)
+
+
+@pytest.mark.parametrize("target", list(STRUCTURED))
+@FUZZ
+@given(data=st.data())
+def test_byte_mutations(target: str, data: st.DataObject, tmp_path_factory) -> None:
+    _fuzz(target, False, data, tmp_path_factory.getbasetemp() / f"fuzz-{target}-bytes")
+
+
+@pytest.mark.parametrize("target", list(STRUCTURED))
+@FUZZ
+@given(data=st.data())
+def test_structured_mutations(target: str, data: st.DataObject, tmp_path_factory) -> None:
+    _fuzz(target, True, data, tmp_path_factory.getbasetemp() / f"fuzz-{target}-fields")
+
+
+class _Misbehaving(ckptkit.Checkpoint):
+    """A reader with one fault, to show the harness reports it."""
+
+    def __init__(self, path: Path, fault: str) -> None:
+        super().__init__(path)
+        self.fault = fault
+
+    def tensor_infos(self) -> list[ckptkit.TensorInfo]:
+        if self.fault == "foreign":
+            raise RuntimeError("not a ckptkit error")
+        while self.fault == "hang":
+            pass
+        return [ckptkit.TensorInfo("w", by_name("uint8"), (2**31,))]
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        return np.ones(2**31, np.uint8)  # 2 GiB, more than the harness's headroom
+
+
+@pytest.mark.parametrize(
+    ("fault", "reported_as"),
+    [("foreign", RuntimeError), ("hang", fuzzing.InputTimeout), ("trusted_size", fuzzing.HarnessFailure)],
+)
+def test_the_harness_reports_foreign_errors_hangs_and_trusted_sizes(fault, reported_as, tmp_path, monkeypatch):
+    monkeypatch.setattr(fuzzing, "DEADLINE_SECONDS", 0.5)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(reported_as):
+        fuzzing.exercise(tmp_path / "x", tmp_path / "out", lambda p: _Misbehaving(p, fault), convert=False)
