@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import measure  # noqa: E402 - bench/measure.py: child processes' time and peak anonymous memory
 
 from ckptkit import save  # noqa: E402
 from ckptkit.dtypes import from_numpy  # noqa: E402
@@ -69,26 +71,10 @@ class SyntheticCheckpoint(Checkpoint):
 
 def _time(cmd: list[str]) -> tuple[float, int]:
     """Wall seconds, and the peak anonymous memory (RssAnon: file pages mapped by mmap excluded), in bytes."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _rss_anon(proc.pid))
-        time.sleep(0.02)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd} exited {proc.returncode}")
-    return time.perf_counter() - start, peak
-
-
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    run = measure.run(cmd, env=measure.child_env(REPO))
+    if not run.ok:
+        raise SystemExit(f"{cmd} exited {run.returncode}: {run.stderr.strip()}")
+    return run.seconds, run.peak_anon_bytes
 
 
 def main() -> None:

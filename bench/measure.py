@@ -9,6 +9,7 @@ tensor live far longer.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POLL_SECONDS = 0.003
+# Compiled bytecode of the children, kept outside the source tree. An installed package starts
+# from compiled bytecode; an environment that forbids writing it (PYTHONDONTWRITEBYTECODE) would
+# otherwise make every measured run recompile ckptkit, which no user pays for.
+PYCACHE = Path(tempfile.gettempdir()) / "ckptkit-bench-pycache"
+
+
+def child_env(repo: Path) -> dict[str, str]:
+    """The environment measured children run in: ckptkit from ``repo``, bytecode cached."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(repo), "PYTHONPYCACHEPREFIX": str(PYCACHE)}
 
 
 @dataclass

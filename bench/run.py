@@ -88,7 +88,7 @@ def probe() -> dict:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    return measure.child_env(REPO)
 
 
 def _ckptkit(*args: object) -> list[str]:

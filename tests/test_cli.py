@@ -27,6 +27,34 @@ def test_help_and_import_load_no_framework():
     assert out.stdout.strip() == "[]"
 
 
+def test_a_subcommand_loads_only_what_it_uses():
+    # Start-up time is most of a small job; the hash command must not load the converter, the
+    # diff engine or rich, which it never uses.
+    code = (
+        "import sys, ckptkit.cli\n"
+        "sys.argv = ['ckptkit', 'hash', sys.argv[1]]\n"
+        "try:\n"
+        "    ckptkit.cli.main()\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "unused = ('ckptkit.api', 'ckptkit.drift', 'ckptkit.cli._convert', 'rich')\n"
+        "loaded = sorted(m for m in unused if m in sys.modules)\n"
+        "print(loaded, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ST)], capture_output=True, text=True, cwd=REPO, check=True)
+    assert json.loads(out.stdout)["tensor_count"] > 0
+    assert out.stderr.strip() == "[]"
+
+
+def test_version_and_lazy_public_names():
+    out = subprocess.run([sys.executable, "-m", "ckptkit", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.startswith("ckptkit, version ")
+    assert ckptkit.save is ckptkit.api.save and ckptkit.diff.__module__.startswith("ckptkit.drift")
+    assert set(ckptkit.__all__) <= set(dir(ckptkit))
+    with pytest.raises(AttributeError):
+        ckptkit.no_such_name  # noqa: B018
+
+
 def test_formats_lists_safetensors_as_read_write(cli):
     r = cli("formats", "--json")
     assert r.code == 0

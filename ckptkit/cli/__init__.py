@@ -1,7 +1,12 @@
-"""The ``ckptkit`` command: one small module per subcommand, errors mapped in one place."""
+"""The ``ckptkit`` command: one small module per subcommand, errors mapped in one place.
+
+A subcommand's module is imported only when that subcommand runs (or help lists them all), so
+``ckptkit hash`` does not pay for loading the diff engine or the converter.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -10,12 +15,29 @@ from typing import Any
 
 import click
 
-from ckptkit import __version__
 from ckptkit.cli._errors import report_error
+
+# Subcommand name -> module holding its ``command``, in the order help lists them.
+_COMMANDS = {
+    "convert": "ckptkit.cli._convert",
+    "inspect": "ckptkit.cli._inspect",
+    "diff": "ckptkit.cli._diff",
+    "hash": "ckptkit.cli._hash",
+    "verify": "ckptkit.cli._verify",
+    "formats": "ckptkit.cli._formats",
+}
 
 
 class _Group(click.Group):
-    """Turns every error into one line on stderr and a documented exit code."""
+    """Loads subcommands on demand; turns every error into one line and a documented exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*_COMMANDS, *(n for n in super().list_commands(ctx) if n not in _COMMANDS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS and cmd_name not in self.commands:
+            self.add_command(importlib.import_module(_COMMANDS[cmd_name]).command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -29,7 +51,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="ckptkit")
+@click.version_option(package_name="ckptkit", prog_name="ckptkit")
 def cli() -> None:
     """Convert, inspect, diff and verify machine-learning checkpoints.
 
@@ -37,16 +59,6 @@ def cli() -> None:
     Exit codes: 0 success; 1 findings (diff over threshold, verify problems);
     2 bad input, usage error or unreadable file. CKPTKIT_DEBUG=1 shows tracebacks.
     """
-
-
-def _register_commands() -> None:
-    from ckptkit.cli import _convert, _diff, _formats, _hash, _inspect, _verify
-
-    for module in (_convert, _inspect, _diff, _hash, _verify, _formats):
-        cli.add_command(module.command)
-
-
-_register_commands()
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

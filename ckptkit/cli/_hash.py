@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import format_option, print_json, printable, progress_bar
 from ckptkit.output import AtomicOutput
 
 
@@ -36,8 +36,7 @@ def command(path: Path, output: Path | None, force: bool, format_name: str | Non
         return
     with AtomicOutput(output, force=force) as out:
         out.temp_for().write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    stdout_console().print(
+    click.echo(
         f"{manifest.root}  {printable(str(path))}  ({len(manifest.tensors)} tensors, {len(manifest.files)} files; "
-        f"manifest written to {printable(str(output))})",
-        markup=False,
+        f"manifest written to {printable(str(output))})"
     )

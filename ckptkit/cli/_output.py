@@ -6,24 +6,30 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from ckptkit.model import ProgressFn
 from ckptkit.names import printable as printable  # re-exported for the subcommands
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def stdout_console() -> Console:
+    from rich.console import Console  # rich is loaded only by commands that print with it
+
     # Piped output is for scripts and files: never wrap or cut a tensor name there.
     width = None if sys.stdout.isatty() else 100_000
     return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
 
 
@@ -60,9 +66,27 @@ def progress_bar(total: int, description: str) -> Iterator[ProgressFn | None]:
         yield lambda n: bar.advance(task, n)
 
 
+class _FormatChoice(click.Choice):
+    """The registered format names, looked up when an option is used or help is shown.
+
+    Loading the registry imports every format module and scans plug-in entry points; building
+    the command line should not pay for that.
+    """
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=False)
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from ckptkit import registry
+
+        return [f.name for f in registry.formats()]
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass  # click.Choice.__init__ assigns it; the registry is the source of truth
+
+
 def format_option(dest: str, *names: str, help: str) -> Callable[[F], F]:
     """``--from``/``--to``: a format name, checked against the registry."""
-    from ckptkit import registry
-
-    choices = click.Choice([f.name for f in registry.formats()], case_sensitive=False)
-    return click.option(*names, dest, type=choices, default=None, help=help)
+    return click.option(*names, dest, type=_FormatChoice(), default=None, help=help)
