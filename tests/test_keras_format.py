@@ -329,3 +329,36 @@ def test_import_and_detection_of_other_formats_load_no_h5py(tmp_path):
     code = "import sys, ckptkit; ckptkit.inspect(sys.argv[1]); print('h5py' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "w.safetensors")], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_tied_names_become_hard_links_that_keras_and_ckptkit_read(tmp_path, keras):
+    # Two Dense layers sharing one kernel: stored once, linked under both layers' groups.
+    rng = np.random.default_rng(7)
+    tensors = {
+        "dense/kernel": rng.standard_normal((4, 4)).astype(np.float32),
+        "dense/bias": rng.standard_normal(4).astype(np.float32),
+        "dense_1/bias": rng.standard_normal(4).astype(np.float32),
+    }
+    src = ckptkit.model.MemoryCheckpoint(tensors, aliases={"dense_1/kernel": "dense/kernel"})
+    out = tmp_path / "tied.h5"
+    receipt = ckptkit.save(src, out)
+    assert receipt.aliased == {"dense_1/kernel": "dense/kernel"}
+    with h5py.File(out) as f:
+        kernels = [f[f"{layer}/{_text(f[layer].attrs['weight_names'])[0]}"] for layer in ("dense", "dense_1")]
+        assert kernels[0].id == kernels[1].id  # one HDF5 object, two paths
+    with ckptkit.load(out) as ckpt:
+        assert ckpt.aliases == {"dense_1/kernel": "dense/kernel"}
+        assert sorted(ckpt.names()) == ["dense/bias", "dense/kernel", "dense_1/bias"]
+        np.testing.assert_array_equal(ckpt.read_tensor("dense/kernel"), tensors["dense/kernel"])
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.Dense(4)])
+    model.load_weights(out)  # the legacy loader, by layer order
+    got = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    np.testing.assert_array_equal(got[0], tensors["dense/kernel"])
+    np.testing.assert_array_equal(got[2], tensors["dense/kernel"])
+    np.testing.assert_array_equal(got[3], tensors["dense_1/bias"])
+
+    back = tmp_path / "back.safetensors"
+    ckptkit.convert(out, back)
+    with ckptkit.load(back) as ckpt:
+        assert ckpt.aliases == {"dense_1/kernel": "dense/kernel"}

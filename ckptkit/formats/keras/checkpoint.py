@@ -28,11 +28,17 @@ class KerasCheckpoint(Checkpoint):
         self.h5 = h5
         self._infos: list[TensorInfo] = []
         self._datasets: dict[str, Any] = {}
+        self._names_by_object: dict[Any, str] = {}  # HDF5 object -> first tensor name it was read as
         self.keras: Structure | None = None
 
     def add(self, name: str, ds: Any) -> None:
-        if name in self._datasets:
+        """Add dataset ``ds`` as tensor ``name``; a dataset reached again by a hard link is an alias."""
+        if name in self._datasets or name in self.aliases:
             raise CorruptCheckpointError(f"two datasets would both be named {name!r} ({ds.name} and another)")
+        first = self._names_by_object.setdefault(ds.id, name)
+        if first != name:
+            self.aliases[name] = first
+            return
         if ds.external or ds.is_virtual:
             # Their data lives in other files, which a weights file has no business pointing at.
             raise UnsupportedError(f"dataset {ds.name} keeps its data in other files; ckptkit refuses such datasets")

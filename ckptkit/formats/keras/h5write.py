@@ -10,11 +10,14 @@ the output agrees with its offset in the source modulo the page size. So the lar
 reserved one after another in the order their bytes lie in the source, all metadata kept in one
 block ahead of them, and where a dataset would land out of step a small padding dataset (under
 ``/.ckptkit_padding``, which Keras and ckptkit ignore) is reserved first to shift it into step.
+
+A tied name (an alias) whose tensor has a dataset of its own in the file becomes an HDF5 hard link
+to that dataset: stored once, readable under both paths, and read back as an alias.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import numpy as np
 from ckptkit.dtypes import DType
 from ckptkit.errors import UnsupportedError
 from ckptkit.formats.keras.hdf5 import DTYPE_ATTR, h5py_module
-from ckptkit.model import Checkpoint, ProgressFn
+from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.streaming import TensorCopier
 
 SMALL_BYTES = 1 << 20  # datasets below this are written by h5py directly
@@ -83,9 +86,12 @@ def write_hdf5(spec: FileSpec, ckpt: Checkpoint, target: Path, progress: Progres
     """Write ``spec`` to ``target``, the datasets' data taken from ``ckpt``."""
     h5py = h5py_module()
     _check_paths(spec)
-    large = [d for d in spec.datasets if ckpt.info(d.tensor).nbytes >= SMALL_BYTES]
-    small = [d for d in spec.datasets if ckpt.info(d.tensor).nbytes < SMALL_BYTES]
-    extents = {d.tensor: ckpt.raw_extent(d.tensor) for d in large}
+    stored = {d.tensor: d.path for d in spec.datasets if d.tensor not in ckpt.aliases}
+    links = [d for d in spec.datasets if ckpt.aliases.get(d.tensor) in stored]
+    data = [d for d in spec.datasets if d not in links]
+    large = [d for d in data if _info(ckpt, d.tensor).nbytes >= SMALL_BYTES]
+    small = [d for d in data if _info(ckpt, d.tensor).nbytes < SMALL_BYTES]
+    extents = {d.tensor: ckpt.raw_extent(ckpt.aliases.get(d.tensor, d.tensor)) for d in large}
     large.sort(key=lambda d: (0, str(e.path), e.offset) if (e := extents[d.tensor]) else (1, "", 0))
     # One metadata block big enough for every object header, so raw data follows raw data.
     meta_block = max(1 << 16, 4096 * (len(spec.datasets) + len(spec.groups) + 2)) if large else 2048
@@ -96,28 +102,39 @@ def write_hdf5(spec: FileSpec, ckpt: Checkpoint, target: Path, progress: Progres
             for key, value in attrs.items():
                 group.attrs[key] = value
         for ds_spec in small:
-            ti = ckpt.info(ds_spec.tensor)
+            ti = _info(ckpt, ds_spec.tensor)
             np_dtype, marked = storage_dtype(ti.dtype)
-            data = np.asarray(ckpt.read_tensor(ds_spec.tensor), order="C")
-            ds = f.create_dataset(ds_spec.path, data=data.view(np_dtype) if marked else data)
+            array = np.asarray(ckpt.read_tensor(ckpt.aliases.get(ds_spec.tensor, ds_spec.tensor)), order="C")
+            ds = f.create_dataset(ds_spec.path, data=array.view(np_dtype) if marked else array)
             if marked:
                 ds.attrs[DTYPE_ATTR] = marked
             if progress:
                 progress(ti.nbytes)
         placer = _Placer(f)
         for ds_spec in large:
-            ti = ckpt.info(ds_spec.tensor)
+            ti = _info(ckpt, ds_spec.tensor)
             extent = extents[ds_spec.tensor]
             if extent is not None:
                 placer.pad_to(extent.offset % PAGE)
             ds = placer.reserve(ds_spec.path, ti.shape, ti)
-            deferred.append((ds_spec.tensor, ds.id.get_offset(), ti.nbytes))
+            deferred.append((ckpt.aliases.get(ds_spec.tensor, ds_spec.tensor), ds.id.get_offset(), ti.nbytes))
+        for link in links:
+            parent, _, _ = link.path.rpartition("/")
+            if parent:
+                f.require_group(parent)
+            f[link.path] = f[stored[ckpt.aliases[link.tensor]]]
     with open(target, "r+b") as out, TensorCopier() as copier:
         for tensor, offset, nbytes in deferred:
             out.seek(offset)
             written, _ = copier.copy(ckpt, tensor, out, progress=progress)
             if written != nbytes:
                 raise UnsupportedError(f"tensor {tensor!r} gave {written} bytes, its dataset holds {nbytes}")
+
+
+def _info(ckpt: Checkpoint, tensor: str) -> TensorInfo:
+    """A tensor's info; a tied name stored as data of its own takes its tensor's."""
+    target = ckpt.aliases.get(tensor, tensor)
+    return ckpt.info(target) if target == tensor else replace(ckpt.info(target), name=tensor)
 
 
 class _Placer:

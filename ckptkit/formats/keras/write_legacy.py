@@ -20,7 +20,7 @@ from ckptkit.model import Checkpoint
 
 def legacy_spec(ckpt: Checkpoint, notes: list[str]) -> FileSpec:
     meta = ckpt.metadata
-    st = structure.from_metadata(meta, ckpt.names())
+    st = structure.from_metadata(meta, [*ckpt.names(), *ckpt.aliases])  # tied names become hard links
     full = structure.MODEL_CONFIG in meta
     spec = FileSpec()
     root = spec.group("/")
