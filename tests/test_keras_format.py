@@ -150,8 +150,9 @@ def test_bidirectional_halves_read_in_keras_order_and_written_where_keras_looks(
             for path, value in want.items():
                 assert np.array_equal(ckpt.read_tensor(path), value), (name, path)
             classes = json.loads(ckpt.metadata["keras:classes"])
-            assert classes["bi"] == "Bidirectional" and classes["bi/backward_lstm"] == "LSTM", name
-            assert classes["bi2/forward_gru/gru_cell"] == "GRUCell", name
+            backward, forward = model.layers[0].backward_layer.name, model.layers[1].forward_layer.name
+            assert classes["bi"] == "Bidirectional" and classes[f"bi/{backward}"] == "LSTM", name
+            assert classes[f"bi2/{forward}/gru_cell"] == "GRUCell", name
     # Layouts derived from the classes (a legacy .h5 records none of Keras 3's paths), and the other way.
     for src, out in (("m.h5", "out.weights.h5"), ("m.weights.h5", "out.h5"), ("m.keras", "out2.h5")):
         ckptkit.convert(tmp_path / src, tmp_path / out)
