@@ -313,17 +313,19 @@ def test_projected_lstm_is_refused_in_one_line(tmp_path, cli, bidirectional):
 
 def test_bidirectional_halves_pytorch_cannot_hold_are_refused(tmp_path):
     layers = keras.layers
-    model = keras.Sequential(
-        [
-            keras.Input((5, 3)),
-            layers.Bidirectional(
-                layers.LSTM(3), backward_layer=layers.LSTM(4, go_backwards=True, name="backward_lstm")
-            ),
-        ]
-    )
-    model.save_weights(tmp_path / "k.weights.h5")
-    with pytest.raises(LayoutAmbiguityError, match="differs from the other half of Bidirectional bidirectional"):
-        ckptkit.convert(tmp_path / "k.weights.h5", tmp_path / "t.safetensors", layout="torch")
+    for units in (3, 4):  # a backward_layer of its own keeps its own name (lstm_<n>)
+        model = keras.Sequential(
+            [
+                keras.Input((5, 3)),
+                layers.Bidirectional(layers.LSTM(3), backward_layer=layers.LSTM(units, go_backwards=True), name="bi"),
+            ]
+        )
+        model.save_weights(tmp_path / f"k{units}.weights.h5")
+    ckptkit.convert(tmp_path / "k3.weights.h5", tmp_path / "t.safetensors", layout="torch")
+    state = safetensors_torch.load_file(tmp_path / "t.safetensors")
+    torch.nn.LSTM(3, 3, bidirectional=True).load_state_dict({k.removeprefix("bi."): v for k, v in state.items()})
+    with pytest.raises(LayoutAmbiguityError, match="differs from the other half of Bidirectional bi;"):
+        ckptkit.convert(tmp_path / "k4.weights.h5", tmp_path / "t4.safetensors", layout="torch")
     one_way = {
         "enc.weight_ih_l0": np.zeros((8, 3), np.float32),
         "enc.weight_hh_l0": np.zeros((8, 2), np.float32),

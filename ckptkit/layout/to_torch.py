@@ -299,7 +299,8 @@ class _Planner(Planner):
         for attr, prefix in naming.HALVES.items():
             if name.startswith(prefix):
                 return parent, attr.split("_")[0]
-        return module, None
+        # A backward_layer given to Bidirectional keeps its own name; the forward half is always prefixed.
+        return (parent, "backward") if cls == naming.BIDIRECTIONAL else (module, None)
 
     def _check_halves(self) -> None:
         for (module, layer), halves in self.halves.items():

@@ -72,12 +72,14 @@ def class_from_auto_name(name: str) -> str | None:
 
 
 def half_class(name: str) -> str | None:
-    """The RNN class behind a Bidirectional half's auto-generated name (``backward_lstm_1`` -> ``LSTM``)."""
+    """The RNN class behind a Bidirectional half's auto-generated name (``backward_lstm_1`` -> ``LSTM``).
+
+    A ``backward_layer`` given to Bidirectional keeps its own name (``lstm_3``).
+    """
     for prefix in HALVES.values():
-        if name.startswith(prefix):
-            cls = class_from_auto_name(name[len(prefix) :])
-            return cls if cls in SUBLAYERS else None
-    return None
+        name = name.removeprefix(prefix)
+    cls = class_from_auto_name(name)
+    return cls if cls in SUBLAYERS else None
 
 
 def variable_names(class_name: str | None, count: int) -> tuple[str, ...] | None:
