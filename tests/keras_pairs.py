@@ -177,4 +177,49 @@ def gru() -> Pair:
     return Pair("gru", tm, km, _rand(2, 7, 4))
 
 
-PAIRS = [mlp, cnn_batchnorm, depthwise_separable, conv1d, conv_transpose2d, embedding_layernorm, lstm, gru]
+def _bidirectional(layer: keras.layers.Layer, name: str, merge_mode: str = "concat") -> keras.layers.Layer:
+    """``layer`` named after its class, as the rules name the halves (``forward_gru``) without a record."""
+    config = layer.get_config()
+    config["name"] = {"LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn"}[type(layer).__name__]
+    return L.Bidirectional(type(layer).from_config(config), merge_mode=merge_mode, name=name)
+
+
+def bi_lstm() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(lstm=nn.LSTM(4, 5, batch_first=True, bidirectional=True))
+    km = _keras((7, 4), _bidirectional(L.LSTM(5, return_sequences=True), "lstm"))
+    return Pair("bi_lstm", tm, km, _rand(2, 7, 4))
+
+
+def bi_gru_2layer() -> Pair:
+    """nn.GRU(num_layers=2, bidirectional=True): layer 1 reads both directions of layer 0, concatenated."""
+    torch.manual_seed(0)
+    tm = _Seq(gru=nn.GRU(4, 3, num_layers=2, batch_first=True, bidirectional=True))
+    km = _keras(
+        (6, 4),
+        _bidirectional(L.GRU(3, return_sequences=True), "gru"),
+        _bidirectional(L.GRU(3, return_sequences=True), "gru_l1"),
+    )
+    return Pair("bi_gru_2layer", tm, km, _rand(2, 6, 4))
+
+
+class _LastStepSum(nn.Module):
+    """Keras Bidirectional(merge_mode="sum", return_sequences=False): forward's last step + backward's first."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return x[:, -1, :half] + x[:, 0, half:]
+
+
+def bi_simple_rnn() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(rnn=nn.RNN(3, 4, batch_first=True, bidirectional=True), last=_LastStepSum())
+    km = _keras((5, 3), _bidirectional(L.SimpleRNN(4), "rnn", merge_mode="sum"))
+    return Pair("bi_simple_rnn", tm, km, _rand(2, 5, 3))
+
+
+PAIRS = [
+    mlp, cnn_batchnorm, depthwise_separable, conv1d, conv_transpose2d, embedding_layernorm, lstm, gru,
+    bi_lstm, bi_gru_2layer, bi_simple_rnn,
+]  # fmt: skip
+BIDIRECTIONAL = [bi_lstm, bi_gru_2layer, bi_simple_rnn]

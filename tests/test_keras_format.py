@@ -124,6 +124,43 @@ def test_reads_what_keras3_writes_in_every_format(tmp_path, keras):
         assert ckpt.raw_extent("conv/kernel") is not None  # read in place inside the zip
 
 
+def _bidirectional_model(keras, seed: int = 0):
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((5, 3)),
+            layers.Bidirectional(layers.LSTM(4, return_sequences=True), name="bi"),
+            layers.Bidirectional(layers.GRU(2), name="bi2"),
+        ]
+    )
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.standard_normal(w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
+
+
+def test_bidirectional_halves_read_in_keras_order_and_written_where_keras_looks(tmp_path, keras):
+    model = _bidirectional_model(keras)
+    want = {path.split("/", 1)[1]: value for path, value in _values(model).items()}  # without the model's name
+    model.save(tmp_path / "m.keras")
+    model.save(tmp_path / "m.h5")
+    model.save_weights(tmp_path / "m.weights.h5")
+    for name in ("m.keras", "m.h5", "m.weights.h5"):
+        with ckptkit.load(tmp_path / name) as ckpt:
+            assert ckpt.names() == list(want), name  # forward half first, as Keras lists the weights
+            for path, value in want.items():
+                assert np.array_equal(ckpt.read_tensor(path), value), (name, path)
+            classes = json.loads(ckpt.metadata["keras:classes"])
+            backward, forward = model.layers[0].backward_layer.name, model.layers[1].forward_layer.name
+            assert classes["bi"] == "Bidirectional" and classes[f"bi/{backward}"] == "LSTM", name
+            assert classes[f"bi2/{forward}/gru_cell"] == "GRUCell", name
+    # Layouts derived from the classes (a legacy .h5 records none of Keras 3's paths), and the other way.
+    for src, out in (("m.h5", "out.weights.h5"), ("m.weights.h5", "out.h5"), ("m.keras", "out2.h5")):
+        ckptkit.convert(tmp_path / src, tmp_path / out)
+        fresh = _bidirectional_model(keras, seed=1)
+        fresh.load_weights(tmp_path / out)
+        assert _same_weights(fresh, model), out
+
+
 @pytest.mark.parametrize("ext", [".h5", ".weights.h5", ".keras"])
 def test_written_files_load_in_keras(tmp_path, keras, ext):
     model = _small_model(keras)

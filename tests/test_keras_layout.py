@@ -149,7 +149,9 @@ def test_round_trip_through_pytorch_restores_the_keras_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "make", [pairs.cnn_batchnorm, pairs.depthwise_separable, pairs.lstm, pairs.gru], ids=lambda m: m.__name__
+    "make",
+    [pairs.cnn_batchnorm, pairs.depthwise_separable, pairs.lstm, pairs.gru, *pairs.BIDIRECTIONAL],
+    ids=lambda m: m.__name__,
 )
 def test_h5_through_a_pytorch_file_and_back_is_bit_exact(tmp_path, make):
     """A .pt file keeps no metadata: the way back relies on the rules (and the same hints)."""
@@ -231,3 +233,107 @@ def test_gru_without_reset_after_has_no_pytorch_equivalent(tmp_path):
     model.save_weights(tmp_path / "g.weights.h5")
     with pytest.raises(LayoutAmbiguityError, match="reset_after=False"):
         ckptkit.convert(tmp_path / "g.weights.h5", tmp_path / "g.safetensors", layout="torch")
+
+
+@pytest.mark.parametrize("ext", [".weights.h5", ".h5", ".keras"])
+@pytest.mark.parametrize("make", pairs.BIDIRECTIONAL, ids=lambda m: m.__name__)
+def test_bidirectional_round_trip_through_keras_is_bit_exact(tmp_path, make, ext):
+    pair = make()
+    module = next(iter(pair.torch_model.state_dict())).split(".")[0]
+    with torch.no_grad():  # a sum with zeros would make -0.0 +0.0
+        getattr(pair.torch_model, module).bias_hh_l0_reverse[:2] = -0.0
+    sd = _state_dict(pair)
+    torch.save(sd, tmp_path / "sd.pt")
+    template = {}
+    if ext == ".keras":  # an archive needs the model's config
+        pair.keras_model.save(tmp_path / "template.keras")
+        template = {"template": tmp_path / "template.keras"}
+    receipt = ckptkit.convert(tmp_path / "sd.pt", tmp_path / f"k{ext}", layout="keras", options=template)
+    cls = {"lstm": "lstm", "gru": "gru", "rnn": "simple_rnn"}[module]
+    assert receipt.renamed[f"{module}/backward_{cls}/{cls}_cell/kernel"] == f"{module}.weight_ih_l0_reverse"
+    fresh = make()
+    if ext == ".keras":
+        fresh.keras_model = keras.saving.load_model(tmp_path / f"k{ext}")
+    else:
+        fresh.keras_model.load_weights(tmp_path / f"k{ext}")
+    assert np.abs(fresh.keras_out() - pair.torch_out()).max() <= TOLERANCE
+    ckptkit.convert(tmp_path / f"k{ext}", tmp_path / "back.safetensors", layout="torch")
+    back = safetensors_torch.load_file(tmp_path / "back.safetensors")
+    assert list(back) == sorted(sd)
+    for name, value in sd.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
+        assert back[name].view(-1).numpy().tobytes() == value.view(-1).numpy().tobytes(), name
+
+
+@pytest.mark.parametrize("make", [pairs.gru, *pairs.BIDIRECTIONAL], ids=lambda m: m.__name__)
+def test_keras_rnn_file_through_pytorch_and_back_restores_it(tmp_path, make):
+    """Through a file that keeps the record: a GRU bias split into two rows is stacked again."""
+    pair = make()
+    rng = np.random.default_rng(3)  # Keras starts GRU biases at zero: random ones show a misplaced row
+    pair.keras_model.set_weights(
+        [rng.standard_normal(w.shape).astype(w.dtype) for w in _keras_weights(pair.keras_model)]
+    )
+    pair.keras_model.save_weights(tmp_path / "k.weights.h5")
+    with ckptkit.load(tmp_path / "k.weights.h5") as ckpt:
+        want = {n: np.array(ckpt.read_tensor(n)) for n in ckpt.names()}
+    ckptkit.convert(tmp_path / "k.weights.h5", tmp_path / "t.safetensors", layout="torch")
+    state = safetensors_torch.load_file(tmp_path / "t.safetensors")
+    fresh = make()
+    fresh.torch_model.load_state_dict(state, strict=True)
+    assert np.abs(fresh.torch_out() - pair.keras_out()).max() <= TOLERANCE
+    ckptkit.convert(tmp_path / "t.safetensors", tmp_path / "back.weights.h5", layout="keras")
+    with ckptkit.load(tmp_path / "back.weights.h5") as ckpt:
+        assert ckpt.names() == list(want)
+        for name, value in want.items():
+            assert ckpt.read_tensor(name).tobytes() == value.tobytes(), name
+
+
+def test_plan_shows_each_half_of_a_bidirectional_rnn(tmp_path, cli):
+    src = _save_state_dict(pairs.bi_gru_2layer(), tmp_path / "sd.safetensors")
+    result = cli("convert", src, tmp_path / "out.weights.h5", "--layout", "keras", "--plan")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    kernel = next(ln for ln in lines if "gru.weight_ih_l1_reverse ->" in ln)
+    assert "-> gru_l1/backward_gru/gru_cell/kernel [6, 9]" in kernel
+    assert "backward half of Bidirectional" in kernel and "reorder gates (1, 0, 2)" in kernel
+    bias = next(ln for ln in lines if "-> gru/forward_gru/gru_cell/bias" in ln)
+    assert "gru.bias_ih_l0 + gru.bias_hh_l0" in bias and "stack" in bias
+    assert not (tmp_path / "out.weights.h5").exists()
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_projected_lstm_is_refused_in_one_line(tmp_path, cli, bidirectional):
+    lstm = torch.nn.LSTM(4, 6, proj_size=3, bidirectional=bidirectional)
+    safetensors_torch.save_file({f"enc.{k}": v.detach().contiguous() for k, v in lstm.state_dict().items()},
+                                tmp_path / "sd.safetensors")  # fmt: skip
+    result = cli("convert", tmp_path / "sd.safetensors", tmp_path / "out.weights.h5", "--layout", "keras")
+    assert_one_line_error(result, "enc is an LSTM with proj_size", "Keras has no projected LSTM")
+    assert not (tmp_path / "out.weights.h5").exists()
+
+
+def test_bidirectional_halves_pytorch_cannot_hold_are_refused(tmp_path):
+    layers = keras.layers
+    for units in (3, 4):  # a backward_layer of its own keeps its own name (lstm_<n>)
+        model = keras.Sequential(
+            [
+                keras.Input((5, 3)),
+                layers.Bidirectional(layers.LSTM(3), backward_layer=layers.LSTM(units, go_backwards=True), name="bi"),
+            ]
+        )
+        model.save_weights(tmp_path / f"k{units}.weights.h5")
+    ckptkit.convert(tmp_path / "k3.weights.h5", tmp_path / "t.safetensors", layout="torch")
+    state = safetensors_torch.load_file(tmp_path / "t.safetensors")
+    torch.nn.LSTM(3, 3, bidirectional=True).load_state_dict({k.removeprefix("bi."): v for k, v in state.items()})
+    with pytest.raises(LayoutAmbiguityError, match="differs from the other half of Bidirectional bi;"):
+        ckptkit.convert(tmp_path / "k4.weights.h5", tmp_path / "t4.safetensors", layout="torch")
+    one_way = {
+        "enc.weight_ih_l0": np.zeros((8, 3), np.float32),
+        "enc.weight_hh_l0": np.zeros((8, 2), np.float32),
+        "enc.weight_ih_l0_reverse": np.zeros((8, 3), np.float32),
+        "enc.weight_hh_l0_reverse": np.zeros((8, 2), np.float32),
+        "enc.weight_ih_l1": np.zeros((8, 4), np.float32),
+        "enc.weight_hh_l1": np.zeros((8, 2), np.float32),
+    }
+    ckptkit.save(one_way, tmp_path / "one_way.safetensors")
+    with pytest.raises(LayoutAmbiguityError, match="enc is bidirectional, but layer 1 lacks one of its two directions"):
+        ckptkit.convert(tmp_path / "one_way.safetensors", tmp_path / "k.weights.h5", layout="keras")

@@ -74,6 +74,7 @@ def undo(record: dict[str, Any], ckpt: Checkpoint) -> LayoutPlan | None:
             return None
     plan = LayoutPlan(record["to"], record["from"], restored=True)
     made: list[Step] = []
+    rows: dict[str, dict[int, Step]] = {}  # a tensor split into rows (a Keras GRU bias) -> its row steps
     splits = {tuple(v): k for k, v in record.get("splits", {}).items()}
     split_outputs = {name for pair in splits for name in pair}
     for s in steps:
@@ -85,7 +86,10 @@ def undo(record: dict[str, Any], ckpt: Checkpoint) -> LayoutPlan | None:
             made.extend(_unsum(s, record["summed"].get(s.out), ckpt, plan))
         elif s.combine == "stack":
             made.extend(_unstack(s))
+        elif s.combine.startswith("row:"):
+            rows.setdefault(s.inputs[0], {})[int(s.combine[4:])] = s
         # "zeros" and "const" made tensors the source never had: undoing drops them.
+    made.extend(step for source, parts in rows.items() if (step := _restack(source, parts)) is not None)
     for (ih, hh), bias in splits.items():
         made.append(_unsplit(bias, ih, hh, have, ckpt, plan))
     for name, entry in record.get("dropped", {}).items():
@@ -172,6 +176,25 @@ def _unstack(s: Step) -> list[Step]:
             Step(name, (s.out,), shape, s.dtype, combine=f"row:{row}", post=post, layer=s.layer, in_shapes=(s.shape,))
         )
     return out
+
+
+def _restack(source: str, parts: dict[int, Step]) -> Step | None:
+    """The tensor the ``row:<i>`` steps took apart, stacked again; ``None`` unless every row is there."""
+    first = parts[min(parts)]
+    shape = first.in_shapes[0]
+    if sorted(parts) != list(range(shape[0])) or any(p.post != first.post for p in parts.values()):
+        return None
+    ordered = [parts[i] for i in range(shape[0])]
+    return Step(
+        source,
+        tuple(p.out for p in ordered),
+        shape,
+        first.dtype,
+        combine="stack",
+        pre=inverse_ops(first.shape, first.post),
+        layer=first.layer,
+        in_shapes=tuple(p.shape for p in ordered),
+    )
 
 
 def _unsplit(bias: str, ih: str, hh: str, have: dict[str, Any], ckpt: Checkpoint, plan: LayoutPlan) -> Step:

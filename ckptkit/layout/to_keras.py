@@ -1,7 +1,8 @@
 """PyTorch state_dict -> Keras 3 (channels-last): rules chosen from names, ranks and hints.
 
 A module is recognised by its parameters: ``running_mean`` makes a BatchNorm, ``weight_ih_l0`` an
-RNN (LSTM, GRU or plain by the gate count), a 2-D ``weight`` with a bias a Linear, a 3-5-D one a
+RNN (LSTM, GRU or plain by the gate count; with ``_reverse`` weights a Keras Bidirectional layer per
+PyTorch layer), a 2-D ``weight`` with a bias a Linear, a 3-5-D one a
 convolution, a 1-D one with a bias a normalization. What cannot be told apart is reported, with
 the hint that settles it, instead of guessed: a 2-D weight without bias (Linear or Embedding?), a
 convolution with one input channel (or depthwise?), a Linear after a feature map (flattened from
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ckptkit.formats.keras import naming
 from ckptkit.layout import ops
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Step, moved, rename
@@ -20,6 +22,7 @@ from ckptkit.layout.plan import LayoutPlan, Planner
 from ckptkit.model import TensorInfo
 
 _RNN = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_PROJECTION = re.compile(r"^weight_hr_l\d+(_reverse)?$")
 _RNN_KINDS = {4: ("LSTM", "lstm_cell"), 3: ("GRU", "gru_cell"), 1: ("SimpleRNN", "simple_rnn_cell")}
 _GRU_TORCH_TO_KERAS = (1, 0, 2)  # PyTorch gates r, z, n; Keras z, r, h
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -89,7 +92,7 @@ class _Planner(Planner):
             self.ask(f"{', '.join(params)} belong to no module ({hint_help(next(iter(params)), ('keep',))})")
         elif "running_mean" in params or "running_var" in params:
             self._batchnorm(m)
-        elif any(_RNN.match(p) for p in params):
+        elif any(_RNN.match(p) or _PROJECTION.match(p) for p in params):
             self._rnn(m)
         elif "weight" in params:
             self._weighted(m, hint)
@@ -350,21 +353,31 @@ class _Planner(Planner):
             self.spatial = False
 
     def _rnn(self, m: Module) -> None:
-        layers: dict[int, dict[str, TensorInfo]] = {}
+        layers: dict[tuple[int, bool], dict[str, TensorInfo]] = {}
         for param, ti in m.params.items():
             match = _RNN.match(param)
             if not match:
-                self.ask(f"{m.name}: {param} does not belong to an LSTM, GRU or RNN this rule knows")
+                if _PROJECTION.match(param):
+                    self.ask(
+                        f"{m.name} is an LSTM with proj_size ({param}); Keras has no projected LSTM, "
+                        "so it has no Keras layout"
+                    )
+                else:
+                    self.ask(f"{m.name}: {param} does not belong to an LSTM, GRU or RNN this rule knows")
                 return
-            if match.group(3):
-                self.ask(f"{m.name} is bidirectional; translate a Keras Bidirectional layer's halves one at a time")
+            layers.setdefault((int(match.group(2)), bool(match.group(3))), {})[match.group(1)] = ti
+        bidirectional = any(reverse for _, reverse in layers)
+        if bidirectional:
+            one_way = sorted({k for k, _ in layers if (k, True) not in layers or (k, False) not in layers})
+            if one_way:
+                self.ask(f"{m.name} is bidirectional, but layer {one_way[0]} lacks one of its two directions")
                 return
-            layers.setdefault(int(match.group(2)), {})[match.group(1)] = ti
-        for k, params in sorted(layers.items()):
-            self._rnn_layer(m, k, params)
+        for (k, reverse), params in sorted(layers.items()):
+            self._rnn_layer(m, k, params, ("backward" if reverse else "forward") if bidirectional else None)
         self.spatial = False
 
-    def _rnn_layer(self, m: Module, k: int, p: dict[str, TensorInfo]) -> None:
+    def _rnn_layer(self, m: Module, k: int, p: dict[str, TensorInfo], direction: str | None) -> None:
+        """Layer ``k`` of ``m``, or one ``direction`` of it: a half of a Keras Bidirectional layer."""
         if "weight_ih" not in p or "weight_hh" not in p:
             self.ask(f"{m.name} layer {k} lacks weight_ih or weight_hh")
             return
@@ -376,9 +389,10 @@ class _Planner(Planner):
             return
         cls, cell = _RNN_KINDS[gates]
         layer = m.name if k == 0 else f"{m.name}_l{k}"
-        base = f"{layer}/{cell}"
+        owner = f"{layer}/{direction}_{naming.snake_case(cls)}" if direction else layer
+        base = f"{owner}/{cell}"
         gate_ops: tuple[ops.Op, ...] = (("gates", 0, _GRU_TORCH_TO_KERAS),) if cls == "GRU" else ()
-        why = f"{cls} layer {k}"
+        why = f"{cls} layer {k}" + (f", {direction} half of Bidirectional" if direction else "")
         steps = self.plan.steps
         steps.append(
             moved(f"{base}/kernel", w_ih.name, w_ih.shape, w_ih.dtype, (*gate_ops, ("transpose", (1, 0))), layer, why)
@@ -412,7 +426,9 @@ class _Planner(Planner):
                 step = Step(f"{base}/bias", (b_ih.name, b_hh.name), b_ih.shape, b_ih.dtype, combine="sum", layer=layer,
                             why=why_bias, in_shapes=(b_ih.shape, b_hh.shape))  # fmt: skip
             steps.append(step)
-        self.plan.classes[layer] = cls
+        if direction:
+            self.plan.classes[layer] = naming.BIDIRECTIONAL
+        self.plan.classes[owner] = cls
         self.plan.classes[base] = f"{cls}Cell"
 
 

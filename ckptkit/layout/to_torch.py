@@ -3,7 +3,8 @@
 A layer's class comes from the Keras file (config, or the class-derived group names of Keras 3
 files: ``keras:classes`` metadata), else from an auto-generated layer name (``conv2d_3``), else
 from its variable names and shapes. Ambiguities (a kernel that may be depthwise, a Dense after a
-feature map) are reported with the hint that settles them.
+feature map) are reported with the hint that settles them. The two halves of a Bidirectional RNN
+layer become one PyTorch layer's weights and its ``_reverse`` ones.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class _Planner(Planner):
     def __init__(self, infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> None:
         super().__init__(infos, hints, "keras", "torch")
         self.classes = classes
-        self.rnn_modules: set[str] = set()
+        self.rnn_kinds: dict[str, tuple[str, tuple[int, ...], bool]] = {}  # module -> class, size, bidirectional
+        self.halves: dict[tuple[str, int], set[str]] = {}  # (module, layer) -> "forward", "backward"
 
     def run(self) -> LayoutPlan:
         optimizer = [ti for ti in self.infos if ti.name.startswith("optimizer/")]
@@ -61,6 +63,7 @@ class _Planner(Planner):
             self.plan.dropped[ti.name] = "PyTorch keeps optimizer state apart from the state_dict"
         for owner in group_owners([ti for ti in self.infos if not ti.name.startswith("optimizer/")]):
             self._owner(owner)
+        self._check_halves()
         return self.finish()
 
     def _class(self, owner: Owner) -> str | None:
@@ -227,24 +230,37 @@ class _Planner(Planner):
         if set(o.vars) - {"kernel", "recurrent_kernel", "bias"} or {"kernel", "recurrent_kernel"} - set(o.vars):
             self.ask(f"{o.path} ({cls}) has {', '.join(o.vars)}; expected kernel, recurrent_kernel and bias")
             return
+        k, rk = o.vars["kernel"], o.vars["recurrent_kernel"]
+        module, half = self._half(module)
+        kind = (cls, rk.shape, half is not None)  # what every layer and half of one PyTorch RNN shares
         # Layer k>0 of a stacked PyTorch RNN comes to Keras as a layer named <name>_l<k>; it goes back.
         layer = 0
         stacked = re.fullmatch(r"(.+)_l(\d+)", module)
-        if stacked and stacked.group(1) in self.rnn_modules:
+        if stacked and self.rnn_kinds.get(stacked.group(1)) == kind:
             module, layer = stacked.group(1), int(stacked.group(2))
-        self.rnn_modules.add(module)
-        k, rk = o.vars["kernel"], o.vars["recurrent_kernel"]
+        if self.rnn_kinds.setdefault(module, kind) != kind:
+            self.ask(
+                f"{o.path} ({cls}, recurrent kernel {list(rk.shape)}) differs from the other half of Bidirectional "
+                f"{module}; a PyTorch RNN has one class and size in both directions"
+            )
+            return
+        direction = "_reverse" if half == "backward" else ""
+        if half:
+            self.halves.setdefault((module, layer), set()).add(half)
         gates: tuple[Op, ...] = (("gates", 0, _GRU_KERAS_TO_TORCH),) if cls == "GRU" else ()
-        why = f"{cls} -> torch.nn.{'RNN' if cls == 'SimpleRNN' else cls}"
+        why = f"{cls} -> torch.nn.{'RNN' if cls == 'SimpleRNN' else cls}" + (
+            f", {half} half of Bidirectional" if half else ""
+        )
+        suffix = f"l{layer}{direction}"
         steps = self.plan.steps
         steps.append(
             moved(
-                f"{module}.weight_ih_l{layer}", k.name, k.shape, k.dtype, (("transpose", (1, 0)), *gates), o.path, why
+                f"{module}.weight_ih_{suffix}", k.name, k.shape, k.dtype, (("transpose", (1, 0)), *gates), o.path, why
             )
         )
         steps.append(
             moved(
-                f"{module}.weight_hh_l{layer}",
+                f"{module}.weight_hh_{suffix}",
                 rk.name,
                 rk.shape,
                 rk.dtype,
@@ -255,7 +271,7 @@ class _Planner(Planner):
         )
         b = o.vars.get("bias")
         if b is not None:
-            ih, hh = f"{module}.bias_ih_l{layer}", f"{module}.bias_hh_l{layer}"
+            ih, hh = f"{module}.bias_ih_{suffix}", f"{module}.bias_hh_{suffix}"
             if cls == "GRU":
                 if len(b.shape) != 2 or b.shape[0] != 2:
                     self.ask(f"{b.name} {list(b.shape)}: a GRU with reset_after=False has no PyTorch equivalent")
@@ -270,6 +286,26 @@ class _Planner(Planner):
                 steps.append(Step(hh, (), b.shape, b.dtype, combine="zeros", layer=o.path, why=f"{why}: bias_hh = 0"))
                 self.plan.splits[b.name] = (ih, hh)
         self.spatial = False
+
+    def _half(self, module: str) -> tuple[str, str | None]:
+        """For a half of a Bidirectional layer, its PyTorch module and "forward" or "backward"."""
+        parent, _, name = module.rpartition(".")
+        if not parent:
+            return module, None
+        path = parent.replace(".", "/")
+        cls = self.classes.get(path) or naming.class_from_auto_name(path.rsplit("/", 1)[-1])
+        if cls not in (None, naming.BIDIRECTIONAL):
+            return module, None
+        for attr, prefix in naming.HALVES.items():
+            if name.startswith(prefix):
+                return parent, attr.split("_")[0]
+        # A backward_layer given to Bidirectional keeps its own name; the forward half is always prefixed.
+        return (parent, "backward") if cls == naming.BIDIRECTIONAL else (module, None)
+
+    def _check_halves(self) -> None:
+        for (module, layer), halves in self.halves.items():
+            if len(halves) != 2:
+                self.ask(f"Bidirectional layer {module} (PyTorch layer {layer}) has only its {halves.pop()} half")
 
 
 def _conv_kind(cls: str | None, k: TensorInfo, bias: TensorInfo | None) -> str | None:

@@ -45,6 +45,11 @@ SUBLAYERS: dict[str, tuple[str, str, str]] = {
     "SimpleRNN": ("cell", "SimpleRNNCell", "simple_rnn_cell"),
 }
 
+# Bidirectional keeps two copies of an RNN layer, saved under these attributes (forward first, as
+# Keras lists its weights); Keras names each copy after the wrapped layer with this prefix.
+BIDIRECTIONAL = "Bidirectional"
+HALVES: dict[str, str] = {"forward_layer": "forward_", "backward_layer": "backward_"}
+
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
 # Variables Keras keeps out of training; legacy .h5 files list a layer's trainable variables first.
@@ -58,12 +63,23 @@ def snake_case(class_name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-_BY_SNAKE = {snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *MODEL_CLASSES]}
+_BY_SNAKE = {snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *MODEL_CLASSES, BIDIRECTIONAL]}
 
 
 def class_from_auto_name(name: str) -> str | None:
     """The class behind a name Keras generated (``conv2d_transpose_1`` -> ``Conv2DTranspose``)."""
     return _BY_SNAKE.get(re.sub(r"_\d+$", "", name))
+
+
+def half_class(name: str) -> str | None:
+    """The RNN class behind a Bidirectional half's auto-generated name (``backward_lstm_1`` -> ``LSTM``).
+
+    A ``backward_layer`` given to Bidirectional keeps its own name (``lstm_3``).
+    """
+    for prefix in HALVES.values():
+        name = name.removeprefix(prefix)
+    cls = class_from_auto_name(name)
+    return cls if cls in SUBLAYERS else None
 
 
 def variable_names(class_name: str | None, count: int) -> tuple[str, ...] | None:

@@ -5,6 +5,7 @@ Keras 3 saves each object's variables as ``<path>/vars/0``, ``/1``, ...: a model
 under ``cell``, the optimizer under ``optimizer``. Newer versions put the object's name in the
 ``vars`` group's ``name`` attribute. The class (from config.json, or from the group name Keras
 derived from it) gives the variables their names: ``vars/0`` of a Dense layer is its ``kernel``.
+A Bidirectional layer keeps its two RNN layers under ``forward_layer`` and ``backward_layer``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class _Walker:
                 self.ckpt.add(tensor, ds)
                 self.st.h5_paths[tensor] = ds.name
                 into.append(tensor)
-        for key in sorted(group.keys(), key=structure.natural_key):
+        for key in sorted(group.keys(), key=_child_order):
             if key == "vars":
                 continue
             sub = child(group, key)
@@ -81,9 +82,9 @@ class _Walker:
                     self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
             else:
                 name = self.name_of(sub, key)
-                sub_cls = self.sublayer_class(cls, key)
-                if sub_cls and name == key:
-                    name = naming.SUBLAYERS[cls or ""][2]
+                sub_cls = self.sublayer_class(cls, key, name)
+                if sub_cls and name == key and cls in naming.SUBLAYERS:
+                    name = naming.SUBLAYERS[cls][2]
                 path = f"{logical}/{name}"
                 self.object(sub, path, self.class_of(path, key) or sub_cls, into)
 
@@ -97,9 +98,16 @@ class _Walker:
     def class_of(self, path: str, key: str) -> str | None:
         return self.config_classes.get(path) or naming.class_from_auto_name(key)
 
-    def sublayer_class(self, cls: str | None, key: str) -> str | None:
+    def sublayer_class(self, cls: str | None, key: str, name: str) -> str | None:
+        if cls == naming.BIDIRECTIONAL and key in naming.HALVES:
+            return naming.half_class(name)
         found = naming.SUBLAYERS.get(cls or "")
         return found[1] if found and found[0] == key else None
+
+
+def _child_order(key: str) -> tuple[bool, list[Any]]:
+    # A Bidirectional layer's forward half first, as Keras lists its weights (legacy .h5 loads by order).
+    return key == "backward_layer", structure.natural_key(key)
 
 
 def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: dict[str, str] | None = None) -> None:

@@ -182,13 +182,39 @@ def config_classes(config: Any, prefix: str = "") -> tuple[list[tuple[str, str]]
         path = prefix + name
         order.append((name, cls))
         classes[path] = cls
-        if cls in naming.SUBLAYERS:
-            _attr, cell_cls, cell_name = naming.SUBLAYERS[cls]
-            classes[f"{path}/{cell_name}"] = cell_cls
+        _sublayer_classes(path, cls, classes)
+        if cls == naming.BIDIRECTIONAL:
+            _half_classes(path, cfg, classes)
         if cls in naming.MODEL_CLASSES or isinstance(cfg.get("layers"), list):
             _sub_order, sub_classes = config_classes(entry, path + "/")
             classes.update(sub_classes)
     return order, classes
+
+
+def _sublayer_classes(path: str, cls: str, classes: dict[str, str]) -> None:
+    if cls in naming.SUBLAYERS:
+        _attr, cell_cls, cell_name = naming.SUBLAYERS[cls]
+        classes[f"{path}/{cell_name}"] = cell_cls
+
+
+def _half_classes(path: str, cfg: dict[str, Any], classes: dict[str, str]) -> None:
+    """A Bidirectional layer's halves, named as Keras names them.
+
+    The forward half is ``layer`` named ``forward_<name>``; the backward half is ``backward_layer``
+    under its own name, or (Keras 2 configs have none) a copy of ``layer`` named ``backward_<name>``.
+    """
+    for attr, prefix in naming.HALVES.items():
+        own = attr == "backward_layer" and isinstance(cfg.get(attr), dict)
+        entry = cfg.get(attr) if own else cfg.get("layer")
+        if not isinstance(entry, dict):
+            continue
+        inner = entry.get("config")
+        cls = entry.get("class_name")
+        name = inner.get("name", entry.get("name")) if isinstance(inner, dict) else entry.get("name")
+        if isinstance(cls, str) and isinstance(name, str):
+            half = f"{path}/{name if own or name.startswith(prefix) else prefix + name}"
+            classes[half] = cls
+            _sublayer_classes(half, cls, classes)
 
 
 def natural_key(text: str) -> list[Any]:

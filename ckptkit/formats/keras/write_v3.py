@@ -2,8 +2,9 @@
 
 Keras 3 finds a layer's variables by path, not by name: the n-th layer of class ``Conv2D`` in a
 model lives at ``layers/conv2d_<n>/vars/<i>`` (no suffix for the first), an RNN's cell below it at
-``cell/vars``, a nested model's layers below its own ``layers/``. Paths recorded when the
-checkpoint was read from such a file are kept; otherwise they are built from the layer classes
+``cell/vars``, a Bidirectional layer's halves at ``forward_layer`` and ``backward_layer``, a nested
+model's layers below its own ``layers/``. Paths recorded when the checkpoint was read from such a
+file are kept; otherwise they are built from the layer classes
 (``keras:classes``, which ``--layout keras`` and the Keras readers provide).
 """
 
@@ -134,6 +135,9 @@ def _emit(node: _Node, h5_path: str, spec: FileSpec) -> None:
         if sub and (child.name == sub[2] or child.cls == sub[1]):
             child.cls = child.cls or sub[1]
             _emit(child, f"{h5_path}/{sub[0]}", spec)
+        elif node.cls == naming.BIDIRECTIONAL and (attr := _half(child.name)):
+            child.cls = child.cls or naming.half_class(child.name)
+            _emit(child, f"{h5_path}/{attr}", spec)
         elif node.cls in naming.MODEL_CLASSES and child.cls:
             base = naming.snake_case(child.cls)
             key = base if not counts[base] else f"{base}_{counts[base]}"
@@ -144,6 +148,11 @@ def _emit(node: _Node, h5_path: str, spec: FileSpec) -> None:
                 f"cannot tell where Keras 3 keeps {child.path!r} inside layer {node.path!r} "
                 f"({node.cls or 'class unknown'}); {_FIX}"
             )
+
+
+def _half(name: str) -> str | None:
+    """The attribute a Bidirectional layer keeps its half named ``name`` under."""
+    return next((attr for attr, prefix in naming.HALVES.items() if name.startswith(prefix)), None)
 
 
 def _indexed(node: _Node) -> list[tuple[int, str]]:
