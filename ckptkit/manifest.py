@@ -156,7 +156,7 @@ def _sharded_manifest(index_path: Path, workers: int | None, progress: ProgressF
     for shard in index.shard_names:
         if index.escapes(shard):
             raise CorruptCheckpointError(
-                f"shard {shard!r} lies outside the index's folder; run ckptkit verify", index_path
+                f"shard {shard!r} is not a file name inside the index's folder; run ckptkit verify", index_path
             )
         shard_path = index.shard_path(shard)
         if not shard_path.is_file():

@@ -13,7 +13,7 @@ from typing import Any
 
 from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.jsonfile import loads_noting_repeats
-from ckptkit.paths import escapes_folder
+from ckptkit.paths import is_inside_name
 
 INDEX_SUFFIX = ".index.json"
 
@@ -40,8 +40,8 @@ class ShardIndex:
         return self.folder / name
 
     def escapes(self, name: str) -> bool:
-        """Whether a shard name points outside the index's folder (absolute, ``..``, or a symlink out)."""
-        return escapes_folder(self.folder, name)
+        """Whether a shard name, as written, leaves the index's folder (a symlink to elsewhere is fine)."""
+        return not is_inside_name(name)
 
 
 def is_index(path: Path) -> bool:

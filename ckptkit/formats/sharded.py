@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from ckptkit import registry
 from ckptkit.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.paths import check_relative_name
 from ckptkit.registry import Format
 from ckptkit.sharding import ALIASES_KEY, EXTRAS_KEY
 
@@ -190,19 +191,6 @@ def _shard_files(weight_map: Mapping[str, Any], index_path: Path) -> list[str]:
                 f"shard {f} listed in the index is missing from {index_path.parent}; download it or fix the index"
             )
     return sorted(files)
-
-
-def check_relative_name(name: str, named_by: str) -> None:
-    """Refuse a file name that could leave the folder of the file that names it.
-
-    Only the name is checked, not where it resolves to, so symlinked files (as in the Hugging
-    Face cache, whose snapshot files link into ``../../blobs``) are still read.
-    """
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name:
-        raise CorruptCheckpointError(
-            f"{named_by} names the file {name!r}, which is not a file inside its folder; refusing to read it"
-        )
 
 
 def resolve_folder(folder: Path) -> Path:
