@@ -130,7 +130,7 @@ def test_an_index_naming_a_file_outside_the_snapshot_is_refused(tmp_path, cli, s
     report = verify([snapshot])
     assert report.exit_code == 1 and [f.check for f in report.findings] == ["index.path-escape"]
     assert bad in report.findings[0].message
-    assert_one_line_error(cli("hash", snapshot), bad, "run ckptkit verify")
+    assert_one_line_error(cli("hash", snapshot), bad, "not a file inside")
     assert_one_line_error(cli("inspect", snapshot), bad, "not a file inside")
     assert_one_line_error(cli("convert", snapshot, tmp_path / "out.safetensors"), bad, "not a file inside")
     assert not (tmp_path / "out.safetensors").exists()

@@ -77,20 +77,11 @@ def _check_total_size_field(index: ShardIndex, report: TargetReport) -> int | No
 
 
 def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
-    listed = sum(1 for s in index.weight_map.values() if s == shard)
-    if index.escapes(shard):
-        report.add(
-            error(
-                "index.path-escape",
-                f"shard {shard!r} is not a file name inside the index's folder; it was not opened",
-                index.path,
-            )
-        )
+    fault = index.fault(shard)
+    if fault is not None:
+        report.add(error(f"index.{fault.kind}", fault.message, index.path))
         return None
     path = index.shard_path(shard)
-    if not path.is_file():
-        report.add(error("index.shard-missing", f"shard {shard!r} ({listed} tensors) does not exist", index.path))
-        return None
     try:
         return check_file(path, report, settings)
     except UnknownFormatError as err:
