@@ -153,15 +153,9 @@ def _sharded_manifest(index_path: Path, workers: int | None, progress: ProgressF
     tensors: dict[str, TensorEntry] = {}
     hashes: dict[Path, str] = {}
     formats: list[str] = []
+    index.check_shards()
     for shard in index.shard_names:
-        if index.escapes(shard):
-            raise CorruptCheckpointError(
-                f"shard {shard!r} lies outside the index's folder; run ckptkit verify", index_path
-            )
-        shard_path = index.shard_path(shard)
-        if not shard_path.is_file():
-            raise CorruptCheckpointError(f"shard {shard!r} named by the index does not exist", index_path)
-        with registry.open_checkpoint(shard_path) as ckpt:
+        with registry.open_checkpoint(index.shard_path(shard)) as ckpt:
             result = scan(ckpt, hashes=True, files=files_of(ckpt), workers=workers, progress=progress)
             entries = entries_from_scan(ckpt, result)
             formats.append(ckpt.format_name)
@@ -199,8 +193,7 @@ def involved_bytes(paths: Iterable[Path]) -> int:
         index_path = single_index(p) if p.exists() else None
         if index_path is not None:
             index = read_index(index_path)
-            shards = [index.shard_path(s) for s in index.shard_names if not index.escapes(s)]
-            total += sum(s.stat().st_size for s in shards if s.is_file())
+            total += sum(index.shard_path(s).stat().st_size for s in index.shard_names if index.fault(s) is None)
         elif p.is_file():
             total += p.stat().st_size
     return total

@@ -30,7 +30,9 @@ class AtomicOutput:
     to each other (an ONNX model and its external data, shards and their index) can be re-read
     there before anything is published. :meth:`commit` renames each into place, the main file
     last, so that a process killed at any point never leaves a partial file under a final name.
-    On error the staging folder is removed. Existing files are replaced only with ``force``.
+    On error the staging folder is removed. Existing files are replaced only with ``force``; files
+    the output supersedes under other names (:meth:`replaces`) are removed after the new files are
+    in place.
     A process killed outright (SIGKILL, out of memory) cannot clean up: its staging folder stays
     until the next write into the same folder removes it (:func:`remove_stale_staging`).
     (Files are not fsynced: that guards against power loss, costs seconds on multi-GB outputs,
@@ -41,6 +43,7 @@ class AtomicOutput:
         self.path = Path(path)
         self.force = force
         self._finals: list[Path] = []
+        self._stale: list[Path] = []
         self._committed = False
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a directory; give a file name to write")
@@ -75,13 +78,28 @@ class AtomicOutput:
         self.temp_for(final)
         self.path = Path(final)
 
+    def replaces(self, stale: list[Path]) -> None:
+        """Files of an earlier output that this one supersedes under other names (the single file
+        a set of shards replaces, or old shards). They stop the write unless ``force``; with it they
+        are removed by :meth:`commit`, after the new files are in place."""
+        for path in stale:
+            if not (path.exists() or path.is_symlink()):
+                continue
+            if not self.force:
+                raise OutputExistsError(
+                    "exists already, from an earlier checkpoint this output replaces; pass --force to replace it", path
+                )
+            if path not in self._stale:
+                self._stale.append(path)
+
     @property
     def files(self) -> list[Path]:
         """The final paths this output creates, the main file last."""
         return [f for f in self._finals if f != self.path] + ([self.path] if self.path in self._finals else [])
 
     def commit(self) -> None:
-        """Publish every staged file under its final name, then remove the staging folder.
+        """Publish every staged file under its final name, remove the files it :meth:`replaces`, then
+        the staging folder.
 
         Ctrl-C and SIGTERM wait until every file is renamed, so an interruption never publishes
         some files of a multi-file output and not others.
@@ -90,6 +108,9 @@ class AtomicOutput:
             for final in self.files:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.staging / final.relative_to(self.path.parent), final)
+            for stale in self._stale:
+                if stale not in self._finals:
+                    stale.unlink(missing_ok=True)
             self._committed = True
             shutil.rmtree(self.staging, ignore_errors=True)
 

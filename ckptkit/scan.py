@@ -14,7 +14,6 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from ckptkit import errors
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError
+from ckptkit.executor import ThreadExecutor
 from ckptkit.hashing import tensor_hasher, update_from
 from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.values import CHUNK_BYTES, ValueChecker, ValueCounts
@@ -145,7 +145,9 @@ def scan(
     scanner = _Scanner(ckpt, _Pass(hashes, values, progress))
     jobs = scanner.plan(split=not hashes, files=files)
     try:
-        _run_all([run for _size, run in sorted(jobs, key=lambda job: -job[0])], workers or default_workers())
+        # Threads take the next job as they free up, so handing them out largest first balances the load.
+        largest_first = [run for _size, run in sorted(jobs, key=lambda job: -job[0])]
+        ThreadExecutor(workers or default_workers()).map(lambda run: run(), largest_first)
     finally:
         scanner.maps.close()
     return scanner.result(files)
@@ -229,16 +231,6 @@ class _Scanner:
 
 def _bind(func: Callable[..., None], *args: object) -> Callable[[], None]:
     return lambda: func(*args)
-
-
-def _run_all(jobs: list[Callable[[], None]], workers: int) -> None:
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            job()
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptkit-scan") as pool:
-        for future in [pool.submit(job) for job in jobs]:
-            future.result()
 
 
 def _check_extent(ti: TensorInfo, path: Path, offset: int, nbytes: int) -> None:

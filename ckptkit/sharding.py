@@ -13,10 +13,15 @@ as an index. Each shard is written by the format's own single-file writer; the s
 independent tasks run by :mod:`ckptkit.executor`. Tied-weight aliases and non-tensor extras are
 kept in the index metadata under ``ckptkit:aliases`` / ``ckptkit:extras``, where loaders that
 do not know them ignore them.
+
+An output replaces whatever checkpoint an earlier write left under its name, in either layout
+(:func:`previous_files`): with ``force`` those files are removed once the new ones are in place, so
+a loader cannot pick a stale ``model.safetensors`` over new shards; without it they stop the write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -26,15 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit.errors import UsageError
+from ckptkit.errors import CkptkitError, UsageError
 from ckptkit.executor import default_executor
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo, parse_size
+from ckptkit.paths import is_inside_name
 from ckptkit.registry import INDEX_SUFFIX, OptionSpec, WriteContext, Writer
+from ckptkit.shard_index import read_index
 
 DEFAULT_SHARD_SIZE = "5GB"  # the default of transformers' save_pretrained and huggingface_hub
 ALIASES_KEY = "ckptkit:aliases"
 EXTRAS_KEY = "ckptkit:extras"
-SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})$")
 
 SHARD_SIZE_OPTION = OptionSpec(
     "shard_size",
@@ -72,13 +78,43 @@ def split(infos: Sequence[TensorInfo], max_bytes: int) -> list[list[TensorInfo]]
     return shards
 
 
-def shard_names(base: str, count: int) -> list[str]:
-    """``model.safetensors`` -> ``model-00001-of-00003.safetensors``, ... (the suffix before the last dot)."""
+def _stem_suffix(base: str) -> tuple[str, str]:
     stem, dot, ext = base.rpartition(".")
     if not dot or not stem:
-        stem, ext = base, ""
-    suffix = f".{ext}" if ext else ""
+        return base, ""
+    return stem, f".{ext}"
+
+
+def shard_names(base: str, count: int) -> list[str]:
+    """``model.safetensors`` -> ``model-00001-of-00003.safetensors``, ... (the suffix before the last dot)."""
+    stem, suffix = _stem_suffix(base)
     return [f"{stem}-{i:05d}-of-{count:05d}{suffix}" for i in range(1, count + 1)]
+
+
+def previous_files(main: Path) -> list[Path]:
+    """The files of the checkpoint an earlier write left under the output name ``main``.
+
+    For ``model.safetensors`` (or its index name): ``model.safetensors``, its index, the shards
+    that index names, and numbered shards ``model-NNNNN-of-NNNNN.safetensors`` (which
+    ``transformers`` also clears when it saves). Only files beside ``main`` with the checkpoint's
+    suffix count as shards, so ``config.json``, tokenizer files and other checkpoints stay.
+    """
+    base = main.name.removesuffix(INDEX_SUFFIX)
+    folder = main.parent
+    stem, suffix = _stem_suffix(base)
+    index = folder / index_name(base)
+    shards: list[str] = []
+    if index.is_file():
+        with contextlib.suppress(CkptkitError):  # an unreadable index is still replaced; its shards go by name
+            shards = list(read_index(index).shard_names)
+    series = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(suffix))
+    shards += sorted(p.name for p in folder.iterdir() if series.fullmatch(p.name))
+    found = [folder / base, index] + [
+        folder / n
+        for n in shards
+        if is_inside_name(n) and "/" not in n and (series.fullmatch(n) or (suffix and n.endswith(suffix)))
+    ]
+    return [p for p in dict.fromkeys(found) if p.is_file() or p.is_symlink()]
 
 
 def index_name(base: str) -> str:
@@ -161,9 +197,10 @@ def write_sharded(ckpt: Checkpoint, ctx: WriteContext, write_one: Writer, shards
     """Write each shard with ``write_one`` (concurrently when the source allows), then the index."""
     out = ctx.output
     main = out.path
-    for s in shards:
-        out.temp_for(s.final)  # claims every name up front: an existing file stops us before any writing
     index_final = main if main.name.endswith(INDEX_SUFFIX) else main.with_name(index_name(main.name))
+    for final in [s.final for s in shards] + [index_final]:
+        out.temp_for(final)  # claims every name up front: an existing file stops us before any writing
+    _replace_previous(ctx, main, [s.final for s in shards] + [index_final])
     options = {k: v for k, v in ctx.options.items() if k != SHARD_SIZE_OPTION.name}
 
     def write_shard(s: ShardPlan) -> list[str]:
@@ -179,11 +216,16 @@ def write_sharded(ckpt: Checkpoint, ctx: WriteContext, write_one: Writer, shards
     out.set_main(index_final)
     biggest = max(s.nbytes for s in shards)
     ctx.notes.append(f"{len(shards)} shards (largest {biggest:,} bytes of tensors) indexed by {index_final.name}")
-    if main != index_final and main.exists():
-        ctx.notes.append(
-            f"{main.name} from before is still beside the shards; loaders such as transformers open it "
-            "instead of the index, so remove it"
-        )
+
+
+def _replace_previous(ctx: WriteContext, main: Path, written: Sequence[Path]) -> None:
+    """Have the output replace the earlier checkpoint under ``main``'s name, whatever its layout."""
+    stale = [p for p in previous_files(main) if p not in written]
+    if not stale:
+        return
+    ctx.output.replaces(stale)
+    shown = ", ".join(p.name for p in stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+    ctx.notes.append(f"removed the earlier checkpoint's {shown}, after writing the new files")
 
 
 def shardable(write_one: Writer) -> Writer:
@@ -196,6 +238,7 @@ def shardable(write_one: Writer) -> Writer:
             if len(options) != len(ctx.options):
                 ctx.notes.append("everything fits in one shard: wrote one file and no index")
                 ctx.options = options
+            _replace_previous(ctx, ctx.output.path, [ctx.output.path])
             write_one(ckpt, ctx)
         else:
             write_sharded(ckpt, ctx, write_one, shards)

@@ -189,3 +189,16 @@ def by_name_of(code: str) -> str:
     dt = by_safetensors(code)
     assert dt is not None
     return dt.name
+
+
+def test_scan_hands_out_the_largest_job_first(tmp_path):
+    path = tmp_path / "m.safetensors"
+    arrays = {"small": np.ones(10, np.float32), "big": np.ones(1000, np.float32), "mid": np.ones(100, np.float32)}
+    ckptkit.save(arrays, path)
+    seen: list[int] = []
+    with ckptkit.load(path) as ckpt:
+        result = scan(ckpt, hashes=True, files=[path], workers=1, progress=seen.append)
+    assert seen == sorted([path.stat().st_size, 4000, 400, 40], reverse=True)
+    assert set(result.files) == {path} and all(r.sha256 for r in result.tensors.values())
+    with ckptkit.load(path) as ckpt:  # on threads: the same hashes
+        assert scan(ckpt, hashes=True, files=[path], workers=2).tensors == result.tensors

@@ -345,3 +345,111 @@ def test_pytorch_shards_load_in_transformers_and_hub_and_read_back(tmp_path, ber
     ckptkit.save(want, hub / "model.safetensors")
     with ckptkit.load(hub) as ckpt:  # with both, the safetensors checkpoint wins, as in transformers
         assert ckpt.format_name == "safetensors"
+
+
+# Writing over an earlier checkpoint in the other layout, or with other shards.
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _loaded_by_transformers(folder) -> dict[str, np.ndarray]:
+    from transformers import AutoModel
+
+    return _numpy_state(AutoModel.from_pretrained(folder))
+
+
+def test_force_replaces_the_earlier_checkpoint_whatever_its_layout(tmp_path, cli, bert):
+    import torch
+
+    new = _numpy_state(bert)
+    old_model = type(bert)(bert.config)
+    with torch.no_grad():
+        for p in old_model.parameters():
+            p.zero_()
+    old = _numpy_state(old_model)
+    new_src, old_src = tmp_path / "new.safetensors", tmp_path / "old.safetensors"
+    ckptkit.save(new, new_src)
+    ckptkit.save(old, old_src)
+    folder = tmp_path / "model"
+    old_model.save_pretrained(folder)  # config.json and model.safetensors, as transformers saves them
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    keep = {n: (folder / n).read_bytes() for n in ("config.json", "tokenizer.json")}
+
+    before = _files(folder)
+    assert_one_line_error(cli("convert", new_src, folder, "--to", "safetensors", "--shard-size", "12KB"),
+                          "model.safetensors", "--force")  # fmt: skip
+    assert _files(folder) == before
+
+    def convert(src, *args):
+        r = cli("convert", src, folder, "--to", "safetensors", "--force", *args)
+        assert r.code == 0, r.stderr
+        files = _files(folder)
+        assert {n: files[n] for n in keep} == keep
+        return sorted(files)
+
+    # A single file, then shards: the single file goes, or transformers would load it.
+    names = convert(new_src, "--shard-size", "12KB")
+    many = shard_names("model.safetensors", len(names) - 3)
+    assert names == sorted(["config.json", "tokenizer.json", "model.safetensors.index.json", *many])
+    assert_same_tensors(new, _as_checkpoint(_loaded_by_transformers(folder)))
+    # Shards, then fewer shards with other names: the old series goes.
+    names = convert(old_src, "--shard-size", "20KB")
+    fewer = shard_names("model.safetensors", len(names) - 3)
+    assert names == sorted(["config.json", "tokenizer.json", "model.safetensors.index.json", *fewer])
+    assert 1 < len(fewer) < len(many)
+    assert_same_tensors(old, _as_checkpoint(_loaded_by_transformers(folder)))
+    # Shards, then a single file: the index and its shards go.
+    assert convert(new_src) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert_same_tensors(new, _as_checkpoint(_loaded_by_transformers(folder)))
+
+
+def _as_checkpoint(arrays: dict[str, np.ndarray]) -> MemoryCheckpoint:
+    return MemoryCheckpoint(arrays)
+
+
+def test_earlier_files_stay_when_the_write_fails(tmp_path, monkeypatch):
+    import ckptkit.output
+
+    src = tmp_path / "src.safetensors"
+    ckptkit.save(_layers(), src)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    ckptkit.save({"old": np.zeros(3, np.float32)}, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    before = _files(folder)
+    real_replace = os.replace
+
+    def crash_at_the_index(staged, final):
+        if str(final).endswith(".index.json"):
+            raise OSError("disk full")
+        real_replace(staged, final)
+
+    monkeypatch.setattr(ckptkit.output.os, "replace", crash_at_the_index)
+    with pytest.raises(OSError, match="disk full"):
+        ckptkit.convert(src, folder, to_format="safetensors", force=True, options={"shard_size": "10KB"})
+    monkeypatch.undo()
+    after = _files(folder)
+    assert {n: after[n] for n in before} == before  # the single file was not removed before the index was in place
+    assert not (folder / "model.safetensors.index.json").exists()
+
+
+def test_previous_files_are_the_checkpoints_own(tmp_path):
+    from ckptkit.sharding import previous_files
+
+    names = [
+        "config.json", "tokenizer.json", "model.safetensors", "other.safetensors", "pytorch_model.bin",
+        "model-a.safetensors", "model-00003-of-00007.safetensors", "model-00001-of-00002.bin",
+    ]  # fmt: skip
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path.parent / "x.safetensors").write_bytes(b"x")
+    weight_map = {"a": "model-a.safetensors", "b": "../x.safetensors", "c": "config.json", "d": "missing.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    found = previous_files(tmp_path / "model.safetensors")
+    assert [p.name for p in found] == [
+        "model.safetensors", "model.safetensors.index.json", "model-a.safetensors", "model-00003-of-00007.safetensors",
+    ]  # fmt: skip
+    assert previous_files(tmp_path / "model.safetensors.index.json") == found
+    assert [p.name for p in previous_files(tmp_path / "pytorch_model.bin")] == ["pytorch_model.bin"]

@@ -30,12 +30,12 @@ import numpy as np
 
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.sharded import check_relative_name
 from ckptkit.formats.torch.archive import ZIP_MAGIC, read_zip
 from ckptkit.formats.torch.reader import check_bounds, record_array
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, load
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.paths import check_relative_name
 from ckptkit.registry import Format
 
 METADATA_NAME = ".metadata"

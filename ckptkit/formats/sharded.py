@@ -1,16 +1,10 @@
 """Checkpoints split over several files, and folders that hold a checkpoint, read as one.
 
-A shard index is a JSON file whose ``weight_map`` says which file holds what:
-
-- Hugging Face (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``): tensor name
-  -> shard file name, plus ``metadata.total_size``.
-- Keras 3 sharded weights (``model.weights.json``, written by ``save_weights(...,
-  max_shard_size=...)``): layer variable path -> shard file, or a list of them when a layer's
-  variables span shards.
-
-Each shard is opened with whichever format reads it (so shards of any readable format work) and
-its tensors are served from there; nothing is read until asked for. The index is checked first:
-shard names may not leave the index's folder, every shard must exist, and every tensor must be in
+A shard index (Hugging Face ``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``,
+Keras 3 ``model.weights.json``; see :mod:`ckptkit.shard_index`) says which file holds what. Each
+shard is opened with whichever format reads it (so shards of any readable format work) and its
+tensors are served from there; nothing is read until asked for. The index is checked first: shard
+names may not leave the index's folder, every shard must exist, and every tensor must be in
 exactly one shard, the one the index names.
 
 A folder is accepted wherever a file is: ckptkit reads the shard index or checkpoint file in it,
@@ -23,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,11 +26,10 @@ from ckptkit import registry
 from ckptkit.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.registry import Format
+from ckptkit.shard_index import KERAS_INDEX_SUFFIX, read_index
 from ckptkit.sharding import ALIASES_KEY, EXTRAS_KEY
 
 FORMAT_NAME = "sharded"
-MAX_INDEX_BYTES = 100 * 1024 * 1024
-KERAS_INDEX_SUFFIX = ".weights.json"
 _INDEX_SIZE_KEYS = ("total_size", "total_parameters")
 # transformers loads these names first.
 _PREFERRED_STEMS = ("model", "pytorch_model")
@@ -61,17 +54,16 @@ class ShardedCheckpoint(Checkpoint):
 
     def __init__(self, index_path: Path) -> None:
         super().__init__(index_path)
-        doc = _read_index(index_path)
-        self.keras = index_path.name.endswith(KERAS_INDEX_SUFFIX)
-        weight_map: dict[str, Any] = doc["weight_map"]
-        index_meta: dict[str, Any] = doc.get("metadata") or {}
-        self.shard_files = _shard_files(weight_map, index_path)
+        index = read_index(index_path)
+        index.check_shards()
+        self.keras = index.keras
+        self.shard_files = sorted(index.shard_names)
         self.shards: dict[str, Checkpoint] = {}
         try:
             for name in self.shard_files:
                 self.shards[name] = _open_shard(index_path.parent / name)
-            self._collect(weight_map)
-            self._read_metadata(index_meta)
+            self._collect(index.weight_map)
+            self._read_metadata(index.metadata)
         except BaseException:
             self.close()
             raise
@@ -157,52 +149,6 @@ def _open_shard(path: Path) -> Checkpoint:
     if fmt.name == FORMAT_NAME:  # an index listing an index (itself, even) would never end
         raise CorruptCheckpointError(f"the index lists {path.name}, which is a shard index itself, as a shard")
     return registry.open_checkpoint(path, fmt.name)
-
-
-def _read_index(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    if size > MAX_INDEX_BYTES:
-        raise CorruptCheckpointError(f"a shard index of {size:,} bytes is past the {MAX_INDEX_BYTES:,}-byte limit")
-    try:
-        doc = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
-        raise CorruptCheckpointError('not a shard index: no "weight_map" object mapping tensors to files')
-    if not isinstance(doc.get("metadata") or {}, dict):
-        raise CorruptCheckpointError('the shard index\'s "metadata" is not an object')
-    return doc
-
-
-def _shard_files(weight_map: Mapping[str, Any], index_path: Path) -> list[str]:
-    files: set[str] = set()
-    for name, value in weight_map.items():
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, str) for v in values):
-            raise CorruptCheckpointError(f"the index maps {name!r} to {value!r}, not to a shard file name")
-        files.update(values)
-    if not files:
-        raise CorruptCheckpointError("the shard index lists no tensors")
-    for f in files:
-        check_relative_name(f, "the index")
-        if not (index_path.parent / f).is_file():
-            raise CorruptCheckpointError(
-                f"shard {f} listed in the index is missing from {index_path.parent}; download it or fix the index"
-            )
-    return sorted(files)
-
-
-def check_relative_name(name: str, named_by: str) -> None:
-    """Refuse a file name that could leave the folder of the file that names it.
-
-    Only the name is checked, not where it resolves to, so symlinked files (as in the Hugging
-    Face cache, whose snapshot files link into ``../../blobs``) are still read.
-    """
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name:
-        raise CorruptCheckpointError(
-            f"{named_by} names the file {name!r}, which is not a file inside its folder; refusing to read it"
-        )
 
 
 def resolve_folder(folder: Path) -> Path:

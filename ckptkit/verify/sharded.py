@@ -1,9 +1,10 @@
 """Consistency of a sharded checkpoint: its index, its shard files, and the tensors in them.
 
-Checked: the index parses and maps names to shard files; no shard path leaves the folder; every
-named shard exists and verifies; numbered shard series (``model-00002-of-00005.safetensors``) are
-complete in the index; no shard of the series lies in the folder unnamed; every tensor the index
-names is in its shard and in no other; no shard holds tensors the index does not name; and
+Checked: the index parses and maps names to shard files; no shard name leaves the folder (judged
+as written: a shard may be a symbolic link, as in the Hugging Face cache); every named shard
+exists and verifies; numbered shard series (``model-00002-of-00005.safetensors``) are complete in
+the index; no shard of the series lies in the folder unnamed; every tensor the index names is in
+its shard and in no other; no shard holds tensors the index does not name; and
 ``metadata.total_size`` equals the bytes of the tensors.
 """
 
@@ -76,20 +77,11 @@ def _check_total_size_field(index: ShardIndex, report: TargetReport) -> int | No
 
 
 def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
-    listed = sum(1 for s in index.weight_map.values() if s == shard)
-    if index.escapes(shard):
-        report.add(
-            error(
-                "index.path-escape",
-                f"shard {shard!r} lies outside the index's folder; it was not opened",
-                index.path,
-            )
-        )
+    fault = index.fault(shard)
+    if fault is not None:
+        report.add(error(f"index.{fault.kind}", fault.message, index.path))
         return None
     path = index.shard_path(shard)
-    if not path.is_file():
-        report.add(error("index.shard-missing", f"shard {shard!r} ({listed} tensors) does not exist", index.path))
-        return None
     try:
         return check_file(path, report, settings)
     except UnknownFormatError as err:
