@@ -1,0 +1,39 @@
+"""End to end on checkpoints written by the real libraries (torch, transformers, Keras, onnx), made in tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ckptkit
+from ckptkit.manifest import build_manifest
+
+torch = pytest.importorskip("torch")
+
+
+def _resolved(t) -> np.ndarray:
+    return t.detach().resolve_conj().resolve_neg().contiguous().numpy()
+
+
+def test_lazy_conjugate_and_negative_views_read_with_their_values(tmp_path):
+    # torch.save keeps t.conj() as the unconjugated storage plus {"conj": True}; .imag of it sets "neg".
+    z, w = torch.randn(3, 2, dtype=torch.complex64), torch.randn(4, dtype=torch.complex128)
+    saved = {"conj": z.conj(), "plain": z, "neg_imag": w.conj().imag}
+    src = tmp_path / "views.pt"
+    torch.save(saved, src)
+    with ckptkit.load(src) as ckpt:
+        for name, t in saved.items():
+            np.testing.assert_array_equal(ckpt.read_tensor(name), _resolved(t))
+        assert not ckpt.aliases, "a conjugated view is not the tensor it views"
+
+    dst = tmp_path / "views.safetensors"
+    ckptkit.convert(src, dst)
+    from safetensors.torch import load_file
+
+    back = load_file(dst)
+    for name, t in saved.items():
+        np.testing.assert_array_equal(back[name].numpy(), _resolved(t))
+
+    plain = tmp_path / "resolved.pt"
+    torch.save({k: torch.from_numpy(_resolved(t)) for k, t in saved.items()}, plain)
+    assert build_manifest(src).root == build_manifest(plain).root == build_manifest(dst).root
