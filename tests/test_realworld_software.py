@@ -37,3 +37,32 @@ def test_lazy_conjugate_and_negative_views_read_with_their_values(tmp_path):
     plain = tmp_path / "resolved.pt"
     torch.save({k: torch.from_numpy(_resolved(t)) for k, t in saved.items()}, plain)
     assert build_manifest(src).root == build_manifest(plain).root == build_manifest(dst).root
+
+
+class _TiedLM(torch.nn.Module):
+    """An embedding and an output head sharing one weight, plus buffers, as language models have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("pos", torch.arange(5))
+
+
+@pytest.mark.parametrize("ext", [".h5", ".onnx", ".safetensors"])
+def test_tied_state_dict_survives_each_format_and_back(tmp_path, ext):
+    src = tmp_path / "tied.pt"
+    torch.save(_TiedLM().state_dict(), src)
+    mid, back = tmp_path / f"tied{ext}", tmp_path / "back.pt"
+    ckptkit.convert(src, mid)
+    with ckptkit.load(mid) as ckpt:
+        assert ckpt.aliases == {"head.weight": "emb.weight"}
+    ckptkit.convert(mid, back)
+    want = torch.load(src, weights_only=True)
+    got = torch.load(back, weights_only=True)
+    assert set(got) == set(want)
+    for name, t in want.items():
+        assert torch.equal(got[name], t), name
+    assert got["head.weight"].data_ptr() == got["emb.weight"].data_ptr(), "the tie is restored"

@@ -20,6 +20,7 @@ from ckptkit.formats.keras.checkpoint import METADATA_ATTR
 from ckptkit.formats.keras.h5write import DatasetSpec, FileSpec
 from ckptkit.formats.keras.read_v3 import CONTAINERS
 from ckptkit.formats.keras.structure import Structure
+from ckptkit.formats.safetensors import checkpoint_metadata
 from ckptkit.model import Checkpoint
 
 _INDEXED = re.compile(r"^(.*/)?vars/(\d+)$")
@@ -65,7 +66,7 @@ def v3_spec(
     expressed = {structure.MODEL_NAME, structure.OPTIMIZER_NAME}
     if archive:
         expressed |= {structure.ARCHIVE_CONFIG, structure.ARCHIVE_METADATA, structure.KERAS_VERSION}
-    extra = structure.stored_metadata(meta, expressed)
+    extra = structure.stored_metadata(checkpoint_metadata(ckpt), expressed)
     if extra is not None:
         spec.group("/")[METADATA_ATTR] = extra
     return spec
