@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import ckptkit
+from ckptkit.errors import UnsupportedError
 from ckptkit.manifest import build_manifest
+from tests.conftest import assert_one_line_error
 
 torch = pytest.importorskip("torch")
 
@@ -66,3 +68,17 @@ def test_tied_state_dict_survives_each_format_and_back(tmp_path, ext):
     for name, t in want.items():
         assert torch.equal(got[name], t), name
     assert got["head.weight"].data_ptr() == got["emb.weight"].data_ptr(), "the tie is restored"
+
+
+def test_whole_pickled_module_is_refused_naming_its_class(tmp_path, cli):
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()), path)
+    with pytest.raises(UnsupportedError, match=r"whole pickled torch.nn.Module \(torch.nn.modules"):
+        ckptkit.load(path)
+    nested = tmp_path / "nested.pt"
+    torch.save({"epoch": 1, "model": torch.nn.Linear(2, 2)}, nested)
+    result = cli("convert", nested, tmp_path / "out.safetensors")
+    assert_one_line_error(result, "torch.nn.modules.linear.Linear at 'model'", "model.state_dict()")
+    assert not (tmp_path / "out.safetensors").exists()
+    report = cli("verify", path)
+    assert report.code == 1 and "whole pickled torch.nn.Module" in report.stdout

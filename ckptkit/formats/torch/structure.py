@@ -107,6 +107,7 @@ class _Walker:
             else:
                 self._items(enumerate(obj), name, depth)
         else:
+            _refuse_module(obj, name)
             if name:
                 self._extra(name, repr(obj))
             if obj.args:
@@ -141,6 +142,23 @@ class _Walker:
 
     def _extra(self, name: str, value: object) -> None:
         self.tree.extras[_unique(name or "value", self.tree.extras)] = value
+
+
+# Every torch.nn.Module pickles its attribute dict with these keys; a state_dict never does.
+_MODULE_ATTRIBUTES = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _refuse_module(obj: OpaqueObject, name: str) -> None:
+    """Refuse a whole pickled ``nn.Module``: its tensors sit under private attributes, not a state dict."""
+    state = obj.state[0] if isinstance(obj.state, tuple) and obj.state else obj.state
+    if isinstance(state, dict) and _MODULE_ATTRIBUTES <= state.keys():
+        where = f" at {name!r}" if name else ""
+        raise UnsupportedError(
+            f"the file holds a whole pickled torch.nn.Module ({type(obj).qualname()}{where}), not a state_dict; "
+            "ckptkit does not rebuild modules, which would run their class's code. If you trust the file, load it "
+            "in PyTorch (torch.load(path, weights_only=False)), save model.state_dict() with torch.save and "
+            "convert that"
+        )
 
 
 def _unique(name: str, *taken: dict[str, Any]) -> str:
