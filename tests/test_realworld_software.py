@@ -82,3 +82,19 @@ def test_whole_pickled_module_is_refused_naming_its_class(tmp_path, cli):
     assert not (tmp_path / "out.safetensors").exists()
     report = cli("verify", path)
     assert report.code == 1 and "whole pickled torch.nn.Module" in report.stdout
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize:UserWarning")
+def test_tensors_ckptkit_cannot_hold_are_refused_with_a_fitting_remedy(tmp_path):
+    cases = {
+        "quantized": (torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8), "dequantize()"),
+        "sparse": (torch.eye(3).to_sparse(), "to_dense()"),
+        "complex32": (torch.zeros(2, dtype=torch.complex32), ".to(torch.complex64)"),
+        "float4": (torch.zeros(2, dtype=torch.uint8).view(torch.float4_e2m1fn_x2), ".view(torch.uint8)"),
+    }
+    for key, (tensor, remedy) in cases.items():
+        path = tmp_path / f"{key}.pt"
+        torch.save({"ok": torch.ones(2), key: tensor}, path)
+        with pytest.raises(UnsupportedError, match=rf"tensor '{key}' is a .* tensor") as caught:
+            ckptkit.load(path)
+        assert remedy in str(caught.value), (key, str(caught.value))

@@ -15,6 +15,7 @@ import numpy as np
 
 from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.torch import unpickler
 from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
 
 BARE_TENSOR_NAME = "tensor"
@@ -78,8 +79,8 @@ class _Walker:
             self._tensor(name, obj)
         elif isinstance(obj, UnsupportedTensor):
             raise UnsupportedError(
-                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; convert it to a dense "
-                "tensor of a standard dtype (dequantize(), to_dense()) in PyTorch and save again"
+                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; {_remedy(obj.kind)} in "
+                "PyTorch and save again"
             )
         elif isinstance(obj, (dict, list, tuple, OpaqueObject)):
             if id(obj) in self._active:
@@ -142,6 +143,22 @@ class _Walker:
 
     def _extra(self, name: str, value: object) -> None:
         self.tree.extras[_unique(name or "value", self.tree.extras)] = value
+
+
+_REMEDIES = {
+    "quantized": "dequantize() it (or save its int_repr(), q_scale() and q_zero_point() as tensors)",
+    "sparse": "make it dense with to_dense()",
+    "nested": "unbind() it into dense tensors",
+}
+
+
+def _remedy(kind: str) -> str:
+    if kind in _REMEDIES:
+        return _REMEDIES[kind]
+    if kind.endswith("Storage") or kind in unpickler.OTHER_TORCH_DTYPES:
+        wider = "complex64" if kind.lower().startswith(("complex", "chalf")) else "float16"
+        return f"cast it to a standard dtype (.to(torch.{wider})) or reinterpret its bytes (.view(torch.uint8))"
+    return "convert it to a dense CPU tensor of a standard dtype"
 
 
 # Every torch.nn.Module pickles its attribute dict with these keys; a state_dict never does.

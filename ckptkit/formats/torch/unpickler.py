@@ -532,7 +532,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
 
 # torch names that pickles use as values. Dtypes ckptkit cannot hold are still recognised, so a
 # tensor of such a type is refused by name rather than its dtype being taken for an unknown class.
-_OTHER_TORCH_DTYPES = frozenset({
+OTHER_TORCH_DTYPES = frozenset({
     "complex32", "chalf", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4",
     "bits4x2", "bits8", "bits16", "float8_e8m0fnu", "float4_e2m1fn_x2",
     "int1", "int2", "int3", "int4", "int5", "int6", "int7",
@@ -562,7 +562,7 @@ def _torch_marker(module: str, name: str) -> Marker | None:
         return None
     if name in _DTYPE_NAMES:
         return Marker("dtype", name, dtypes.by_name(name))
-    if name in _OTHER_TORCH_DTYPES:
+    if name in OTHER_TORCH_DTYPES:
         return Marker("dtype", name)
     if name in _TORCH_MARKERS:
         return Marker(_TORCH_MARKERS[name], name)
