@@ -98,3 +98,19 @@ def test_tensors_ckptkit_cannot_hold_are_refused_with_a_fitting_remedy(tmp_path)
         with pytest.raises(UnsupportedError, match=rf"tensor '{key}' is a .* tensor") as caught:
             ckptkit.load(path)
         assert remedy in str(caught.value), (key, str(caught.value))
+
+
+def test_complex128_reaches_safetensors_through_a_complex_cast(tmp_path, cli):
+    src = tmp_path / "spectra.pt"
+    saved = {"z": torch.randn(3, dtype=torch.complex128), "w": torch.randn(2, dtype=torch.float64)}
+    torch.save(saved, src)
+    dst = tmp_path / "spectra.safetensors"
+    assert_one_line_error(cli("convert", src, dst), "'z' is complex128", "--dtype complex64", "--exclude 'z'")
+    ckptkit.convert(src, dst, dtype="complex64")
+    from safetensors.torch import load_file
+
+    back = load_file(dst)
+    assert back["z"].dtype == torch.complex64 and torch.equal(back["z"], saved["z"].to(torch.complex64))
+    assert back["w"].dtype == torch.float64 and torch.equal(back["w"], saved["w"]), "floats keep their dtype"
+    assert_one_line_error(cli("convert", src, tmp_path / "i.pt", "--dtype", "int8"), "--dtype int8")
+    assert not (tmp_path / "i.pt").exists()

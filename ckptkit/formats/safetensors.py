@@ -168,9 +168,10 @@ def build_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> tu
     """The padded header bytes and the tensors in the order their data must follow."""
     for ti in infos:
         if ti.dtype.safetensors is None:
+            cast = "--dtype complex64" if ti.dtype.kind == "c" else "--dtype (float16, bfloat16, float32)"
             raise UnsupportedError(
-                f"tensor {ti.name!r} is {ti.dtype.name}, which safetensors cannot hold; "
-                "convert with --dtype to cast floating-point tensors, or choose another format"
+                f"tensor {ti.name!r} is {ti.dtype.name}, which safetensors cannot hold; convert with {cast} to "
+                f"cast such tensors, leave it out with --exclude '{ti.name}', or choose another format"
             )
     ordered = sorted(infos, key=lambda t: (-_DTYPE_RANK.index(t.dtype.safetensors or ""), t.name))
     header: dict[str, Any] = {}
