@@ -114,3 +114,34 @@ def test_complex128_reaches_safetensors_through_a_complex_cast(tmp_path, cli):
     assert back["w"].dtype == torch.float64 and torch.equal(back["w"], saved["w"]), "floats keep their dtype"
     assert_one_line_error(cli("convert", src, tmp_path / "i.pt", "--dtype", "int8"), "--dtype int8")
     assert not (tmp_path / "i.pt").exists()
+
+
+def _attention_model(keras):
+    layers = keras.layers
+    inp = keras.Input((5,), dtype="int32")
+    x = layers.Embedding(12, 8, name="emb")(inp)
+    x = layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    return keras.Model(inp, layers.Dense(3, name="out")(x))
+
+
+def test_keras_attention_projections_are_named_and_convert_from_legacy_h5(tmp_path):
+    import tests.keras_pairs  # noqa: F401 - sets KERAS_BACKEND=torch before keras loads
+
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    model = _attention_model(keras)
+    model.save_weights(tmp_path / "w.weights.h5")
+    model.save(tmp_path / "m.h5")
+    names = {f"mha/{p}/{v}" for p in ("query", "key", "value", "attention_output") for v in ("kernel", "bias")}
+    with ckptkit.load(tmp_path / "w.weights.h5") as v3, ckptkit.load(tmp_path / "m.h5") as legacy:
+        assert names <= set(v3.names()) and names <= set(legacy.names())
+        for name in names:
+            np.testing.assert_array_equal(v3.read_tensor(name), legacy.read_tensor(name))
+
+    ckptkit.convert(tmp_path / "m.h5", tmp_path / "from_h5.weights.h5")
+    fresh = _attention_model(keras)
+    fresh.load_weights(tmp_path / "from_h5.weights.h5")
+    tokens = np.arange(10).reshape(2, 5) % 12
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(fresh(tokens)), keras.ops.convert_to_numpy(model(tokens))
+    )

@@ -81,9 +81,9 @@ class _Walker:
                     self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
             else:
                 name = self.name_of(sub, key)
-                sub_cls = self.sublayer_class(cls, key)
+                sub_cls, default_name = self.sublayer(cls, key)
                 if sub_cls and name == key:
-                    name = naming.SUBLAYERS[cls or ""][2]
+                    name = default_name
                 path = f"{logical}/{name}"
                 self.object(sub, path, self.class_of(path, key) or sub_cls, into)
 
@@ -97,9 +97,13 @@ class _Walker:
     def class_of(self, path: str, key: str) -> str | None:
         return self.config_classes.get(path) or naming.class_from_auto_name(key)
 
-    def sublayer_class(self, cls: str | None, key: str) -> str | None:
+    def sublayer(self, cls: str | None, key: str) -> tuple[str | None, str]:
+        """The class and name of the sub-layer a layer of class ``cls`` saves under ``key``, if known."""
         found = naming.SUBLAYERS.get(cls or "")
-        return found[1] if found and found[0] == key else None
+        if found and found[0] == key:
+            return found[1], found[2]
+        name, part_cls = naming.PARTS.get(cls or "", {}).get(key, (key, None))
+        return part_cls, name
 
 
 def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: dict[str, str] | None = None) -> None:

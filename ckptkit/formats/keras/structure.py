@@ -185,6 +185,8 @@ def config_classes(config: Any, prefix: str = "") -> tuple[list[tuple[str, str]]
         if cls in naming.SUBLAYERS:
             _attr, cell_cls, cell_name = naming.SUBLAYERS[cls]
             classes[f"{path}/{cell_name}"] = cell_cls
+        for part_name, part_cls in naming.PARTS.get(cls, {}).values():
+            classes[f"{path}/{part_name}"] = part_cls
         if cls in naming.MODEL_CLASSES or isinstance(cfg.get("layers"), list):
             _sub_order, sub_classes = config_classes(entry, path + "/")
             classes.update(sub_classes)

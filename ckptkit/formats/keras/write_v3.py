@@ -131,10 +131,15 @@ def _emit(node: _Node, h5_path: str, spec: FileSpec) -> None:
         spec.datasets.append(DatasetSpec(f"{h5_path}/vars/{index}", tensor))
     counts: Counter[str] = Counter()
     sub = naming.SUBLAYERS.get(node.cls or "")
+    parts = {name: (attr, cls) for attr, (name, cls) in naming.PARTS.get(node.cls or "", {}).items()}
     for child in node.children.values():
+        part = parts.get(child.name)
         if sub and (child.name == sub[2] or child.cls == sub[1]):
             child.cls = child.cls or sub[1]
             _emit(child, f"{h5_path}/{sub[0]}", spec)
+        elif part:
+            child.cls = child.cls or part[1]
+            _emit(child, f"{h5_path}/{part[0]}", spec)
         elif node.cls in naming.MODEL_CLASSES and child.cls:
             base = naming.snake_case(child.cls)
             key = base if not counts[base] else f"{base}_{counts[base]}"
