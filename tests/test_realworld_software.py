@@ -145,3 +145,13 @@ def test_keras_attention_projections_are_named_and_convert_from_legacy_h5(tmp_pa
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(fresh(tokens)), keras.ops.convert_to_numpy(model(tokens))
     )
+
+
+def test_state_dict_to_keras3_weights_points_at_layout_keras(tmp_path, cli):
+    src = tmp_path / "mlp.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).state_dict(), src)
+    dst = tmp_path / "mlp.weights.h5"
+    assert_one_line_error(cli("convert", src, dst), "cannot tell the Keras class", "--layout keras")
+    assert cli("convert", src, dst, "--layout", "keras").code == 0
+    with ckptkit.load(dst) as ckpt:
+        assert {"0/kernel", "2/kernel"} <= set(ckpt.names())

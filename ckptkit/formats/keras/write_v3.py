@@ -25,7 +25,10 @@ from ckptkit.model import Checkpoint
 
 _INDEXED = re.compile(r"^(.*/)?vars/(\d+)$")
 _ROOT_VAR = re.compile(r"^vars/\d+$")
-_FIX = "write a legacy .h5 instead (load_weights reads it by layer order) or pass --template MODEL.keras"
+_FIX = (
+    "convert a PyTorch state dict with --layout keras, pass --template MODEL.keras, or write a legacy .h5 "
+    "instead (load_weights reads it by layer order)"
+)
 
 
 @dataclass
