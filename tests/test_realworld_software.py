@@ -142,9 +142,7 @@ def test_keras_attention_projections_are_named_and_convert_from_legacy_h5(tmp_pa
     fresh = _attention_model(keras)
     fresh.load_weights(tmp_path / "from_h5.weights.h5")
     tokens = np.arange(10).reshape(2, 5) % 12
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(fresh(tokens)), keras.ops.convert_to_numpy(model(tokens))
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh(tokens)), keras.ops.convert_to_numpy(model(tokens)))
 
 
 def test_state_dict_to_keras3_weights_points_at_layout_keras(tmp_path, cli):

@@ -168,7 +168,7 @@ _MODULE_ATTRIBUTES = frozenset({"_parameters", "_buffers", "_modules"})
 def _refuse_module(obj: OpaqueObject, name: str) -> None:
     """Refuse a whole pickled ``nn.Module``: its tensors sit under private attributes, not a state dict."""
     state = obj.state[0] if isinstance(obj.state, tuple) and obj.state else obj.state
-    if isinstance(state, dict) and _MODULE_ATTRIBUTES <= state.keys():
+    if isinstance(state, dict) and state.keys() >= _MODULE_ATTRIBUTES:
         where = f" at {name!r}" if name else ""
         raise UnsupportedError(
             f"the file holds a whole pickled torch.nn.Module ({type(obj).qualname()}{where}), not a state_dict; "
