@@ -8,7 +8,7 @@ import pytest
 
 import ckptkit
 from ckptkit import registry
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.errors import UnsupportedError
 from ckptkit.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, realworld_files
@@ -77,12 +77,7 @@ def test_one_flipped_byte_is_found_and_the_tensor_named(tmp_path, source, fmt):
     assert {f.tensor for f in report.findings} <= {victim, ""}
 
 
-# The legacy Keras writer drops the second name of a tied pair, and convert's own check refuses
-# the result ("tensor 'head.weight' is missing from what was written").
-_TIES_LOST = pytest.mark.xfail(raises=CorruptCheckpointError, strict=True, reason="keras-h5 writer drops tied names")
-
-
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=_TIES_LOST) if f == "keras-h5" else f for f in WRITABLE])
+@pytest.mark.parametrize("fmt", WRITABLE)
 def test_tied_weights_keep_their_hashes_through_conversion(tmp_path, fmt):
     manifest = tmp_path / "tied.json"
     original = build_manifest(TIED)
