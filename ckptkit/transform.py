@@ -46,7 +46,7 @@ class TransformedCheckpoint(Checkpoint):
         for new, old in names.items():
             ti = base_infos[base.aliases.get(old, old)]
             dtype = ti.dtype
-            if cast_to is not None and ti.dtype.is_floating and ti.dtype != cast_to:
+            if cast_to is not None and ti.dtype.kind == cast_to.kind and ti.dtype != cast_to:
                 self.cast[new] = f"{ti.dtype.name} -> {cast_to.name}"
                 dtype = cast_to
             self._infos.append(replace(ti, name=new, dtype=dtype))
@@ -91,7 +91,10 @@ def transform(
     strip_prefix: Sequence[str] = (),
     cast_to: DType | None = None,
 ) -> Checkpoint:
-    """Select, exclude, strip prefixes and cast floating tensors; returns ``ckpt`` if nothing to do.
+    """Select, exclude, strip prefixes and cast; returns ``ckpt`` if nothing to do.
+
+    ``cast_to`` (a floating-point or complex dtype) applies to the tensors of its kind: a float
+    target casts floating-point tensors, a complex target complex ones.
 
     A ``select`` pattern without glob characters names a subtree (``state_dict`` keeps
     ``state_dict.*``) and that prefix is removed from the names kept, so selecting the
@@ -101,6 +104,11 @@ def transform(
     """
     if not (select or exclude or strip_prefix or cast_to):
         return ckpt
+    if cast_to is not None and cast_to.kind not in "fc":
+        raise UsageError(
+            f"--dtype {cast_to.name}: casting takes a floating-point or complex dtype (float16, bfloat16, "
+            "complex64, ...); integer and bool tensors are always kept as they are"
+        )
     all_names = [ti.name for ti in ckpt.tensor_infos()] + list(ckpt.aliases)
     subtree = [p for p in select if not set(p) & _GLOB_CHARS]
     kept = [

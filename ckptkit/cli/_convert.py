@@ -43,7 +43,9 @@ def _names(kind: str) -> set[str]:
 @click.argument("dst", type=click.Path(path_type=Path))
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
-@click.option("--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...).")
+@click.option(
+    "--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...), or complex ones."
+)
 @click.option(
     "--select",
     multiple=True,

@@ -297,7 +297,7 @@ class DcpCheckpoint(Checkpoint):
         if len(chunks) != 1 or self.path is None:
             return None
         rec, start = self._parse(name, chunks[0])
-        if not rec.is_contiguous():
+        if not rec.is_raw():
             return None
         itemsize = rec.dtype.itemsize
         return RawExtent(self.path / chunks[0].file, start + rec.offset * itemsize, rec.numel * itemsize)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +95,7 @@ class SafetensorsCheckpoint(Checkpoint):
             ti, begin, end = parse_entry(name, entry, data_len)
             self._infos.append(ti)
             self._offsets[name] = (begin, end)
-        if ALIASES_KEY in meta:
-            aliases = _json(meta.pop(ALIASES_KEY), f"metadata {ALIASES_KEY}")
-            if not (isinstance(aliases, dict) and all(isinstance(t, str) for t in aliases.values())):
-                raise CorruptCheckpointError(f"metadata {ALIASES_KEY} is not a map of names to names")
-            missing = {t for t in aliases.values() if t not in self._offsets}
-            if missing:
-                raise CorruptCheckpointError(f"{ALIASES_KEY} points at tensors not in the file: {sorted(missing)[:5]}")
-            self.aliases = aliases
-        if EXTRAS_KEY in meta:
-            extras = _json(meta.pop(EXTRAS_KEY), f"metadata {EXTRAS_KEY}")
-            if not isinstance(extras, dict):
-                raise CorruptCheckpointError(f"metadata {EXTRAS_KEY} is not a JSON object")
-            self.extras = extras
+        self.aliases, self.extras = unfold_metadata(meta, self._offsets)
         self.metadata = meta
         self._map: mmap.mmap | None = None
         if size > 0:
@@ -180,9 +168,10 @@ def build_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> tu
     """The padded header bytes and the tensors in the order their data must follow."""
     for ti in infos:
         if ti.dtype.safetensors is None:
+            cast = "--dtype complex64" if ti.dtype.kind == "c" else "--dtype (float16, bfloat16, float32)"
             raise UnsupportedError(
-                f"tensor {ti.name!r} is {ti.dtype.name}, which safetensors cannot hold; "
-                "convert with --dtype to cast floating-point tensors, or choose another format"
+                f"tensor {ti.name!r} is {ti.dtype.name}, which safetensors cannot hold; convert with {cast} to "
+                f"cast such tensors, leave it out with --exclude '{ti.name}', or choose another format"
             )
     ordered = sorted(infos, key=lambda t: (-_DTYPE_RANK.index(t.dtype.safetensors or ""), t.name))
     header: dict[str, Any] = {}
@@ -209,6 +198,27 @@ def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:
     if ckpt.extras:
         meta[EXTRAS_KEY] = json.dumps(ckpt.extras, default=str)
     return meta
+
+
+def unfold_metadata(meta: dict[str, str], names: Container[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Take the alias map and extras :func:`checkpoint_metadata` folded in out of ``meta``, checked.
+
+    ``names`` are the tensors the file holds, which every alias must point at.
+    """
+    aliases: dict[str, str] = {}
+    extras: dict[str, Any] = {}
+    if ALIASES_KEY in meta:
+        aliases = _json(meta.pop(ALIASES_KEY), f"metadata {ALIASES_KEY}")
+        if not (isinstance(aliases, dict) and all(isinstance(t, str) for t in aliases.values())):
+            raise CorruptCheckpointError(f"metadata {ALIASES_KEY} is not a map of names to names")
+        missing = {t for t in aliases.values() if t not in names}
+        if missing:
+            raise CorruptCheckpointError(f"{ALIASES_KEY} points at tensors not in the file: {sorted(missing)[:5]}")
+    if EXTRAS_KEY in meta:
+        extras = _json(meta.pop(EXTRAS_KEY), f"metadata {EXTRAS_KEY}")
+        if not isinstance(extras, dict):
+            raise CorruptCheckpointError(f"metadata {EXTRAS_KEY} is not a JSON object")
+    return aliases, extras
 
 
 def write_safetensors(ckpt: Checkpoint, ctx: WriteContext) -> None:

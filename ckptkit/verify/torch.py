@@ -22,7 +22,7 @@ from io import BytesIO
 from pathlib import Path
 
 from ckptkit import limits
-from ckptkit.errors import CkptkitError
+from ckptkit.errors import CkptkitError, UnsupportedError
 from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
@@ -137,13 +137,12 @@ def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: _Record, findings: lis
         tree = flatten(unpickler.load())
     except Exception as err:  # a hostile pickle can make the unpickler raise anything
         tree = None
-        findings.append(
-            error(
-                "torch.pickle",
-                f"data.pkl cannot be parsed to the end ({type(err).__name__}: {err}); its tensors were not checked",
-                path,
-            )
+        what = (
+            f"data.pkl holds what ckptkit does not read: {err}"
+            if isinstance(err, UnsupportedError)
+            else f"data.pkl cannot be parsed to the end ({type(err).__name__}: {err})"
         )
+        findings.append(error("torch.pickle", f"{what}; its tensors were not checked", path))
     findings.extend(_pickle_finding(path, pf) for pf in unpickler.findings)
     return {} if tree is None else {name: rec.storage.key for name, rec in tree.tensors.items()}
 

@@ -11,6 +11,7 @@ import numpy as np
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype, hdf5_errors
 from ckptkit.formats.keras.structure import CLASSES, Structure
+from ckptkit.formats.safetensors import unfold_metadata
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 
 # Root attribute where ckptkit keeps metadata the Keras layout has no place for (a layout record,
@@ -63,6 +64,12 @@ class KerasCheckpoint(Checkpoint):
             if not isinstance(extra, dict):
                 raise CorruptCheckpointError(f"the {METADATA_ATTR} attribute is not a JSON object")
             self.metadata.update({str(k): str(v) for k, v in extra.items()})
+            recorded_aliases, self.extras = unfold_metadata(self.metadata, self._datasets)
+            # Hard links found while reading name the same ties; a name that has data of its own stays a tensor.
+            self.aliases = {
+                **{a: t for a, t in recorded_aliases.items() if a not in self._datasets},
+                **self.aliases,
+            }
             recorded = json.loads(self.metadata.get(CLASSES, "{}") or "{}")
             structure.classes = {**recorded, **structure.classes}
             for layer in structure.layers:

@@ -50,6 +50,19 @@ SUBLAYERS: dict[str, tuple[str, str, str]] = {
 BIDIRECTIONAL = "Bidirectional"
 HALVES: dict[str, str] = {"forward_layer": "forward_", "backward_layer": "backward_"}
 
+# Attention layers keep their projections in EinsumDense sub-layers: the attribute Keras 3 saves
+# each under, and the name Keras gives it (which legacy .h5 files use).
+_ATTENTION_PARTS = {
+    "query_dense": ("query", "EinsumDense"),
+    "key_dense": ("key", "EinsumDense"),
+    "value_dense": ("value", "EinsumDense"),
+    "output_dense": ("attention_output", "EinsumDense"),
+}
+PARTS: dict[str, dict[str, tuple[str, str]]] = {
+    "MultiHeadAttention": _ATTENTION_PARTS,
+    "GroupedQueryAttention": _ATTENTION_PARTS,
+}
+
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
 # Variables Keras keeps out of training; legacy .h5 files list a layer's trainable variables first.
@@ -63,7 +76,7 @@ def snake_case(class_name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-_BY_SNAKE = {snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *MODEL_CLASSES, BIDIRECTIONAL]}
+_BY_SNAKE = {snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *PARTS, *MODEL_CLASSES, BIDIRECTIONAL]}
 
 
 def class_from_auto_name(name: str) -> str | None:

@@ -82,9 +82,9 @@ class _Walker:
                     self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
             else:
                 name = self.name_of(sub, key)
-                sub_cls = self.sublayer_class(cls, key, name)
-                if sub_cls and name == key and cls in naming.SUBLAYERS:
-                    name = naming.SUBLAYERS[cls][2]
+                sub_cls, default_name = self.sublayer(cls, key, name)
+                if sub_cls and name == key:
+                    name = default_name
                 path = f"{logical}/{name}"
                 self.object(sub, path, self.class_of(path, key) or sub_cls, into)
 
@@ -98,11 +98,15 @@ class _Walker:
     def class_of(self, path: str, key: str) -> str | None:
         return self.config_classes.get(path) or naming.class_from_auto_name(key)
 
-    def sublayer_class(self, cls: str | None, key: str, name: str) -> str | None:
+    def sublayer(self, cls: str | None, key: str, name: str) -> tuple[str | None, str]:
+        """The class and name of the sub-layer a layer of class ``cls`` saves under ``key``, if known."""
         if cls == naming.BIDIRECTIONAL and key in naming.HALVES:
-            return naming.half_class(name)
+            return naming.half_class(name), name
         found = naming.SUBLAYERS.get(cls or "")
-        return found[1] if found and found[0] == key else None
+        if found and found[0] == key:
+            return found[1], found[2]
+        name, part_cls = naming.PARTS.get(cls or "", {}).get(key, (key, None))
+        return part_cls, name
 
 
 def _child_order(key: str) -> tuple[bool, list[Any]]:

@@ -195,6 +195,8 @@ def _sublayer_classes(path: str, cls: str, classes: dict[str, str]) -> None:
     if cls in naming.SUBLAYERS:
         _attr, cell_cls, cell_name = naming.SUBLAYERS[cls]
         classes[f"{path}/{cell_name}"] = cell_cls
+    for part_name, part_cls in naming.PARTS.get(cls, {}).values():
+        classes[f"{path}/{part_name}"] = part_cls
 
 
 def _half_classes(path: str, cfg: dict[str, Any], classes: dict[str, str]) -> None:

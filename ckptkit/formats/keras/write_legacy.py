@@ -15,6 +15,7 @@ from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import METADATA_ATTR
 from ckptkit.formats.keras.h5write import DatasetSpec, FileSpec, set_names
 from ckptkit.formats.keras.structure import Structure
+from ckptkit.formats.safetensors import checkpoint_metadata
 from ckptkit.model import Checkpoint
 
 
@@ -57,7 +58,7 @@ def legacy_spec(ckpt: Checkpoint, notes: list[str]) -> FileSpec:
     expressed = {structure.KERAS_VERSION, structure.BACKEND}
     if full:
         expressed |= {structure.MODEL_CONFIG, structure.TRAINING_CONFIG}
-    extra = structure.stored_metadata(meta, expressed)
+    extra = structure.stored_metadata(checkpoint_metadata(ckpt), expressed)
     if extra is not None:
         root[METADATA_ATTR] = extra
     return spec

@@ -21,11 +21,15 @@ from ckptkit.formats.keras.checkpoint import METADATA_ATTR
 from ckptkit.formats.keras.h5write import DatasetSpec, FileSpec
 from ckptkit.formats.keras.read_v3 import CONTAINERS
 from ckptkit.formats.keras.structure import Structure
+from ckptkit.formats.safetensors import checkpoint_metadata
 from ckptkit.model import Checkpoint
 
 _INDEXED = re.compile(r"^(.*/)?vars/(\d+)$")
 _ROOT_VAR = re.compile(r"^vars/\d+$")
-_FIX = "write a legacy .h5 instead (load_weights reads it by layer order) or pass --template MODEL.keras"
+_FIX = (
+    "convert a PyTorch state dict with --layout keras, pass --template MODEL.keras, or write a legacy .h5 "
+    "instead (load_weights reads it by layer order)"
+)
 
 
 @dataclass
@@ -66,7 +70,7 @@ def v3_spec(
     expressed = {structure.MODEL_NAME, structure.OPTIMIZER_NAME}
     if archive:
         expressed |= {structure.ARCHIVE_CONFIG, structure.ARCHIVE_METADATA, structure.KERAS_VERSION}
-    extra = structure.stored_metadata(meta, expressed)
+    extra = structure.stored_metadata(checkpoint_metadata(ckpt), expressed)
     if extra is not None:
         spec.group("/")[METADATA_ATTR] = extra
     return spec
@@ -131,13 +135,18 @@ def _emit(node: _Node, h5_path: str, spec: FileSpec) -> None:
         spec.datasets.append(DatasetSpec(f"{h5_path}/vars/{index}", tensor))
     counts: Counter[str] = Counter()
     sub = naming.SUBLAYERS.get(node.cls or "")
+    parts = {name: (attr, cls) for attr, (name, cls) in naming.PARTS.get(node.cls or "", {}).items()}
     for child in node.children.values():
+        part = parts.get(child.name)
         if sub and (child.name == sub[2] or child.cls == sub[1]):
             child.cls = child.cls or sub[1]
             _emit(child, f"{h5_path}/{sub[0]}", spec)
         elif node.cls == naming.BIDIRECTIONAL and (attr := _half(child.name)):
             child.cls = child.cls or naming.half_class(child.name)
             _emit(child, f"{h5_path}/{attr}", spec)
+        elif part:
+            child.cls = child.cls or part[1]
+            _emit(child, f"{h5_path}/{part[0]}", spec)
         elif node.cls in naming.MODEL_CLASSES and child.cls:
             base = naming.snake_case(child.cls)
             key = base if not counts[base] else f"{base}_{counts[base]}"

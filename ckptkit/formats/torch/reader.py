@@ -81,7 +81,7 @@ class TorchCheckpoint(Checkpoint):
 
     def raw_extent(self, name: str) -> RawExtent | None:
         rec, start = self._records[name]
-        if self._big_endian or not rec.is_contiguous() or self.path is None:
+        if self._big_endian or not rec.is_raw() or self.path is None:
             return None
         itemsize = rec.dtype.itemsize
         return RawExtent(self.path, start + rec.offset * itemsize, rec.numel * itemsize)
@@ -109,7 +109,13 @@ def record_array(buf: mmap.mmap, rec: TensorRecord, start: int, big_endian: bool
         strides = tuple(s * itemsize for s in rec.stride)
         view = np.lib.stride_tricks.as_strided(flat, rec.shape, strides, writeable=False)
         arr = np.ascontiguousarray(view)
-    return _byteswapped(arr) if big_endian else arr
+    if big_endian:
+        arr = _byteswapped(arr)
+    if rec.conj:
+        arr = np.conj(arr)
+    if rec.neg:
+        arr = np.negative(arr)
+    return arr
 
 
 def read_archive(f: BinaryIO, strict: bool = True) -> Archive:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ckptkit import limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.torch import unpickler
 from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
 
 BARE_TENSOR_NAME = "tensor"
@@ -78,8 +79,8 @@ class _Walker:
             self._tensor(name, obj)
         elif isinstance(obj, UnsupportedTensor):
             raise UnsupportedError(
-                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; convert it to a dense "
-                "tensor of a standard dtype (dequantize(), to_dense()) in PyTorch and save again"
+                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; {_remedy(obj.kind)} in "
+                "PyTorch and save again"
             )
         elif isinstance(obj, (dict, list, tuple, OpaqueObject)):
             if id(obj) in self._active:
@@ -107,6 +108,7 @@ class _Walker:
             else:
                 self._items(enumerate(obj), name, depth)
         else:
+            _refuse_module(obj, name)
             if name:
                 self._extra(name, repr(obj))
             if obj.args:
@@ -141,6 +143,39 @@ class _Walker:
 
     def _extra(self, name: str, value: object) -> None:
         self.tree.extras[_unique(name or "value", self.tree.extras)] = value
+
+
+_REMEDIES = {
+    "quantized": "dequantize() it (or save its int_repr(), q_scale() and q_zero_point() as tensors)",
+    "sparse": "make it dense with to_dense()",
+    "nested": "unbind() it into dense tensors",
+}
+
+
+def _remedy(kind: str) -> str:
+    if kind in _REMEDIES:
+        return _REMEDIES[kind]
+    if kind.endswith("Storage") or kind in unpickler.OTHER_TORCH_DTYPES:
+        wider = "complex64" if kind.lower().startswith(("complex", "chalf")) else "float16"
+        return f"cast it to a standard dtype (.to(torch.{wider})) or reinterpret its bytes (.view(torch.uint8))"
+    return "convert it to a dense CPU tensor of a standard dtype"
+
+
+# Every torch.nn.Module pickles its attribute dict with these keys; a state_dict never does.
+_MODULE_ATTRIBUTES = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _refuse_module(obj: OpaqueObject, name: str) -> None:
+    """Refuse a whole pickled ``nn.Module``: its tensors sit under private attributes, not a state dict."""
+    state = obj.state[0] if isinstance(obj.state, tuple) and obj.state else obj.state
+    if isinstance(state, dict) and state.keys() >= _MODULE_ATTRIBUTES:
+        where = f" at {name!r}" if name else ""
+        raise UnsupportedError(
+            f"the file holds a whole pickled torch.nn.Module ({type(obj).qualname()}{where}), not a state_dict; "
+            "ckptkit does not rebuild modules, which would run their class's code. If you trust the file, load it "
+            "in PyTorch (torch.load(path, weights_only=False)), save model.state_dict() with torch.save and "
+            "convert that"
+        )
 
 
 def _unique(name: str, *taken: dict[str, Any]) -> str:

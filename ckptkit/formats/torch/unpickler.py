@@ -190,6 +190,10 @@ class TensorRecord:
     offset: int  # in elements
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    # torch.save keeps the lazy conjugate and negative bits of views (``t.conj()``, ``t.conj().imag``)
+    # beside the unchanged storage: the values are the stored ones conjugated or negated.
+    conj: bool = False
+    neg: bool = False
 
     @property
     def numel(self) -> int:
@@ -203,6 +207,10 @@ class TensorRecord:
             expected *= size
         return True
 
+    def is_raw(self) -> bool:
+        """True when the tensor's values are its storage bytes as they lie (contiguous, no lazy bits)."""
+        return self.is_contiguous() and not (self.conj or self.neg)
+
     def storage_span(self) -> int:
         """Elements of the storage this view reaches, counted from the storage's start."""
         if self.numel == 0:
@@ -211,7 +219,10 @@ class TensorRecord:
 
     def identity(self) -> tuple[object, ...]:
         """Equal for two records that view the same bytes the same way (tied weights)."""
-        return (self.storage.key, self.storage.view_offset, self.dtype.name, self.offset, self.shape, self.stride)
+        return (
+            self.storage.key, self.storage.view_offset, self.dtype.name, self.offset, self.shape, self.stride,
+            self.conj, self.neg,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -330,7 +341,7 @@ def _int_tuple(value: object, what: str) -> tuple[int, ...]:
 
 
 def _tensor(
-    storage: object, offset: object, size: object, stride: object, dtype: DType | None
+    storage: object, offset: object, size: object, stride: object, dtype: DType | None, metadata: object = None
 ) -> TensorRecord | UnsupportedTensor:
     if not isinstance(storage, StorageRef):
         raise CorruptCheckpointError(f"a tensor's storage is {type(storage).__name__}, not a storage reference")
@@ -344,22 +355,48 @@ def _tensor(
         dtype = storage.storage.dtype if storage.storage.name != "UntypedStorage" else dtypes.by_name("uint8")
     if dtype is None:
         return UnsupportedTensor(storage.storage.name)
-    return TensorRecord(storage, dtype, offset, shape, strides)
+    bits = _view_bits(metadata)
+    if isinstance(bits, UnsupportedTensor):
+        return bits
+    return TensorRecord(storage, dtype, offset, shape, strides, conj="conj" in bits, neg="neg" in bits)
+
+
+_VIEW_BITS = frozenset({"conj", "neg"})
+
+
+def _view_bits(metadata: object) -> frozenset[str] | UnsupportedTensor:
+    """The lazy bits set in the metadata dict ``_rebuild_tensor_v2``/``_v3`` take last (``{"conj": True}``)."""
+    if metadata is None:
+        return frozenset()
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(f"tensor metadata {metadata!r} is not a dict")
+    bits = frozenset(str(key) for key, value in metadata.items() if value)
+    unknown = sorted(bits - _VIEW_BITS)
+    if unknown:
+        return UnsupportedTensor(f"tensor with metadata {unknown}")
+    return bits
 
 
 def _rebuild_tensor(storage: object, offset: object, size: object, stride: object, *_: object) -> object:
     return _tensor(storage, offset, size, stride, None)
 
 
+def _rebuild_tensor_v2(
+    storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
+    hooks: object = None, metadata: object = None, *_: object,
+) -> object:  # fmt: skip
+    return _tensor(storage, offset, size, stride, None, metadata)
+
+
 def _rebuild_tensor_v3(
     storage: object, offset: object, size: object, stride: object, requires_grad: object, hooks: object,
-    dtype: object, *_: object,
+    dtype: object, metadata: object = None, *_: object,
 ) -> object:  # fmt: skip
     if not (isinstance(dtype, Marker) and dtype.kind == "dtype"):
         raise CorruptCheckpointError(f"_rebuild_tensor_v3 got {dtype!r} where a dtype belongs")
     if dtype.dtype is None:
         return UnsupportedTensor(dtype.name)
-    return _tensor(storage, offset, size, stride, dtype.dtype)
+    return _tensor(storage, offset, size, stride, dtype.dtype, metadata)
 
 
 def _rebuild_parameter(data: object, *_: object) -> object:
@@ -455,7 +492,7 @@ def _reconstructor(cls: object, base: object = None, state: object = None) -> ob
 
 _REBUILDERS: dict[str, Callable[..., object]] = {
     "_rebuild_tensor": _rebuild_tensor,
-    "_rebuild_tensor_v2": _rebuild_tensor,
+    "_rebuild_tensor_v2": _rebuild_tensor_v2,
     "_rebuild_tensor_v3": _rebuild_tensor_v3,
     "_rebuild_parameter": _rebuild_parameter,
     "_rebuild_parameter_with_state": _rebuild_parameter,
@@ -495,7 +532,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
 
 # torch names that pickles use as values. Dtypes ckptkit cannot hold are still recognised, so a
 # tensor of such a type is refused by name rather than its dtype being taken for an unknown class.
-_OTHER_TORCH_DTYPES = frozenset({
+OTHER_TORCH_DTYPES = frozenset({
     "complex32", "chalf", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "bits1x8", "bits2x4",
     "bits4x2", "bits8", "bits16", "float8_e8m0fnu", "float4_e2m1fn_x2",
     "int1", "int2", "int3", "int4", "int5", "int6", "int7",
@@ -525,7 +562,7 @@ def _torch_marker(module: str, name: str) -> Marker | None:
         return None
     if name in _DTYPE_NAMES:
         return Marker("dtype", name, dtypes.by_name(name))
-    if name in _OTHER_TORCH_DTYPES:
+    if name in OTHER_TORCH_DTYPES:
         return Marker("dtype", name)
     if name in _TORCH_MARKERS:
         return Marker(_TORCH_MARKERS[name], name)
