@@ -153,3 +153,30 @@ def test_state_dict_to_keras3_weights_points_at_layout_keras(tmp_path, cli):
     assert cli("convert", src, dst, "--layout", "keras").code == 0
     with ckptkit.load(dst) as ckpt:
         assert {"0/kernel", "2/kernel"} <= set(ckpt.names())
+
+
+def test_sharded_bin_with_tied_weights_reads_as_one_checkpoint(tmp_path, cli):
+    # huggingface_hub keeps a tied pair in one .bin shard, where torch.save stores it once; the
+    # index lists both names.
+    hub = pytest.importorskip("huggingface_hub")
+    torch.manual_seed(0)
+    embed = torch.randn(100, 32)
+    state = {"wte.weight": embed, "h.0.w": torch.randn(32, 32), "h.1.w": torch.randn(32, 32), "lm_head.weight": embed}
+    folder = tmp_path / "tied"
+    folder.mkdir()
+    hub.save_torch_state_dict(state, folder, safe_serialization=False, max_shard_size="10KB")
+    assert len(list(folder.glob("pytorch_model-*.bin"))) == 2
+
+    with ckptkit.load(folder) as ckpt:
+        assert ckpt.aliases == {"lm_head.weight": "wte.weight"}
+        assert sorted(ckpt.names()) == ["h.0.w", "h.1.w", "wte.weight"]
+        np.testing.assert_array_equal(ckpt.read_tensor("h.1.w"), state["h.1.w"].numpy())
+    assert cli("verify", folder).code == 0
+
+    dst = tmp_path / "model.safetensors"
+    ckptkit.convert(folder, dst)
+    from safetensors import safe_open
+
+    with safe_open(dst, "np") as f:
+        np.testing.assert_array_equal(f.get_tensor("wte.weight"), embed.numpy())
+    assert build_manifest(folder).root == build_manifest(dst).root
