@@ -123,50 +123,67 @@ def files_of(ckpt: Checkpoint) -> list[Path]:
     return list(found)
 
 
-def _file_records(base: Path, hashes: Mapping[Path, str]) -> dict[str, dict[str, Any]]:
-    return {
-        Path(os.path.relpath(p, base)).as_posix(): {"sha256": digest, "bytes": p.stat().st_size}
-        for p, digest in hashes.items()
-    }
+def _file_records(base: Path, hashes: Mapping[Path, str | None]) -> dict[str, dict[str, Any]]:
+    """Name relative to ``base`` -> size, and SHA-256 where the file was hashed."""
+    records: dict[str, dict[str, Any]] = {}
+    for p, digest in hashes.items():
+        record: dict[str, Any] = {"sha256": digest} if digest is not None else {}
+        records[Path(os.path.relpath(p, base)).as_posix()] = {**record, "bytes": p.stat().st_size}
+    return records
 
 
 def build_manifest(
-    path: str | Path, format: str | None = None, *, workers: int | None = None, progress: ProgressFn | None = None
+    path: str | Path,
+    format: str | None = None,
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    file_hashes: bool = True,
 ) -> Manifest:
-    """Hash a checkpoint (a file, or a shard index or the folder holding one)."""
+    """Hash a checkpoint (a file, or a shard index or the folder holding one).
+
+    With ``file_hashes=False`` the files are listed with their sizes but not hashed whole: every
+    byte is then hashed once (for its tensor) instead of twice, and tensor hashes and the root are
+    the same.
+    """
     p = Path(path)
     index_path = None if format else single_index(p)
     if index_path is not None:
-        return _sharded_manifest(index_path, workers, progress)
+        return _sharded_manifest(index_path, workers, progress, file_hashes)
     with registry.open_checkpoint(p, format) as ckpt:
-        result = scan(ckpt, hashes=True, files=files_of(ckpt), workers=workers, progress=progress)
+        files = files_of(ckpt)
+        result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
         base = p if p.is_dir() else p.parent
-        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), _file_records(base, result.files))
+        records = _file_records(base, {f: result.files.get(f) for f in files})
+        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), records)
 
 
-def _sharded_manifest(index_path: Path, workers: int | None, progress: ProgressFn | None) -> Manifest:
+def _sharded_manifest(
+    index_path: Path, workers: int | None, progress: ProgressFn | None, file_hashes: bool
+) -> Manifest:
     index = read_index(index_path)
     if index.repeated:
         raise CorruptCheckpointError(
             f"the shard index lists {index.repeated[0]!r} twice; run ckptkit verify", index_path
         )
     tensors: dict[str, TensorEntry] = {}
-    hashes: dict[Path, str] = {}
+    hashes: dict[Path, str | None] = {}
     formats: list[str] = []
     index.check_shards()
     for shard in index.shard_names:
         with registry.open_checkpoint(index.shard_path(shard)) as ckpt:
-            result = scan(ckpt, hashes=True, files=files_of(ckpt), workers=workers, progress=progress)
+            files = files_of(ckpt)
+            result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
             entries = entries_from_scan(ckpt, result)
             formats.append(ckpt.format_name)
         _merge_shard(tensors, entries, shard, index.weight_map, index_path)
-        hashes.update(result.files)
+        hashes.update({f: result.files.get(f) for f in files})
     missing = [n for n in index.weight_map if n not in tensors]
     if missing:
         raise CorruptCheckpointError(
             f"tensor {missing[0]!r} is not in shard {index.weight_map[missing[0]]!r}; run ckptkit verify", index_path
         )
-    hashes = {index_path: file_sha256(index_path), **hashes}
+    hashes = {index_path: file_sha256(index_path) if file_hashes else None, **hashes}
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     return Manifest(str(index_path), fmt, tensors, _file_records(index.folder, hashes), index_path.name)
 

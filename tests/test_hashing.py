@@ -109,6 +109,24 @@ def test_manifest_json_round_trip(tmp_path):
     assert back.tensors == m.tensors and back.root == m.root and back.files == m.files
 
 
+def test_without_file_hashes_the_tensors_and_root_are_the_same(tmp_path, cli):
+    src = FIXTURES / "mlp_fp32.pt"
+    full = build_manifest(src)
+    lean = build_manifest(src, file_hashes=False)
+    assert lean.tensors == full.tensors and lean.root == full.root
+    assert lean.files == {"mlp_fp32.pt": {"bytes": src.stat().st_size}}
+    assert full.files["mlp_fp32.pt"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+
+    manifest = tmp_path / "lean.json"
+    r = cli("hash", src, "--no-file-hashes", "-o", manifest)
+    assert r.code == 0, r.stderr
+    data = json.loads(manifest.read_text())
+    assert data["root"] == full.root and "sha256" not in data["files"]["mlp_fp32.pt"]
+    converted = tmp_path / "mlp.safetensors"
+    ckptkit.convert(src, converted)
+    assert cli("verify", converted, "--manifest", manifest).code == 0
+
+
 def test_file_hash_matches_hashlib(tmp_path):
     data = np.random.default_rng(0).integers(0, 256, 3 * 1024 * 1024 + 17, dtype=np.uint8).tobytes()
     path = tmp_path / "blob"

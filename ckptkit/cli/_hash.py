@@ -17,8 +17,14 @@ from ckptkit.output import AtomicOutput
     "-o", "--output", type=click.Path(path_type=Path), help="Write the manifest to this file instead of stdout."
 )
 @click.option("--force", is_flag=True, help="Overwrite the --output file if it exists.")
+@click.option(
+    "--no-file-hashes",
+    is_flag=True,
+    help="List the files with their sizes but skip their whole-file SHA-256: each byte is hashed once, "
+    "not twice. Tensor hashes and the root are unchanged.",
+)
 @format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
-def command(path: Path, output: Path | None, force: bool, format_name: str | None) -> None:
+def command(path: Path, output: Path | None, force: bool, no_file_hashes: bool, format_name: str | None) -> None:
     """Hash every tensor of PATH independently of its file format.
 
     PATH is a checkpoint file, a shard index (*.index.json) or a folder holding one. The manifest
@@ -28,8 +34,9 @@ def command(path: Path, output: Path | None, force: bool, format_name: str | Non
     """
     from ckptkit.manifest import build_manifest, involved_bytes  # loaded only for this command
 
-    with progress_bar(2 * involved_bytes([path]), f"hash {path.name}") as progress:
-        manifest = build_manifest(path, format_name, progress=progress)
+    passes = 1 if no_file_hashes else 2
+    with progress_bar(passes * involved_bytes([path]), f"hash {path.name}") as progress:
+        manifest = build_manifest(path, format_name, progress=progress, file_hashes=not no_file_hashes)
     data = manifest.to_dict()
     if output is None:
         print_json(data)
