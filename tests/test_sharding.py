@@ -297,7 +297,10 @@ def test_keras_sharded_weights_read_like_the_unsharded_file(tmp_path):
         pytest.skip("this build has no Keras weights format to read the shards with")
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
-    layers = [keras.layers.Dense(256), keras.layers.Dense(256), keras.layers.Dense(10)]
+    # Named layers: Keras states a layer's name only in the shard where the layer starts, so the
+    # shard continuing "hidden" must take its name from the first one.
+    names = ("encoder", "hidden", "head")
+    layers = [keras.layers.Dense(n, name=name) for n, name in zip((256, 256, 10), names, strict=True)]
     model = keras.Sequential([keras.Input((64,)), *layers])
     model.save_weights(tmp_path / "whole.weights.h5")
     (tmp_path / "sharded").mkdir()
@@ -306,6 +309,7 @@ def test_keras_sharded_weights_read_like_the_unsharded_file(tmp_path):
     with ckptkit.load(tmp_path / "whole.weights.h5") as whole, ckptkit.load(tmp_path / "sharded") as sharded:
         assert sharded.format_name == "sharded" and len(sharded.shards) == 2
         assert sorted(sharded.names()) == sorted(whole.names())
+        assert {n.split("/")[0] for n in sharded.names()} == set(names)
         assert_same_tensors({n: whole.read_tensor(n) for n in whole.names()}, sharded)
 
 

@@ -62,6 +62,8 @@ class ShardedCheckpoint(Checkpoint):
         try:
             for name in self.shard_files:
                 self.shards[name] = _open_shard(index_path.parent / name)
+            if self.keras:
+                self._name_keras_objects()
             self._collect(index.weight_map)
             self._read_metadata(index.metadata)
         except BaseException:
@@ -70,6 +72,22 @@ class ShardedCheckpoint(Checkpoint):
         self.concurrent_reads = all(s.concurrent_reads for s in self.shards.values())
         formats = sorted({s.format_name for s in self.shards.values()})
         self.shard_format = formats[0] if len(formats) == 1 else "mixed"
+
+    def _name_keras_objects(self) -> None:
+        """Reopen shards that hold part of a layer whose name another shard states.
+
+        Keras writes a layer's name (its ``vars`` group's ``name`` attribute) only into the shard
+        where the layer starts; a shard continuing the layer has the group without it.
+        """
+        from ckptkit.formats.keras.checkpoint import KerasCheckpoint
+        from ckptkit.formats.keras.files import open_file
+
+        shards = {f: s for f, s in self.shards.items() if isinstance(s, KerasCheckpoint)}
+        known = {path: name for s in shards.values() for path, name in s.group_names.items()}
+        for file_name, shard in shards.items():
+            if shard.unnamed_groups & known.keys():
+                shard.close()
+                self.shards[file_name] = open_file(Path(str(shard.path)), archive=False, names_hint=known)
 
     def _collect(self, weight_map: Mapping[str, Any]) -> None:
         self._infos: list[TensorInfo] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,16 @@ METADATA_ATTR = "ckptkit_metadata"
 class KerasCheckpoint(Checkpoint):
     """Tensors of a Keras HDF5 file, each read from its dataset when asked for."""
 
-    def __init__(self, reader: DataReader, h5: Any, format_name: str) -> None:
+    def __init__(
+        self, reader: DataReader, h5: Any, format_name: str, names_hint: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(reader.path)
+        # Object names by HDF5 group path: those the file states, those it leaves out, and those
+        # to use where it leaves them out. A sharded Keras save writes a layer's name only in the
+        # shard where the layer starts; the other shards' names come from there.
+        self.group_names: dict[str, str] = {}
+        self.unnamed_groups: set[str] = set()
+        self.names_hint: Mapping[str, str] = names_hint or {}
         self.format_name = format_name
         self.reader = reader
         self.h5 = h5

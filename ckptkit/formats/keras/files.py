@@ -33,8 +33,11 @@ WRITE_OPTIONS = (
 )
 
 
-def open_file(path: Path, archive: bool) -> KerasCheckpoint:
-    """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has."""
+def open_file(path: Path, archive: bool, names_hint: Mapping[str, str] | None = None) -> KerasCheckpoint:
+    """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has.
+
+    ``names_hint`` names objects (by HDF5 group path) whose name the file leaves out.
+    """
     reader: DataReader = ArchiveReader(path) if archive else DataReader(path)
     try:
         with hdf5_errors():
@@ -44,7 +47,7 @@ def open_file(path: Path, archive: bool) -> KerasCheckpoint:
         raise
     try:
         with hdf5_errors():
-            return _read(reader, h5)
+            return _read(reader, h5, names_hint or {})
     except BaseException:
         with contextlib.suppress(Exception):
             h5.close()
@@ -52,9 +55,9 @@ def open_file(path: Path, archive: bool) -> KerasCheckpoint:
         raise
 
 
-def _read(reader: DataReader, h5: Any) -> KerasCheckpoint:
+def _read(reader: DataReader, h5: Any, names_hint: Mapping[str, str]) -> KerasCheckpoint:
     if isinstance(reader, ArchiveReader):
-        ckpt = KerasCheckpoint(reader, h5, "keras")
+        ckpt = KerasCheckpoint(reader, h5, "keras", names_hint)
         extra = {structure.ARCHIVE_CONFIG: reader.config}
         if reader.archive_metadata is not None:
             extra[structure.ARCHIVE_METADATA] = reader.archive_metadata
@@ -64,7 +67,7 @@ def _read(reader: DataReader, h5: Any) -> KerasCheckpoint:
         ckpt = KerasCheckpoint(reader, h5, "keras-h5")
         read_legacy(ckpt)
     elif is_v3(h5):
-        ckpt = KerasCheckpoint(reader, h5, "keras")
+        ckpt = KerasCheckpoint(reader, h5, "keras", names_hint)
         read_v3(ckpt, "weights.h5")
     else:
         raise UnknownFormatError(not_keras_message(h5))

@@ -89,10 +89,17 @@ class _Walker:
                 self.object(sub, path, self.class_of(path, key) or sub_cls, into)
 
     def name_of(self, group: Any, key: str) -> str:
+        """The object's own name (its ``vars`` group's ``name`` attribute), else a name given for its
+        path (see :attr:`KerasCheckpoint.names_hint`), else its key."""
         if "vars" in group and is_group(group["vars"]):
             name = attr_text(child(group, "vars"), "name")
             if name and "/" not in name:
+                self.ckpt.group_names[group.name] = name
                 return name
+        hinted = self.ckpt.names_hint.get(group.name)
+        if hinted:
+            return hinted
+        self.ckpt.unnamed_groups.add(group.name)
         return key
 
     def class_of(self, path: str, key: str) -> str | None:
