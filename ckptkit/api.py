@@ -13,7 +13,7 @@ from ckptkit import registry
 from ckptkit.dtypes import by_name
 from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.executor import default_executor, map_tensors
-from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt
+from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
 from ckptkit.output import AtomicOutput
 from ckptkit.registry import WriteContext
 from ckptkit.sharding import SHARD_SIZE_OPTION
@@ -68,10 +68,13 @@ def convert(
 
     ``layout`` ("keras" or "torch") translates tensor layouts between the frameworks on the way
     (see :mod:`ckptkit.layout`); ``layout_hints`` settle what names and shapes cannot tell.
+    A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
+    :class:`~ckptkit.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     """
     src, dst = Path(src), Path(dst)
     with registry.open_checkpoint(src, from_format, read_options) as ckpt:
         view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
+        refuse_unsupported(view)
         plan = None
         if layout:
             from ckptkit.layout import apply_layout, plan_layout
@@ -144,7 +147,9 @@ def write_checkpoint(
 
     ``dst`` may be an existing folder (the file is named as Hugging Face names it there, such as
     ``model.safetensors``) or the name of a shard index (``model.safetensors.index.json``).
+    A checkpoint holding tensors ckptkit cannot read is refused (:func:`refuse_unsupported`).
     """
+    refuse_unsupported(ckpt)
     fmt = registry.for_output(dst, format)
     if dst.is_dir():
         dst = dst / fmt.folder_file_name
@@ -250,7 +255,10 @@ def inspect(
 
 
 def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """The inspect report of an open checkpoint (headers only unless ``stats``)."""
+    """The inspect report of an open checkpoint (headers only unless ``stats``).
+
+    ``unsupported`` maps the tensors ckptkit cannot read to why; they are not in ``tensors`` or the counts.
+    """
     infos = ckpt.tensor_infos()
     by_dtype: Counter[str] = Counter()
     params_by_dtype: Counter[str] = Counter()
@@ -284,6 +292,7 @@ def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | No
         "metadata": dict(ckpt.metadata),
         "extras": dict(ckpt.extras),
         "tensors": tensors,
+        "unsupported": dict(ckpt.unsupported),
     }
     structure = ckpt.structure()
     if structure is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ckptkit.dtypes import DType, from_numpy
-from ckptkit.errors import READ_ERRORS, CorruptCheckpointError, UsageError
+from ckptkit.errors import READ_ERRORS, CorruptCheckpointError, UnsupportedError, UsageError
 
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just processed; the caller knows the total."""
@@ -76,6 +76,10 @@ class Checkpoint(ABC):
     ``metadata`` holds string metadata, format-specific keys namespaced as ``"format:key"``.
     ``extras`` holds the non-tensor content of training checkpoints (epoch, optimizer scalars,
     hyperparameters), flattened to dotted names.
+    ``unsupported`` maps the names of tensors the file holds but ckptkit cannot represent (a
+    quantized or sparse PyTorch tensor, complex32, ...) to why and what to do, worded to follow
+    "tensor 'name' is ...". They are not in :meth:`tensor_infos`: the rest of the checkpoint
+    stays readable, and writers refuse the checkpoint until they are left out (:func:`refuse_unsupported`).
     ``concurrent_reads`` says that :meth:`read_tensor` and :meth:`raw_extent` may be called from
     several threads at once (readers over memory maps can; readers sharing one file position
     cannot), so work over its tensors may run on threads.
@@ -98,6 +102,7 @@ class Checkpoint(ABC):
         self.metadata: dict[str, str] = {}
         self.extras: dict[str, Any] = {}
         self.aliases: dict[str, str] = {}
+        self.unsupported: dict[str, str] = {}
 
     @abstractmethod
     def tensor_infos(self) -> Sequence[TensorInfo]:
@@ -169,6 +174,24 @@ class Checkpoint(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.format_name} {self.path} tensors={len(self)}>"
+
+
+def refuse_unsupported(ckpt: Checkpoint) -> None:
+    """Raise :class:`UnsupportedError` naming the first tensor ckptkit cannot read, if there is one.
+
+    What writes or hashes a whole checkpoint calls it: such tensors are never dropped silently.
+    """
+    if not ckpt.unsupported:
+        return
+    names = list(ckpt.unsupported)
+    first = names[0]
+    count = ""
+    if len(names) > 1:
+        shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        count = f" (1 of {len(names)} such tensors: {shown}; ckptkit inspect lists them)"
+    raise UnsupportedError(
+        f"tensor {first!r} is {ckpt.unsupported[first]}, or leave it out with --exclude {first!r}{count}", ckpt.path
+    )
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:

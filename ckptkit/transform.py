@@ -29,10 +29,12 @@ class TransformedCheckpoint(Checkpoint):
         cast_to: DType | None,
         aliases: dict[str, str],
         dropped: list[str],
+        unsupported: dict[str, str] | None = None,
     ) -> None:
         super().__init__(base.path)
         self.aliases = aliases
         self.dropped = dropped
+        self.unsupported = dict(base.unsupported) if unsupported is None else unsupported
         self.base = base
         self.format_name = base.format_name
         self.concurrent_reads = base.concurrent_reads
@@ -100,7 +102,8 @@ def transform(
     ``state_dict.*``) and that prefix is removed from the names kept, so selecting the
     ``state_dict`` of a training checkpoint yields a plain state dict. Glob patterns filter only.
     Aliases (tied weights) follow their names: an alias whose tensor was left out becomes a
-    tensor of its own.
+    tensor of its own. Tensors ckptkit cannot read (``ckpt.unsupported``) are selected, excluded
+    and renamed like the others; those kept stay in the view's ``unsupported``.
     """
     if not (select or exclude or strip_prefix or cast_to):
         return ckpt
@@ -109,7 +112,7 @@ def transform(
             f"--dtype {cast_to.name}: casting takes a floating-point or complex dtype (float16, bfloat16, "
             "complex64, ...); integer and bool tensors are always kept as they are"
         )
-    all_names = [ti.name for ti in ckpt.tensor_infos()] + list(ckpt.aliases)
+    all_names = [ti.name for ti in ckpt.tensor_infos()] + list(ckpt.aliases) + list(ckpt.unsupported)
     subtree = [p for p in select if not set(p) & _GLOB_CHARS]
     kept = [
         n for n in all_names
@@ -133,11 +136,15 @@ def transform(
     names: dict[str, str] = {}
     canonical_kept: dict[str, str] = {}  # base canonical -> new name that represents it
     aliases: dict[str, str] = {}
+    unsupported: dict[str, str] = {}
     base_aliases = ckpt.aliases
     for old in kept:
         new = rename(old)
-        if new in names or new in aliases:
+        if new in names or new in aliases or new in unsupported:
             raise UsageError(f"two tensors would both be named {new!r} after renaming ({old!r} and another)")
+        if old in ckpt.unsupported:
+            unsupported[new] = ckpt.unsupported[old]
+            continue
         target = base_aliases.get(old, old)
         if target in canonical_kept:
             aliases[new] = canonical_kept[target]
@@ -146,7 +153,7 @@ def transform(
             names[new] = old
     kept_set = set(kept)
     dropped = [n for n in all_names if n not in kept_set]
-    view = TransformedCheckpoint(ckpt, names, cast_to, aliases, dropped)
+    view = TransformedCheckpoint(ckpt, names, cast_to, aliases, dropped, unsupported)
     if subtree:
         view.extras = {k: v for k, v in ckpt.extras.items() if _matches(k, select)}
     return view

@@ -95,8 +95,10 @@ def test_tensors_ckptkit_cannot_hold_are_refused_with_a_fitting_remedy(tmp_path)
     for key, (tensor, remedy) in cases.items():
         path = tmp_path / f"{key}.pt"
         torch.save({"ok": torch.ones(2), key: tensor}, path)
+        with ckptkit.load(path) as ckpt:
+            assert remedy in ckpt.unsupported[key], (key, ckpt.unsupported)
         with pytest.raises(UnsupportedError, match=rf"tensor '{key}' is a .* tensor") as caught:
-            ckptkit.load(path)
+            ckptkit.convert(path, tmp_path / f"{key}.safetensors")
         assert remedy in str(caught.value), (key, str(caught.value))
 
 

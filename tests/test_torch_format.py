@@ -649,14 +649,17 @@ def test_torchscript_archives_are_refused(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:.*quantized:UserWarning")
-def test_quantized_and_sparse_tensors_are_refused_by_name(tmp_path):
+def test_quantized_and_sparse_tensors_are_listed_apart_and_refused_by_name(tmp_path):
     q = torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8)
     torch.save({"fine": torch.ones(2), "q": q}, tmp_path / "q.pt")
+    with open_checkpoint(tmp_path / "q.pt") as ckpt:
+        assert ckpt.names() == ["fine"] and list(ckpt.unsupported) == ["q"]
     with pytest.raises(UnsupportedError, match=r"tensor 'q' is a quantized tensor"):
-        open_checkpoint(tmp_path / "q.pt")
+        ckptkit.convert(tmp_path / "q.pt", tmp_path / "q.safetensors")
     torch.save({"fine": torch.ones(2), "layer.sp": torch.eye(3).to_sparse()}, tmp_path / "s.pt")
     with pytest.raises(UnsupportedError, match=r"tensor 'layer\.sp' is a sparse tensor"):
-        open_checkpoint(tmp_path / "s.pt")
+        ckptkit.convert(tmp_path / "s.pt", tmp_path / "s.safetensors")
+    assert not (tmp_path / "q.safetensors").exists() and not (tmp_path / "s.safetensors").exists()
 
 
 def test_sniff_claims_torch_files_and_nothing_else(tmp_path):

@@ -40,10 +40,11 @@ def command(path: Path, format_name: str | None, as_json: bool, stats: bool, tre
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
+    unreadable = f" (and {len(report['unsupported'])} ckptkit cannot read)" if report["unsupported"] else ""
     lines = [
         f"{printable(report['path'])}",
         f"format: {report['format']}",
-        f"tensors: {report['tensor_count']}   parameters: {report['parameters']:,}   "
+        f"tensors: {report['tensor_count']}{unreadable}   parameters: {report['parameters']:,}   "
         f"size: {human_bytes(report['bytes'])}",
     ]
     if report["bytes_by_dtype"]:
@@ -70,11 +71,16 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
         out.print(line, markup=False)
     if "structure" in report:
         _print_structure(report, stats)
-        return
-    table = _tensor_table(stats)
-    for t in report["tensors"]:
-        table.add_row(*_tensor_row(t, stats))
-    out.print(table)
+    else:
+        table = _tensor_table(stats)
+        for t in report["tensors"]:
+            table.add_row(*_tensor_row(t, stats))
+        out.print(table)
+    if report["unsupported"]:
+        out.print(f"UNSUPPORTED: {len(report['unsupported'])} tensor(s) ckptkit cannot read (not listed above):",
+                  markup=False)  # fmt: skip
+        for name, why in report["unsupported"].items():
+            out.print(f"  {printable(name)}: {printable(why)}", markup=False)
 
 
 def _tensor_table(stats: bool) -> Table:
@@ -140,6 +146,11 @@ def _print_tree(report: dict[str, Any]) -> None:
         for part in module_path(t["name"]):
             node = node.setdefault(part, {})
         node.setdefault("\0tensors", []).append(t)
+    for name, why in report["unsupported"].items():
+        node = root
+        for part in module_path(name):
+            node = node.setdefault(part, {})
+        node.setdefault("\0tensors", []).append({"name": name, "unsupported": why, "numel": 0})
     tree = Tree(Text(f"{report['format']} ({report['parameters']:,} parameters)"))
     _fill(tree, root)
     out.print(tree)
@@ -158,4 +169,7 @@ def _fill(branch: Tree, node: dict[str, Any]) -> None:
         _fill(sub, child)
     for t in node.get("\0tensors", []):
         leaf = leaf_name(t["name"])
-        branch.add(Text(f"{printable(leaf)}  {t['dtype']} {t['shape']}  {human_bytes(t['nbytes'])}"))
+        if "unsupported" in t:
+            branch.add(Text(f"{printable(leaf)}  UNSUPPORTED: {printable(t['unsupported'])}"))
+        else:
+            branch.add(Text(f"{printable(leaf)}  {t['dtype']} {t['shape']}  {human_bytes(t['nbytes'])}"))

@@ -101,21 +101,25 @@ class ShardedCheckpoint(Checkpoint):
                     )
                 self._owner[ti.name] = file_name
                 self._infos.append(TensorInfo(ti.name, ti.dtype, ti.shape, f"{file_name}: {ti.location}".rstrip(": ")))
-        # A tied name (torch.save stores it once, as an alias) is listed by the index like any tensor.
-        alias_owner: dict[str, str] = {}
+        # A tied name (torch.save stores it once, as an alias) and a tensor ckptkit cannot read are listed
+        # by the index like any tensor.
+        named_owner: dict[str, str] = {}
         for file_name, shard in self.shards.items():
             for alias in shard.aliases:
-                first = self._owner.get(alias) or alias_owner.get(alias)
+                first = self._owner.get(alias) or named_owner.get(alias)
                 if first is not None:
                     raise CorruptCheckpointError(
                         f"tensor {alias!r} is in two shards, {first} and {file_name}; "
                         "the shards are from different saves, download them again"
                     )
-                alias_owner[alias] = file_name
+                named_owner[alias] = file_name
+            for name, why in shard.unsupported.items():
+                named_owner[name] = file_name
+                self.unsupported[name] = why
         if self.keras:
             return  # Keras maps layers, not tensors, to shards: the shards' own contents are the truth.
         for name, file_name in weight_map.items():
-            owner = self._owner.get(name) or alias_owner.get(name)
+            owner = self._owner.get(name) or named_owner.get(name)
             if owner != file_name:
                 where = f"it is in {owner}" if owner else "no shard holds it"
                 raise CorruptCheckpointError(

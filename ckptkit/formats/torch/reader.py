@@ -51,6 +51,7 @@ class TorchCheckpoint(Checkpoint):
         limits.check("the tensor count", len(tree.tensors), "tensors", "tensors")
         self.aliases = tree.aliases
         self.extras = tree.extras
+        self.unsupported = tree.unsupported
         self.metadata[FORMAT_KEY] = archive.kind
         if tree.root != "dict":
             self.metadata[ROOT_KEY] = tree.root

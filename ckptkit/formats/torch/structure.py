@@ -26,10 +26,15 @@ _SCALARS = (type(None), bool, int, float, str)
 
 @dataclass
 class Tree:
-    """What :func:`flatten` found: tensors by name (in pickle order), aliases, extras, root kind."""
+    """What :func:`flatten` found: tensors by name (in pickle order), aliases, extras, root kind.
+
+    ``unsupported`` maps the names of tensors ckptkit cannot represent to why (see
+    :attr:`ckptkit.model.Checkpoint.unsupported`).
+    """
 
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     root: str = "dict"  # "dict", "tensor", "list", "tuple" or "<opaque module.Class>"
 
@@ -78,10 +83,8 @@ class _Walker:
         if isinstance(obj, TensorRecord):
             self._tensor(name, obj)
         elif isinstance(obj, UnsupportedTensor):
-            raise UnsupportedError(
-                f"tensor {name!r} is a {obj.kind} tensor, which ckptkit cannot read; {_remedy(obj.kind)} in "
-                "PyTorch and save again"
-            )
+            name = _unique(name, self.tree.tensors, self.tree.aliases, self.tree.unsupported)
+            self.tree.unsupported[name] = unsupported_reason(obj)
         elif isinstance(obj, (dict, list, tuple, OpaqueObject)):
             if id(obj) in self._active:
                 self._extra(name, "<cycle>")
@@ -132,7 +135,7 @@ class _Walker:
             self.visit(value, _join(name, key), depth + 1)
 
     def _tensor(self, name: str, rec: TensorRecord) -> None:
-        name = _unique(name, self.tree.tensors, self.tree.aliases)
+        name = _unique(name, self.tree.tensors, self.tree.aliases, self.tree.unsupported)
         identity = rec.identity()
         first = self._by_identity.get(identity)
         if first is not None:
@@ -146,10 +149,20 @@ class _Walker:
 
 
 _REMEDIES = {
-    "quantized": "dequantize() it (or save its int_repr(), q_scale() and q_zero_point() as tensors)",
+    "quantized": "dequantize() it (or save its int_repr() and its scales and zero points as tensors)",
     "sparse": "make it dense with to_dense()",
     "nested": "unbind() it into dense tensors",
 }
+
+
+def unsupported_reason(tensor: UnsupportedTensor) -> str:
+    """Why ckptkit cannot read the tensor and what to do, to follow "tensor 'name' is ..."."""
+    detail = f" ({tensor.detail})" if tensor.detail else ""
+    shape = f" of shape {list(tensor.shape)}" if tensor.shape is not None else ""
+    return (
+        f"a {tensor.kind} tensor{detail}{shape}, which ckptkit cannot read; {_remedy(tensor.kind)} in PyTorch and "
+        "save again"
+    )
 
 
 def _remedy(kind: str) -> str:

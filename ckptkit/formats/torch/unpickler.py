@@ -227,9 +227,15 @@ class TensorRecord:
 
 @dataclass(frozen=True, eq=False, slots=True)
 class UnsupportedTensor:
-    """A tensor ckptkit cannot represent (quantized, sparse, nested, ...); refused when named."""
+    """A tensor ckptkit recognises but cannot represent (quantized, sparse, nested, ...).
+
+    Readers list it apart from the tensors (:attr:`ckptkit.model.Checkpoint.unsupported`);
+    ``detail`` (the quantized dtype and scheme, ...) and ``shape`` are shown when the pickle gives them.
+    """
 
     kind: str
+    shape: tuple[int, ...] | None = None
+    detail: str = ""
 
 
 class _OpaqueType(type):
@@ -354,7 +360,7 @@ def _tensor(
     if dtype is None:
         dtype = storage.storage.dtype if storage.storage.name != "UntypedStorage" else dtypes.by_name("uint8")
     if dtype is None:
-        return UnsupportedTensor(storage.storage.name)
+        return UnsupportedTensor(storage.storage.name, shape)
     bits = _view_bits(metadata)
     if isinstance(bits, UnsupportedTensor):
         return bits
@@ -395,7 +401,7 @@ def _rebuild_tensor_v3(
     if not (isinstance(dtype, Marker) and dtype.kind == "dtype"):
         raise CorruptCheckpointError(f"_rebuild_tensor_v3 got {dtype!r} where a dtype belongs")
     if dtype.dtype is None:
-        return UnsupportedTensor(dtype.name)
+        return UnsupportedTensor(dtype.name, _shape_or_none(size))
     return _tensor(storage, offset, size, stride, dtype.dtype, metadata)
 
 
@@ -414,6 +420,32 @@ def _unsupported(kind: str) -> Callable[..., UnsupportedTensor]:
         return UnsupportedTensor(kind)
 
     return rebuild
+
+
+def _shape_or_none(value: object) -> tuple[int, ...] | None:
+    """``value`` as a shape if it is one; what a tensor ckptkit does not read says about itself is not trusted."""
+    if isinstance(value, (tuple, list)) and len(value) <= 64 and all(type(v) is int and v >= 0 for v in value):
+        return tuple(value)
+    return None
+
+
+def _rebuild_qtensor(storage: object, offset: object = 0, size: object = None, *rest: object) -> UnsupportedTensor:
+    # torch._utils._rebuild_qtensor(storage, offset, size, stride, quantizer_params, requires_grad, hooks)
+    parts = []
+    if isinstance(storage, StorageRef) and storage.storage.name.endswith("Storage"):
+        parts.append(storage.storage.name.removesuffix("Storage").lower())
+    params = rest[1] if len(rest) > 1 else None
+    if isinstance(params, tuple) and params and isinstance(params[0], Marker):
+        parts.append(params[0].name)
+    return UnsupportedTensor("quantized", _shape_or_none(size), ", ".join(parts))
+
+
+def _rebuild_sparse_tensor(layout: object = None, data: object = None, *_: object) -> UnsupportedTensor:
+    # data is (indices, values, size[, coalesced]) for COO, (compressed, plain, values, size) otherwise.
+    items = data if isinstance(data, tuple) else ()
+    shape = next((s for s in (_shape_or_none(v) for v in items[2:4]) if s is not None), None)
+    detail = layout.name if isinstance(layout, Marker) else ""
+    return UnsupportedTensor("sparse", shape, detail)
 
 
 def _ordered_dict(*args: object) -> OrderedDict[Any, Any]:
@@ -496,8 +528,8 @@ _REBUILDERS: dict[str, Callable[..., object]] = {
     "_rebuild_tensor_v3": _rebuild_tensor_v3,
     "_rebuild_parameter": _rebuild_parameter,
     "_rebuild_parameter_with_state": _rebuild_parameter,
-    "_rebuild_qtensor": _unsupported("quantized"),
-    "_rebuild_sparse_tensor": _unsupported("sparse"),
+    "_rebuild_qtensor": _rebuild_qtensor,
+    "_rebuild_sparse_tensor": _rebuild_sparse_tensor,
     "_rebuild_sparse_csr_tensor": _unsupported("sparse"),
     "_rebuild_nested_tensor": _unsupported("nested"),
     "_rebuild_meta_tensor_no_storage": _unsupported("meta (no data)"),
