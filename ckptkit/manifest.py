@@ -10,7 +10,7 @@ stores them twice or once hashes alike.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from ckptkit import registry
 from ckptkit.errors import CorruptCheckpointError, UsageError
 from ckptkit.hashing import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
 from ckptkit.jsonfile import read_user_json
-from ckptkit.model import Checkpoint, ProgressFn
+from ckptkit.model import Checkpoint, ProgressFn, refuse_unsupported
 from ckptkit.scan import ScanResult, scan
 from ckptkit.shard_index import read_index, single_index
+from ckptkit.transform import name_matches, transform
 
 SCHEMA = "ckptkit.manifest/1"
 
@@ -49,6 +50,7 @@ class Manifest:
     tensors: dict[str, TensorEntry]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name relative to the checkpoint's folder
     index: str | None = None  # the shard index's file name, for sharded checkpoints
+    excluded: list[str] = field(default_factory=list)  # --exclude patterns: those tensors are not described
 
     @property
     def root(self) -> str:
@@ -65,6 +67,7 @@ class Manifest:
             "tensor_count": len(self.tensors),
             "files": self.files,
             "tensors": {name: e.to_dict() for name, e in self.tensors.items()},
+            "excluded": list(self.excluded),
         }
 
     @classmethod
@@ -93,6 +96,7 @@ class Manifest:
             tensors,
             dict(data.get("files") or {}),
             data.get("index"),
+            [str(p) for p in data.get("excluded") or []],
         )
 
 
@@ -139,27 +143,42 @@ def build_manifest(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     file_hashes: bool = True,
+    exclude: Sequence[str] = (),
 ) -> Manifest:
     """Hash a checkpoint (a file, or a shard index or the folder holding one).
 
     With ``file_hashes=False`` the files are listed with their sizes but not hashed whole: every
     byte is then hashed once (for its tensor) instead of twice, and tensor hashes and the root are
-    the same.
+    the same. ``exclude`` (``--exclude`` patterns) leaves tensors out, as ``convert --exclude``
+    does; a tensor ckptkit cannot read must be left out, or the manifest is refused
+    (:class:`~ckptkit.errors.UnsupportedError`): a root hash never silently skips a tensor.
     """
     p = Path(path)
     index_path = None if format else single_index(p)
     if index_path is not None:
-        return _sharded_manifest(index_path, workers, progress, file_hashes)
-    with registry.open_checkpoint(p, format) as ckpt:
+        return _sharded_manifest(index_path, workers, progress, file_hashes, exclude)
+    with registry.open_checkpoint(p, format) as opened:
+        ckpt = _excluding(opened, exclude)
         files = files_of(ckpt)
         result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
         base = p if p.is_dir() else p.parent
         records = _file_records(base, {f: result.files.get(f) for f in files})
-        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), records)
+        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude))
+
+
+def _excluding(ckpt: Checkpoint, exclude: Sequence[str]) -> Checkpoint:
+    """``ckpt`` without the tensors ``exclude`` names, refused if one ckptkit cannot read is left."""
+    view = transform(ckpt, exclude=exclude) if any(name_matches(n, exclude) for n in _all_names(ckpt)) else ckpt
+    refuse_unsupported(view)
+    return view
+
+
+def _all_names(ckpt: Checkpoint) -> list[str]:
+    return [*ckpt.names(), *ckpt.aliases, *ckpt.unsupported]
 
 
 def _sharded_manifest(
-    index_path: Path, workers: int | None, progress: ProgressFn | None, file_hashes: bool
+    index_path: Path, workers: int | None, progress: ProgressFn | None, file_hashes: bool, exclude: Sequence[str]
 ) -> Manifest:
     index = read_index(index_path)
     if index.repeated:
@@ -171,21 +190,25 @@ def _sharded_manifest(
     formats: list[str] = []
     index.check_shards()
     for shard in index.shard_names:
-        with registry.open_checkpoint(index.shard_path(shard)) as ckpt:
+        with registry.open_checkpoint(index.shard_path(shard)) as opened:
+            if exclude and all(name_matches(n, exclude) for n in _all_names(opened)):
+                continue  # a shard holding only what is left out
+            ckpt = _excluding(opened, exclude)
             files = files_of(ckpt)
             result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
             entries = entries_from_scan(ckpt, result)
             formats.append(ckpt.format_name)
         _merge_shard(tensors, entries, shard, index.weight_map, index_path)
         hashes.update({f: result.files.get(f) for f in files})
-    missing = [n for n in index.weight_map if n not in tensors]
+    missing = [n for n in index.weight_map if n not in tensors and not name_matches(n, exclude)]
     if missing:
         raise CorruptCheckpointError(
             f"tensor {missing[0]!r} is not in shard {index.weight_map[missing[0]]!r}; run ckptkit verify", index_path
         )
     hashes = {index_path: file_sha256(index_path) if file_hashes else None, **hashes}
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
-    return Manifest(str(index_path), fmt, tensors, _file_records(index.folder, hashes), index_path.name)
+    records = _file_records(index.folder, hashes)
+    return Manifest(str(index_path), fmt, tensors, records, index_path.name, list(exclude))
 
 
 def _merge_shard(

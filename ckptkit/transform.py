@@ -76,7 +76,8 @@ class TransformedCheckpoint(Checkpoint):
         self.base.close()
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
+def name_matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a ``--select``/``--exclude`` pattern names ``name``: a glob, or a name and everything under it."""
     for pat in patterns:
         if set(pat) & _GLOB_CHARS:
             if fnmatch.fnmatchcase(name, pat):
@@ -116,7 +117,7 @@ def transform(
     subtree = [p for p in select if not set(p) & _GLOB_CHARS]
     kept = [
         n for n in all_names
-        if (not select or _matches(n, select)) and not (exclude and _matches(n, exclude))
+        if (not select or name_matches(n, select)) and not (exclude and name_matches(n, exclude))
     ]  # fmt: skip
     if not kept:
         what = ", ".join(select) if select else "everything"
@@ -155,5 +156,5 @@ def transform(
     dropped = [n for n in all_names if n not in kept_set]
     view = TransformedCheckpoint(ckpt, names, cast_to, aliases, dropped, unsupported)
     if subtree:
-        view.extras = {k: v for k, v in ckpt.extras.items() if _matches(k, select)}
+        view.extras = {k: v for k, v in ckpt.extras.items() if name_matches(k, select)}
     return view

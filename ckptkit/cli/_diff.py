@@ -15,7 +15,7 @@ from ckptkit.cli._output import format_option, print_json, printable, progress_b
 from ckptkit.drift import DiffReport, diff
 from ckptkit.drift import formatting as fmt
 from ckptkit.drift.normalize import default_normalizers
-from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, TensorDiff
+from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff
 from ckptkit.errors import UsageError
 from ckptkit.output import AtomicOutput
 
@@ -161,7 +161,8 @@ def _print_report(report: DiffReport, top: int) -> None:
     out.print(
         f"matched {summary['compared'] + summary['shape_changed']} ({matched}); only in A: {summary['only_a']}, "
         f"only in B: {summary['only_b']}, shape changed: {summary['shape_changed']}, "
-        f"dtype changed: {summary['dtype_changed']}",
+        f"dtype changed: {summary['dtype_changed']}"
+        + (f", not comparable (ckptkit cannot read): {summary['unsupported']}" if summary["unsupported"] else ""),
         markup=False,
     )
     total = report.total.metrics()
@@ -187,6 +188,7 @@ def _print_report(report: DiffReport, top: int) -> None:
     _print_list("only in B", report.by_status(ONLY_B), limit, lambda t: f"{t.dtype_b} {fmt.tensor_shape(t)}")
     _print_list("shape changed", report.by_status(SHAPE_CHANGED), limit, fmt.tensor_shape)
     _print_list("dtype changed", [t for t in report.tensors if t.dtype_changed], limit, fmt.tensor_dtype)
+    _print_list("not comparable (ckptkit cannot read)", report.by_status(UNSUPPORTED), limit, fmt.unsupported_reason)
     if report.fail_on or report.tolerances:
         if report.passed:
             out.print(Text("within tolerance", style="bold green"))

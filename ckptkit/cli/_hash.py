@@ -23,8 +23,20 @@ from ckptkit.output import AtomicOutput
     help="List the files with their sizes but skip their whole-file SHA-256: each byte is hashed once, "
     "not twice. Tensor hashes and the root are unchanged.",
 )
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB",
+    help="Leave these tensors out of the manifest, as convert --exclude leaves them out of its output; "
+    "tensors ckptkit cannot read (quantized, sparse, ...) must be left out to hash the rest.",
+)  # fmt: skip
 @format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
-def command(path: Path, output: Path | None, force: bool, no_file_hashes: bool, format_name: str | None) -> None:
+def command(
+    path: Path,
+    output: Path | None,
+    force: bool,
+    no_file_hashes: bool,
+    exclude: tuple[str, ...],
+    format_name: str | None,
+) -> None:
     """Hash every tensor of PATH independently of its file format.
 
     PATH is a checkpoint file, a shard index (*.index.json) or a folder holding one. The manifest
@@ -36,7 +48,7 @@ def command(path: Path, output: Path | None, force: bool, no_file_hashes: bool, 
 
     passes = 1 if no_file_hashes else 2
     with progress_bar(passes * involved_bytes([path]), f"hash {path.name}") as progress:
-        manifest = build_manifest(path, format_name, progress=progress, file_hashes=not no_file_hashes)
+        manifest = build_manifest(path, format_name, progress=progress, file_hashes=not no_file_hashes, exclude=exclude)
     data = manifest.to_dict()
     if output is None:
         print_json(data)

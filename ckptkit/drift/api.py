@@ -17,6 +17,7 @@ from ckptkit.drift.report import (
     ONLY_A,
     ONLY_B,
     SHAPE_CHANGED,
+    UNSUPPORTED,
     DiffReport,
     Side,
     TensorDiff,
@@ -70,15 +71,17 @@ def diff(
         chosen = default_normalizers() if normalizers is None else list(normalizers)
         view_a, how_a = normalize(ckpt_a, ckpt_b, chosen)
         view_b, how_b = normalize(ckpt_b, view_a, chosen)
-        names_a = [*view_a.names(), *view_a.aliases]
-        names_b = [*view_b.names(), *view_b.aliases]
+        # Tensors ckptkit cannot read are matched like the others, then reported as not comparable.
+        unsupported = (view_a.unsupported or ckpt_a.unsupported, view_b.unsupported or ckpt_b.unsupported)
+        names_a = [*view_a.names(), *view_a.aliases, *unsupported[0]]
+        names_b = [*view_b.names(), *view_b.aliases, *unsupported[1]]
         matching = match_names(names_a, names_b, rules, mapping)
         if not matching.pairs:
             raise UsageError(
                 f"the two checkpoints have no tensor in common ({_examples(names_a)} against {_examples(names_b)}); "
                 "pair names with --rename PATTERN=REPLACEMENT or --map FILE"
             )
-        tensors = _entries(view_a, view_b, matching)
+        tensors = _entries(view_a, view_b, matching, unsupported)
         compared = [t for t in tensors if t.status == COMPARED]
         jobs = [engine.Job(t.a_name or "", t.b_name or "") for t in compared]
         for t, acc in zip(compared, engine.run(view_a, view_b, jobs, threads, progress), strict=True):
@@ -119,28 +122,37 @@ def _examples(names: Sequence[str]) -> str:
     return f"{shown}{', ...' if len(names) > 2 else ''}"
 
 
-def _entries(a: Checkpoint, b: Checkpoint, matching: Matching) -> list[TensorDiff]:
-    """One entry per name: matched pairs (compared or shape changed), then names only in one side."""
+def _entries(
+    a: Checkpoint, b: Checkpoint, matching: Matching, unsupported: tuple[Mapping[str, str], Mapping[str, str]]
+) -> list[TensorDiff]:
+    """One entry per name: matched pairs (compared or shape changed), then names only in one side.
+
+    A name that is a tensor ckptkit cannot read on either side is not comparable (``unsupported``).
+    """
     entries: list[TensorDiff] = []
     for pair in matching.pairs:
         t = TensorDiff(name=pair.a, status=COMPARED, layer="", a_name=pair.a, b_name=pair.b, match=pair.how)
-        _fill_side(t, a, pair.a, "a")
-        _fill_side(t, b, pair.b, "b")
-        if t.shape_a != t.shape_b:
+        _fill_side(t, a, pair.a, "a", unsupported[0])
+        _fill_side(t, b, pair.b, "b", unsupported[1])
+        if t.status == COMPARED and t.shape_a != t.shape_b:
             t.status = SHAPE_CHANGED
         entries.append(t)
     for name in matching.only_a:
         t = TensorDiff(name=name, status=ONLY_A, layer="", a_name=name)
-        _fill_side(t, a, name, "a")
+        _fill_side(t, a, name, "a", unsupported[0])
         entries.append(t)
     for name in matching.only_b:
         t = TensorDiff(name=name, status=ONLY_B, layer="", b_name=name)
-        _fill_side(t, b, name, "b")
+        _fill_side(t, b, name, "b", unsupported[1])
         entries.append(t)
     return entries
 
 
-def _fill_side(t: TensorDiff, ckpt: Checkpoint, name: str, side: str) -> None:
+def _fill_side(t: TensorDiff, ckpt: Checkpoint, name: str, side: str, unsupported: Mapping[str, str]) -> None:
+    if name in unsupported:
+        t.status = UNSUPPORTED
+        setattr(t, f"unsupported_{side}", unsupported[name])
+        return
     target = ckpt.aliases.get(name)
     info = ckpt.info(target or name)
     setattr(t, f"dtype_{side}", info.dtype.name)

@@ -89,6 +89,11 @@ def tensor_dtype(t: TensorDiff) -> str:
     return t.dtype_a or t.dtype_b or "-"
 
 
+def unsupported_reason(t: TensorDiff) -> str:
+    """Why a tensor is not comparable: ``A: a quantized tensor ...; B: ...``."""
+    return "; ".join(f"{side}: {why}" for side, why in (("A", t.unsupported_a), ("B", t.unsupported_b)) if why)
+
+
 def tensor_shape(t: TensorDiff) -> str:
     """``[4, 8]``, or ``[4, 8] → [8, 4]`` when the shape changed."""
     if t.shape_a is not None and t.shape_b is not None and t.shape_a != t.shape_b:

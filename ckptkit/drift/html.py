@@ -12,7 +12,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.drift import formatting as fmt
-from ckptkit.drift.report import COMPARED, ONLY_A, ONLY_B, SHAPE_CHANGED
+from ckptkit.drift.report import COMPARED, ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED
 
 if TYPE_CHECKING:
     from ckptkit.drift.report import DiffReport, LayerDiff, TensorDiff
@@ -102,7 +102,8 @@ def _verdict(report: DiffReport) -> str:
     text = (
         f"<p>{summary['compared']} tensors compared ({summary['identical']} identical); "
         f"only in A: {summary['only_a']}, only in B: {summary['only_b']}, shape changed: {summary['shape_changed']}, "
-        f"dtype changed: {summary['dtype_changed']}.<br>Overall drift: {drift}.</p>"
+        f"dtype changed: {summary['dtype_changed']}, not comparable: {summary['unsupported']}.<br>"
+        f"Overall drift: {drift}.</p>"
     )
     if report.fail_on or report.tolerances:
         rules = escape(" ".join([*report.fail_on, *report.tolerances]))
@@ -210,7 +211,10 @@ def _layer_table(layers: Sequence[LayerDiff]) -> str:
     return f'<div class="scroll"><table class="sortable">{head}<tbody>{rows}</tbody></table></div>'
 
 
-_STATUS_TEXT = {COMPARED: "", SHAPE_CHANGED: "shape changed", ONLY_A: "only in A", ONLY_B: "only in B"}
+_STATUS_TEXT = {
+    COMPARED: "", SHAPE_CHANGED: "shape changed", ONLY_A: "only in A", ONLY_B: "only in B",
+    UNSUPPORTED: "not comparable: ckptkit cannot read it",
+}  # fmt: skip
 
 
 def _tensor_table(tensors: Sequence[TensorDiff], bad: set[str]) -> str:

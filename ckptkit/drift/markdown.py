@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.drift import formatting as fmt
-from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED
+from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED
 from ckptkit.names import printable
 
 if TYPE_CHECKING:
@@ -68,7 +68,8 @@ def _render(report: DiffReport, limit: int) -> str:
         + f". {summary['identical']} of {summary['compared']} compared tensors identical.",
         "",
         f"Only in A: {summary['only_a']} · only in B: {summary['only_b']} · "
-        f"shape changed: {summary['shape_changed']} · dtype changed: {summary['dtype_changed']}",
+        f"shape changed: {summary['shape_changed']} · dtype changed: {summary['dtype_changed']}"
+        + (f" · not comparable: {summary['unsupported']}" if summary["unsupported"] else ""),
         "",
     ]
     headings = [title for _, title in fmt.DRIFT_COLUMNS]
@@ -98,6 +99,10 @@ def _render(report: DiffReport, limit: int) -> str:
     out += _details(
         "Dtype changed", [t for t in report.tensors if t.dtype_changed], limit,
         lambda t: f"{code(t.name)} {fmt.tensor_dtype(t)}",
+    )  # fmt: skip
+    out += _details(
+        "Not comparable (ckptkit cannot read)", report.by_status(UNSUPPORTED), limit,
+        lambda t: f"{code(t.name)} {fmt.unsupported_reason(t)}",
     )  # fmt: skip
     if report.violations:
         shown = report.violations[:limit]

@@ -22,6 +22,7 @@ SCHEMA_ID = "ckptkit.diff/1"
 _DIGITS = re.compile(r"\d+")
 
 COMPARED, SHAPE_CHANGED, ONLY_A, ONLY_B = "compared", "shape_changed", "only_a", "only_b"
+UNSUPPORTED = "unsupported"  # a side holds a tensor ckptkit cannot read: not comparable
 
 
 @dataclass
@@ -58,7 +59,11 @@ class Side:
 
 @dataclass
 class TensorDiff:
-    """One tensor name's comparison. ``status`` is compared, shape_changed, only_a or only_b."""
+    """One tensor name's comparison. ``status`` is compared, shape_changed, only_a, only_b or unsupported.
+
+    ``unsupported`` (not comparable): on one side or both the name is a tensor ckptkit cannot read;
+    ``unsupported_a``/``unsupported_b`` say why, and the other side's facts are filled if it has them.
+    """
 
     name: str
     status: str
@@ -76,6 +81,8 @@ class TensorDiff:
     bytes_b: int = 0
     alias_a: str | None = None  # the tensor this name shares storage with, when it is a tied alias
     alias_b: str | None = None
+    unsupported_a: str | None = None  # why ckptkit cannot read this tensor in A
+    unsupported_b: str | None = None
     accumulator: Accumulator | None = None  # set once the values are compared
 
     @property
@@ -109,6 +116,7 @@ class LayerDiff:
     parameters_b: int = 0
     bytes_a: int = 0
     bytes_b: int = 0
+    unsupported: int = 0
     accumulator: Accumulator = field(default_factory=Accumulator)
 
     @property
@@ -172,6 +180,7 @@ class DiffReport:
             "only_b": len(self.by_status(ONLY_B)),
             "shape_changed": len(self.by_status(SHAPE_CHANGED)),
             "dtype_changed": sum(1 for t in self.tensors if t.dtype_changed),
+            "unsupported": len(self.by_status(UNSUPPORTED)),
             "matched_by": dict(Counter(t.match for t in self.tensors if t.match)),
         }
 
@@ -253,6 +262,8 @@ def _tensor_dict(t: TensorDiff) -> dict[str, Any]:
         "bytes_b": t.bytes_b,
         "alias_a": t.alias_a,
         "alias_b": t.alias_b,
+        "unsupported_a": t.unsupported_a,
+        "unsupported_b": t.unsupported_b,
         "metrics": _json_metrics(t.metrics),
     }
 

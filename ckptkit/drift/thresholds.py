@@ -1,12 +1,14 @@
 """CI thresholds: ``--fail-on`` conditions and per-pattern ``--tolerance`` limits.
 
 ``--fail-on`` takes comma-separated conditions, each a keyword (``missing``, ``only_a``,
-``only_b``, ``shape``, ``dtype``) or ``METRIC OP NUMBER`` (``rel_l2>1e-3``, ``max_abs>0``); a
+``only_b``, ``shape``, ``dtype``, ``unsupported``) or ``METRIC OP NUMBER`` (``rel_l2>1e-3``, ``max_abs>0``); a
 tensor for which any holds is a violation. ``--tolerance PATTERN:METRIC OP NUMBER[,...]`` states
 what must hold for the tensors whose name matches PATTERN (a glob, or a module path such as
 ``encoder`` for everything under it); for those tensors it replaces the ``--fail-on`` conditions on
 the same metrics, so it can tighten or loosen them. A metric that is undefined (no finite element
-pair) fires no ``--fail-on`` condition and satisfies no tolerance.
+pair) fires no ``--fail-on`` condition and satisfies no tolerance. A tensor ckptkit cannot read
+(quantized, sparse, ...) cannot be checked at all: it is a violation (``unsupported``) under any
+``--fail-on``, and under a ``--tolerance`` whose pattern names it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ckptkit.drift.report import COMPARED, ONLY_A, ONLY_B, SHAPE_CHANGED, TensorDiff, Violation
+from ckptkit.drift.report import COMPARED, ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff, Violation
 from ckptkit.errors import UsageError
-from ckptkit.transform import _matches as name_matches
+from ckptkit.transform import name_matches
 
 METRICS = (
     "max_abs", "mean_abs", "l2", "rel_l2", "cosine", "identical",
     "nan_a", "nan_b", "inf_a", "inf_b", "nonfinite_mismatch",
 )  # fmt: skip
-KEYWORDS = ("missing", "only_a", "only_b", "shape", "dtype")
+KEYWORDS = ("missing", "only_a", "only_b", "shape", "dtype", "unsupported")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
 }  # fmt: skip
@@ -114,14 +116,25 @@ class Thresholds:
         return found
 
     def _structural(self, t: TensorDiff) -> list[Violation]:
+        if t.status == UNSUPPORTED:
+            return self._not_comparable(t)
         hits = {
             "missing": t.status in (ONLY_A, ONLY_B),
             "only_a": t.status == ONLY_A,
             "only_b": t.status == ONLY_B,
             "shape": t.status == SHAPE_CHANGED,
             "dtype": t.dtype_changed,
+            "unsupported": False,
         }
         return [Violation(t.name, k, "--fail-on") for k in dict.fromkeys(self.keywords) if hits[k]]
+
+    def _not_comparable(self, t: TensorDiff) -> list[Violation]:
+        # Nothing can be checked on a tensor ckptkit cannot read: every threshold covering it fails.
+        if self.conditions or self.keywords:
+            return [Violation(t.name, "unsupported", "--fail-on")]
+        names = [n for n in (t.name, t.a_name, t.b_name) if n]
+        pattern = next((p for p, _ in self.tolerances if any(name_matches(n, [p]) for n in names)), None)
+        return [] if pattern is None else [Violation(t.name, f"{pattern}:unsupported", "--tolerance")]
 
     def _metric(self, t: TensorDiff, metrics: dict[str, Any]) -> list[Violation]:
         names = [n for n in (t.name, t.a_name, t.b_name) if n]

@@ -9,6 +9,8 @@ from ckptkit.scan import scan
 from ckptkit.verify.findings import NonFinite, TargetReport, error, warning
 from ckptkit.verify.seen import Seen
 
+UNSUPPORTED = "tensor.unsupported"
+
 
 def check_contents(
     ckpt: Checkpoint,
@@ -20,8 +22,13 @@ def check_contents(
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Seen]:
-    """Read every tensor once; add findings to ``report``; return what was seen, aliases included."""
+    """Read every tensor once; add findings to ``report``; return what was seen, aliases included.
+
+    A tensor ckptkit cannot read (``ckpt.unsupported``) is an error: verify cannot vouch for it.
+    """
     report.ran("tensor")
+    for name, why in ckpt.unsupported.items():
+        report.add(error(UNSUPPORTED, f"tensor {name!r} is {why}", file, name))
     result = scan(ckpt, hashes=hashes, values=True, workers=workers, progress=progress)
     seen: dict[str, Seen] = {}
     for name, r in result.tensors.items():

@@ -9,6 +9,7 @@ from ckptkit.errors import UsageError
 from ckptkit.jsonfile import read_user_json
 from ckptkit.manifest import SCHEMA as MANIFEST_SCHEMA
 from ckptkit.manifest import Manifest
+from ckptkit.transform import name_matches
 from ckptkit.verify.findings import Finding, error
 from ckptkit.verify.seen import Seen
 
@@ -18,7 +19,10 @@ Expected = dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
 
 
 def compare_manifest(manifest: Manifest, seen: Mapping[str, Seen], where: str) -> list[Finding]:
-    """Every manifest tensor present with the same content hash; none missing, none extra."""
+    """Every manifest tensor present with the same content hash; none missing, none extra.
+
+    Tensors the manifest was made without (``ckptkit hash --exclude``) are not extra.
+    """
     findings: list[Finding] = []
     for name, want in manifest.tensors.items():
         got = seen.get(name)
@@ -37,7 +41,7 @@ def compare_manifest(manifest: Manifest, seen: Mapping[str, Seen], where: str) -
                 )
             )
     for name, got in seen.items():
-        if name not in manifest.tensors:
+        if name not in manifest.tensors and not name_matches(name, manifest.excluded):
             findings.append(error("manifest.extra", f"tensor {name!r} is not in the manifest", got.file, name))
     return findings
 

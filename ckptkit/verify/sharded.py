@@ -18,6 +18,7 @@ from pathlib import Path
 from ckptkit.dtypes import by_name
 from ckptkit.errors import CorruptCheckpointError, UnknownFormatError
 from ckptkit.shard_index import INDEX_SUFFIX, ShardIndex, read_index
+from ckptkit.verify.content import UNSUPPORTED
 from ckptkit.verify.findings import TargetReport, error, warning
 from ckptkit.verify.seen import Seen
 from ckptkit.verify.single import Settings, check_file
@@ -52,7 +53,7 @@ def check_sharded(index_path: Path, report: TargetReport, settings: Settings) ->
     seen = _check_placement(index, found, report)
     if not complete:
         return None
-    if expected_size is not None:
+    if expected_size is not None and not any(f.check == UNSUPPORTED for f in report.findings):
         actual = sum(_nbytes(s) for s in seen.values() if s.alias_of is None)
         if actual != expected_size:
             report.add(
@@ -130,8 +131,10 @@ def _check_placement(index: ShardIndex, found: dict[str, dict[str, Seen]], repor
     for shard, contents in found.items():
         for name in contents:
             where[name].append(shard)
+    # A tensor ckptkit cannot read is in its shard, and has its own finding.
+    unsupported = {(f.file, f.tensor) for f in report.findings if f.check == UNSUPPORTED}
     for name, shard in index.weight_map.items():
-        if shard in found and name not in found[shard]:
+        if shard in found and name not in found[shard] and (str(index.shard_path(shard)), name) not in unsupported:
             elsewhere = f"; it is in {', '.join(map(repr, where[name]))}" if where.get(name) else ""
             report.add(
                 error(
