@@ -193,3 +193,23 @@ def test_cli_folder_with_two_indexes_needs_one_named(tmp_path, cli):
     r = cli("verify", index, "--json")
     assert r.code == 0, r.stdout
     assert json.loads(r.stdout)["targets"][0]["format"] == "sharded"
+
+
+def test_folder_holding_one_file_is_verified_as_that_file(tmp_path, cli):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    ckptkit.save(_arrays(), folder / "model.safetensors")
+    report = verify([folder])
+    target = report.targets[0]
+    assert (target.format, target.files, report.exit_code) == ("safetensors", [str(folder / "model.safetensors")], 0)
+    assert "safetensors" in target.groups, "the file's own structure checks ran"
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-10])
+    assert _errors(verify([folder])) == [("safetensors.truncated", "head.bias")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no weights here")
+    r = cli("verify", empty, "--json")
+    assert r.code == 1
+    finding = json.loads(r.stdout)["findings"][0]
+    assert finding["check"] == "file.unreadable" and "no checkpoint ckptkit can read" in finding["message"]

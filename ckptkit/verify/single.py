@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptkit import registry
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
+from ckptkit.formats.sharded import FORMAT_NAME as FOLDER_FORMAT
+from ckptkit.formats.sharded import resolve_folder
 from ckptkit.model import ProgressFn
 from ckptkit.registry import LFS_POINTER_PREFIX, Format
 from ckptkit.verify.content import check_contents
@@ -65,8 +67,15 @@ def check_file(path: Path, report: TargetReport, settings: Settings) -> dict[str
     A file no format recognises raises :class:`~ckptkit.errors.UnknownFormatError`: the caller
     decides whether that means verify cannot run (the file it was given) or is a finding (a shard).
     """
-    file = str(path)
     report.ran("file")
+    if path.is_dir() and registry.detect(path).name == FOLDER_FORMAT:
+        try:
+            path = resolve_folder(path)  # a folder holding one checkpoint file is verified as that file
+        except CkptkitError as err:
+            report.files.append(str(path))
+            report.add(error("file.unreadable", err.message, path))
+            return None
+    file = str(path)
     report.files.append(file)
     problem = None if path.is_dir() else not_a_checkpoint(path)
     if problem is not None:
@@ -83,7 +92,7 @@ def check_file(path: Path, report: TargetReport, settings: Settings) -> dict[str
         ckpt = registry.open_checkpoint(path, fmt.name)
     except (CorruptCheckpointError, UnsupportedError) as err:
         if not report.has_errors_for(file):
-            report.add(error("file.unreadable", f"cannot be opened as {fmt.name}: {err.message}", path))
+            report.add(error("file.unreadable", err.message, path))
         return None
     with ckpt:
         report.tensors += len(ckpt)
