@@ -5,7 +5,7 @@ Two rules, for two kinds of reference:
 - :func:`is_inside_name` judges a name as written: shard indexes and DCP metadata may name only
   files inside their folder, but those files may be symbolic links to anywhere, as every file of a
   Hugging Face cache snapshot is (``snapshots/<rev>/model.safetensors -> ../../blobs/<sha>``).
-- :func:`escapes_folder` also follows symbolic links: ONNX external data must really lie in the
+- :func:`resolve_inside` also follows symbolic links: ONNX external data must really lie in the
   model's folder, because a model file alone (a download) can name any file a link reaches.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
 
 
 def is_inside_name(name: str) -> bool:
@@ -36,13 +36,24 @@ def check_relative_name(name: str, named_by: str) -> None:
         )
 
 
-def escapes_folder(folder: Path, name: str) -> bool:
-    """Whether ``name``, relative to ``folder``, points outside it: absolute, ``..``, or a symlink out."""
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive or PureWindowsPath(name).is_absolute():
-        return True
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if ".." in pure.parts:
-        return True
+def resolve_inside(folder: Path, name: str, what: str, where: str) -> Path:
+    """The path ``name`` names relative to ``folder``, symbolic links followed, if it lies inside ``folder``.
+
+    Refused with :class:`UnsafeCheckpointError`: an absolute path or a drive, and a name that
+    leads outside ``folder`` through ``..`` or a symbolic link (judged on the resolved path, so
+    ``sub/../w.bin`` stays allowed and a backslash counts as a separator where the platform
+    says so). ``what`` starts the message ("tensor 'w': external data location"), ``where`` names
+    the folder for people ("the model's folder").
+    """
+    windows = PureWindowsPath(name)
+    if PurePosixPath(name).is_absolute() or windows.drive or windows.is_absolute():
+        raise UnsafeCheckpointError(
+            f"{what} {name!r} is an absolute path; ckptkit reads only files inside {where} {folder}"
+        )
     base = folder.resolve()
-    target = (base / pure).resolve()
-    return target != base and base not in target.parents
+    resolved = (base / name).resolve()
+    if not resolved.is_relative_to(base):
+        raise UnsafeCheckpointError(
+            f"{what} {name!r} leads outside {where} (to {resolved}); ckptkit reads only files inside {folder}"
+        )
+    return resolved

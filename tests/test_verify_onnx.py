@@ -3,6 +3,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import ckptkit
+from ckptkit.errors import UnsafeCheckpointError
 from ckptkit.verify import verify
 from tests.conftest import FIXTURES
 
@@ -68,3 +70,29 @@ def test_onnx_checker_rejection_is_a_finding(tmp_path):
 def test_onnx_fixtures_pass(path):
     report = verify([path])
     assert _found(report) == [] and "onnx" in report.targets[0].groups
+
+
+@pytest.mark.parametrize(
+    ("location", "escapes"),
+    [("/etc/hostname", True), ("../secret.bin", True), ("out.bin", True), ("sub/../in.bin", False)],
+)
+def test_verify_and_reading_judge_an_external_location_alike(tmp_path, location, escapes):
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    path, w = _model(folder, location)
+    (tmp_path / "secret.bin").write_bytes(w.tobytes())
+    (folder / "in.bin").write_bytes(w.tobytes())
+    (folder / "out.bin").symlink_to(tmp_path / "secret.bin")
+    findings = [(f.check, f.message) for f in verify([path]).findings if f.check.startswith("onnx.external")]
+    if not escapes:
+        assert findings == []
+        with ckptkit.load(path) as ckpt:
+            assert np.array_equal(ckpt.read_tensor("w"), w)
+        return
+    with pytest.raises(UnsafeCheckpointError) as refused:
+        ckptkit.load(path)
+    assert findings == [("onnx.external-escape", f"{refused.value.message}; not opened")]
+    assert "tensor 'w': external data location" in refused.value.message
+    assert ("is an absolute path" if location.startswith("/") else "leads outside the model's folder") in (
+        refused.value.message
+    )

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ckptkit.dtypes import by_onnx
-from ckptkit.errors import CkptkitError
+from ckptkit.errors import CkptkitError, UnsafeCheckpointError
 from ckptkit.formats.onnx.elements import stored_nbytes
 from ckptkit.formats.onnx.graph import TensorRecord, scan_model
-from ckptkit.paths import escapes_folder
+from ckptkit.formats.onnx.reader import external_file
 from ckptkit.verify.findings import Finding, error, warning
 
 
@@ -38,19 +38,12 @@ def check_structure(path: Path) -> list[Finding]:
 
 def _external(model: Path, name: str, t: TensorRecord) -> list[Finding]:
     location = t.external.get("location", "")
-    if not location or "\0" in location:
-        return [
-            error("onnx.external", f"tensor {name!r} is stored externally but names no valid location", model, name)
-        ]
-    if escapes_folder(model.parent, location):
-        return [error(
-            "onnx.external-escape",
-            f"tensor {name!r}: external data location {location!r} leads outside the model's folder; not opened",
-            model, name,
-        )]  # fmt: skip
-    data = model.parent / location
-    if not data.is_file():
-        return [error("onnx.external", f"tensor {name!r}: external data file {location!r} is missing", model, name)]
+    try:
+        data = external_file(model.parent, name, location)  # the check reading makes, so both agree
+    except UnsafeCheckpointError as err:
+        return [error("onnx.external-escape", f"{err.message}; not opened", model, name)]
+    except CkptkitError as err:
+        return [error("onnx.external", err.message, model, name)]
     try:
         offset = int(t.external.get("offset", "0"))
         length = int(t.external["length"]) if "length" in t.external else None

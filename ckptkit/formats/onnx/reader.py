@@ -14,15 +14,16 @@ import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from ckptkit import limits
 from ckptkit.dtypes import DType, by_name, by_onnx
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.errors import CorruptCheckpointError
 from ckptkit.formats.safetensors import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.paths import resolve_inside
 
 from .elements import TYPED_FIELD_NAMES, decode_typed, element_name, is_packed, stored_nbytes, unpack
 from .graph import ModelInfo, Slot, TensorRecord, scan_model
@@ -132,7 +133,7 @@ class OnnxCheckpoint(Checkpoint):
 
     def _external_ref(self, name: str, t: TensorRecord, need: int) -> ExternalRef:
         location = t.external.get("location", "")
-        path = self.external_path(name, location)
+        path = external_file(self.folder, name, location)
         size = self._external_sizes.setdefault(path, path.stat().st_size)
         try:
             offset = int(t.external.get("offset", "0"))
@@ -152,29 +153,6 @@ class OnnxCheckpoint(Checkpoint):
                 f"{offset + need}: truncated, or not the data file this model was saved with"
             )
         return ExternalRef(path, location, offset, need)
-
-    def external_path(self, name: str, location: str) -> Path:
-        """The file an external data ``location`` names, refused unless it lies in the model's folder."""
-        if not location or "\0" in location:
-            raise CorruptCheckpointError(f"tensor {name!r} is stored externally but names no valid location")
-        if PurePosixPath(location).is_absolute() or PureWindowsPath(location).drive:
-            raise UnsafeCheckpointError(
-                f"tensor {name!r}: external data location {location!r} is an absolute path; ckptkit reads "
-                f"external data only from inside the model's folder {self.folder}"
-            )
-        target = self.folder / location
-        resolved = target.resolve()
-        if not resolved.is_relative_to(self.folder.resolve()):
-            raise UnsafeCheckpointError(
-                f"tensor {name!r}: external data location {location!r} leads outside the model's folder "
-                f"(to {resolved}); ckptkit reads external data only from inside {self.folder}"
-            )
-        if not resolved.is_file():
-            raise CorruptCheckpointError(
-                f"tensor {name!r}: external data file {target} is missing; keep it beside the model "
-                "under the name the model gives"
-            )
-        return resolved
 
     def _fill_metadata(self) -> None:
         m = self.model
@@ -258,6 +236,24 @@ class OnnxCheckpoint(Checkpoint):
         # Arrays handed out may still view the maps; the garbage collector unmaps them after.
         self._map = b""
         self._external_maps.clear()
+
+
+def external_file(folder: Path, name: str, location: str) -> Path:
+    """The file the external data ``location`` of tensor ``name`` names, in the model's ``folder``.
+
+    Reading and ``verify`` both check a location here: a location that leaves the folder (absolute,
+    ``..``, a symbolic link out) raises :class:`~ckptkit.errors.UnsafeCheckpointError`; an empty
+    location or a missing file raises :class:`~ckptkit.errors.CorruptCheckpointError`.
+    """
+    if not location or "\0" in location:
+        raise CorruptCheckpointError(f"tensor {name!r} is stored externally but names no valid location")
+    path = resolve_inside(folder, location, f"tensor {name!r}: external data location", "the model's folder")
+    if not path.is_file():
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: external data file {folder / location} is missing; keep it beside the model "
+            "under the name the model gives"
+        )
+    return path
 
 
 def _values_at(buf: Buffer, offset: int, dtype: DType, numel: int) -> np.ndarray:
