@@ -195,3 +195,16 @@ def test_metadata_that_calls_code_is_refused(tmp_path, cli):
     with pytest.raises(UnsafeCheckpointError, match=r"os\.system"):
         ckptkit.load(folder)
     assert_one_line_error(cli("inspect", folder), "os.system")
+
+
+def test_a_tensor_of_a_dtype_ckptkit_cannot_hold_is_listed_apart(tmp_path):
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "ckpt"
+    _dcp_save({"w": torch.arange(3, dtype=torch.float32), "z": torch.zeros(2, dtype=torch.complex32)}, folder)
+    with ckptkit.load(folder) as ckpt:
+        assert ckpt.names() == ["w"] and ckpt.read_tensor("w").tolist() == [0.0, 1.0, 2.0]
+        assert ckpt.unsupported["z"].startswith("a complex32 tensor of shape [2], which ckptkit cannot read")
+    with pytest.raises(UnsupportedError, match=r"tensor 'z' is a complex32 tensor.*--exclude 'z'"):
+        ckptkit.convert(folder, tmp_path / "out.safetensors")
+    receipt = ckptkit.convert(folder, tmp_path / "out.safetensors", exclude=["z"])
+    assert receipt.verified and receipt.dropped == ["z"]

@@ -28,12 +28,11 @@ from typing import Any, BinaryIO, ClassVar, cast
 
 import numpy as np
 
-from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch.archive import ZIP_MAGIC, read_zip
 from ckptkit.formats.torch.reader import check_bounds, record_array
-from ckptkit.formats.torch.structure import flatten
-from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, load
+from ckptkit.formats.torch.structure import flatten, unsupported_reason
+from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.paths import check_relative_name
 from ckptkit.registry import Format
@@ -169,8 +168,12 @@ class DcpCheckpoint(Checkpoint):
                 )
 
     def _add_tensor(self, fqn: str, entry: Record, places: Mapping[tuple[str, Any], Record]) -> None:
-        dtype = _dtype(fqn, entry.get("properties"))
+        marker = _dtype_marker(fqn, entry.get("properties"))
         shape = _ints(entry.get("size"), f"tensor {fqn!r} size")
+        if marker.dtype is None:  # a torch dtype ckptkit cannot hold (complex32, ...): listed apart
+            self.unsupported[fqn] = unsupported_reason(UnsupportedTensor(marker.name, shape))
+            return
+        dtype = marker.dtype
         chunks = []
         covered = 0
         for c in entry.get("chunks") or []:
@@ -363,13 +366,11 @@ def _places(storage: Mapping[Any, Any]) -> dict[tuple[str, Any], Record]:
     return places
 
 
-def _dtype(fqn: str, properties: Any) -> DType:
+def _dtype_marker(fqn: str, properties: Any) -> Marker:
     marker = properties.get("dtype") if isinstance(properties, Record) else None
     if not (isinstance(marker, Marker) and marker.kind == "dtype"):
         raise CorruptCheckpointError(f"tensor {fqn!r} has no dtype in .metadata")
-    if marker.dtype is None:
-        raise UnsupportedError(f"tensor {fqn!r} is {marker.name}, which ckptkit cannot hold")
-    return marker.dtype
+    return marker
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
