@@ -126,7 +126,7 @@ def test_diff_reports_them_as_not_comparable_and_thresholds_fail_on_them(mixed, 
     torch.save({**_readable(), "layer.q": torch.zeros(4)}, dense)
     result = cli("diff", mixed, dense)
     assert result.code == 0, result.stderr
-    assert "not comparable (ckptkit cannot read): 4" in result.stdout
+    assert "matched 4 (4 exact)" in result.stdout and "not comparable (ckptkit cannot read): 4" in result.stdout
     assert "  layer.q  A: a quantized tensor (qint8" in result.stdout
     data = json.loads(cli("diff", mixed, dense, "--json").stdout)
     jsonschema.validate(data, schema(), cls=jsonschema.Draft202012Validator)

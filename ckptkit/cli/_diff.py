@@ -159,7 +159,7 @@ def _print_report(report: DiffReport, top: int) -> None:
     )
     matched = ", ".join(f"{n} {how}" for how, n in summary["matched_by"].items())
     out.print(
-        f"matched {summary['compared'] + summary['shape_changed']} ({matched}); only in A: {summary['only_a']}, "
+        f"matched {sum(summary['matched_by'].values())} ({matched}); only in A: {summary['only_a']}, "
         f"only in B: {summary['only_b']}, shape changed: {summary['shape_changed']}, "
         f"dtype changed: {summary['dtype_changed']}"
         + (f", not comparable (ckptkit cannot read): {summary['unsupported']}" if summary["unsupported"] else ""),
