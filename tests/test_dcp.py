@@ -197,6 +197,7 @@ def test_metadata_that_calls_code_is_refused(tmp_path, cli):
     assert_one_line_error(cli("inspect", folder), "os.system")
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
 def test_a_tensor_of_a_dtype_ckptkit_cannot_hold_is_listed_apart(tmp_path):
     torch = pytest.importorskip("torch")
     folder = tmp_path / "ckpt"
