@@ -151,3 +151,22 @@ def test_real_files_read_as_the_library_reads_them(tmp_path, path):
     assert receipt.verified
     with ckptkit.load(out) as back:
         assert_same_tensors(want, back)
+
+
+def test_packed_fp4_tensor_is_listed_apart_and_the_rest_converts(tmp_path, cli):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    src = tmp_path / "fp4.safetensors"
+    packed = torch.arange(8, dtype=torch.uint8).reshape(4, 2).view(torch.float4_e2m1fn_x2)
+    save_file({"w4": packed, "bias": torch.arange(3, dtype=torch.float32)}, src)  # w4 is F4 [4, 4]
+    with ckptkit.load(src) as ckpt:
+        assert ckpt.names() == ["bias"]
+        assert "F4" in ckpt.unsupported["w4"] and "[4, 4]" in ckpt.unsupported["w4"]
+    r = cli("verify", src)
+    assert r.code == 1 and "tensor.unsupported" in r.stdout and "safetensors.entry" not in r.stdout
+    r = cli("convert", src, tmp_path / "out.safetensors")
+    assert_one_line_error(r, "w4", "--exclude")
+    out = tmp_path / "out.safetensors"
+    assert cli("convert", src, out, "--exclude", "w4").code == 0
+    np.testing.assert_array_equal(safetensors.numpy.load_file(out)["bias"], np.arange(3, dtype=np.float32))

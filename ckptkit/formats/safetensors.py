@@ -92,6 +92,10 @@ class SafetensorsCheckpoint(Checkpoint):
         self._infos: list[TensorInfo] = []
         self._offsets: dict[str, tuple[int, int]] = {}
         for name, entry in header.items():
+            packed = packed_entry(name, entry, data_len)
+            if packed is not None:
+                self.unsupported[name] = packed[0]
+                continue
             ti, begin, end = parse_entry(name, entry, data_len)
             self._infos.append(ti)
             self._offsets[name] = (begin, end)
@@ -130,6 +134,36 @@ def _json(text: str | bytes, what: str) -> Any:
         raise CorruptCheckpointError(f"{what} is not valid JSON: {err}") from None
     except RecursionError:
         raise CorruptCheckpointError(f"{what} nests JSON too deeply to be a checkpoint header") from None
+
+
+# safetensors dtypes that pack several elements into a byte; ckptkit holds sub-byte values one per
+# byte, and which bits hold which element is up to the producer, so it does not guess.
+PACKED_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+
+def packed_entry(name: str, entry: object, data_len: int) -> tuple[str, int, int] | None:
+    """For a well-formed entry of a packed dtype: why ckptkit cannot read it, and its data span.
+
+    ``None`` for any other entry (which :func:`parse_entry` then judges).
+    """
+    if not isinstance(entry, dict) or entry.get("dtype") not in PACKED_BITS:
+        return None
+    code, shape, offsets = entry["dtype"], entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        return None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        return None
+    begin, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    if not 0 <= begin <= end <= data_len or end - begin != (numel * PACKED_BITS[code] + 7) // 8:
+        return None
+    why = (
+        f"a safetensors {code} tensor (packed {PACKED_BITS[code]}-bit floats) of shape {shape}, which ckptkit "
+        "cannot read; unpack it to float16 or bfloat16 in the library that made it and save again"
+    )
+    return why, begin, end
 
 
 def parse_entry(name: str, entry: object, data_len: int) -> tuple[TensorInfo, int, int]:
