@@ -43,6 +43,25 @@ def test_external_data_that_is_fine(tmp_path):
     assert report.findings == [] and report.targets[0].tensors == 1
 
 
+@pytest.mark.parametrize(
+    ("offset", "length", "data_bytes", "check"),
+    [
+        (0, None, 44, "onnx.external-truncated"),  # no length given, file 4 bytes short
+        (8, 48, 52, "onnx.external-truncated"),
+        (0, 40, 48, "onnx.external"),  # length too small for float32 [3, 4]
+        (-4, None, 48, "onnx.external"),
+    ],
+)
+def test_verify_and_reading_judge_external_spans_alike(tmp_path, offset, length, data_bytes, check):
+    path, w = _model(tmp_path, "weights.bin", offset=offset, length=length)
+    padding = b"\0" * max(offset, 0)
+    (tmp_path / "weights.bin").write_bytes((padding + w.tobytes())[:data_bytes])
+    findings = [f for f in verify([path]).findings if f.check.startswith("onnx.external")]
+    with pytest.raises(ckptkit.CkptkitError) as refused:
+        ckptkit.load(path).close()
+    assert [(f.check, f.message) for f in findings] == [(check, refused.value.message)]
+
+
 def test_external_location_leaving_the_folder_is_not_opened(tmp_path):
     inner = tmp_path / "m"
     inner.mkdir()

@@ -7,16 +7,15 @@ that lie inside it. The model is then given to ``onnx.checker`` when the onnx pa
 
 from __future__ import annotations
 
+import math
 import mmap
 from pathlib import Path
 
-import numpy as np
-
 from ckptkit.dtypes import by_onnx
-from ckptkit.errors import CkptkitError, UnsafeCheckpointError
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.onnx.elements import stored_nbytes
 from ckptkit.formats.onnx.graph import TensorRecord, scan_model
-from ckptkit.formats.onnx.reader import external_file
+from ckptkit.formats.onnx.reader import ExternalDataTruncated, external_file, external_offset
 from ckptkit.verify.findings import Finding, error, warning
 
 
@@ -44,25 +43,15 @@ def _external(model: Path, name: str, t: TensorRecord) -> list[Finding]:
         return [error("onnx.external-escape", f"{err.message}; not opened", model, name)]
     except CkptkitError as err:
         return [error("onnx.external", err.message, model, name)]
-    try:
-        offset = int(t.external.get("offset", "0"))
-        length = int(t.external["length"]) if "length" in t.external else None
-    except ValueError:
-        return [error("onnx.external", f"tensor {name!r}: offset/length {t.external} are not numbers", model, name)]
     dtype = by_onnx(t.data_type)
-    need = stored_nbytes(dtype, int(np.prod(t.dims, dtype=np.int64))) if dtype is not None else (length or 0)
-    size = data.stat().st_size
-    if offset < 0 or (length is not None and length < need):
-        return [error(
-            "onnx.external", f"tensor {name!r}: external data at offset {offset} holds {length} bytes, needs {need}",
-            model, name,
-        )]  # fmt: skip
-    if offset + need > size:
-        return [error(
-            "onnx.external-truncated",
-            f"tensor {name!r}: ends at byte {offset + need} of {location!r}, which has {size} bytes: truncated",
-            model, name,
-        )]  # fmt: skip
+    length = t.external.get("length", "0")
+    need = stored_nbytes(dtype, math.prod(t.dims)) if dtype is not None else (int(length) if length.isdigit() else 0)
+    try:
+        external_offset(name, t, need, data.stat().st_size)
+    except ExternalDataTruncated as err:
+        return [error("onnx.external-truncated", err.message, model, name)]
+    except CorruptCheckpointError as err:
+        return [error("onnx.external", err.message, model, name)]
     return []
 
 

@@ -135,23 +135,7 @@ class OnnxCheckpoint(Checkpoint):
         location = t.external.get("location", "")
         path = external_file(self.folder, name, location)
         size = self._external_sizes.setdefault(path, path.stat().st_size)
-        try:
-            offset = int(t.external.get("offset", "0"))
-            length = int(t.external["length"]) if "length" in t.external else size - offset
-        except ValueError:
-            raise CorruptCheckpointError(
-                f"tensor {name!r}: external data offset/length {t.external} are not numbers"
-            ) from None
-        if offset < 0 or length < need:
-            raise CorruptCheckpointError(
-                f"tensor {name!r}: external data at offset {offset} holds {length} bytes, "
-                f"{element_name(t.data_type)} {list(t.dims)} needs {need}"
-            )
-        if offset + need > size:
-            raise CorruptCheckpointError(
-                f"tensor {name!r}: external data file {location} has {size} bytes, the tensor ends at "
-                f"{offset + need}: truncated, or not the data file this model was saved with"
-            )
+        offset = external_offset(name, t, need, size)
         return ExternalRef(path, location, offset, need)
 
     def _fill_metadata(self) -> None:
@@ -254,6 +238,36 @@ def external_file(folder: Path, name: str, location: str) -> Path:
             "under the name the model gives"
         )
     return path
+
+
+class ExternalDataTruncated(CorruptCheckpointError):
+    """A tensor's external data runs past the end of its file."""
+
+
+def external_offset(name: str, t: TensorRecord, need: int, size: int) -> int:
+    """Where tensor ``name``'s ``need`` bytes start in its external data file of ``size`` bytes.
+
+    Raises :class:`CorruptCheckpointError` when the offset or length fields are not numbers or
+    cannot hold the tensor, and :class:`ExternalDataTruncated` when the file ends too soon.
+    """
+    try:
+        offset = int(t.external.get("offset", "0"))
+        length = int(t.external["length"]) if "length" in t.external else None
+    except ValueError:
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: external data offset/length {t.external} are not numbers"
+        ) from None
+    if offset < 0 or (length is not None and length < need):
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: external data at offset {offset} holds {length} bytes, "
+            f"{element_name(t.data_type)} {list(t.dims)} needs {need}"
+        )
+    if offset + need > size:
+        raise ExternalDataTruncated(
+            f"tensor {name!r}: external data file {t.external.get('location', '')} has {size} bytes, the tensor "
+            f"ends at {offset + need}: truncated, or not the data file this model was saved with"
+        )
+    return offset
 
 
 def _values_at(buf: Buffer, offset: int, dtype: DType, numel: int) -> np.ndarray:
