@@ -9,6 +9,17 @@ from typing import Any
 from ckptkit.errors import UsageError
 
 
+def dumps_text(data: Any, **options: Any) -> str:
+    """JSON text that can be written as UTF-8: non-ASCII kept as is, unless a string holds a lone
+    surrogate (a name read from bytes that are not UTF-8), which only ``\\u`` escapes can carry."""
+    text = json.dumps(data, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True, **options)
+    return text
+
+
 def loads_noting_repeats(text: str | bytes) -> tuple[Any, list[str]]:
     """Parse JSON, also returning every key written twice in one object (``json`` keeps the last)."""
     repeated: list[str] = []

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import re
 
+from ckptkit.errors import UnsupportedError
+
 _SEPARATORS = re.compile(r"[./]")
 _CONTROL = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]}
 
 
 def printable(text: str) -> str:
-    """A name with control characters escaped, so a hostile file cannot drive the terminal."""
-    return str(text).translate(_CONTROL)
+    """A name with control characters escaped, so a hostile file cannot drive the terminal, and
+    lone surrogates (bytes that were not UTF-8) escaped, so it can be printed at all."""
+    return str(text).translate(_CONTROL).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def utf8_text(text: str, where: str, what: str = "tensor name") -> bytes:
+    """``text`` as UTF-8 for a format that stores text as UTF-8; refused when it is not text.
+
+    A name read from bytes that are not UTF-8 (an HDF5 link, a pickle) holds lone surrogates.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        remedy = "leave the tensor out with --exclude" if what == "tensor name" else "drop or fix it at the source"
+        raise UnsupportedError(
+            f"{what} '{printable(text)}' is not UTF-8 text, and {where} stores it as UTF-8; {remedy}, "
+            "or write PyTorch (.pt), which keeps such text"
+        ) from None
 
 
 def module_path(name: str) -> list[str]:

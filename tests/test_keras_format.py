@@ -399,3 +399,30 @@ def test_tied_names_become_hard_links_that_keras_and_ckptkit_read(tmp_path, kera
     ckptkit.convert(out, back)
     with ckptkit.load(back) as ckpt:
         assert ckpt.aliases == {"dense_1/kernel": "dense/kernel"}
+
+
+def test_names_that_are_not_utf8_text_are_shown_escaped_and_refused_by_text_formats(tmp_path, cli):
+    # A vars group's name attribute holding bytes that are not UTF-8: h5py hands it over with
+    # lone surrogates. Found by fuzzing; it used to end in a UnicodeEncodeError traceback.
+    src = tmp_path / "odd.weights.h5"
+    with h5py.File(src, "w") as f:
+        f.create_group("vars")
+        group = f.create_group("layers").create_group("dense").create_group("vars")
+        group.create_dataset("0", data=np.ones((2, 2), np.float32))
+        group.attrs.create("name", b"\x80ense", dtype=h5py.string_dtype("utf-8"))
+    r = cli("inspect", src)
+    assert r.code == 0 and "\\udc80ense/kernel" in r.stdout
+    r = cli("inspect", src, "--json")
+    assert r.code == 0 and json.loads(r.stdout)["tensors"][0]["name"] == "\udc80ense/kernel"
+    for ext in ("safetensors", "onnx", "h5"):
+        r = cli("convert", src, tmp_path / f"out.{ext}")
+        assert_one_line_error(r, "is not UTF-8 text")
+        assert not (tmp_path / f"out.{ext}").exists()
+    assert cli("convert", src, tmp_path / "out.pt").code == 0  # pickle keeps such names
+    assert cli("hash", src, "-o", tmp_path / "m.json").code == 0
+
+    bytes_link = tmp_path / "link.weights.h5"
+    with h5py.File(bytes_link, "w") as f:
+        f.create_group("vars")
+        f.create_group("layers").create_group(b"\x80ense").create_group("vars").create_dataset("0", data=np.ones(2))
+    assert_one_line_error(cli("inspect", bytes_link), "link.weights.h5", "not UTF-8 text")

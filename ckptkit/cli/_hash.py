@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar
+from ckptkit.jsonfile import dumps_text
 from ckptkit.output import AtomicOutput
 
 
@@ -54,7 +54,7 @@ def command(
         print_json(data)
         return
     with AtomicOutput(output, force=force) as out:
-        out.temp_for().write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        out.temp_for().write_text(dumps_text(data, indent=2) + "\n", encoding="utf-8")
     click.echo(
         f"{manifest.root}  {printable(str(path))}  ({len(manifest.tensors)} tensors, {len(manifest.files)} files; "
         f"manifest written to {printable(str(output))})"

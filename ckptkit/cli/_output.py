@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ckptkit.jsonfile import dumps_text
 from ckptkit.model import ProgressFn
 from ckptkit.names import printable as printable  # re-exported for the subcommands
 
@@ -34,7 +34,7 @@ def stderr_console() -> Console:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    click.echo(dumps_text(data, indent=2, default=str))
 
 
 def human_bytes(n: float) -> str:

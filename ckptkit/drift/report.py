@@ -6,7 +6,6 @@ that is not a finite number (``rel_l2`` of an all-zero tensor that changed) is `
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.drift.metrics import Accumulator
+from ckptkit.jsonfile import dumps_text
 from ckptkit.model import Checkpoint
 from ckptkit.names import module_path
 
@@ -213,7 +213,7 @@ class DiffReport:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+        return dumps_text(self.to_dict(), indent=indent, allow_nan=False)
 
     def to_markdown(self, top: int = 20) -> str:
         from ckptkit.drift.markdown import render_markdown

@@ -22,6 +22,7 @@ import numpy as np
 from ckptkit import dtypes, limits
 from ckptkit.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.names import utf8_text
 from ckptkit.registry import Format, WriteContext
 from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
 from ckptkit.streaming import TensorCopier
@@ -219,6 +220,10 @@ def build_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str]) -> tu
             "data_offsets": [offset, offset + ti.nbytes],
         }
         offset += ti.nbytes
+    for name in header:
+        utf8_text(name, "safetensors")
+    for key, value in metadata.items():
+        utf8_text(f"{key}={value}", "safetensors", "metadata entry")
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text, ordered

@@ -27,6 +27,7 @@ from ckptkit.dtypes import DType
 from ckptkit.errors import UnsupportedError
 from ckptkit.formats.keras.hdf5 import DTYPE_ATTR, h5py_module
 from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.names import utf8_text
 from ckptkit.streaming import TensorCopier
 
 SMALL_BYTES = 1 << 20  # datasets below this are written by h5py directly
@@ -60,12 +61,13 @@ def names_attribute(names: list[str]) -> list[tuple[str, Any]]:
     """A list of names as Keras stores it: one byte-string array, split when it is too long."""
     if not names:
         return [("", np.zeros(0))]
-    data = np.array([n.encode("utf-8") for n in names])
+    encoded = [utf8_text(n, "Keras HDF5") for n in names]
+    data = np.array(encoded)
     chunks = [data]
     while any(c.nbytes > ATTRIBUTE_LIMIT for c in chunks):
         chunks = np.array_split(data, len(chunks) + 1)
     if len(chunks) == 1:
-        return [("", [n.encode("utf-8") for n in names])]  # as Keras assigns it; h5py picks the type
+        return [("", encoded)]  # as Keras assigns it; h5py picks the type
     return [(str(i), c) for i, c in enumerate(chunks)]
 
 

@@ -172,6 +172,18 @@ def child(group: Any, name: str) -> Any:
     return node
 
 
+def link_names(group: Any) -> list[str]:
+    """The names of a group's links; a name that is not UTF-8 text is a corrupt file here.
+
+    h5py gives such names as bytes; Keras only ever writes text.
+    """
+    names = list(group.keys())
+    for name in names:
+        if not isinstance(name, str):
+            raise CorruptCheckpointError(f"{group.name} holds a link named {name!r}, which is not UTF-8 text")
+    return names
+
+
 def is_group(obj: Any) -> bool:
     return isinstance(obj, h5py_module().Group)
 
@@ -185,7 +197,7 @@ def walk_datasets(group: Any, _seen: set[Any] | None = None) -> Iterator[Any]:
     seen = _seen if _seen is not None else {group.id}
     if group.name.count("/") > limits.current().pickle_depth:
         raise CorruptCheckpointError(f"groups nest too deeply at {group.name}")
-    for key in sorted(group.keys()):
+    for key in sorted(link_names(group)):
         node = child(group, key)
         if is_group(node):
             if node.id in seen:

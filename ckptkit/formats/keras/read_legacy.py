@@ -14,7 +14,7 @@ from typing import Any
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
-from ckptkit.formats.keras.hdf5 import attr_strings, attr_text, child, is_dataset
+from ckptkit.formats.keras.hdf5 import attr_strings, attr_text, child, is_dataset, link_names
 from ckptkit.formats.keras.structure import Layer, Structure
 
 _SUFFIX = re.compile(r":\d+$")
@@ -25,7 +25,7 @@ def is_legacy(h5: Any) -> bool:
 
 
 def not_keras_message(h5: Any) -> str:
-    keys = ", ".join(sorted(h5.keys())[:8]) or "nothing"
+    keys = ", ".join(sorted(link_names(h5))[:8]) or "nothing"
     return (
         "an HDF5 file, but not a Keras one: it has no layer_names attribute, model_weights group or "
         f"layers/vars groups (its top level holds {keys})"

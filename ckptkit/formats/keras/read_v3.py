@@ -17,7 +17,7 @@ from ckptkit.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
 from ckptkit.formats.keras.h5write import PADDING_GROUP
-from ckptkit.formats.keras.hdf5 import attr_text, child, is_dataset, is_group
+from ckptkit.formats.keras.hdf5 import attr_text, child, is_dataset, is_group, link_names
 from ckptkit.formats.keras.structure import Layer, Structure
 
 CONTAINERS = ("layers", "_layer_checkpoint_dependencies")
@@ -56,7 +56,7 @@ class _Walker:
             vars_group = child(group, "vars")
             if is_dataset(vars_group):
                 raise CorruptCheckpointError(f"{vars_group.name} should be a group")
-            keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+            keys = sorted(link_names(vars_group), key=lambda k: int(k) if k.isdigit() else -1)
             if any(not k.isdigit() for k in keys):
                 odd = next(k for k in keys if not k.isdigit())
                 raise CorruptCheckpointError(f"{vars_group.name} holds {odd!r}; Keras numbers variables 0, 1, ...")
@@ -69,14 +69,14 @@ class _Walker:
                 self.ckpt.add(tensor, ds)
                 self.st.h5_paths[tensor] = ds.name
                 into.append(tensor)
-        for key in sorted(group.keys(), key=_child_order):
+        for key in sorted(link_names(group), key=_child_order):
             if key == "vars":
                 continue
             sub = child(group, key)
             if not is_group(sub):
                 continue
             if key in CONTAINERS:
-                for item_key in sorted(sub.keys(), key=structure.natural_key):
+                for item_key in sorted(link_names(sub), key=structure.natural_key):
                     item = child(sub, item_key)
                     name = self.name_of(item, item_key)
                     self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
@@ -136,7 +136,7 @@ def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: di
     container = next((child(h5, c) for c in CONTAINERS if c in h5), None)
     found: dict[str, Layer] = {}
     if container is not None:
-        for key in sorted(container.keys(), key=structure.natural_key):
+        for key in sorted(link_names(container), key=structure.natural_key):
             group = child(container, key)
             if not is_group(group):
                 continue
@@ -150,7 +150,7 @@ def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: di
     # Layers in model order where config.json gives it (weightless ones included); a bare
     # .weights.h5 does not record the order, so its layers come by name.
     st.layers = [found.pop(name, Layer(name, cls)) for name, cls in order] + list(found.values())
-    for key in sorted(h5.keys(), key=structure.natural_key):
+    for key in sorted(link_names(h5), key=structure.natural_key):
         group = child(h5, key)
         if key in CONTAINERS or key == PADDING_GROUP.strip("/") or not is_group(group):
             continue
@@ -174,7 +174,7 @@ def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: di
 def _root_vars(walker: _Walker, h5: Any) -> None:
     """The model's own variables (a subclassed model's ``add_weight``), named ``vars/<i>``."""
     vars_group = child(h5, "vars")
-    for key in sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else -1):
+    for key in sorted(link_names(vars_group), key=lambda k: int(k) if k.isdigit() else -1):
         ds = child(vars_group, key)
         if is_dataset(ds):
             walker.ckpt.add(f"vars/{key}", ds)

@@ -14,6 +14,7 @@ from typing import NamedTuple, TypeAlias
 import numpy as np
 
 from ckptkit.errors import CorruptCheckpointError
+from ckptkit.names import utf8_text
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
@@ -188,7 +189,7 @@ def bytes_field(number: int, payload: bytes) -> bytes:
 
 
 def string_field(number: int, value: str) -> bytes:
-    return bytes_field(number, value.encode("utf-8"))
+    return bytes_field(number, utf8_text(value, "ONNX", "text"))
 
 
 def varint_field(number: int, value: int) -> bytes:
