@@ -170,3 +170,10 @@ def test_packed_fp4_tensor_is_listed_apart_and_the_rest_converts(tmp_path, cli):
     out = tmp_path / "out.safetensors"
     assert cli("convert", src, out, "--exclude", "w4").code == 0
     np.testing.assert_array_equal(safetensors.numpy.load_file(out)["bias"], np.arange(3, dtype=np.float32))
+
+
+def test_a_dtype_that_is_not_a_string_is_named_not_a_type_error(tmp_path, cli):
+    header = json.dumps({"a": {"dtype": ["F4"], "shape": [2], "data_offsets": [0, 8]}}).encode()
+    src = tmp_path / "odd.safetensors"
+    src.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    assert_one_line_error(cli("inspect", src), "tensor 'a' has dtype ['F4'], which ckptkit does not know")

@@ -147,7 +147,7 @@ def packed_entry(name: str, entry: object, data_len: int) -> tuple[str, int, int
 
     ``None`` for any other entry (which :func:`parse_entry` then judges).
     """
-    if not isinstance(entry, dict) or entry.get("dtype") not in PACKED_BITS:
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in PACKED_BITS:
         return None
     code, shape, offsets = entry["dtype"], entry.get("shape"), entry.get("data_offsets")
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
