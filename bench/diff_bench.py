@@ -29,9 +29,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ckptkit.dtypes import by_name  # noqa: E402
+from ckptkit.core.dtypes import by_name  # noqa: E402
+from ckptkit.core.model import TensorInfo  # noqa: E402
 from ckptkit.formats.safetensors import build_header  # noqa: E402
-from ckptkit.model import TensorInfo  # noqa: E402
 
 NAIVE_SCRIPT = r"""
 import sys

@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import measure  # noqa: E402 - bench/measure.py: child processes' time and peak anonymous memory
 
 from ckptkit import save  # noqa: E402
-from ckptkit.dtypes import from_numpy  # noqa: E402
-from ckptkit.model import Checkpoint, TensorInfo  # noqa: E402
+from ckptkit.core.dtypes import from_numpy  # noqa: E402
+from ckptkit.core.model import Checkpoint, TensorInfo  # noqa: E402
 
 
 class SyntheticCheckpoint(Checkpoint):

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import measure  # noqa: E402 - bench/measure.py: child processes' time and peak anonymous memory
 import synth  # noqa: E402 - bench/synth.py: the transformer-like shapes every benchmark uses
 
-from ckptkit.dtypes import by_name  # noqa: E402
-from ckptkit.model import Checkpoint, TensorInfo  # noqa: E402
+from ckptkit.core.dtypes import by_name  # noqa: E402
+from ckptkit.core.model import Checkpoint, TensorInfo  # noqa: E402
 
 
 class Synthetic(Checkpoint):

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ckptkit.api import convert, inspect, load, save
-    from ckptkit.drift import DiffReport, diff
-    from ckptkit.errors import CkptkitError
-    from ckptkit.model import Checkpoint, Receipt, TensorInfo
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.core.model import Checkpoint, Receipt, TensorInfo
+    from ckptkit.diffing import DiffReport, diff
 
 _PUBLIC = {
     "convert": "ckptkit.api", "inspect": "ckptkit.api", "load": "ckptkit.api", "save": "ckptkit.api",
-    "DiffReport": "ckptkit.drift", "diff": "ckptkit.drift",
-    "CkptkitError": "ckptkit.errors",
-    "Checkpoint": "ckptkit.model", "Receipt": "ckptkit.model", "TensorInfo": "ckptkit.model",
+    "DiffReport": "ckptkit.diffing", "diff": "ckptkit.diffing",
+    "CkptkitError": "ckptkit.core.errors",
+    "Checkpoint": "ckptkit.core.model", "Receipt": "ckptkit.core.model", "TensorInfo": "ckptkit.core.model",
 }  # fmt: skip
 
 __all__ = [

@@ -7,20 +7,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ckptkit import registry
-from ckptkit.dtypes import by_name
-from ckptkit.errors import CorruptCheckpointError, UsageError
-from ckptkit.executor import default_executor, map_tensors
-from ckptkit.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
-from ckptkit.output import AtomicOutput
-from ckptkit.registry import WriteContext
-from ckptkit.sharding import SHARD_SIZE_OPTION
-from ckptkit.stats import compute_stats
-from ckptkit.transform import TransformedCheckpoint, transform
-
-COMPARE_CHUNK_BYTES = 16 * 1024 * 1024
+from ckptkit.core.compare import arrays_identical
+from ckptkit.core.dtypes import by_name
+from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.core.format import WriteContext
+from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
+from ckptkit.core.stats import compute_stats
+from ckptkit.core.views import TransformedCheckpoint, transform
+from ckptkit.io.atomic import AtomicOutput
+from ckptkit.io.shards.write import SHARD_SIZE_OPTION
+from ckptkit.io.workers import default_executor, map_tensors
 
 
 def load(path: str | Path, format: str | None = None, **options: Any) -> Checkpoint:
@@ -69,7 +66,7 @@ def convert(
     ``layout`` ("keras" or "torch") translates tensor layouts between the frameworks on the way
     (see :mod:`ckptkit.layout`); ``layout_hints`` settle what names and shapes cannot tell.
     A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
-    :class:`~ckptkit.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
+    :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     """
     src, dst = Path(src), Path(dst)
     with registry.open_checkpoint(src, from_format, read_options) as ckpt:
@@ -224,26 +221,6 @@ def compare_checkpoints(
     differing = next((name for name in data if not results[name]), None)
     if differing is not None:
         raise CorruptCheckpointError(f"verification failed: tensor {differing!r} differs from the source", dst)
-
-
-def arrays_identical(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit-for-bit equality, chunked so no full-size temporary is made."""
-    if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
-        return False
-    fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    fb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-    # Compared as 64-bit words into one reused mask: twice as fast as bytes into fresh masks.
-    mask = np.empty(min(fa.size, COMPARE_CHUNK_BYTES) // 8, dtype=bool)
-    for start in range(0, fa.size, COMPARE_CHUNK_BYTES):
-        x, y = fa[start : start + COMPARE_CHUNK_BYTES], fb[start : start + COMPARE_CHUNK_BYTES]
-        words = x.size // 8
-        if words:
-            np.not_equal(x[: words * 8].view(np.uint64), y[: words * 8].view(np.uint64), out=mask[:words])
-            if mask[:words].any():
-                return False
-        if not np.array_equal(x[words * 8 :], y[words * 8 :]):
-            return False
-    return True
 
 
 def inspect(

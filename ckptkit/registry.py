@@ -9,14 +9,32 @@ group, whose entries point at a :class:`Format` object.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
-from ckptkit.model import Checkpoint, ProgressFn
+from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.core.format import Format, Opener, OptionSpec, Sniffer, WriteContext, Writer
+from ckptkit.core.model import Checkpoint
+from ckptkit.io.shards.index import INDEX_SUFFIX
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "INDEX_SUFFIX",
+    "Format",
+    "Opener",
+    "OptionSpec",
+    "Sniffer",
+    "WriteContext",
+    "Writer",
+    "detect",
+    "for_output",
+    "formats",
+    "get",
+    "open_checkpoint",
+    "register",
+]  # the types live in ckptkit.core.format; plug-ins import them from here
 
 SNIFF_BYTES = 4096
 ENTRY_POINT_GROUP = "ckptkit.formats"
@@ -24,7 +42,7 @@ ENTRY_POINT_GROUP = "ckptkit.formats"
 # Built-in formats, in detection order: a format that claims a file stops the search.
 _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
-    "ckptkit.formats.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
+    "ckptkit.formats.torch.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
     "ckptkit.formats.torch",
     "ckptkit.formats.onnx",
     "ckptkit.formats.keras.v3",
@@ -33,82 +51,6 @@ _BUILTIN_MODULES = (
 )
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
-
-
-@dataclass
-class WriteContext:
-    """What a writer is given besides the checkpoint: where to write and how."""
-
-    output: Any  # ckptkit.output.AtomicOutput
-    options: Mapping[str, Any] = field(default_factory=dict)
-    progress: ProgressFn | None = None
-    notes: list[str] = field(default_factory=list)  # the writer's receipt lines
-    # A writer that renames or re-lays tensors sets what the written file should read back as,
-    # for the check after writing; by default that is the checkpoint it was given.
-    expected: Checkpoint | None = None
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """An option a format's reader or writer takes; the CLI turns it into ``--name``.
-
-    ``kind`` is "flag" (on/off), "text", or "path"; ``multiple`` lets it be given repeatedly.
-    Formats that share an option name must declare it alike.
-    """
-
-    name: str
-    help: str
-    kind: str = "text"
-    multiple: bool = False
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-Sniffer = Callable[[bytes, Path], bool]
-Opener = Callable[[Path, Mapping[str, Any]], Checkpoint]
-Writer = Callable[[Checkpoint, WriteContext], None]
-
-
-@dataclass(frozen=True)
-class Format:
-    """One checkpoint format: how to recognise it, read it and write it.
-
-    ``sniff(head, path)`` answers from the first bytes (and, for containers, a cheap look inside)
-    whether the file is of this format; it must not raise for files of other formats.
-    ``read_options`` and ``write_options`` are the options its reader and writer take; they
-    reach ``open`` and ``write`` as a mapping of option name to value.
-    ``verify`` names, as ``"module:function"`` (imported only when ``ckptkit verify`` runs), the
-    format's structure check: ``function(path) -> list[ckptkit.verify.findings.Finding]``,
-    reporting every fault it finds without stopping at the first. Formats that read
-    directories are asked with an empty ``head`` for them.
-    """
-
-    name: str
-    description: str
-    extensions: tuple[str, ...]
-    sniff: Sniffer
-    open: Opener | None = None
-    write: Writer | None = None
-    write_options: tuple[OptionSpec, ...] = ()
-    read_options: tuple[OptionSpec, ...] = ()
-    default_extension: str = ""
-    verify: str = ""
-    weights_name: str = ""  # the file's name inside a model folder; default "model" + default_extension
-
-    @property
-    def folder_file_name(self) -> str:
-        """The name a checkpoint of this format gets when the output is a folder."""
-        return self.weights_name or "model" + self.default_extension
-
-    @property
-    def can_read(self) -> bool:
-        return self.open is not None
-
-    @property
-    def can_write(self) -> bool:
-        return self.write is not None
 
 
 _formats: dict[str, Format] | None = None
@@ -199,9 +141,6 @@ def detect(path: Path) -> Format:
     kind = "directory" if path.is_dir() else "file"
     hint = f" (its extension suggests {by_ext[0].name}, but the content does not match)" if by_ext else ""
     raise UnknownFormatError(f"not a checkpoint ckptkit can read: no format recognises this {kind}{hint}", path)
-
-
-INDEX_SUFFIX = ".index.json"
 
 
 def _sniff(fmt: Format, head: bytes, path: Path) -> bool:

@@ -37,9 +37,9 @@ from hypothesis import strategies as st
 
 import ckptkit
 from ckptkit.api import describe
-from ckptkit.errors import CkptkitError
-from ckptkit.model import Checkpoint
-from ckptkit.output import STAGING_PREFIX
+from ckptkit.core.errors import CkptkitError
+from ckptkit.core.model import Checkpoint
+from ckptkit.io.atomic import STAGING_PREFIX
 
 DEADLINE_SECONDS = float(os.environ.get("CKPTKIT_FUZZ_DEADLINE", "10"))
 MEMORY_HEADROOM = 1 << 30  # address space a single input may add while it is read

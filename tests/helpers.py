@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 import ckptkit
-from ckptkit.model import Checkpoint
+from ckptkit.core.model import Checkpoint
 
 
 def snapshot(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
@@ -43,7 +43,7 @@ def write_read(
 
 def sample_array(dtype_name: str, shape: tuple[int, ...] = (3, 5), seed: int = 0) -> np.ndarray:
     """Seeded values of any ckptkit dtype, with NaN and Inf among floats where the type has them."""
-    from ckptkit.dtypes import by_name
+    from ckptkit.core.dtypes import by_name
 
     dt = by_name(dtype_name)
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from ckptkit.dtypes import from_numpy
+from ckptkit.core.dtypes import from_numpy
 from ckptkit.formats.onnx.elements import is_packed, pack
 
 

@@ -37,7 +37,7 @@ def test_a_subcommand_loads_only_what_it_uses():
         "    ckptkit.cli.main()\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "unused = ('ckptkit.api', 'ckptkit.drift', 'ckptkit.cli._convert', 'rich')\n"
+        "unused = ('ckptkit.api', 'ckptkit.diffing', 'ckptkit.cli._convert', 'rich')\n"
         "loaded = sorted(m for m in unused if m in sys.modules)\n"
         "print(loaded, file=sys.stderr)\n"
     )
@@ -49,7 +49,7 @@ def test_a_subcommand_loads_only_what_it_uses():
 def test_version_and_lazy_public_names():
     out = subprocess.run([sys.executable, "-m", "ckptkit", "--version"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.startswith("ckptkit, version ")
-    assert ckptkit.save is ckptkit.api.save and ckptkit.diff.__module__.startswith("ckptkit.drift")
+    assert ckptkit.save is ckptkit.api.save and ckptkit.diff.__module__.startswith("ckptkit.diffing")
     assert set(ckptkit.__all__) <= set(dir(ckptkit))
     with pytest.raises(AttributeError):
         ckptkit.no_such_name  # noqa: B018

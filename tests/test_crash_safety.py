@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit import output
-from ckptkit.api import arrays_identical
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.model import MemoryCheckpoint
-from ckptkit.output import STAGING_PREFIX
+from ckptkit.core.compare import arrays_identical
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.model import MemoryCheckpoint
+from ckptkit.io import atomic as output
+from ckptkit.io.atomic import STAGING_PREFIX
 from tests.conftest import REPO, assert_one_line_error
 from tests.helpers import print_to_terminal
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
 from tests.conftest import FIXTURES, REPO, assert_one_line_error
 from tests.helpers import assert_same_tensors
 
@@ -35,7 +35,7 @@ def saved(tmp_path):
     """A single-process dcp.save of several dtypes, nested names and non-tensor values."""
     import torch
 
-    from ckptkit.torch_interop import torch_to_numpy
+    from ckptkit.core.torch_interop import torch_to_numpy
 
     gen = torch.Generator().manual_seed(5)
     tensors = {
@@ -97,7 +97,7 @@ def test_convert_to_safetensors_and_torch(tmp_path, cli):
     import safetensors.torch
     import torch
 
-    from ckptkit.torch_interop import torch_to_numpy
+    from ckptkit.core.torch_interop import torch_to_numpy
 
     got = safetensors.torch.load_file(tmp_path / "model.safetensors")
     assert {k: torch_to_numpy(v).tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.drift import engine, schema
-from ckptkit.errors import UsageError
-from ckptkit.model import Checkpoint, MemoryCheckpoint, TensorInfo
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import Checkpoint, MemoryCheckpoint, TensorInfo
+from ckptkit.diffing import engine, schema
 from tests.test_diff_metrics import assert_close_to_reference
 
 
@@ -225,7 +225,7 @@ def test_threads_and_spans_give_the_same_figures(monkeypatch):
 
 
 def test_default_layers_are_the_repeated_blocks():
-    from ckptkit.drift.report import layer_depth, layer_of
+    from ckptkit.diffing.report import layer_depth, layer_of
 
     assert layer_depth(["model.layers.0.attn.q.weight", "model.norm.weight", "lm_head.weight"]) == 2
     assert layer_depth(["0.weight", "1.conv.0.weight", "1.conv.2.bias"]) == 1  # a top-level Sequential

@@ -17,8 +17,8 @@ from markdown_it import MarkdownIt
 
 import ckptkit
 from ckptkit import registry
-from ckptkit.drift import schema
-from ckptkit.errors import UnknownFormatError, UnsupportedError
+from ckptkit.core.errors import UnknownFormatError, UnsupportedError
+from ckptkit.diffing import schema
 from tests.conftest import REPO, assert_one_line_error, realworld_files, run_cli
 from tests.helpers import sample_array
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ckptkit.drift.matching import Pair, RenameRule, load_map, match_names, strip_wrappers
-from ckptkit.errors import CkptkitError, UsageError
+from ckptkit.core.errors import CkptkitError, UsageError
+from ckptkit.diffing.matching import Pair, RenameRule, load_map, match_names, strip_wrappers
 
 
 def test_exact_names_pair_and_leftovers_are_reported_in_order():

@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptkit.drift import metrics
-from ckptkit.drift.metrics import Accumulator, accumulate
-from ckptkit.dtypes import DTYPES
+from ckptkit.core.dtypes import DTYPES
+from ckptkit.diffing import metrics
+from ckptkit.diffing.metrics import Accumulator, accumulate
 from tests.helpers import sample_array
 
 FLOAT_DTYPES = [d.name for d in DTYPES if d.kind == "f"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.api import arrays_identical
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.executor import SerialExecutor, ThreadExecutor, balanced_groups, default_executor
+from ckptkit.core.compare import arrays_identical
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.io.workers import SerialExecutor, ThreadExecutor, balanced_groups, default_executor
 
 
 @pytest.mark.parametrize("executor", [SerialExecutor(), ThreadExecutor(2)], ids=["serial", "threads"])
@@ -85,8 +85,8 @@ def test_convert_verification_reports_the_first_differing_tensor(tmp_path, monke
 
 
 def test_map_tensors_returns_every_result_in_order_and_runs_serially_when_reads_cannot_overlap():
-    from ckptkit.executor import map_tensors
-    from ckptkit.model import MemoryCheckpoint
+    from ckptkit.core.model import MemoryCheckpoint
+    from ckptkit.io.workers import map_tensors
 
     ckpt = MemoryCheckpoint({f"t{i}": np.full(10 * (i + 1), i, np.int32) for i in range(9)})
     threads = set()

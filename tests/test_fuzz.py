@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptkit
-from ckptkit.dtypes import by_name
+from ckptkit.core.dtypes import by_name
 from tests import fuzzing
 from tests.conftest import FIXTURES, realworld_files
 from tests.helpers import print_to_terminal

@@ -9,19 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptkit
-from ckptkit import scan as scan_module
-from ckptkit.dtypes import DTYPES, by_name
-from ckptkit.hashing import file_sha256, root_hash, tensor_header
-from ckptkit.manifest import Manifest, build_manifest
-from ckptkit.model import MemoryCheckpoint
-from ckptkit.scan import scan
-from ckptkit.values import ValueChecker
+from ckptkit.core.dtypes import DTYPES, by_name
+from ckptkit.core.model import MemoryCheckpoint
+from ckptkit.core.values import ValueChecker
+from ckptkit.hashing import scan as scan_module
+from ckptkit.hashing.manifest import Manifest, build_manifest
+from ckptkit.hashing.scan import scan
+from ckptkit.hashing.tensors import file_sha256, root_hash, tensor_header
 from tests.conftest import FIXTURES, assert_one_line_error, realworld_files
 from tests.helpers import sample_array
 
 
 def _reference_hash(dtype_name: str, array: np.ndarray) -> str:
-    """The documented encoding, spelled out independently of ckptkit.hashing."""
+    """The documented encoding, spelled out independently of ckptkit.hashing.tensors."""
     dims = ",".join(str(d) for d in array.shape)
     data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
     return hashlib.sha256(f"ckptkit-tensor-v1\n{dtype_name}\n[{dims}]\n".encode() + data).hexdigest()
@@ -183,7 +183,7 @@ def test_cli_hash_writes_a_manifest_and_refuses_to_overwrite(cli, tmp_path):
     r = cli("hash", src, "-o", out)
     assert r.code == 0, r.stderr
     data = json.loads(out.read_text())
-    assert data["schema"] == "ckptkit.manifest/1" and data["root"] in r.stdout
+    assert data["schema"] == "ckptkit.hashing.manifest/1" and data["root"] in r.stdout
     assert data["tensors"] == {n: e.to_dict() for n, e in build_manifest(src).tensors.items()}
     assert_one_line_error(cli("hash", src, "-o", out), str(out), "--force")
     printed = cli("hash", src)
@@ -202,7 +202,7 @@ def test_real_files_hash_as_the_library_reads_them(path):
 
 
 def by_name_of(code: str) -> str:
-    from ckptkit.dtypes import by_safetensors
+    from ckptkit.core.dtypes import by_safetensors
 
     dt = by_safetensors(code)
     assert dt is not None

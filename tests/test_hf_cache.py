@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ckptkit.manifest import build_manifest
-from ckptkit.paths import is_inside_name
+from ckptkit.hashing.manifest import build_manifest
+from ckptkit.io.paths import is_inside_name
 from ckptkit.verify import verify
 from tests.conftest import assert_one_line_error
 

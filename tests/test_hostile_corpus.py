@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import ckptkit
 from ckptkit.cli import cli as ckptkit_cli
-from ckptkit.output import STAGING_PREFIX
+from ckptkit.io.atomic import STAGING_PREFIX
 from tests.conftest import REPO, CliResult, assert_one_line_error
 from tests.hostile.generate import MARKER, Case, Expect, all_cases
 

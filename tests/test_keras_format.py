@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.dtypes import DTYPES
-from ckptkit.errors import CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.core.dtypes import DTYPES
+from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError, UsageError
 from tests.conftest import assert_one_line_error, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 from tests.keras2_files import sequential_config, write_keras2
@@ -376,7 +376,7 @@ def test_tied_names_become_hard_links_that_keras_and_ckptkit_read(tmp_path, kera
         "dense/bias": rng.standard_normal(4).astype(np.float32),
         "dense_1/bias": rng.standard_normal(4).astype(np.float32),
     }
-    src = ckptkit.model.MemoryCheckpoint(tensors, aliases={"dense_1/kernel": "dense/kernel"})
+    src = ckptkit.core.model.MemoryCheckpoint(tensors, aliases={"dense_1/kernel": "dense/kernel"})
     out = tmp_path / "tied.h5"
     receipt = ckptkit.save(src, out)
     assert receipt.aliased == {"dense_1/kernel": "dense/kernel"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
 from ckptkit.layout import LayoutAmbiguityError
 from tests.conftest import assert_one_line_error
 

@@ -8,8 +8,8 @@ import safetensors
 from onnx import TensorProto, helper, numpy_helper
 
 import ckptkit
-from ckptkit.dtypes import DTYPES
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.core.dtypes import DTYPES
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.onnx import weights
 from tests.conftest import FIXTURES, assert_one_line_error, realworld_files, run_cli
 from tests.helpers import assert_same_tensors, sample_array, write_read
@@ -190,7 +190,7 @@ def test_past_the_protobuf_limit_external_data_is_automatic(tmp_path, monkeypatc
 def test_metadata_aliases_and_extras_in_metadata_props(tmp_path):
     w = sample_array("float32", (4, 4))
     src = ckptkit.load  # keep the flake-free name
-    ckpt = ckptkit.model.MemoryCheckpoint({"w": w}, {"note": "fine-tuned", "onnx:opset": "stale"}, {"tied": "w"})
+    ckpt = ckptkit.core.model.MemoryCheckpoint({"w": w}, {"note": "fine-tuned", "onnx:opset": "stale"}, {"tied": "w"})
     ckpt.extras = {"epoch": 3}
     path = tmp_path / "m.onnx"
     ckptkit.save(ckpt, path)

@@ -5,8 +5,8 @@ import onnx
 import pytest
 
 import ckptkit
-from ckptkit.dtypes import from_numpy
-from ckptkit.model import Checkpoint, TensorInfo
+from ckptkit.core.dtypes import from_numpy
+from ckptkit.core.model import Checkpoint, TensorInfo
 from tests.onnx_util import session
 
 N = 400 * 1024 * 1024  # float16 elements per tensor: 800 MiB each, three of them

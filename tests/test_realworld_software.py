@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.errors import UnsupportedError
-from ckptkit.manifest import build_manifest
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.hashing.manifest import build_manifest
 from tests.conftest import assert_one_line_error
 
 torch = pytest.importorskip("torch")

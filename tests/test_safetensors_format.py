@@ -7,9 +7,9 @@ import safetensors
 import safetensors.numpy
 
 import ckptkit
-from ckptkit.dtypes import DTYPES
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.torch_interop import torch_to_numpy
+from ckptkit.core.dtypes import DTYPES
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.torch_interop import torch_to_numpy
 from tests.conftest import assert_one_line_error, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 
@@ -121,7 +121,7 @@ def test_complex128_is_refused_with_the_tensor_named(tmp_path):
 
 
 def test_aliases_and_extras_survive_through_metadata(tmp_path):
-    from ckptkit.model import MemoryCheckpoint
+    from ckptkit.core.model import MemoryCheckpoint
 
     w = np.arange(6, dtype=np.float32)
     ckpt = MemoryCheckpoint({"emb": w}, aliases={"head": "emb"})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.dtypes import by_name
-from ckptkit.errors import CorruptCheckpointError, OutputExistsError, UsageError
-from ckptkit.model import MemoryCheckpoint, TensorInfo
-from ckptkit.sharding import plan, shard_names, split
+from ckptkit.core.dtypes import by_name
+from ckptkit.core.errors import CorruptCheckpointError, OutputExistsError, UsageError
+from ckptkit.core.model import MemoryCheckpoint, TensorInfo
+from ckptkit.io.shards.write import plan, shard_names, split
 from tests.conftest import assert_one_line_error
 from tests.helpers import assert_same_tensors, sample_array
 
@@ -161,7 +161,7 @@ def bert():
 
 
 def _numpy_state(model) -> dict[str, np.ndarray]:
-    from ckptkit.torch_interop import torch_to_numpy
+    from ckptkit.core.torch_interop import torch_to_numpy
 
     return {k: torch_to_numpy(v) for k, v in model.state_dict().items()}
 
@@ -208,7 +208,7 @@ def test_reads_what_transformers_and_hub_shard(tmp_path, bert):
 
 
 def _numpy_state_of(state) -> dict[str, np.ndarray]:
-    from ckptkit.torch_interop import torch_to_numpy
+    from ckptkit.core.torch_interop import torch_to_numpy
 
     return {k: torch_to_numpy(v) for k, v in state.items()}
 
@@ -414,7 +414,7 @@ def _as_checkpoint(arrays: dict[str, np.ndarray]) -> MemoryCheckpoint:
 
 
 def test_earlier_files_stay_when_the_write_fails(tmp_path, monkeypatch):
-    import ckptkit.output
+    import ckptkit.io.atomic
 
     src = tmp_path / "src.safetensors"
     ckptkit.save(_layers(), src)
@@ -430,7 +430,7 @@ def test_earlier_files_stay_when_the_write_fails(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_replace(staged, final)
 
-    monkeypatch.setattr(ckptkit.output.os, "replace", crash_at_the_index)
+    monkeypatch.setattr(ckptkit.io.atomic.os, "replace", crash_at_the_index)
     with pytest.raises(OSError, match="disk full"):
         ckptkit.convert(src, folder, to_format="safetensors", force=True, options={"shard_size": "10KB"})
     monkeypatch.undo()
@@ -440,7 +440,7 @@ def test_earlier_files_stay_when_the_write_fails(tmp_path, monkeypatch):
 
 
 def test_previous_files_are_the_checkpoints_own(tmp_path):
-    from ckptkit.sharding import previous_files
+    from ckptkit.io.shards.write import previous_files
 
     names = [
         "config.json", "tokenizer.json", "model.safetensors", "other.safetensors", "pytorch_model.bin",

@@ -18,15 +18,15 @@ import torch
 import torch.utils.serialization
 
 import ckptkit
-from ckptkit.dtypes import DTYPES
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
+from ckptkit.core.dtypes import DTYPES
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
+from ckptkit.core.model import MemoryCheckpoint
+from ckptkit.core.torch_interop import numpy_to_torch, torch_to_numpy
 from ckptkit.formats.torch import FORMAT as TORCH_FORMAT
 from ckptkit.formats.torch import scan_findings, zipwriter
 from ckptkit.formats.torch.writer import NOT_IN_TORCH
-from ckptkit.model import MemoryCheckpoint
-from ckptkit.output import AtomicOutput
+from ckptkit.io.atomic import AtomicOutput
 from ckptkit.registry import WriteContext, get, open_checkpoint
-from ckptkit.torch_interop import numpy_to_torch, torch_to_numpy
 from tests.conftest import FIXTURES, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 

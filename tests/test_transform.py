@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import ckptkit
-from ckptkit.dtypes import DTYPES, by_name, from_numpy
-from ckptkit.errors import UsageError
-from ckptkit.model import MemoryCheckpoint, parse_size
-from ckptkit.torch_interop import numpy_to_torch, torch_to_numpy
-from ckptkit.transform import transform
+from ckptkit.core.dtypes import DTYPES, by_name, from_numpy
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import MemoryCheckpoint, parse_size
+from ckptkit.core.torch_interop import numpy_to_torch, torch_to_numpy
+from ckptkit.core.views import transform
 from tests.helpers import sample_array
 
 

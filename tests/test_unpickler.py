@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.torch import structure
 from ckptkit.formats.torch.unpickler import (
     DANGEROUS_GLOBALS,

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 import ckptkit
-from ckptkit.drift import schema
-from ckptkit.errors import UnsafeCheckpointError, UnsupportedError
+from ckptkit.core.errors import UnsafeCheckpointError, UnsupportedError
+from ckptkit.diffing import schema
 from tests.conftest import assert_one_line_error
 from tests.pickle_payloads import PAYLOADS, torch_zip_with
 

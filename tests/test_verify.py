@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.errors import CkptkitError, UnknownFormatError, UsageError
+from ckptkit.core.errors import CkptkitError, UnknownFormatError, UsageError
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, assert_one_line_error, realworld_files
 
@@ -146,7 +146,7 @@ def test_manifest_passes_on_a_copy_in_another_layout_and_names_changes(tmp_path)
     original = tmp_path / "orig.safetensors"
     ckptkit.save(arrays, original)
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps(ckptkit.manifest.build_manifest(original).to_dict()))
+    manifest.write_text(json.dumps(ckptkit.hashing.manifest.build_manifest(original).to_dict()))
     copy = tmp_path / "copy.safetensors"
     ckptkit.save({"c": arrays["c"], "a": arrays["a"], "b": arrays["b"]}, copy, metadata={"x": "y"})
     assert verify([copy], VerifyOptions(manifest=manifest)).exit_code == 0

@@ -8,8 +8,8 @@ import pytest
 
 import ckptkit
 from ckptkit import registry
-from ckptkit.errors import UnsupportedError
-from ckptkit.manifest import build_manifest
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, realworld_files
 

@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ckptkit
-from ckptkit.errors import UnsafeCheckpointError
+from ckptkit.core.errors import UnsafeCheckpointError
 from ckptkit.verify import verify
 from tests.conftest import FIXTURES
 

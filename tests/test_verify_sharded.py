@@ -5,8 +5,8 @@ import pytest
 import safetensors.numpy
 
 import ckptkit
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.manifest import build_manifest
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 
 INDEX = "model.safetensors.index.json"

@@ -6,7 +6,7 @@ import zipfile
 import pytest
 
 import ckptkit
-from ckptkit.manifest import build_manifest
+from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, realworld_files
 from tests.pickle_payloads import PAYLOADS, PLAIN_LOADER, legacy_with, torch_zip_with

@@ -11,8 +11,8 @@ import click
 from ckptkit import registry
 from ckptkit.api import convert, plan_layout
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
-from ckptkit.errors import UsageError
-from ckptkit.model import Receipt
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import Receipt
 
 
 def _format_options(kind: str) -> Callable[[Any], Any]:

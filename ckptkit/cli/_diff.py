@@ -12,12 +12,12 @@ from rich.text import Text
 from ckptkit import registry
 from ckptkit.cli._errors import EXIT_FINDINGS
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
-from ckptkit.drift import DiffReport, diff
-from ckptkit.drift import formatting as fmt
-from ckptkit.drift.normalize import default_normalizers
-from ckptkit.drift.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff
-from ckptkit.errors import UsageError
-from ckptkit.output import AtomicOutput
+from ckptkit.core.errors import UsageError
+from ckptkit.diffing import DiffReport, diff
+from ckptkit.diffing import formatting as fmt
+from ckptkit.diffing.normalize import default_normalizers
+from ckptkit.diffing.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff
+from ckptkit.io.atomic import AtomicOutput
 
 
 @click.command("diff")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ckptkit.cli._output import printable
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1

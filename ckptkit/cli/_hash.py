@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar
-from ckptkit.jsonfile import dumps_text
-from ckptkit.output import AtomicOutput
+from ckptkit.io.atomic import AtomicOutput
+from ckptkit.io.jsonfile import dumps_text
 
 
 @click.command("hash")
@@ -44,7 +44,7 @@ def command(
     tensors; the same tensors stored in any format give the same tensor hashes and root.
     Check a checkpoint against it with: ckptkit verify PATH --manifest FILE.
     """
-    from ckptkit.manifest import build_manifest, involved_bytes  # loaded only for this command
+    from ckptkit.hashing.manifest import build_manifest, involved_bytes  # loaded only for this command
 
     passes = 1 if no_file_hashes else 2
     with progress_bar(passes * involved_bytes([path]), f"hash {path.name}") as progress:

@@ -13,7 +13,7 @@ from rich.tree import Tree
 from ckptkit import registry
 from ckptkit.api import describe
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
-from ckptkit.names import leaf_name, module_path
+from ckptkit.core.names import leaf_name, module_path
 
 _MAX_VALUE_CHARS = 200
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ckptkit.jsonfile import dumps_text
-from ckptkit.model import ProgressFn
-from ckptkit.names import printable as printable  # re-exported for the subcommands
+from ckptkit.core.model import ProgressFn
+from ckptkit.core.names import printable as printable  # re-exported for the subcommands
+from ckptkit.io.jsonfile import dumps_text
 
 if TYPE_CHECKING:
     from rich.console import Console

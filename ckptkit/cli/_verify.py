@@ -46,7 +46,7 @@ def command(
     Nothing in a checkpoint is executed. Exit codes: 0 clean; 1 findings (errors, and warnings
     with --strict); 2 verify could not run (no such file, unknown format, bad manifest).
     """
-    from ckptkit.manifest import involved_bytes  # loaded only for this command
+    from ckptkit.hashing.manifest import involved_bytes  # loaded only for this command
     from ckptkit.verify import VerifyOptions, verify
     from ckptkit.verify.junit import junit_xml
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import Checkpoint, TensorInfo
 from ckptkit.layout.hints import Hint, parse_hints
 from ckptkit.layout.plan import TARGETS, LayoutAmbiguityError, LayoutPlan
 from ckptkit.layout.record import CLASSES_KEY, RECORD_KEY, load_record, make_record, undo
 from ckptkit.layout.to_keras import plan_to_keras
 from ckptkit.layout.to_torch import plan_to_torch
 from ckptkit.layout.view import LayoutCheckpoint
-from ckptkit.model import Checkpoint, TensorInfo
 
 __all__ = ["TARGETS", "LayoutAmbiguityError", "LayoutPlan", "apply_layout", "plan_layout"]
 

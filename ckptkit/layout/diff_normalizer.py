@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ckptkit.drift.normalize import Normalizer
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import Checkpoint
+from ckptkit.diffing.normalize import Normalizer
 from ckptkit.layout import plan_layout
 from ckptkit.layout.hints import parse_hints
 from ckptkit.layout.ops import rename
 from ckptkit.layout.plan import LayoutAmbiguityError, LayoutPlan
 from ckptkit.layout.record import RECORD_KEY
 from ckptkit.layout.view import LayoutCheckpoint
-from ckptkit.model import Checkpoint
 
 KERAS_FORMATS = ("keras", "keras-h5")
 

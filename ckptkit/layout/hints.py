@@ -12,7 +12,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
 
 KINDS = {
     "dense": "a Linear/Dense layer whose input was not flattened from a feature map",

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit import dtypes
-from ckptkit.dtypes import DType
+from ckptkit.core import dtypes
+from ckptkit.core.dtypes import DType
 
 Op = tuple[Any, ...]  # ("transpose", perm) | ("reshape", shape) | ("gates", axis, order)
 

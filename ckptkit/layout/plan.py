@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import TensorInfo
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Op, Step, rename
-from ckptkit.model import TensorInfo
 
 TARGETS = ("keras", "torch")
 

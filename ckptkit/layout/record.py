@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit import dtypes
-from ckptkit.api import arrays_identical
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core import dtypes
+from ckptkit.core.compare import arrays_identical
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.model import Checkpoint
 from ckptkit.layout.ops import Step, encode, inverse, inverse_ops, rename
 from ckptkit.layout.plan import LayoutPlan
-from ckptkit.model import Checkpoint
 
 RECORD_KEY = "ckptkit:layout"
 CLASSES_KEY = "keras:classes"

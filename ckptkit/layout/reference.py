@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ckptkit.core.model import TensorInfo
 from ckptkit.layout.hints import Hint
-from ckptkit.model import TensorInfo
 
 _KINDS = {
     "Embedding": "embedding",

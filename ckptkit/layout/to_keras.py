@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ckptkit.core.model import TensorInfo
 from ckptkit.formats.keras import naming
 from ckptkit.layout import ops
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Step, moved, rename
 from ckptkit.layout.plan import LayoutPlan, Planner
-from ckptkit.model import TensorInfo
 
 _RNN = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 _PROJECTION = re.compile(r"^weight_hr_l\d+(_reverse)?$")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ckptkit import dtypes
+from ckptkit.core import dtypes
+from ckptkit.core.model import TensorInfo
 from ckptkit.formats.keras import naming
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Op, Step, inverse_ops, moved, rename
 from ckptkit.layout.plan import LayoutPlan, Planner
-from ckptkit.model import TensorInfo
 
 _GRU_KERAS_TO_TORCH = (1, 0, 2)  # Keras gates z, r, h; PyTorch r, z, n
 _NORMS = {"LayerNormalization", "GroupNormalization", "RMSNormalization"}

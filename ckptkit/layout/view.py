@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.layout.ops import Step, run
 from ckptkit.layout.plan import LayoutPlan
-from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 
 
 class LayoutCheckpoint(Checkpoint):

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.errors import CkptkitError, UsageError
-from ckptkit.manifest import Manifest
-from ckptkit.model import ProgressFn
-from ckptkit.shard_index import single_index
+from ckptkit.core.errors import CkptkitError, UsageError
+from ckptkit.core.findings import ERROR, WARNING, Finding, Report, TargetReport
+from ckptkit.core.model import ProgressFn
+from ckptkit.hashing.manifest import Manifest
+from ckptkit.io.shards.index import single_index
 from ckptkit.verify.expect import Expected, compare_manifest, compare_schema, load_schema
-from ckptkit.verify.findings import ERROR, WARNING, Finding, Report, TargetReport
-from ckptkit.verify.sharded import check_sharded
+from ckptkit.verify.shards import check_sharded
 from ckptkit.verify.single import Settings, check_file
 
 __all__ = ["ERROR", "WARNING", "Finding", "Report", "TargetReport", "VerifyOptions", "verify"]

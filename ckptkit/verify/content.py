@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ckptkit.model import Checkpoint, ProgressFn
-from ckptkit.scan import scan
-from ckptkit.verify.findings import NonFinite, TargetReport, error, warning
+from ckptkit.core.findings import NonFinite, TargetReport, error, warning
+from ckptkit.core.model import Checkpoint, ProgressFn
+from ckptkit.hashing.scan import scan
 from ckptkit.verify.seen import Seen
 
 UNSUPPORTED = "tensor.unsupported"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from ckptkit.errors import UsageError
-from ckptkit.jsonfile import read_user_json
-from ckptkit.manifest import SCHEMA as MANIFEST_SCHEMA
-from ckptkit.manifest import Manifest
-from ckptkit.transform import name_matches
-from ckptkit.verify.findings import Finding, error
+from ckptkit.core.errors import UsageError
+from ckptkit.core.findings import Finding, error
+from ckptkit.core.views import name_matches
+from ckptkit.hashing.manifest import SCHEMA as MANIFEST_SCHEMA
+from ckptkit.hashing.manifest import Manifest
+from ckptkit.io.jsonfile import read_user_json
 from ckptkit.verify.seen import Seen
 
 INSPECT_SCHEMA = "ckptkit.inspect/1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ckptkit.names import printable  # also keeps out the control characters XML 1.0 cannot hold
-from ckptkit.verify.findings import Report
+from ckptkit.core.findings import Report
+from ckptkit.core.names import printable  # also keeps out the control characters XML 1.0 cannot hold
 
 
 def junit_xml(report: Report) -> bytes:

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptkit import registry
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
+from ckptkit.core.findings import Finding, TargetReport, error
+from ckptkit.core.format import Format
+from ckptkit.core.model import ProgressFn
 from ckptkit.formats.sharded import FORMAT_NAME as FOLDER_FORMAT
 from ckptkit.formats.sharded import resolve_folder
-from ckptkit.model import ProgressFn
-from ckptkit.registry import LFS_POINTER_PREFIX, Format
+from ckptkit.registry import LFS_POINTER_PREFIX
 from ckptkit.verify.content import check_contents
-from ckptkit.verify.findings import Finding, TargetReport, error
 from ckptkit.verify.seen import Seen
 
 StructureCheck = Callable[[Path], list[Finding]]
@@ -64,7 +65,7 @@ def not_a_checkpoint(path: Path) -> Finding | None:
 def check_file(path: Path, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
     """Verify one file into ``report``; the tensors seen, or ``None`` if it could not be opened.
 
-    A file no format recognises raises :class:`~ckptkit.errors.UnknownFormatError`: the caller
+    A file no format recognises raises :class:`~ckptkit.core.errors.UnknownFormatError`: the caller
     decides whether that means verify cannot run (the file it was given) or is a finding (a shard).
     """
     report.ran("file")

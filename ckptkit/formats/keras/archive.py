@@ -16,10 +16,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ckptkit import limits
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
+from ckptkit.core import limits
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader
-from ckptkit.zipcheck import ZIP_ERRORS, open_zip, read_member
+from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip, read_member
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.metadata import unfold_metadata
+from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype, hdf5_errors
 from ckptkit.formats.keras.structure import CLASSES, Structure
-from ckptkit.formats.safetensors import unfold_metadata
-from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 
 # Root attribute where ckptkit keeps metadata the Keras layout has no place for (a layout record,
 # metadata carried over from another format), as one JSON object of strings.

@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import UnknownFormatError
+from ckptkit.core.errors import UnknownFormatError
+from ckptkit.core.format import OptionSpec, WriteContext
+from ckptkit.core.model import Checkpoint
 from ckptkit.formats.keras import structure
 from ckptkit.formats.keras.archive import ArchiveReader
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
@@ -16,8 +18,6 @@ from ckptkit.formats.keras.hdf5 import DataReader, hdf5_errors
 from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read_legacy
 from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
-from ckptkit.model import Checkpoint
-from ckptkit.registry import OptionSpec, WriteContext
 
 WRITE_OPTIONS = (
     OptionSpec(

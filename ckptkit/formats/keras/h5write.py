@@ -3,7 +3,7 @@
 h5py first lays the file out: groups, attributes, small datasets with their data, and large
 datasets as contiguous space reserved at creation (never filled). After h5py has closed the file,
 each large tensor's bytes are copied into its reserved space through
-:class:`~ckptkit.streaming.TensorCopier`, so no tensor is held in memory twice.
+:class:`~ckptkit.io.streaming.TensorCopier`, so no tensor is held in memory twice.
 
 The copy runs in the kernel (``copy_file_range``, as ``cp`` does) only when a tensor's offset in
 the output agrees with its offset in the source modulo the page size. So the large datasets are
@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit.dtypes import DType
-from ckptkit.errors import UnsupportedError
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.core.names import utf8_text
 from ckptkit.formats.keras.hdf5 import DTYPE_ATTR, h5py_module
-from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
-from ckptkit.names import utf8_text
-from ckptkit.streaming import TensorCopier
+from ckptkit.io.streaming import TensorCopier
 
 SMALL_BYTES = 1 << 20  # datasets below this are written by h5py directly
 PAGE = 4096

@@ -2,7 +2,7 @@
 
 h5py is imported inside functions so that detecting other formats never loads it. Contiguous,
 unfiltered datasets (what Keras writes) are read through a memory map of the file and expose a
-:class:`~ckptkit.model.RawExtent`, so converters copy their bytes without decoding them.
+:class:`~ckptkit.core.model.RawExtent`, so converters copy their bytes without decoding them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ckptkit import dtypes, limits
-from ckptkit.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
-from ckptkit.model import RawExtent
+from ckptkit.core import dtypes, limits
+from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
+from ckptkit.core.model import RawExtent
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The attribute that marks a dataset whose element type HDF5 has no native form for (bfloat16,

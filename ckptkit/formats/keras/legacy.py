@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.format import Format, WriteContext
+from ckptkit.core.model import Checkpoint
 from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, write_with
 from ckptkit.formats.keras.hdf5 import signature_offset
 from ckptkit.formats.keras.write_legacy import legacy_spec
-from ckptkit.model import Checkpoint
-from ckptkit.registry import Format, WriteContext
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -38,5 +38,5 @@ FORMAT = Format(
     write=write_legacy,
     write_options=WRITE_OPTIONS,
     default_extension=".h5",
-    verify="ckptkit.verify.keras:check_structure",
+    verify="ckptkit.formats.keras.verify:check_structure",
 )

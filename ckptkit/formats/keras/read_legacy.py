@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
 from ckptkit.formats.keras.hdf5 import attr_strings, attr_text, child, is_dataset, link_names

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptkit import limits
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core import limits
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import KerasCheckpoint
 from ckptkit.formats.keras.h5write import PADDING_GROUP

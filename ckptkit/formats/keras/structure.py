@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats.keras import naming
 
 OPTIMIZER_PREFIX = "optimizer/"

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
+from ckptkit.core.model import Checkpoint, TensorInfo
+from ckptkit.core.views import TransformedCheckpoint
 from ckptkit.formats.keras import structure
-from ckptkit.model import Checkpoint, TensorInfo
-from ckptkit.transform import TransformedCheckpoint
 
 MATCH_MODES = ("name", "order")
 

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import UsageError
+from ckptkit.core.errors import UsageError
+from ckptkit.core.format import Format, WriteContext
+from ckptkit.core.model import Checkpoint
+from ckptkit.core.views import TransformedCheckpoint
 from ckptkit.formats.keras import archive, structure
 from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, prepare
 from ckptkit.formats.keras.h5write import write_hdf5
@@ -19,9 +22,6 @@ from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
 from ckptkit.formats.keras.read_legacy import is_legacy
 from ckptkit.formats.keras.read_v3 import is_v3
 from ckptkit.formats.keras.write_v3 import v3_spec
-from ckptkit.model import Checkpoint
-from ckptkit.registry import Format, WriteContext
-from ckptkit.transform import TransformedCheckpoint
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -77,5 +77,5 @@ FORMAT = Format(
     write=write_keras,
     write_options=WRITE_OPTIONS,
     default_extension=".weights.h5",
-    verify="ckptkit.verify.keras:check_structure",
+    verify="ckptkit.formats.keras.verify:check_structure",
 )

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ckptkit.core.metadata import checkpoint_metadata
+from ckptkit.core.model import Checkpoint
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import METADATA_ATTR
 from ckptkit.formats.keras.h5write import DatasetSpec, FileSpec, set_names
 from ckptkit.formats.keras.structure import Structure
-from ckptkit.formats.safetensors import checkpoint_metadata
-from ckptkit.model import Checkpoint
 
 
 def legacy_spec(ckpt: Checkpoint, notes: list[str]) -> FileSpec:

@@ -15,14 +15,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ckptkit.errors import UnsupportedError
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.core.metadata import checkpoint_metadata
+from ckptkit.core.model import Checkpoint
 from ckptkit.formats.keras import naming, structure
 from ckptkit.formats.keras.checkpoint import METADATA_ATTR
 from ckptkit.formats.keras.h5write import DatasetSpec, FileSpec
 from ckptkit.formats.keras.read_v3 import CONTAINERS
 from ckptkit.formats.keras.structure import Structure
-from ckptkit.formats.safetensors import checkpoint_metadata
-from ckptkit.model import Checkpoint
 
 _INDEXED = re.compile(r"^(.*/)?vars/(\d+)$")
 _ROOT_VAR = re.compile(r"^vars/\d+$")

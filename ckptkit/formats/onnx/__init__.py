@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import UsageError
-from ckptkit.model import Checkpoint
-from ckptkit.registry import Format, OptionSpec, WriteContext
+from ckptkit.core.errors import UsageError
+from ckptkit.core.format import Format, OptionSpec, WriteContext
+from ckptkit.core.model import Checkpoint
 
 from .graph import looks_like_model
 
@@ -80,5 +80,5 @@ FORMAT = Format(
         ),
     ),
     default_extension=".onnx",
-    verify="ckptkit.verify.onnx:check_structure",
+    verify="ckptkit.formats.onnx.verify:check_structure",
 )

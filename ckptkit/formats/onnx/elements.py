@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ckptkit.dtypes import DType, by_onnx
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core.dtypes import DType, by_onnx
+from ckptkit.core.errors import CorruptCheckpointError
 
 from .wire import Buffer, Field, repeated
 

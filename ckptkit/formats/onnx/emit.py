@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ckptkit.dtypes import DType
-from ckptkit.errors import UnsupportedError
-from ckptkit.model import Checkpoint, ProgressFn, TensorInfo
-from ckptkit.registry import WriteContext
-from ckptkit.streaming import TensorCopier
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.core.format import WriteContext
+from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.io.streaming import TensorCopier
 
 from .elements import is_packed, pack, stored_nbytes
 from .graph import EXTERNAL, T_DATA_LOCATION, T_DATA_TYPE, T_DIMS, T_EXTERNAL_DATA, T_NAME, T_RAW_DATA

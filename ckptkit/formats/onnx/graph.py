@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.core.errors import CorruptCheckpointError
 
 from .elements import TYPED_FIELDS, element_name
 from .wire import I32, LEN, VARINT, Buffer, Field, expect, fields, read_varint, repeated, signed, text

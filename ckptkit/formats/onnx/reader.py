@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptkit import limits
-from ckptkit.dtypes import DType, by_name, by_onnx
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.formats.safetensors import ALIASES_KEY, EXTRAS_KEY
-from ckptkit.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.paths import resolve_inside
+from ckptkit.core import limits
+from ckptkit.core.dtypes import DType, by_name, by_onnx
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
+from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.io.paths import resolve_inside
 
 from .elements import TYPED_FIELD_NAMES, decode_typed, element_name, is_packed, stored_nbytes, unpack
 from .graph import ModelInfo, Slot, TensorRecord, scan_model
@@ -226,8 +226,8 @@ def external_file(folder: Path, name: str, location: str) -> Path:
     """The file the external data ``location`` of tensor ``name`` names, in the model's ``folder``.
 
     Reading and ``verify`` both check a location here: a location that leaves the folder (absolute,
-    ``..``, a symbolic link out) raises :class:`~ckptkit.errors.UnsafeCheckpointError`; an empty
-    location or a missing file raises :class:`~ckptkit.errors.CorruptCheckpointError`.
+    ``..``, a symbolic link out) raises :class:`~ckptkit.core.errors.UnsafeCheckpointError`; an empty
+    location or a missing file raises :class:`~ckptkit.core.errors.CorruptCheckpointError`.
     """
     if not location or "\0" in location:
         raise CorruptCheckpointError(f"tensor {name!r} is stored externally but names no valid location")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ckptkit.model import RawExtent
-from ckptkit.streaming import TensorCopier
+from ckptkit.core.model import RawExtent
+from ckptkit.io.streaming import TensorCopier
 
 from .wire import LEN, Field, len_field_size, len_prefix
 

@@ -16,10 +16,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ckptkit.errors import CkptkitError, UnsupportedError, UsageError
-from ckptkit.model import Checkpoint, ProgressFn, RawExtent, TensorInfo
-from ckptkit.registry import WriteContext
-from ckptkit.streaming import TensorCopier
+from ckptkit.core.errors import CkptkitError, UnsupportedError, UsageError
+from ckptkit.core.format import WriteContext
+from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent, TensorInfo
+from ckptkit.io.streaming import TensorCopier
 
 from .elements import stored_nbytes
 from .emit import EXTERNAL_THRESHOLD, PROTOBUF_LIMIT, ExternalData, inline_data_size, write_inline_data

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ckptkit.errors import UnsupportedError
-from ckptkit.formats.safetensors import checkpoint_metadata
-from ckptkit.model import Checkpoint, TensorInfo
-from ckptkit.registry import WriteContext
-from ckptkit.streaming import TensorCopier
+from ckptkit.core.errors import UnsupportedError
+from ckptkit.core.format import WriteContext
+from ckptkit.core.metadata import checkpoint_metadata
+from ckptkit.core.model import Checkpoint, TensorInfo
+from ckptkit.io.streaming import TensorCopier
 
 from .elements import COMPLEX64, COMPLEX128, IR_FOR_TYPE, stored_nbytes
 from .emit import (

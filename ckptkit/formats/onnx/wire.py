@@ -13,8 +13,8 @@ from typing import NamedTuple, TypeAlias
 
 import numpy as np
 
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.names import utf8_text
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.names import utf8_text
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1

@@ -13,15 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
+from ckptkit.core.format import Format
+from ckptkit.core.model import Checkpoint
 from ckptkit.formats.torch.archive import ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
 from ckptkit.formats.torch.reader import TorchCheckpoint, scan_findings
 from ckptkit.formats.torch.unpickler import PickleFinding
 from ckptkit.formats.torch.writer import write_torch
-from ckptkit.model import Checkpoint
-from ckptkit.registry import Format
-from ckptkit.sharding import SHARD_SIZE_OPTION, shardable
-from ckptkit.zipcheck import ZIP_ERRORS, open_zip
+from ckptkit.io.shards.write import SHARD_SIZE_OPTION, shardable
+from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -49,7 +49,7 @@ FORMAT = Format(
     write=shardable(write_torch),
     write_options=(SHARD_SIZE_OPTION,),
     default_extension=".pt",
-    verify="ckptkit.verify.torch:check_structure",
+    verify="ckptkit.formats.torch.verify:check_structure",
     weights_name="pytorch_model.bin",  # as transformers names it in a model folder
 )
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
-from ckptkit import limits
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core import limits
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler, StorageRef, load
-from ckptkit.zipcheck import open_zip, read_member
+from ckptkit.io.ziparchive import open_zip, read_member
 
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

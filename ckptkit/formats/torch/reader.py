@@ -10,12 +10,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ckptkit import limits
-from ckptkit.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.core import limits
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import PickleFinding, TensorRecord
-from ckptkit.model import Checkpoint, RawExtent, TensorInfo
 
 ROOT_KEY = "torch:root"
 FORMAT_KEY = "torch:format"
@@ -173,7 +173,7 @@ def scan_findings(path: str | Path) -> list[PickleFinding]:
     """Every global a ``torch.save`` file's pickle names that is not allow-listed, without refusing any.
 
     Meant for an audit (``verify``): dangerous callables come back as ``"error"`` findings instead
-    of raising :class:`~ckptkit.errors.UnsafeCheckpointError`, and nothing is ever called.
+    of raising :class:`~ckptkit.core.errors.UnsafeCheckpointError`, and nothing is ever called.
     """
     with open(path, "rb") as f:
         return read_archive(f, strict=False).findings

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptkit import limits
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core import limits
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch import unpickler
 from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
 
@@ -29,7 +29,7 @@ class Tree:
     """What :func:`flatten` found: tensors by name (in pickle order), aliases, extras, root kind.
 
     ``unsupported`` maps the names of tensors ckptkit cannot represent to why (see
-    :attr:`ckptkit.model.Checkpoint.unsupported`).
+    :attr:`ckptkit.core.model.Checkpoint.unsupported`).
     """
 
     tensors: dict[str, TensorRecord] = field(default_factory=dict)

@@ -29,9 +29,9 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from ckptkit import dtypes, limits
-from ckptkit.dtypes import DType
-from ckptkit.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.core import dtypes, limits
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 
 Severity = Literal["error", "warning"]
 
@@ -229,7 +229,7 @@ class TensorRecord:
 class UnsupportedTensor:
     """A tensor ckptkit recognises but cannot represent (quantized, sparse, nested, ...).
 
-    Readers list it apart from the tensors (:attr:`ckptkit.model.Checkpoint.unsupported`);
+    Readers list it apart from the tensors (:attr:`ckptkit.core.model.Checkpoint.unsupported`);
     ``detail`` (the quantized dtype and scheme, ...) and ``shape`` are shown when the pickle gives them.
     """
 

@@ -19,14 +19,14 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-from ckptkit.dtypes import DType
-from ckptkit.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.format import WriteContext
+from ckptkit.core.model import Checkpoint, TensorInfo
 from ckptkit.formats.torch.reader import ROOT_KEY
 from ckptkit.formats.torch.structure import BARE_TENSOR_NAME
 from ckptkit.formats.torch.zipwriter import ALIGNMENT, ZipWriter
-from ckptkit.model import Checkpoint, TensorInfo
-from ckptkit.registry import WriteContext
-from ckptkit.streaming import TensorCopier
+from ckptkit.io.streaming import TensorCopier
 
 FILE_FORMAT_VERSION = b"3\n"  # caffe2::serialize::kProducedFileFormatVersion for plain torch.save files
 _SETITEMS_BATCH = 1000  # as the pickle module batches

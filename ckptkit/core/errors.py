@@ -1,0 +1,63 @@
+"""The exceptions ckptkit raises. Only the CLI turns them into messages and exit codes."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+
+
+class CkptkitError(Exception):
+    """Base of every error ckptkit raises on purpose.
+
+    ``path`` names the file the error is about, when there is one; the CLI puts it first in the
+    one-line message so the user sees which input or output is at fault.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: object | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class UsageError(CkptkitError):
+    """The request itself is wrong: bad option values, conflicting options."""
+
+
+class UnknownFormatError(CkptkitError):
+    """No registered format recognises the file, or the named format does not exist."""
+
+
+class CorruptCheckpointError(CkptkitError):
+    """The file is of a known format but its content is broken (truncated, bad header, ...)."""
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """The file asks for something ckptkit refuses to do, such as calling ``os.system``."""
+
+
+class UnsupportedError(CkptkitError):
+    """The file is valid but holds something this format or writer cannot represent."""
+
+
+class OutputExistsError(CkptkitError):
+    """The destination exists and ``force`` was not given."""
+
+
+class MissingDependencyError(CkptkitError):
+    """A format needs an optional package that is not installed."""
+
+
+# What parsing a damaged file raises from the standard library and numpy: readers let these
+# escape only by mistake, and the registry and :class:`ckptkit.core.model.Checkpoint` turn them into
+# :class:`CorruptCheckpointError` so a caller sees one kind of error for a bad file.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError, RecursionError,
+    struct.error, zlib.error, zipfile.BadZipFile,
+    NotImplementedError,  # zipfile, for compression methods and zip features it lacks
+)  # fmt: skip

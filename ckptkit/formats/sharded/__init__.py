@@ -1,0 +1,246 @@
+"""Checkpoints split over several files, and folders that hold a checkpoint, read as one.
+
+A shard index (Hugging Face ``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``,
+Keras 3 ``model.weights.json``; see :mod:`ckptkit.io.shards.index`) says which file holds what. Each
+shard is opened with whichever format reads it (so shards of any readable format work) and its
+tensors are served from there; nothing is read until asked for. The index is checked first: shard
+names may not leave the index's folder, every shard must exist, and every tensor must be in
+exactly one shard, the one the index names.
+
+A folder is accepted wherever a file is: ckptkit reads the shard index or checkpoint file in it,
+preferring what ``transformers`` would load (``model.safetensors``, then its index, then
+``pytorch_model.bin``, then its index). Formats that are folders themselves (torch.distributed.checkpoint) are
+registered before this one and claim theirs first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptkit import registry
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.core.format import Format
+from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
+from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, read_index
+
+FORMAT_NAME = "sharded"
+_INDEX_SIZE_KEYS = ("total_size", "total_parameters")
+# transformers loads these names first.
+_PREFERRED_STEMS = ("model", "pytorch_model")
+
+
+def is_index(head: bytes, path: Path) -> bool:
+    """A JSON object file named like an index, or one whose start names a ``weight_map``."""
+    if not path.name.endswith(".json") or not head.lstrip().startswith(b"{"):
+        return False
+    return path.name.endswith((registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX)) or b'"weight_map"' in head
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    return path.is_dir() or is_index(head, path)
+
+
+class ShardedCheckpoint(Checkpoint):
+    """The checkpoint an index describes; each shard is a checkpoint of its own, opened at once
+    (headers only) and closed with this one."""
+
+    format_name = FORMAT_NAME
+
+    def __init__(self, index_path: Path) -> None:
+        super().__init__(index_path)
+        index = read_index(index_path)
+        index.check_shards()
+        self.keras = index.keras
+        self.shard_files = sorted(index.shard_names)
+        self.shards: dict[str, Checkpoint] = {}
+        try:
+            for name in self.shard_files:
+                self.shards[name] = _open_shard(index_path.parent / name)
+            if self.keras:
+                self._name_keras_objects()
+            self._collect(index.weight_map)
+            self._read_metadata(index.metadata)
+        except BaseException:
+            self.close()
+            raise
+        self.concurrent_reads = all(s.concurrent_reads for s in self.shards.values())
+        formats = sorted({s.format_name for s in self.shards.values()})
+        self.shard_format = formats[0] if len(formats) == 1 else "mixed"
+
+    def _name_keras_objects(self) -> None:
+        """Reopen shards that hold part of a layer whose name another shard states.
+
+        Keras writes a layer's name (its ``vars`` group's ``name`` attribute) only into the shard
+        where the layer starts; a shard continuing the layer has the group without it.
+        """
+        from ckptkit.formats.keras.checkpoint import KerasCheckpoint
+        from ckptkit.formats.keras.files import open_file
+
+        shards = {f: s for f, s in self.shards.items() if isinstance(s, KerasCheckpoint)}
+        known = {path: name for s in shards.values() for path, name in s.group_names.items()}
+        for file_name, shard in shards.items():
+            if shard.unnamed_groups & known.keys():
+                shard.close()
+                self.shards[file_name] = open_file(Path(str(shard.path)), archive=False, names_hint=known)
+
+    def _collect(self, weight_map: Mapping[str, Any]) -> None:
+        self._infos: list[TensorInfo] = []
+        self._owner: dict[str, str] = {}
+        for file_name, shard in self.shards.items():
+            for ti in shard.tensor_infos():
+                if ti.name in self._owner:
+                    raise CorruptCheckpointError(
+                        f"tensor {ti.name!r} is in two shards, {self._owner[ti.name]} and {file_name}; "
+                        "the shards are from different saves, download them again"
+                    )
+                self._owner[ti.name] = file_name
+                self._infos.append(TensorInfo(ti.name, ti.dtype, ti.shape, f"{file_name}: {ti.location}".rstrip(": ")))
+        # A tied name (torch.save stores it once, as an alias) and a tensor ckptkit cannot read are listed
+        # by the index like any tensor.
+        named_owner: dict[str, str] = {}
+        for file_name, shard in self.shards.items():
+            for alias in shard.aliases:
+                first = self._owner.get(alias) or named_owner.get(alias)
+                if first is not None:
+                    raise CorruptCheckpointError(
+                        f"tensor {alias!r} is in two shards, {first} and {file_name}; "
+                        "the shards are from different saves, download them again"
+                    )
+                named_owner[alias] = file_name
+            for name, why in shard.unsupported.items():
+                named_owner[name] = file_name
+                self.unsupported[name] = why
+        if self.keras:
+            return  # Keras maps layers, not tensors, to shards: the shards' own contents are the truth.
+        for name, file_name in weight_map.items():
+            owner = self._owner.get(name) or named_owner.get(name)
+            if owner != file_name:
+                where = f"it is in {owner}" if owner else "no shard holds it"
+                raise CorruptCheckpointError(
+                    f"the index puts tensor {name!r} in {file_name}, but {where}; the index and the shards do not "
+                    "match, download them again"
+                )
+        unlisted = [n for n in self._owner if n not in weight_map]
+        if unlisted:
+            raise CorruptCheckpointError(
+                f"shard {self._owner[unlisted[0]]} holds tensor {unlisted[0]!r}, which the index does not list "
+                f"({len(unlisted)} such tensors); the index and the shards do not match"
+            )
+
+    def _read_metadata(self, index_meta: Mapping[str, Any]) -> None:
+        shards = list(self.shards.values())
+        common = dict(shards[0].metadata) if shards else {}
+        for s in shards[1:]:
+            common = {k: v for k, v in common.items() if s.metadata.get(k) == v}
+        for key, value in index_meta.items():
+            if key in (ALIASES_KEY, EXTRAS_KEY, *_INDEX_SIZE_KEYS):
+                continue
+            common[key] = value if isinstance(value, str) else json.dumps(value)
+        self.metadata = common
+        for s in shards:
+            self.aliases.update(s.aliases)
+            self.extras.update(s.extras)
+        aliases = index_meta.get(ALIASES_KEY) or {}
+        if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+            raise CorruptCheckpointError(f"index metadata {ALIASES_KEY} must map names to names")
+        missing = sorted(t for t in aliases.values() if t not in self._owner)
+        if missing:
+            raise CorruptCheckpointError(
+                f"index metadata {ALIASES_KEY} points at tensors no shard holds: {missing[:5]}"
+            )
+        self.aliases.update(aliases)
+        extras = index_meta.get(EXTRAS_KEY) or {}
+        if isinstance(extras, dict):
+            self.extras.update(extras)
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def shard_of(self, name: str) -> Checkpoint:
+        """The open shard that holds tensor ``name``."""
+        return self.shards[self._owner[name]]
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        return self.shard_of(name).read_tensor(name)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return self.shard_of(name).raw_extent(name)
+
+    def close(self) -> None:
+        for s in self.shards.values():
+            s.close()
+
+
+def _open_shard(path: Path) -> Checkpoint:
+    fmt = registry.detect(path)
+    if fmt.name == FORMAT_NAME:  # an index listing an index (itself, even) would never end
+        raise CorruptCheckpointError(f"the index lists {path.name}, which is a shard index itself, as a shard")
+    return registry.open_checkpoint(path, fmt.name)
+
+
+def resolve_folder(folder: Path) -> Path:
+    """The file in ``folder`` that ckptkit reads for it: a shard index or a checkpoint file.
+
+    Among several, the one ``transformers`` loads wins: Hugging Face names (``model.*``,
+    ``pytorch_model.*``) first, then the format detected first (safetensors before PyTorch), then
+    a single file before an index; a tie is an error that lists the candidates.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    fmts = registry.formats()
+    order = {f.name: i for i, f in enumerate(fmts)}
+    ranks: dict[Path, tuple[int, int, int]] = {}
+    for p in files:
+        if is_index(registry.read_head(p), p):
+            base = p.name.removesuffix(registry.INDEX_SUFFIX)
+            by_ext = [i for i, f in enumerate(fmts) if f.extensions and base.endswith(f.extensions)]
+            ranks[p] = (_stem_rank(base), min(by_ext, default=len(fmts)), 1)
+            continue
+        try:
+            fmt = registry.detect(p)
+        except CkptkitError:
+            continue
+        ranks[p] = (_stem_rank(p.name), order[fmt.name], 0)
+    if not ranks:
+        shown = ", ".join(p.name for p in files[:8]) or "nothing"
+        raise CorruptCheckpointError(
+            f"no checkpoint ckptkit can read in this folder (it holds {shown}); name a checkpoint file"
+        )
+    ranked = sorted(ranks, key=lambda p: ranks[p])
+    if len(ranked) > 1 and ranks[ranked[0]] == ranks[ranked[1]]:
+        shown = ", ".join(p.name for p in ranked[:8])
+        raise CorruptCheckpointError(f"this folder holds several checkpoints ({shown}); name the one to read")
+    return ranked[0]
+
+
+def _stem_rank(file_name: str) -> int:
+    stem = file_name.split(".", 1)[0]
+    return 0 if stem in _PREFERRED_STEMS else 1
+
+
+def open_sharded(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    if path.is_dir():
+        target = resolve_folder(path)
+        if not is_index(registry.read_head(target), target):
+            return registry.open_checkpoint(target, None, options)
+        path = target
+    try:
+        return ShardedCheckpoint(path)
+    except CkptkitError as err:
+        if err.path is None:  # an error in the index itself: name the index, not the folder
+            err.path = str(path)
+        raise
+
+
+FORMAT = Format(
+    name=FORMAT_NAME,
+    description="shards with a JSON index (Hugging Face, Keras 3), or a folder holding a checkpoint",
+    extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
+    sniff=sniff,
+    open=open_sharded,
+)

@@ -1,0 +1,269 @@
+"""Structure and safety checks of a ``torch.save`` file, reporting every fault rather than the first.
+
+Zip files: the central directory is readable; every record's CRC-32 matches its bytes; the
+records torch needs (``data.pkl``, ``version``) are there; every storage a tensor uses has its
+record, complete. The local file headers are walked from the start as well, so a file cut short
+(whose central directory, at the end, is gone) still names the tensors that were lost. Both
+formats: every global of the pickle is checked against the allow-list by ckptkit's own unpickler,
+which never imports or calls anything the pickle names.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickletools
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from ckptkit.core import limits
+from ckptkit.core.errors import CkptkitError, UnsupportedError
+from ckptkit.core.findings import Finding, error, warning
+from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
+from ckptkit.formats.torch.reader import scan_findings
+from ckptkit.formats.torch.structure import flatten
+from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
+from ckptkit.hashing.scan import default_workers
+from ckptkit.io.ziparchive import ZIP_ERRORS
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header, after which come the name and extra field
+_LOCAL_SIG = 0x04034B50
+_DESCRIPTOR_SIG = b"PK\x07\x08"
+_ZIP64_EXTRA = 0x0001
+_CRC_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    data_offset: int
+    size: int
+    compressed: bool
+    crc: int
+
+    @property
+    def end(self) -> int:
+        return self.data_offset + self.size
+
+
+def check_structure(path: Path) -> list[Finding]:
+    """Every structural and pickle-safety fault of the ``torch.save`` file at ``path``."""
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == ZIP_MAGIC
+    if not is_zip:
+        return _legacy(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return _zip(path, mm)
+
+
+def _legacy(path: Path) -> list[Finding]:
+    try:
+        return [_pickle_finding(path, pf) for pf in scan_findings(path)]
+    except CkptkitError as err:
+        return [error("torch.pickle", err.message, path)]
+
+
+def _pickle_finding(path: Path, pf: PickleFinding) -> Finding:
+    if pf.severity == "error":
+        message = f"the pickle refers to {pf.qualname}, which {pf.reason}; nothing was run"
+        return error("pickle.dangerous-global", message, path)
+    return warning("pickle.unknown-global", f"the pickle names {pf.qualname}, not on the allow-list: {pf.reason}", path)
+
+
+def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
+    findings: list[Finding] = []
+    size = len(mm)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            records = {
+                i.filename: _Record(i.filename, _data_offset(mm, i.header_offset), i.file_size,
+                                    i.compress_type != zipfile.ZIP_STORED, i.CRC)
+                for i in zf.infolist()
+            }  # fmt: skip
+    except ZIP_ERRORS as err:
+        findings.append(error(
+            "torch.zip",
+            f"the zip's central directory is missing or damaged ({err}): the file was cut short or corrupted",
+            path,
+        ))  # fmt: skip
+        records = {r.name: r for r in _walk_local_headers(mm)}
+    root = zip_root(list(records))
+    if root is None:
+        findings.append(error("torch.record", "no data.pkl record: the pickle that lists the tensors is missing", path))
+        return findings
+    if root + "version" not in records and root + ".data/version" not in records:
+        findings.append(error("torch.record", f"no {root}version record, which torch.load requires", path))
+    users = _storage_users(path, mm, records[root + "data.pkl"], findings)
+    for name, rec in users.items():
+        record = records.get(f"{root}data/{rec}")
+        if record is None:
+            findings.append(error("torch.record", f"tensor {name!r}: storage record data/{rec} is missing", path, name))
+        elif record.end > size:
+            findings.append(error(
+                "torch.truncated",
+                f"tensor {name!r}: storage record data/{rec} needs bytes up to {record.end}, "
+                f"but the file ends at {size}: truncated",
+                path, name,
+            ))  # fmt: skip
+    for record in _crc_mismatches(mm, records):
+        key = record.name[len(root + "data/") :] if record.name.startswith(root + "data/") else None
+        names = [n for n, k in users.items() if k == key] or [""]
+        findings.extend(
+            error("torch.crc", f"record {record.name} does not match its CRC-32: its bytes changed after it was "
+                  f"written{f' (tensor {n!r})' if n else ''}", path, n)
+            for n in names
+        )  # fmt: skip
+    return findings
+
+
+def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: _Record, findings: list[Finding]) -> dict[str, str]:
+    """Each tensor's storage key, from the pickle (parsed safely); pickle findings go to ``findings``."""
+    if pickle_rec.end > len(mm) or pickle_rec.compressed or pickle_rec.size > limits.current().pickle_bytes:
+        findings.append(error("torch.record", "data.pkl is cut short, compressed or too large to check", path))
+        return {}
+    data = mm[pickle_rec.data_offset : pickle_rec.end]
+    findings.extend(
+        error("pickle.build-on-global", f"a BUILD opcode sets attributes on {name} itself, which would change it "
+              "for everything that runs after the load; nothing was run", path)
+        for name in builds_on_globals(data)
+    )  # fmt: skip
+    unpickler = SafeUnpickler(BytesIO(data), strict=False)
+    try:
+        tree = flatten(unpickler.load())
+    except Exception as err:  # a hostile pickle can make the unpickler raise anything
+        tree = None
+        what = (
+            f"data.pkl holds what ckptkit does not read: {err}"
+            if isinstance(err, UnsupportedError)
+            else f"data.pkl cannot be parsed to the end ({type(err).__name__}: {err})"
+        )
+        findings.append(error("torch.pickle", f"{what}; its tensors were not checked", path))
+    findings.extend(_pickle_finding(path, pf) for pf in unpickler.findings)
+    return {} if tree is None else {name: rec.storage.key for name, rec in tree.tensors.items()}
+
+
+def builds_on_globals(data: bytes) -> list[str]:
+    """Globals that a BUILD opcode targets directly, found from the opcodes alone (nothing is built).
+
+    ``BUILD`` is meant for a fresh instance; applied to a class or function named by ``GLOBAL`` it
+    sets attributes on that global itself. Each opcode's stack effect comes from ``pickletools``.
+    """
+    stack: list[str | None] = []  # a global's dotted name, a string's value as "'text", else None
+    marks: list[int] = []
+    memo: dict[object, str | None] = {}
+    found: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name == "GLOBAL":
+                stack.append(str(arg).replace(" ", "."))
+            elif name == "STACK_GLOBAL":
+                attr, module = stack.pop(), stack.pop()
+                both = module is not None and attr is not None and module.startswith("'") and attr.startswith("'")
+                stack.append(f"{module[1:]}.{attr[1:]}" if both else None)  # type: ignore[index]
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg))
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name == "BUILD":
+                stack.pop()
+                if stack[-1] is not None and not stack[-1].startswith("'"):
+                    found.append(stack[-1])
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    del stack[marks.pop() :]
+                    before = before[: before.index(pickletools.markobject)]
+                for _ in before:
+                    stack.pop()
+                text = f"'{arg}" if isinstance(arg, str) and "UNICODE" in name else None
+                stack.extend([text] * len(op.stack_after))
+    except (ValueError, IndexError, KeyError):
+        pass  # a malformed pickle: the unpickler reports it
+    return list(dict.fromkeys(found))
+
+
+def _data_offset(mm: mmap.mmap, header_offset: int) -> int:
+    if header_offset + _LOCAL.size > len(mm):
+        return len(mm) + 1
+    fields = _LOCAL.unpack_from(mm, header_offset)
+    return header_offset + _LOCAL.size + fields[9] + fields[10]
+
+
+def _walk_local_headers(mm: mmap.mmap) -> Iterator[_Record]:
+    """Records found by walking local headers from the start: what a cut-short zip still has.
+
+    torch writes each record's sizes in a data descriptor after its bytes (flag bit 3), so the end
+    of a record is the first descriptor whose size field matches; a record with none was cut off.
+    """
+    pos, size = 0, len(mm)
+    while pos + _LOCAL.size <= size:
+        sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL.unpack_from(mm, pos)
+        if sig != _LOCAL_SIG:
+            return
+        name_end = pos + _LOCAL.size + nlen
+        name = mm[pos + _LOCAL.size : min(name_end, size)].decode("utf-8", "replace")
+        data = name_end + xlen
+        if flags & 0x8:
+            found = _descriptor(mm, data)
+            if found is None:  # cut off inside this record
+                yield _Record(name, data, size - data + 1, method != 0, crc)
+                return
+            csize, crc, pos = found
+        else:
+            if csize == 0xFFFFFFFF:
+                csize = _zip64_size(mm[name_end : name_end + xlen], usize == 0xFFFFFFFF)
+            pos = data + csize
+        yield _Record(name, data, csize, method != 0, crc)
+
+
+def _descriptor(mm: mmap.mmap, data: int) -> tuple[int, int, int] | None:
+    """(size, CRC-32, position after it) of the data descriptor ending the record starting at ``data``."""
+    at = data
+    while (at := mm.find(_DESCRIPTOR_SIG, at)) >= 0:
+        n = at - data
+        if at + 16 <= len(mm) and struct.unpack_from("<II", mm, at + 8) == (n, n):
+            return n, struct.unpack_from("<I", mm, at + 4)[0], at + 16
+        if at + 24 <= len(mm) and struct.unpack_from("<QQ", mm, at + 8) == (n, n):
+            return n, struct.unpack_from("<I", mm, at + 4)[0], at + 24
+        at += 1
+    return None
+
+
+def _zip64_size(extra: bytes, has_usize: bool) -> int:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, n = struct.unpack_from("<HH", extra, pos)
+        if tag == _ZIP64_EXTRA:
+            (value,) = struct.unpack_from("<Q", extra, pos + 4 + (8 if has_usize else 0))
+            return int(value)
+        pos += 4 + n
+    return 0
+
+
+def _crc_mismatches(mm: mmap.mmap, records: dict[str, _Record]) -> list[_Record]:
+    """Stored records whose bytes do not match their CRC-32, on all cores (zlib releases the GIL)."""
+    stored = sorted((r for r in records.values() if not r.compressed and r.end <= len(mm)), key=lambda r: -r.size)
+    view = memoryview(mm)
+
+    def crc_of(r: _Record) -> int:
+        crc = 0
+        for start in range(r.data_offset, r.end, _CRC_CHUNK):
+            crc = zlib.crc32(view[start : min(r.end, start + _CRC_CHUNK)], crc)
+        return crc
+
+    try:
+        with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+            crcs = list(pool.map(crc_of, stored))
+    finally:
+        view.release()
+    return [r for r, crc in zip(stored, crcs, strict=True) if crc != r.crc]

@@ -1,0 +1,239 @@
+"""Tensor manifests: every tensor's content hash, every file's SHA-256, and the root hash.
+
+``ckptkit hash`` writes one; ``ckptkit verify --manifest`` checks a checkpoint against it. Tensor
+hashes do not depend on the file format (see :mod:`ckptkit.hashing.tensors`), so a manifest made from a
+PyTorch file also holds for its safetensors, Keras or ONNX conversion. Tied weights (aliases) are
+listed under each of their names with the hash of the tensor they share, so a conversion that
+stores them twice or once hashes alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit import registry
+from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.core.model import Checkpoint, ProgressFn, refuse_unsupported
+from ckptkit.core.views import name_matches, transform
+from ckptkit.hashing.scan import ScanResult, scan
+from ckptkit.hashing.tensors import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
+from ckptkit.io.jsonfile import read_user_json
+from ckptkit.io.shards.index import read_index, single_index
+
+SCHEMA = "ckptkit.hashing.manifest/1"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    sha256: str
+    alias_of: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dtype": self.dtype, "shape": list(self.shape), "sha256": self.sha256}
+        if self.alias_of is not None:
+            out["alias_of"] = self.alias_of
+        return out
+
+
+@dataclass
+class Manifest:
+    """What ``ckptkit hash`` records about a checkpoint (JSON schema ``ckptkit.hashing.manifest/1``)."""
+
+    path: str
+    format: str
+    tensors: dict[str, TensorEntry]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name relative to the checkpoint's folder
+    index: str | None = None  # the shard index's file name, for sharded checkpoints
+    excluded: list[str] = field(default_factory=list)  # --exclude patterns: those tensors are not described
+
+    @property
+    def root(self) -> str:
+        return root_hash(e.sha256 for e in self.tensors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "encoding": {"tensor": TENSOR_ENCODING, "root": ROOT_ENCODING},
+            "path": self.path,
+            "format": self.format,
+            "index": self.index,
+            "root": self.root,
+            "tensor_count": len(self.tensors),
+            "files": self.files,
+            "tensors": {name: e.to_dict() for name, e in self.tensors.items()},
+            "excluded": list(self.excluded),
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read a manifest file; a file that is not one is a usage error (exit 2)."""
+        data = read_user_json(path, "manifest", "ckptkit hash -o")
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise UsageError(f"not a ckptkit manifest (schema {SCHEMA}); make one with ckptkit hash -o", path)
+        encoding = data.get("encoding") or {}
+        if encoding.get("tensor") != TENSOR_ENCODING:
+            raise UsageError(
+                f"the manifest uses tensor encoding {encoding.get('tensor')!r}, not {TENSOR_ENCODING}", path
+            )
+        try:
+            tensors = {
+                str(name): TensorEntry(
+                    str(e["dtype"]), tuple(int(d) for d in e["shape"]), str(e["sha256"]), e.get("alias_of")
+                )
+                for name, e in data["tensors"].items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UsageError("the manifest's tensors need dtype, shape and sha256 each", path) from None
+        return cls(
+            str(data.get("path", "")),
+            str(data.get("format", "")),
+            tensors,
+            dict(data.get("files") or {}),
+            data.get("index"),
+            [str(p) for p in data.get("excluded") or []],
+        )
+
+
+def entries_from_scan(ckpt: Checkpoint, result: ScanResult) -> dict[str, TensorEntry]:
+    """Manifest entries of one checkpoint's scan, aliases included; a tensor that could not be read raises."""
+    entries: dict[str, TensorEntry] = {}
+    for name, r in result.tensors.items():
+        if r.error is not None or r.sha256 is None:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} cannot be read: {r.error}; run ckptkit verify for a full report", ckpt.path
+            )
+        entries[name] = TensorEntry(r.dtype.name, r.shape, r.sha256)
+    for alias, target in ckpt.aliases.items():
+        e = entries[target]
+        entries[alias] = TensorEntry(e.dtype, e.shape, e.sha256, alias_of=target)
+    return entries
+
+
+def files_of(ckpt: Checkpoint) -> list[Path]:
+    """The files a checkpoint's tensors come from: its own path and any external data files."""
+    found: dict[Path, None] = {}
+    if ckpt.path is not None and Path(ckpt.path).is_file():
+        found[Path(ckpt.path)] = None
+    for ti in ckpt.tensor_infos():
+        extent = ckpt.raw_extent(ti.name)
+        if extent is not None:
+            found.setdefault(Path(extent.path), None)
+    return list(found)
+
+
+def _file_records(base: Path, hashes: Mapping[Path, str | None]) -> dict[str, dict[str, Any]]:
+    """Name relative to ``base`` -> size, and SHA-256 where the file was hashed."""
+    records: dict[str, dict[str, Any]] = {}
+    for p, digest in hashes.items():
+        record: dict[str, Any] = {"sha256": digest} if digest is not None else {}
+        records[Path(os.path.relpath(p, base)).as_posix()] = {**record, "bytes": p.stat().st_size}
+    return records
+
+
+def build_manifest(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    file_hashes: bool = True,
+    exclude: Sequence[str] = (),
+) -> Manifest:
+    """Hash a checkpoint (a file, or a shard index or the folder holding one).
+
+    With ``file_hashes=False`` the files are listed with their sizes but not hashed whole: every
+    byte is then hashed once (for its tensor) instead of twice, and tensor hashes and the root are
+    the same. ``exclude`` (``--exclude`` patterns) leaves tensors out, as ``convert --exclude``
+    does; a tensor ckptkit cannot read must be left out, or the manifest is refused
+    (:class:`~ckptkit.core.errors.UnsupportedError`): a root hash never silently skips a tensor.
+    """
+    p = Path(path)
+    index_path = None if format else single_index(p)
+    if index_path is not None:
+        return _sharded_manifest(index_path, workers, progress, file_hashes, exclude)
+    with registry.open_checkpoint(p, format) as opened:
+        ckpt = _excluding(opened, exclude)
+        files = files_of(ckpt)
+        result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
+        base = p if p.is_dir() else p.parent
+        records = _file_records(base, {f: result.files.get(f) for f in files})
+        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude))
+
+
+def _excluding(ckpt: Checkpoint, exclude: Sequence[str]) -> Checkpoint:
+    """``ckpt`` without the tensors ``exclude`` names, refused if one ckptkit cannot read is left."""
+    view = transform(ckpt, exclude=exclude) if any(name_matches(n, exclude) for n in _all_names(ckpt)) else ckpt
+    refuse_unsupported(view)
+    return view
+
+
+def _all_names(ckpt: Checkpoint) -> list[str]:
+    return [*ckpt.names(), *ckpt.aliases, *ckpt.unsupported]
+
+
+def _sharded_manifest(
+    index_path: Path, workers: int | None, progress: ProgressFn | None, file_hashes: bool, exclude: Sequence[str]
+) -> Manifest:
+    index = read_index(index_path)
+    if index.repeated:
+        raise CorruptCheckpointError(
+            f"the shard index lists {index.repeated[0]!r} twice; run ckptkit verify", index_path
+        )
+    tensors: dict[str, TensorEntry] = {}
+    hashes: dict[Path, str | None] = {}
+    formats: list[str] = []
+    index.check_shards()
+    for shard in index.shard_names:
+        with registry.open_checkpoint(index.shard_path(shard)) as opened:
+            if exclude and all(name_matches(n, exclude) for n in _all_names(opened)):
+                continue  # a shard holding only what is left out
+            ckpt = _excluding(opened, exclude)
+            files = files_of(ckpt)
+            result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
+            entries = entries_from_scan(ckpt, result)
+            formats.append(ckpt.format_name)
+        _merge_shard(tensors, entries, shard, index.weight_map, index_path)
+        hashes.update({f: result.files.get(f) for f in files})
+    missing = [n for n in index.weight_map if n not in tensors and not name_matches(n, exclude)]
+    if missing:
+        raise CorruptCheckpointError(
+            f"tensor {missing[0]!r} is not in shard {index.weight_map[missing[0]]!r}; run ckptkit verify", index_path
+        )
+    hashes = {index_path: file_sha256(index_path) if file_hashes else None, **hashes}
+    fmt = formats[0] if len(set(formats)) == 1 else "mixed"
+    records = _file_records(index.folder, hashes)
+    return Manifest(str(index_path), fmt, tensors, records, index_path.name, list(exclude))
+
+
+def _merge_shard(
+    tensors: dict[str, TensorEntry], entries: dict[str, TensorEntry], shard: str, weight_map: Mapping[str, str],
+    index_path: Path,
+) -> None:  # fmt: skip
+    for name, entry in entries.items():
+        if name in tensors:
+            raise CorruptCheckpointError(f"tensor {name!r} is in more than one shard; run ckptkit verify", index_path)
+        if weight_map.get(name) not in (shard, None) and entry.alias_of is None:
+            raise CorruptCheckpointError(
+                f"tensor {name!r} is in {shard!r}, but the index puts it in {weight_map[name]!r}; run ckptkit verify",
+                index_path,
+            )
+        tensors[name] = entry
+
+
+def involved_bytes(paths: Iterable[Path]) -> int:
+    """Bytes a pass over these checkpoints reads, for progress bars: files plus their shards."""
+    total = 0
+    for p in paths:
+        index_path = single_index(p) if p.exists() else None
+        if index_path is not None:
+            index = read_index(index_path)
+            total += sum(index.shard_path(s).stat().st_size for s in index.shard_names if index.fault(s) is None)
+        elif p.is_file():
+            total += p.stat().st_size
+    return total

@@ -1,0 +1,136 @@
+"""Shard indexes: the JSON file that says which file holds what, parsed and checked in one place.
+
+- Hugging Face (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``):
+  ``{"metadata": {"total_size": N}, "weight_map": {tensor name: shard file}}``.
+- Keras 3 sharded weights (``model.weights.json``, written by ``save_weights(...,
+  max_shard_size=...)``): ``weight_map`` maps a layer's variable path to a shard file, or to a list
+  of them when the layer's variables span shards.
+
+Shard names are relative to the index's folder and judged as written
+(:func:`ckptkit.io.paths.is_inside_name`); a shard may be a symbolic link, as every file of a Hugging
+Face cache snapshot is. The reader, ``verify`` and ``hash`` all read indexes through
+:func:`read_index` and ask :meth:`ShardIndex.fault` about each shard.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptkit.core import limits
+from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.io.jsonfile import loads_noting_repeats
+from ckptkit.io.paths import is_inside_name
+
+INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json names the index of model.safetensors
+KERAS_INDEX_SUFFIX = ".weights.json"
+
+__all__ = ["INDEX_SUFFIX", "KERAS_INDEX_SUFFIX", "ShardFault", "ShardIndex", "read_index", "single_index"]
+
+
+@dataclass(frozen=True)
+class ShardFault:
+    """Why a shard the index names cannot be opened: ``kind`` is ``path-escape`` or ``shard-missing``."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A parsed index; shard names are kept as written, resolve them with :meth:`shard_path`."""
+
+    path: Path
+    weight_map: dict[str, str]  # tensor name -> shard; empty for Keras, whose index maps layers, not tensors
+    shard_names: tuple[str, ...]  # every shard named, in order of first mention
+    metadata: dict[str, Any]
+    repeated: tuple[str, ...] = ()  # keys written twice in one JSON object (JSON keeps the last)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def keras(self) -> bool:
+        return self.path.name.endswith(KERAS_INDEX_SUFFIX)
+
+    def shard_path(self, name: str) -> Path:
+        return self.folder / name
+
+    def fault(self, name: str) -> ShardFault | None:
+        """What keeps shard ``name`` from being opened, ``None`` when it can be."""
+        if not is_inside_name(name):
+            return ShardFault(
+                "path-escape",
+                f"the index names the shard {name!r}, which is not a file inside the index's folder "
+                "(an absolute path, a drive, '..' or a backslash); it was not opened",
+            )
+        if not self.shard_path(name).is_file():
+            listed = sum(1 for s in self.weight_map.values() if s == name)
+            count = f" ({listed} tensors)" if listed else ""
+            return ShardFault(
+                "shard-missing",
+                f"shard {name!r}{count} listed in the index is missing from {self.folder}; "
+                "download it or fix the index",
+            )
+        return None
+
+    def check_shards(self) -> None:
+        """Raise the first :meth:`fault` of any shard."""
+        for name in self.shard_names:
+            fault = self.fault(name)
+            if fault is not None:
+                raise CorruptCheckpointError(fault.message, self.path)
+
+
+def read_index(path: Path) -> ShardIndex:
+    """Parse an index, refusing one whose structure is wrong (the file and the fault named)."""
+    size = path.stat().st_size
+    if size > limits.current().header_bytes:
+        raise CorruptCheckpointError(limits.exceeded("the shard index", size, "header_bytes").message, path)
+    try:
+        data, repeated = loads_noting_repeats(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}", path) from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CorruptCheckpointError('not a shard index: no "weight_map" object mapping tensors to files', path)
+    if not weight_map:
+        raise CorruptCheckpointError("the shard index lists no tensors", path)
+    keras = path.name.endswith(KERAS_INDEX_SUFFIX)
+    shards: dict[str, None] = {}
+    for key, value in weight_map.items():
+        values = value if keras and isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise CorruptCheckpointError(f"the index maps {key!r} to {value!r:.80}, not to a shard file name", path)
+        shards.update(dict.fromkeys(values))
+    metadata = data.get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError('the shard index "metadata" is not a JSON object', path)
+    return ShardIndex(path, {} if keras else weight_map, tuple(shards), metadata, tuple(repeated))
+
+
+def is_index(path: Path) -> bool:
+    return path.name.endswith(INDEX_SUFFIX)
+
+
+def find_indexes(path: Path) -> list[Path]:
+    """The index ``path`` is, or the indexes in the folder ``path``; empty when there is none."""
+    if path.is_file():
+        return [path] if is_index(path) else []
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if is_index(p) and p.is_file())
+    return []
+
+
+def single_index(path: Path) -> Path | None:
+    """The one index ``path`` stands for, ``None`` if none; a folder with several must be narrowed."""
+    found = find_indexes(path)
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise UsageError(f"{path} holds several shard indexes ({names}); name the one to use")
+    return found[0] if found else None

@@ -1,0 +1,172 @@
+"""Consistency of a sharded checkpoint: its index, its shard files, and the tensors in them.
+
+Checked: the index parses and maps names to shard files; no shard name leaves the folder (judged
+as written: a shard may be a symbolic link, as in the Hugging Face cache); every named shard
+exists and verifies; numbered shard series (``model-00002-of-00005.safetensors``) are complete in
+the index; no shard of the series lies in the folder unnamed; every tensor the index names is in
+its shard and in no other; no shard holds tensors the index does not name; and
+``metadata.total_size`` equals the bytes of the tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from ckptkit.core.dtypes import by_name
+from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError
+from ckptkit.core.findings import TargetReport, error, warning
+from ckptkit.io.shards.index import INDEX_SUFFIX, ShardIndex, read_index
+from ckptkit.verify.content import UNSUPPORTED
+from ckptkit.verify.seen import Seen
+from ckptkit.verify.single import Settings, check_file
+
+_SERIES = re.compile(r"^(?P<prefix>.+)-(?P<num>\d+)-of-(?P<total>\d+)(?P<ext>\.[^/]+)$")
+
+
+def check_sharded(index_path: Path, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
+    """Verify the index at ``index_path`` and every shard; the tensors seen, ``None`` if incomplete."""
+    report.ran("index")
+    report.format = "sharded"
+    report.files.append(str(index_path))
+    try:
+        index = read_index(index_path)
+    except CorruptCheckpointError as err:
+        report.add(error("index.invalid", err.message, index_path))
+        return None
+    for key in index.repeated:
+        report.add(
+            error("index.tensor-duplicate", f"the index lists {key!r} twice; JSON keeps only the last", index_path, key)
+        )
+    expected_size = _check_total_size_field(index, report)
+    found: dict[str, dict[str, Seen]] = {}  # shard -> tensors seen in it
+    complete = True
+    for shard in index.shard_names:
+        contents = _check_shard(index, shard, report, settings)
+        if contents is None:
+            complete = False
+        else:
+            found[shard] = contents
+    _check_series(index, report)
+    seen = _check_placement(index, found, report)
+    if not complete:
+        return None
+    if expected_size is not None and not any(f.check == UNSUPPORTED for f in report.findings):
+        actual = sum(_nbytes(s) for s in seen.values() if s.alias_of is None)
+        if actual != expected_size:
+            report.add(
+                error(
+                    "index.total-size",
+                    f"metadata.total_size is {expected_size}, but the shards' tensors hold {actual} bytes",
+                    index_path,
+                )
+            )
+    return seen
+
+
+def _check_total_size_field(index: ShardIndex, report: TargetReport) -> int | None:
+    value = index.metadata.get("total_size")
+    if value is None:
+        report.add(warning("index.total-size", "the index has no metadata.total_size to check against", index.path))
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        report.add(error("index.total-size", f"metadata.total_size {value!r} is not a byte count", index.path))
+        return None
+    return int(value)
+
+
+def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
+    fault = index.fault(shard)
+    if fault is not None:
+        report.add(error(f"index.{fault.kind}", fault.message, index.path))
+        return None
+    path = index.shard_path(shard)
+    try:
+        return check_file(path, report, settings)
+    except UnknownFormatError as err:
+        report.add(error("file.format", err.message, path))
+        return None
+
+
+def _check_series(index: ShardIndex, report: TargetReport) -> None:
+    """Numbered shard series: every number named, none left unnamed in the folder."""
+    named = set(index.shard_names)
+    series: dict[tuple[str, str, str], set[int]] = defaultdict(set)  # (prefix, total, ext) -> numbers named
+    widths: dict[tuple[str, str, str], int] = {}
+    for shard in named:
+        m = _SERIES.match(shard)
+        if m:
+            key = (m["prefix"], m["total"], m["ext"])
+            series[key].add(int(m["num"]))
+            widths[key] = len(m["num"])
+    for (prefix, total, ext), numbers in sorted(series.items()):
+        for num in range(1, int(total) + 1):
+            if num not in numbers:
+                name = f"{prefix}-{num:0{widths[prefix, total, ext]}d}-of-{total}{ext}"
+                message = f"the index names no tensor in {name!r}, shard {num} of {int(total)}"
+                report.add(error("index.series-gap", message, index.path))
+    prefixes = {(p, e) for p, _t, e in series}
+    for path in sorted(index.folder.iterdir()):
+        m = _SERIES.match(path.name)
+        if m and (m["prefix"], m["ext"]) in prefixes and path.name not in named:
+            report.add(
+                error("index.orphan-shard", f"shard file {path.name!r} is in the folder but not in the index", path)
+            )
+    whole = index.folder / index.path.name.removesuffix(INDEX_SUFFIX)
+    if whole.exists():
+        report.add(
+            warning(
+                "index.orphan-shard",
+                f"an unsharded {whole.name!r} lies beside the index; loaders may take it instead of the shards",
+                whole,
+            )
+        )
+
+
+def _check_placement(index: ShardIndex, found: dict[str, dict[str, Seen]], report: TargetReport) -> dict[str, Seen]:
+    """Every indexed tensor in its shard and only there; nothing unindexed. Returns the union."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for shard, contents in found.items():
+        for name in contents:
+            where[name].append(shard)
+    # A tensor ckptkit cannot read is in its shard, and has its own finding.
+    unsupported = {(f.file, f.tensor) for f in report.findings if f.check == UNSUPPORTED}
+    for name, shard in index.weight_map.items():
+        if shard in found and name not in found[shard] and (str(index.shard_path(shard)), name) not in unsupported:
+            elsewhere = f"; it is in {', '.join(map(repr, where[name]))}" if where.get(name) else ""
+            report.add(
+                error(
+                    "index.tensor-missing",
+                    f"tensor {name!r} is not in shard {shard!r}, where the index puts it{elsewhere}",
+                    index.path,
+                    name,
+                )
+            )
+    seen: dict[str, Seen] = {}
+    for name, shards in where.items():
+        if len(shards) > 1:
+            report.add(
+                error(
+                    "index.tensor-duplicate",
+                    f"tensor {name!r} is in {len(shards)} shards: {', '.join(map(repr, shards))}",
+                    index.path,
+                    name,
+                )
+            )
+        elif name not in index.weight_map:
+            report.add(
+                error(
+                    "index.tensor-unlisted",
+                    f"tensor {name!r} is in shard {shards[0]!r} but not in the index",
+                    index.path,
+                    name,
+                )
+            )
+        seen[name] = found[shards[0]][name]
+    return seen
+
+
+def _nbytes(s: Seen) -> int:
+    return by_name(s.dtype).itemsize * math.prod(s.shape)
