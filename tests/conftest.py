@@ -63,8 +63,8 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> 
 
 
 def realworld_files(pattern: str) -> list[Path]:
-    """Files from ../shared/realworld (beside the repository); empty when that folder is absent."""
-    return sorted(REALWORLD.glob(pattern)) if REALWORLD.is_dir() else []
+    """Checkpoints from ../shared/realworld (beside the repository), its README left out; empty when that folder is absent."""
+    return sorted(p for p in REALWORLD.glob(pattern) if p.suffix != ".md") if REALWORLD.is_dir() else []
 
 
 def pytest_collection_modifyitems(config, items):
