@@ -114,11 +114,9 @@ def tensor_series(snapshots: Sequence[Checkpoint], name: str, progress: Progress
                     point.sum_sq_prev, point.sum_sq_update, point.max_update,
                 )  # fmt: skip
             else:
-                point.sum_sq_first, point.sum_sq_drift, point.max_drift = (
-                    acc.sum_sq_a,
-                    acc.sum_sq_diff,
-                    float(acc.max_abs),
-                )
+                acc = _against(first, x)
+                point.sum_sq_first, point.sum_sq_drift = acc.sum_sq_a, acc.sum_sq_diff
+                point.max_drift = float(acc.max_abs)
         if first is None:
             first, first_shape = x, shape
         prev, prev_shape = x, shape
