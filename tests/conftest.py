@@ -63,7 +63,7 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 2) -> 
 
 
 def realworld_files(pattern: str) -> list[Path]:
-    """Checkpoints from ../shared/realworld (beside the repository), its README left out; empty when that folder is absent."""
+    """Checkpoints in ../shared/realworld (beside the repository), not its README; empty without that folder."""
     return sorted(p for p in REALWORLD.glob(pattern) if p.suffix != ".md") if REALWORLD.is_dir() else []
 
 
