@@ -74,15 +74,13 @@ def _flat(ckpt: Checkpoint, name: str) -> np.ndarray:
     return np.ascontiguousarray(ckpt.read_tensor(name)).reshape(-1)
 
 
+def _point(elements: int, sum_sq: float, nan: int, inf: int) -> Point:
+    return Point(elements=elements, sum_sq=sum_sq, nan=nan, inf=inf, nonzero=sum_sq > 0 or nan + inf > 0)
+
+
 def _own(x: np.ndarray) -> Point:
     acc = accumulate(x, x)
-    return Point(
-        elements=acc.elements,
-        sum_sq=acc.sum_sq_b,
-        nan=acc.nan_b,
-        inf=acc.inf_b,
-        nonzero=acc.sum_sq_b > 0 or acc.nan_b + acc.inf_b > 0,
-    )
+    return _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b)
 
 
 def _against(base: np.ndarray, x: np.ndarray) -> Accumulator:
@@ -103,11 +101,17 @@ def tensor_series(snapshots: Sequence[Checkpoint], name: str, progress: Progress
             prev = None
             continue
         x = _flat(ckpt, name)
-        point = _own(x)
         shape = tuple(ckpt.info(name).shape)
         if prev is not None and prev.size == x.size and shape == prev_shape:
             acc = _against(prev, x)
+            if acc.nan_a + acc.inf_a == 0:
+                # Every element of the previous value is finite, so the pair sums cover x's own: one pass saved.
+                point = _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b)
+            else:
+                point = _own(x)
             point.sum_sq_prev, point.sum_sq_update, point.max_update = acc.sum_sq_a, acc.sum_sq_diff, float(acc.max_abs)
+        else:
+            point = _own(x)
         if first is not None and first.size == x.size and shape == first_shape:
             if first is prev:  # the previous snapshot is the first: the same sums
                 point.sum_sq_first, point.sum_sq_drift, point.max_drift = (
@@ -127,11 +131,11 @@ def tensor_series(snapshots: Sequence[Checkpoint], name: str, progress: Progress
 
 
 def comparable_names(snapshots: Sequence[Checkpoint]) -> list[str]:
-    """Floating-point tensors of any snapshot, in first-seen order; tied aliases are read under their target."""
+    """Floating-point tensors of any snapshot, in first-seen order (aliases of tied weights are not listed twice)."""
     seen: dict[str, None] = {}
     for ckpt in snapshots:
         for info in ckpt.tensor_infos():
-            if info.dtype.kind in "fc" and info.name not in seen:
+            if info.dtype.kind == "f" and info.name not in seen:
                 seen[info.name] = None
     return list(seen)
 
