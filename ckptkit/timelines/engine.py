@@ -104,11 +104,9 @@ def tensor_series(snapshots: Sequence[Checkpoint], name: str, progress: Progress
         shape = tuple(ckpt.info(name).shape)
         if prev is not None and prev.size == x.size and shape == prev_shape:
             acc = _against(prev, x)
-            if acc.nan_a + acc.inf_a == 0:
-                # Every element of the previous value is finite, so the pair sums cover x's own: one pass saved.
-                point = _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b)
-            else:
-                point = _own(x)
+            # Where every element of the previous value is finite, the pair sums cover x's own: one pass saved.
+            all_finite = acc.nan_a + acc.inf_a == 0
+            point = _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b) if all_finite else _own(x)
             point.sum_sq_prev, point.sum_sq_update, point.max_update = acc.sum_sq_a, acc.sum_sq_diff, float(acc.max_abs)
         else:
             point = _own(x)
