@@ -15,17 +15,19 @@ if TYPE_CHECKING:
     from ckptkit.core.errors import CkptkitError
     from ckptkit.core.model import Checkpoint, Receipt, TensorInfo
     from ckptkit.diffing import DiffReport, diff
+    from ckptkit.timelines import TimelineReport, timeline
 
 _PUBLIC = {
     "convert": "ckptkit.api", "inspect": "ckptkit.api", "load": "ckptkit.api", "save": "ckptkit.api",
     "DiffReport": "ckptkit.diffing", "diff": "ckptkit.diffing",
     "CkptkitError": "ckptkit.core.errors",
     "Checkpoint": "ckptkit.core.model", "Receipt": "ckptkit.core.model", "TensorInfo": "ckptkit.core.model",
+    "TimelineReport": "ckptkit.timelines", "timeline": "ckptkit.timelines",
 }  # fmt: skip
 
 __all__ = [
-    "Checkpoint", "CkptkitError", "DiffReport", "Receipt", "TensorInfo", "__version__",
-    "convert", "diff", "inspect", "load", "save",
+    "Checkpoint", "CkptkitError", "DiffReport", "Receipt", "TensorInfo", "TimelineReport", "__version__",
+    "convert", "diff", "inspect", "load", "save", "timeline",
 ]  # fmt: skip
 
 

@@ -224,3 +224,24 @@ def test_diff_loads_no_framework(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code, pa, pb], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_nan_shows_where_it_is_in_every_report(tmp_path):
+    a = {f"model.layers.{i}.w": np.arange(1, 2001, dtype=np.float32) * (i + 1) for i in range(3)}
+    b = {k: v.copy() for k, v in a.items()}
+    b["model.layers.0.w"][5] += 1  # drifts a little
+    b["model.layers.2.w"][7] = np.nan  # otherwise unchanged: drift 0, 99.95% identical
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ckptkit.save(a, pa)
+    ckptkit.save(b, pb)
+    page = tmp_path / "d.html"
+    table = run_cli("diff", pa, pb, "--html", page)
+    assert table.code == 0, table.stderr
+    layer_rows = [ln for ln in table.stdout.splitlines() if ln.startswith("model.layers.")]
+    assert layer_rows[0].startswith("model.layers.2 ") and layer_rows[0].rstrip().endswith("B: 1 NaN")
+    assert layer_rows[1].rstrip().endswith(" 0")
+    md = run_cli("diff", pa, pb, "--markdown").stdout
+    assert "| NaN/Inf |" in md and "| B: 1 NaN |" in md
+    html = page.read_text()
+    assert "NaN/Inf: B: 1 NaN" in html
+    assert chromium_console(page) == []

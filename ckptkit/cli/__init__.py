@@ -22,6 +22,7 @@ _COMMANDS = {
     "convert": "ckptkit.cli._convert",
     "inspect": "ckptkit.cli._inspect",
     "diff": "ckptkit.cli._diff",
+    "timeline": "ckptkit.cli._timeline",
     "hash": "ckptkit.cli._hash",
     "verify": "ckptkit.cli._verify",
     "formats": "ckptkit.cli._formats",

@@ -15,6 +15,7 @@ DRIFT_COLUMNS = (
     ("rel_l2", "rel L2"),
     ("cosine", "cosine"),
     ("identical", "identical"),
+    ("nonfinite", "NaN/Inf"),
 )
 
 
@@ -60,7 +61,30 @@ def metric(key: str, metrics: dict[str, Any] | None) -> str:
         return cosine(value)
     if key == "identical":
         return share(value)
+    if key == "nonfinite":
+        return nonfinite(metrics)
     return num(value)
+
+
+def nonfinite_count(metrics: dict[str, Any] | None) -> int:
+    """NaN and Inf elements on both sides together (a layer that gained a NaN has 0 drift otherwise)."""
+    if metrics is None:
+        return 0
+    return sum(int(metrics.get(k) or 0) for k in ("nan_a", "nan_b", "inf_a", "inf_b"))
+
+
+def nonfinite(metrics: dict[str, Any] | None) -> str:
+    """NaN/Inf counts per side, ``0`` when there are none: ``B: 3 NaN`` or ``A: 1 Inf, B: 2 NaN 1 Inf``."""
+    if not nonfinite_count(metrics):
+        return "0"
+    assert metrics is not None
+    sides = []
+    for side in ("a", "b"):
+        parts = [f"{metrics[f'{kind}_{side}']} {kind.upper() if kind == 'nan' else 'Inf'}".replace("NAN", "NaN")
+                 for kind in ("nan", "inf") if metrics.get(f"{kind}_{side}")]  # fmt: skip
+        if parts:
+            sides.append(f"{side.upper()}: {' '.join(parts)}")
+    return ", ".join(sides)
 
 
 def size(n: float, signed: bool = False) -> str:

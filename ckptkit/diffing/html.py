@@ -146,9 +146,10 @@ def _chart(layers: Sequence[LayerDiff], bad_layers: set[str]) -> str:
     hi = max(hi, lo + 1)
     label_w = min(420, 12 + 7 * max(len(layer.name) for layer in layers))
     bar_w, row_h, top = 520, 16, 22
+    extra = 360 if any(fmt.nonfinite_count(layer.metrics) for layer in layers) else 90
     height = top + row_h * len(layers) + 6
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 90}" height="{height}" role="img" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + extra}" height="{height}" role="img" '
         'aria-label="relative L2 drift per layer">'
     ]
     for decade in range(lo, hi + 1):
@@ -175,6 +176,11 @@ def _chart(layers: Sequence[LayerDiff], bad_layers: set[str]) -> str:
                 f"<title>{escape(f'{layer.name}: rel L2 {label}')}</title></rect>"
             )
         out.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 11}">{escape(label)}</text>')
+        if fmt.nonfinite_count(layer.metrics):
+            # Drift sums leave NaN and Inf out; without this mark such a layer would read as unchanged.
+            warn = f"NaN/Inf: {fmt.nonfinite(layer.metrics)}"
+            x = label_w + width + 8 + 7 * len(label)
+            out.append(f'<text x="{x:.1f}" y="{y + 11}" fill="#cf222e" font-weight="bold">{escape(warn)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -191,7 +197,10 @@ def _num_cell(value: Any, text: str | None = None) -> str:
 def _metric_cells(metrics: dict[str, Any] | None) -> str:
     if metrics is None:
         return "".join('<td class="n">-</td>' for _ in fmt.DRIFT_COLUMNS)
-    return "".join(_num_cell(metrics.get(key), fmt.metric(key, metrics)) for key, _ in fmt.DRIFT_COLUMNS)
+    return "".join(
+        _num_cell(fmt.nonfinite_count(metrics) if key == "nonfinite" else metrics.get(key), fmt.metric(key, metrics))
+        for key, _ in fmt.DRIFT_COLUMNS
+    )
 
 
 def _headers(*names: str) -> str:

@@ -224,11 +224,13 @@ class DiffReport:
         return render_html(self)
 
 
-def drift_rank(metrics: dict[str, Any] | None) -> tuple[float, float]:
-    """Sort key: the largest relative L2 first (infinite ones before all), then the largest max |Δ|."""
+def drift_rank(metrics: dict[str, Any] | None) -> tuple[int, float, float]:
+    """Sort key: NaN or Inf on either side first (their drift sums leave those elements out), then the
+    largest relative L2 (infinite ones before all), then the largest max |Δ|."""
     if metrics is None:
-        return (math.inf, math.inf)
-    return (-metrics["rel_l2"], -float(metrics["max_abs"]))
+        return (1, math.inf, math.inf)
+    nonfinite = sum(int(metrics.get(k) or 0) for k in ("nan_a", "nan_b", "inf_a", "inf_b"))
+    return (0 if nonfinite else 1, -metrics["rel_l2"], -float(metrics["max_abs"]))
 
 
 def _json_value(value: Any) -> Any:

@@ -46,13 +46,19 @@ class Condition:
     text: str
 
     @classmethod
-    def parse(cls, text: str, option: str) -> Condition:
+    def parse(cls, text: str, option: str, metrics: Sequence[str] = METRICS) -> Condition:
+        """Parse ``METRIC OP NUMBER``; ``metrics`` are the names the command knows."""
+        hint = (
+            _HELP
+            if metrics is METRICS
+            else f"write METRIC OP NUMBER (metrics: {', '.join(metrics)}; OP: < <= > >= == !=)"
+        )
         m = _CONDITION.match(text)
         if not m:
-            raise UsageError(f"invalid {option} expression {text!r}: {_HELP}")
+            raise UsageError(f"invalid {option} expression {text!r}: {hint}")
         metric, op, number = m.groups()
-        if metric not in METRICS:
-            raise UsageError(f"invalid {option} expression {text!r}: unknown metric {metric!r}; {_HELP}")
+        if metric not in metrics:
+            raise UsageError(f"invalid {option} expression {text!r}: unknown metric {metric!r}; {hint}")
         try:
             value = float(number)
         except ValueError:

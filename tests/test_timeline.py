@@ -1,0 +1,259 @@
+"""ckptkit timeline: a run of known dynamics, real training runs (torch, Keras), the reports and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+
+import ckptkit
+from ckptkit.timelines.snapshots import name_numbers
+from tests.conftest import assert_one_line_error, run_cli
+from tests.test_diff_cli import chromium_console
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+STEPS = [0, 10, 20, 30, 40, 50]
+NAN_FROM = 40
+
+
+def _weights(step: int) -> dict[str, np.ndarray]:
+    """A run whose dynamics are known: frozen, steadily drifting, exploding, NaN from step 40."""
+    rng = np.random.default_rng(7)
+    frozen = rng.standard_normal((4, 4)).astype(np.float32)
+    base = rng.standard_normal((8, 4)).astype(np.float32)
+    direction = rng.standard_normal((8, 4)).astype(np.float32)
+    head = rng.standard_normal((3, 8)).astype(np.float32)
+    noisy = rng.standard_normal(16).astype(np.float32)
+    bias = np.zeros(8, np.float32)
+    if step >= NAN_FROM:
+        bias[2] = np.nan
+    wiggle = np.random.default_rng(step).standard_normal(16).astype(np.float32) * 0.01
+    return {
+        "model.frozen.weight": frozen,
+        "model.drift.weight": base + np.float32(step / 10) * direction,
+        "model.drift.bias": bias,
+        "model.head.weight": head * np.float32(1 + step),  # grows past 10x the first norm
+        "model.noisy.weight": noisy + wiggle,
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """Snapshots in three formats, names that do not sort by step, the step only in metadata."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    names = ["zeta", "alpha", "kappa", "beta", "omega", "delta"]  # not in step order either way
+    for step, name in zip(STEPS, names, strict=True):
+        w = _weights(step)
+        if step % 20 == 0:
+            torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in w.items()}, "global_step": step},
+                       folder / f"{name}.pt")  # fmt: skip
+        else:
+            meta = {"ckptkit:extras": json.dumps({"global_step": step})}
+            safetensors_torch.save_file({f"state_dict.{k}": torch.from_numpy(v) for k, v in w.items()},
+                                        folder / f"{name}.safetensors", metadata=meta)  # fmt: skip
+    (folder / "notes.txt").write_text("not a checkpoint")
+    return folder
+
+
+def _layer(report: dict, name: str) -> dict:
+    return next(x for x in report["layers"] if x["name"] == name)
+
+
+def _tensor(report: dict, name: str) -> dict:
+    return next(x for x in report["tensors"] if x["name"] == name)
+
+
+def test_known_run_is_ordered_by_metadata_and_measured_like_numpy(run_dir):
+    report = ckptkit.timeline([run_dir]).to_dict()
+    assert report["schema"] == "ckptkit.timeline/1"
+    assert [s["step"] for s in report["snapshots"]] == STEPS
+    assert {s["format"] for s in report["snapshots"]} == {"torch", "safetensors"}
+    assert report["order"] == "metadata global_step"
+    # Update ratios and drift against float64 numpy, tensor by tensor.
+    for name in ("model.drift.weight", "model.head.weight", "model.noisy.weight"):
+        series = _tensor(report, f"state_dict.{name}")
+        for i in range(1, len(STEPS)):
+            now, before, first = (_weights(STEPS[j])[name].astype(np.float64) for j in (i, i - 1, 0))
+            expected = np.linalg.norm(now - before) / np.linalg.norm(before)
+            assert series["update_ratio"][i] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+            assert series["drift"][i] == pytest.approx(np.linalg.norm(now - first) / np.linalg.norm(first), rel=1e-6)
+            assert series["norm"][i] == pytest.approx(np.linalg.norm(now), rel=1e-6)
+        assert series["update_ratio"][0] is None
+    kinds = {(e["kind"], e["layer"], e["tensor"], e["step"]) for e in report["events"]}
+    assert ("nonfinite", "state_dict.model.drift", "state_dict.model.drift.bias", NAN_FROM) in kinds
+    assert ("frozen", "state_dict.model.frozen", None, None) in kinds
+    assert ("exploding", "state_dict.model.head", None, 10) in kinds  # 11x the first norm at step 10
+    assert not any(e["layer"] == "state_dict.model.noisy" for e in report["events"])
+    bias = _tensor(report, "state_dict.model.drift.bias")
+    assert bias["nan"] == [0, 0, 0, 0, 1, 1]
+    assert _layer(report, "state_dict.model.frozen")["update_ratio"] == [None, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_order_given_keeps_the_order_and_steps(run_dir):
+    paths = sorted(run_dir.glob("*.pt")) + sorted(run_dir.glob("*.safetensors"))
+    report = ckptkit.timeline(paths, order="given").to_dict()
+    assert [s["path"] for s in report["snapshots"]] == [str(p) for p in paths]
+    assert report["order"] == "as given"
+    assert [s["step"] for s in report["snapshots"]] == [20, 40, 0, 10, 30, 50]  # kappa omega zeta, alpha beta delta
+
+
+def test_glob_and_names_order_without_metadata(tmp_path):
+    for step in (100, 9, 1000, 20):
+        ckptkit.save({"w": np.full(4, step, np.float32)}, tmp_path / f"model.{step:04d}.safetensors")
+    report = ckptkit.timeline([str(tmp_path / "model.*.safetensors")]).to_dict()
+    assert [s["step"] for s in report["snapshots"]] == [9, 20, 100, 1000]
+    assert report["order"] == "numbers in the names"
+    assert _tensor(report, "w")["norm"] == pytest.approx([18, 40, 200, 2000])
+
+
+@pytest.mark.parametrize(
+    ("names", "numbers"),
+    [
+        (["run/model.01-0.45.keras", "run/model.02-0.41.keras"], [1, 2]),  # epoch, not the loss
+        (["ck/model.05.weights.h5", "ck/model.10.weights.h5"], [5, 10]),  # not the 5 of "h5"
+        (["epoch=3-step=120.ckpt", "epoch=4-step=160.ckpt"], [3, 4]),
+        (["checkpoint-500/model.safetensors", "checkpoint-1500/model.safetensors"], [500, 1500]),
+        (["a/last.pt", "a/best.pt"], [None, None]),
+    ],
+)
+def test_numbers_in_names(names, numbers):
+    from pathlib import Path
+
+    assert name_numbers([Path(n) for n in names]) == numbers
+
+
+def test_real_torch_training_run(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.Linear(16, 1)
+    )
+    for p in model[2].parameters():
+        p.requires_grad_(False)  # a frozen layer
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(64, 6), torch.randn(64, 1)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for step in range(1, 31):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if step % 10 == 0:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                       folder / f"step_{step}.pt")  # fmt: skip
+    report = ckptkit.timeline([str(folder / "step_*.pt")]).to_dict()
+    assert [s["step"] for s in report["snapshots"]] == [10, 20, 30]
+    frozen = [e["layer"] for e in report["events"] if e["kind"] == "frozen"]
+    assert frozen == ["model.2"]
+    assert all(e["kind"] != "nonfinite" for e in report["events"])
+    moving = _layer(report, "model.0")
+    assert all(r > 0 for r in moving["update_ratio"][1:])
+    optimizer_layers = [x for x in report["layers"] if x["optimizer"]]
+    assert optimizer_layers and all(x["name"].startswith("optimizer") for x in optimizer_layers)
+
+
+def test_adam_second_moment_of_zero_is_an_optimizer_event(tmp_path):
+    for step in (1, 2):
+        sq = torch.zeros(5) if step == 2 else torch.ones(5)
+        state = {"state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.ones(5), "exp_avg_sq": sq}}}
+        torch.save({"model": {"w": torch.ones(5) * step}, "optimizer": state, "step": step}, tmp_path / f"s{step}.pt")
+    report = ckptkit.timeline([tmp_path]).to_dict()
+    events = [e for e in report["events"] if e["kind"] == "optimizer"]
+    assert [(e["tensor"], e["step"]) for e in events] == [("optimizer.state.0.exp_avg_sq", 2)]
+
+
+def test_keras_model_checkpoint_series(tmp_path):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, name="d1"), keras.layers.Dense(1, name="out")])
+    model.get_layer("d1").trainable = False
+    model.compile(optimizer="adam", loss="mse")
+    save = keras.callbacks.ModelCheckpoint(str(tmp_path / "model.{epoch:02d}.weights.h5"), save_weights_only=True)
+    x, y = np.random.default_rng(0).standard_normal((32, 5)), np.random.default_rng(1).standard_normal((32, 1))
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[save])
+    report = ckptkit.timeline([tmp_path]).to_dict()
+    assert [s["step"] for s in report["snapshots"]] == [1, 2, 3]
+    assert {s["format"] for s in report["snapshots"]} == {"keras"}
+    frozen = {e["layer"] for e in report["events"] if e["kind"] == "frozen"}
+    assert "d1" in frozen and "out" not in frozen
+
+
+def test_matrix_is_pairwise_relative_l2_and_cosine(tmp_path):
+    arrays = [
+        np.array([1, 0, 0, 0], np.float32),
+        np.array([1, 1, 0, 0], np.float32),
+        np.array([0, 0, 3, 0], np.float32),
+    ]
+    for i, a in enumerate(arrays):
+        ckptkit.save({"w": a}, tmp_path / f"s{i}.safetensors")
+    report = ckptkit.timeline([tmp_path], matrix=True).to_dict()
+    rel, cos = report["matrix"]["rel_l2"], report["matrix"]["cosine"]
+    for i, a in enumerate(arrays):
+        for j, b in enumerate(arrays):
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            assert rel[i][j] == pytest.approx(np.linalg.norm(a64 - b64) / np.linalg.norm(a64), abs=1e-12)
+            assert cos[i][j] == pytest.approx(a64 @ b64 / np.linalg.norm(a64) / np.linalg.norm(b64), abs=1e-9)
+
+
+def test_cli_fail_on_json_markdown_and_html(run_dir, tmp_path):
+    page = tmp_path / "timeline.html"
+    result = run_cli("timeline", run_dir, "--json", "--fail-on", "nonfinite", "--html", page)
+    assert result.code == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["passed"] is False
+    assert {v["condition"] for v in data["violations"]} == {"nonfinite"}
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(data, json.loads(_schema_text()))
+    html = page.read_text()
+    assert re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html) is None
+    assert html.count("<svg") >= 1 + len(data["layers"]) - sum(x["optimizer"] for x in data["layers"])
+    assert "nonfinite at step 40: state_dict.model.drift.bias" in html
+    assert chromium_console(page) == []
+
+    ok = run_cli("timeline", run_dir, "--fail-on", "update_ratio>1e6")
+    assert ok.code == 0, ok.stderr
+    assert "within limits" in ok.stdout and "nonfinite at step 40" in ok.stdout
+    ratio = run_cli("timeline", run_dir, "--fail-on", "update_ratio>0.5", "--markdown")
+    assert ratio.code == 1
+    assert "violation(s)" in ratio.stdout and "| `state_dict.model.head` |" in ratio.stdout
+
+
+def _schema_text() -> str:
+    from importlib.resources import files
+
+    return files("ckptkit.timelines").joinpath("schema.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--fail-on", "bogus"], "invalid --fail-on expression 'bogus'"),
+        (["--fail-on", "loss>1"], "unknown metric 'loss'"),
+        (["--json", "--markdown"], "choose one"),
+        (["--jump-factor", "0.5"], "greater than 1"),
+    ],
+)
+def test_cli_usage_errors(run_dir, args, fragment):
+    assert_one_line_error(run_cli("timeline", run_dir, *args), fragment)
+
+
+def test_one_snapshot_is_refused(tmp_path):
+    ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "only.safetensors")
+    assert_one_line_error(run_cli("timeline", tmp_path), "at least two snapshots; 1 found")
+    assert_one_line_error(run_cli("timeline", tmp_path / "nothing-*.pt"), "no file or folder matches")
+
+
+def test_api_report_renders(run_dir):
+    report = ckptkit.timeline([run_dir], fail_on=["frozen"])
+    assert not report.passed
+    md = report.to_markdown()
+    assert "frozen at whole run: state_dict.model.frozen" in md
+    assert report.to_html().startswith("<!DOCTYPE html>")
+    assert math.isclose(report.layers[0].series.norm[0] or 0.0, report.to_dict()["layers"][0]["norm"][0])
