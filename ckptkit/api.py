@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ def convert(
     A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
     :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     """
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     with registry.open_checkpoint(src, from_format, read_options) as ckpt:
         view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
         refuse_unsupported(view)
@@ -132,7 +133,7 @@ def plan_layout(
 
 def write_checkpoint(
     ckpt: Checkpoint,
-    dst: Path,
+    dst: str | Path,
     format: str | None = None,
     *,
     force: bool = False,
@@ -142,14 +143,57 @@ def write_checkpoint(
 ) -> Receipt:
     """Write ``ckpt`` with the writer of ``format`` (default: from ``dst``'s extension).
 
-    ``dst`` may be an existing folder (the file is named as Hugging Face names it there, such as
-    ``model.safetensors``) or the name of a shard index (``model.safetensors.index.json``).
+    ``dst`` may be a folder, an existing one or a name ending in ``/`` (created when missing, and
+    removed again if the write fails): the file is named there as Hugging Face names it, such as
+    ``model.safetensors``. It may also name a shard index (``model.safetensors.index.json``).
     A checkpoint holding tensors ckptkit cannot read is refused (:func:`refuse_unsupported`).
     """
     refuse_unsupported(ckpt)
+    as_folder = isinstance(dst, str) and dst.endswith(("/", os.sep))
+    dst = Path(dst)
+    if as_folder and dst.exists() and not dst.is_dir():
+        raise UsageError(f"{dst} is a file, but the destination ends in '/', which names a folder")
+    if as_folder or dst.is_dir():
+        fmt = registry.for_output(dst, format)
+        created = _make_folder(dst)
+        try:
+            return _write(ckpt, dst / fmt.folder_file_name, format, force, options, verify, progress)
+        except BaseException:
+            if created:
+                _remove_empty_folders(created)
+            raise
+    return _write(ckpt, dst, format, force, options, verify, progress)
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, innermost first."""
+    created = []
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        created.append(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+
+
+def _write(
+    ckpt: Checkpoint,
+    dst: Path,
+    format: str | None,
+    force: bool,
+    options: Mapping[str, Any] | None,
+    verify: bool,
+    progress: ProgressFn | None,
+) -> Receipt:
     fmt = registry.for_output(dst, format)
-    if dst.is_dir():
-        dst = dst / fmt.folder_file_name
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.write_options}
     if unknown:

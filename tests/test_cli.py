@@ -189,3 +189,26 @@ def test_usage_errors_exit_2(cli):
 def test_writer_option_of_another_format_is_refused(tmp_path):
     with pytest.raises(ckptkit.CkptkitError, match="cannot be used when writing safetensors"):
         ckptkit.convert(ST, tmp_path / "o.safetensors", options={"template": "x.onnx"})
+
+
+def test_destination_ending_in_slash_is_a_folder_created_when_missing(tmp_path, cli):
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "m.pt"
+    torch.save({f"layer{i}.weight": torch.full((512, 512), float(i)) for i in range(6)}, src)
+    result = cli("convert", src, f"{tmp_path}/out/", "--to", "safetensors", "--shard-size", "3MB")
+    assert result.code == 0, result.stderr
+    out = tmp_path / "out"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [*(f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)), "model.safetensors.index.json"]
+    assert not list(tmp_path.glob("out.*")) and not list(tmp_path.glob("out-*"))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == {f"layer{i}.weight" for i in range(6)}
+
+    # A write that fails leaves no folder behind: complex128 has no safetensors dtype.
+    bad = tmp_path / "c.pt"
+    torch.save({"z": torch.zeros(2, dtype=torch.complex128)}, bad)
+    failed = cli("convert", bad, f"{tmp_path}/new/deeper/", "--to", "safetensors")
+    assert failed.code == 2 and "complex128" in failed.stderr
+    assert not (tmp_path / "new").exists()
+    file_named = cli("convert", src, f"{src}/", "--to", "safetensors")
+    assert file_named.code == 2 and "names a folder" in file_named.stderr

@@ -40,7 +40,7 @@ def _names(kind: str) -> set[str]:
 
 @click.command("convert")
 @click.argument("src", type=click.Path(path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path())  # a str: a trailing "/" names a folder
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
 @click.option(
@@ -72,7 +72,7 @@ def _names(kind: str) -> set[str]:
 @_format_options("write")
 def command(
     src: Path,
-    dst: Path,
+    dst: str,
     from_format: str | None,
     to_format: str | None,
     dtype: str | None,
