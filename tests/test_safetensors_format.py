@@ -177,3 +177,52 @@ def test_a_dtype_that_is_not_a_string_is_named_not_a_type_error(tmp_path, cli):
     src = tmp_path / "odd.safetensors"
     src.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     assert_one_line_error(cli("inspect", src), "tensor 'a' has dtype ['F4'], which ckptkit does not know")
+
+
+def _raw(tmp_path, text: bytes, data: bytes = b"", length: int | None = None):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
+    return path
+
+
+_W = '"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "length", "check", "error"),
+    [
+        (b"{}", b"", 10**6, "safetensors.header-length", CorruptCheckpointError),
+        (b"{not json}", b"", None, "safetensors.header-json", CorruptCheckpointError),
+        (b"[1, 2]", b"", None, "safetensors.header-json", CorruptCheckpointError),
+        (("{" + _W + "," + _W + "}").encode(), bytes(8), None, "safetensors.duplicate-key", CorruptCheckpointError),
+        (b'{"__metadata__":{"k":1}}', b"", None, "safetensors.metadata", CorruptCheckpointError),
+        (b'{"__metadata__":["x"]}', b"", None, "safetensors.metadata", CorruptCheckpointError),
+        (b'{"w":{"dtype":"F32","shape":[2]}}', b"", None, "safetensors.entry", CorruptCheckpointError),
+        (b'{"w":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}', bytes(8), None, "safetensors.entry",
+         UnsupportedError),
+        (("{" + _W + "}").encode(), bytes(5), None, "safetensors.truncated", CorruptCheckpointError),
+    ],
+    ids=["length", "json", "not-object", "duplicate", "metadata-value", "metadata-list", "entry", "dtype",
+         "truncated"],
+)  # fmt: skip
+def test_reading_and_verify_report_a_fault_alike(tmp_path, text, data, length, check, error):
+    """One header parser: reading raises the first problem, verify reports it with the same words."""
+    from ckptkit.formats.safetensors.verify import check_structure
+
+    path = _raw(tmp_path, text, data, length)
+    with pytest.raises(error) as raised:
+        ckptkit.load(path, format="safetensors")
+    findings = check_structure(path)
+    assert [(f.check, f.message) for f in findings][:1] == [(check, raised.value.message)]
+
+
+def test_verify_reports_what_reading_tolerates(tmp_path):
+    """Leading white space, empty non-object metadata and stray bytes: readers accept them, verify names them."""
+    from ckptkit.formats.safetensors.verify import check_structure
+
+    path = _raw(tmp_path, (' {"__metadata__":[],' + _W + "}").encode(), bytes(12))
+    with ckptkit.load(path, format="safetensors") as ckpt:
+        assert ckpt.names() == ["w"] and ckpt.metadata == {}
+    assert [f.check for f in check_structure(path)] == [
+        "safetensors.header-json", "safetensors.metadata", "safetensors.hole"
+    ]  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
+
 ERROR = "error"
 WARNING = "warning"
 
@@ -33,6 +35,35 @@ def error(check: str, message: str, file: object = "", tensor: str = "") -> Find
 
 def warning(check: str, message: str, file: object = "", tensor: str = "") -> Finding:
     return Finding(WARNING, check, message, str(file), tensor)
+
+
+class ProblemSink:
+    """Where a parser reports what is wrong with a file: raised when reading, collected when verifying.
+
+    One parser serves both: it reports each problem with the finding id ``verify`` shows and the
+    error class a reader raises. With ``strict=True`` (reading) :meth:`error` raises the first
+    problem; with ``strict=False`` (verifying) every problem becomes a finding in
+    :attr:`findings` and the parser goes on where it can. :meth:`tolerated` reports what readers
+    accept but a structure check flags (bytes belonging to no tensor, say): only collected.
+    """
+
+    def __init__(self, file: object = "", *, strict: bool) -> None:
+        self.file = str(file)
+        self.strict = strict
+        self.findings: list[Finding] = []
+
+    def error(
+        self, check: str, message: str, tensor: str = "", kind: type[CkptkitError] = CorruptCheckpointError
+    ) -> None:
+        """A problem that stops a reader: raised as ``kind`` when strict, else collected."""
+        if self.strict:
+            raise kind(message)
+        self.findings.append(error(check, message, self.file, tensor))
+
+    def tolerated(self, check: str, message: str, tensor: str = "") -> None:
+        """A problem readers accept but a structure check reports; collected only when not strict."""
+        if not self.strict:
+            self.findings.append(error(check, message, self.file, tensor))
 
 
 @dataclass
