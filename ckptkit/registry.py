@@ -9,12 +9,20 @@ group, whose entries point at a :class:`Format` object.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.core.errors import (
+    READ_ERRORS,
+    CkptkitError,
+    CorruptCheckpointError,
+    UnknownFormatError,
+    UsageError,
+    describe_read_error,
+)
 from ckptkit.core.format import Format, Opener, OptionSpec, Sniffer, WriteContext, Writer
 from ckptkit.core.model import Checkpoint
 from ckptkit.io.shards.index import INDEX_SUFFIX
@@ -58,33 +66,66 @@ plugin_errors: list[str] = []  # entry points that failed to load, for ``ckptkit
 
 
 def register(fmt: Format) -> None:
-    """Add a format; a second format of the same name is an error."""
+    """Add a format; a second format of the same name, or an option declared unlike another format's, is an error."""
     formats = _load()
     if fmt.name in formats:
         raise CkptkitError(f"a format named {fmt.name!r} is already registered")
+    _check_options(fmt, formats.values())
     formats[fmt.name] = fmt
+
+
+def _check_options(fmt: Format, others: Iterable[Format]) -> None:
+    """Refuse an option ``fmt`` declares unlike a registered format: the command line has one ``--name`` for both."""
+    declared: dict[str, tuple[OptionSpec, Format]] = {}
+    for other in others:
+        for spec in (*other.read_options, *other.write_options):
+            declared.setdefault(spec.name, (spec, other))
+    for spec in (*fmt.read_options, *fmt.write_options):
+        first, first_format = declared.get(spec.name, (spec, fmt))
+        if first != spec:
+            raise CkptkitError(
+                f"format {fmt.name!r} declares the option {spec.flag} unlike format {first_format.name!r} "
+                "(its kind, help or repeatability differ); formats that share an option must declare the same "
+                "OptionSpec, since one command-line option serves both"
+            )
 
 
 def _load() -> dict[str, Format]:
     global _formats
     if _formats is None:
-        _formats = {}
+        formats: dict[str, Format] = {}
+        _formats = formats
         for module_name in _BUILTIN_MODULES:
             fmt = importlib.import_module(module_name).FORMAT
-            _formats[fmt.name] = fmt
+            _check_options(fmt, formats.values())
+            formats[fmt.name] = fmt
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 fmt = ep.load()
             except Exception as err:
-                plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {type(err).__name__}: {err}")
+                if os.environ.get("CKPTKIT_DEBUG"):
+                    raise  # the traceback shows where
+                plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {_load_failure(err)}")
                 continue
             if not isinstance(fmt, Format):
                 plugin_errors.append(f"format plug-in {ep.value} is not a ckptkit.registry.Format")
                 continue
-            if fmt.name in _formats:
+            if fmt.name in formats:
                 raise CkptkitError(f"entry point {ep.value} registers format {fmt.name!r}, which exists already")
-            _formats[fmt.name] = fmt
+            _check_options(fmt, formats.values())
+            formats[fmt.name] = fmt
     return _formats
+
+
+def _load_failure(err: Exception) -> str:
+    """Why a plug-in's entry point did not load, in words (CKPTKIT_DEBUG=1 raises the error instead)."""
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        return f"it needs the module {err.name!r}, which is not installed"
+    if isinstance(err, ImportError):
+        return f"its module cannot be imported ({err})"
+    if isinstance(err, AttributeError):
+        return f"its module does not define the object the entry point names ({err})"
+    return f"importing it failed ({err})" if str(err) else "importing it failed"
 
 
 def formats() -> list[Format]:
@@ -203,4 +244,4 @@ def open_checkpoint(
             err.path = str(p)
         raise
     except READ_ERRORS as err:
-        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {type(err).__name__}: {err}", p) from err
+        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", p) from err

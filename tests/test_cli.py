@@ -212,3 +212,14 @@ def test_destination_ending_in_slash_is_a_folder_created_when_missing(tmp_path, 
     assert not (tmp_path / "new").exists()
     file_named = cli("convert", src, f"{src}/", "--to", "safetensors")
     assert file_named.code == 2 and "names a folder" in file_named.stderr
+
+
+def test_an_internal_error_says_so_without_a_class_name(capsys):
+    from ckptkit.cli._errors import report_error
+
+    assert report_error(KeyError("fc1.weight")) == 2
+    assert report_error(AssertionError()) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("ckptkit: error: internal error: 'fc1.weight' (a bug in ckptkit: please report it")
+    assert lines[1].startswith("ckptkit: error: internal error (a bug in ckptkit") and "CKPTKIT_DEBUG=1" in lines[1]
+    assert "KeyError" not in lines[0] and "AssertionError" not in lines[1]

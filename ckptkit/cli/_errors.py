@@ -30,8 +30,10 @@ def report_error(err: BaseException) -> int:
     if isinstance(err, OSError) and err.filename:
         click.echo(f"ckptkit: error: {err.filename}: {one_line(err.strerror or str(err))}", err=True)
         return EXIT_ERROR
+    detail = one_line(str(err))
     click.echo(
-        f"ckptkit: error: unexpected {type(err).__name__}: {one_line(str(err))} (set CKPTKIT_DEBUG=1 to see where)",
+        f"ckptkit: error: internal error{': ' + detail if detail else ''} (a bug in ckptkit: please report it with "
+        "the traceback that CKPTKIT_DEBUG=1 shows)",
         err=True,
     )
     sys.stderr.flush()

@@ -61,3 +61,36 @@ READ_ERRORS: tuple[type[BaseException], ...] = (
     struct.error, zlib.error, zipfile.BadZipFile,
     NotImplementedError,  # zipfile, for compression methods and zip features it lacks
 )  # fmt: skip
+
+# What each of those means in a file being read, most specific first (UnicodeDecodeError is a
+# ValueError, RecursionError a RuntimeError ...). Users get these words and the library's own
+# detail; the exception's class name is left to the traceback CKPTKIT_DEBUG=1 shows.
+_READ_ERROR_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (UnicodeDecodeError, "text in it is not valid UTF-8"),
+    (zipfile.BadZipFile, "its zip structure is damaged"),
+    (zlib.error, "compressed data in it is damaged"),
+    (struct.error, "a binary field in it is cut short or malformed"),
+    (EOFError, "it ends before the data it announces"),
+    (MemoryError, "it claims more memory than there is"),
+    (RecursionError, "it nests data too deeply"),
+    (OverflowError, "a number in it is out of range"),
+    (KeyError, "an entry it refers to is missing"),
+    (IndexError, "an index in it is out of range"),
+    (NotImplementedError, "it uses a zip feature ckptkit cannot read"),
+    (OSError, "reading it failed"),
+    (TypeError, "a field in it has the wrong type"),
+    (ValueError, "a value in it is malformed"),
+)
+
+
+def describe_read_error(err: BaseException, otherwise: str = "its content is malformed") -> str:
+    """What ``err``, met while parsing a file, says is wrong with the file, in words.
+
+    A :class:`CkptkitError` gives its own message; a library error gives the meaning of its kind
+    (``otherwise`` for kinds not listed) and its own text, if any, in parentheses.
+    """
+    if isinstance(err, CkptkitError):
+        return err.message
+    words = next((w for kind, w in _READ_ERROR_WORDS if isinstance(err, kind)), otherwise)
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+    return f"{words} ({detail})" if detail else words

@@ -63,6 +63,15 @@ class OptionSpec:
         return "--" + self.name.replace("_", "-")
 
 
+# Declared once because two formats take it (ONNX and Keras) and the CLI has one --template.
+TEMPLATE_OPTION = OptionSpec(
+    "template",
+    "Write into this model (.onnx, or Keras .keras, .h5, .weights.h5): the output is a complete model laid "
+    "out like it, its weights replaced by the checkpoint's tensors, every shape checked.",
+    kind="path",
+)
+
+
 Sniffer = Callable[[bytes, Path], bool]
 Opener = Callable[[Path, Mapping[str, Any]], Checkpoint]
 Writer = Callable[[Checkpoint, WriteContext], None]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ckptkit.core.dtypes import DType, from_numpy
-from ckptkit.core.errors import READ_ERRORS, CorruptCheckpointError, UnsupportedError, UsageError
+from ckptkit.core.errors import READ_ERRORS, CorruptCheckpointError, UnsupportedError, UsageError, describe_read_error
 
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just processed; the caller knows the total."""
@@ -205,7 +205,7 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(err, KeyError) and args and args[0] not in self:
                 raise  # the caller asked for a tensor that is not there
             what = f"tensor {args[0]!r}" if args else "the tensor list"
-            raise CorruptCheckpointError(f"cannot read {what}: {type(err).__name__}: {err}", self.path) from err
+            raise CorruptCheckpointError(f"cannot read {what}: {describe_read_error(err)}", self.path) from err
 
     guarded._ckptkit_guarded = True  # type: ignore[attr-defined]
     return guarded

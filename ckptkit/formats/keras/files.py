@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.errors import UnknownFormatError
-from ckptkit.core.format import OptionSpec, WriteContext
+from ckptkit.core.format import TEMPLATE_OPTION, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
 from ckptkit.formats.keras import structure
 from ckptkit.formats.keras.archive import ArchiveReader
@@ -20,12 +20,7 @@ from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
 
 WRITE_OPTIONS = (
-    OptionSpec(
-        "template",
-        "Keras writers: fill this model (.keras, .h5 or .weights.h5) with the checkpoint's tensors, "
-        "checking every shape, so the output is a complete model laid out like it.",
-        kind="path",
-    ),
+    TEMPLATE_OPTION,  # Keras: the template's variables filled by name or order, every shape checked
     OptionSpec(
         "template_match",
         "With --template: match variables to tensors by 'name' or 'order' (default: name if all match).",

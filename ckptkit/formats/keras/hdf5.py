@@ -165,9 +165,8 @@ def child(group: Any, name: str) -> Any:
             raise KeyError(f"{node.name.rstrip('/')}/{part}")
         link = node.get(part, getlink=True)
         if not isinstance(link, h5py.HardLink):
-            raise UnsupportedError(
-                f"{node.name.rstrip('/')}/{part} is a {type(link).__name__}; ckptkit follows only hard links"
-            )
+            kind = "an external link (to another file)" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise UnsupportedError(f"{node.name.rstrip('/')}/{part} is {kind}; ckptkit follows only hard links")
         node = node[part]
     return node
 

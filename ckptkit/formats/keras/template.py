@@ -24,9 +24,11 @@ def template_infos(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     """The template's model variables (optimizer variables left out) and its metadata."""
     from ckptkit import registry
 
+    if not path.is_file():
+        raise UsageError("the --template model does not exist", path)
     with registry.open_checkpoint(path) as tpl:
         if structure.FILE_KIND not in tpl.metadata:
-            raise UsageError(f"the template {path} is a {tpl.format_name} file, not a Keras model or weights file")
+            raise UsageError(f"the --template is a {tpl.format_name} file, not a Keras model or weights file", path)
         infos = [ti for ti in tpl.tensor_infos() if not structure.is_optimizer(ti.name)]
         return infos, dict(tpl.metadata)
 

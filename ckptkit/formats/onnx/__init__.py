@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.errors import UsageError
-from ckptkit.core.format import Format, OptionSpec, WriteContext
+from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
 
 from .graph import looks_like_model
@@ -55,12 +55,7 @@ FORMAT = Format(
     write=write_onnx,
     read_options=(OptionSpec("no_constants", "ONNX: leave out tensors held by Constant nodes.", kind="flag"),),
     write_options=(
-        OptionSpec(
-            "template",
-            "ONNX: write a copy of this model with its initializers and Constant values replaced by the "
-            "checkpoint's tensors of the same name (shape and dtype checked).",
-            kind="path",
-        ),
+        TEMPLATE_OPTION,  # ONNX: initializers and Constant values replaced by name, shape and dtype checked
         OptionSpec(
             "rename",
             "ONNX --template: CKPT_NAME=MODEL_NAME, or a file of such lines or a JSON object; repeatable.",

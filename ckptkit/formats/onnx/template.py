@@ -60,8 +60,9 @@ def _open_template(path: Path) -> OnnxCheckpoint:
 
     if not path.is_file():
         raise UsageError("the --template model does not exist", path)
-    if registry.detect(path).name != "onnx":
-        raise UsageError("the --template is not an ONNX model", path)
+    kind = registry.detect(path).name
+    if kind != "onnx":
+        raise UsageError(f"the --template is a {kind} file, not an ONNX model", path)
     try:
         return OnnxCheckpoint(path)
     except CkptkitError as err:

@@ -64,6 +64,6 @@ def _checker(path: Path) -> list[Finding]:
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "it gives no reason"
         return [error("onnx.checker", f"onnx.checker rejects the model: {first}", path)]
     return []
