@@ -6,6 +6,7 @@ import zipfile
 import pytest
 
 import ckptkit
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, realworld_files
@@ -94,6 +95,28 @@ def test_a_truncated_zip_names_the_tensors_lost(tmp_path):
     assert {t for c, t in _found(report, "error") if c == "torch.truncated"} == {"fc2.weight"}
     assert lost - {"fc2.weight"} <= {t for c, t in _found(report, "error") if c == "torch.record"}
     assert report.exit_code == 1
+
+
+def test_a_damaged_local_header_is_found_by_verify_in_the_reader_s_words(tmp_path):
+    """Reading refuses the record whose local header is gone; verify names it, and checks the rest."""
+    with zipfile.ZipFile(PT) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("/data/1"))
+    raw = bytearray(PT.read_bytes())
+    raw[info.header_offset] ^= 0xFF  # the header's signature
+    path = tmp_path / "headless.pt"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError) as err, ckptkit.load(path) as ckpt:
+        ckpt.read_tensor("fc1.bias")
+    expected = f"record data/1: no local file header at byte {info.header_offset}"
+    assert err.value.message.endswith(expected)
+    report = verify([path])
+    zip_findings = [f.message for f in report.findings if f.check == "torch.zip"]
+    assert (
+        len(zip_findings) == 1
+        and f"{info.filename}: no local file header at byte {info.header_offset}" in (zip_findings[0])
+    )
+    assert ("torch.record", "fc1.bias") in _found(report, "error")
+    assert ("torch.record", "") not in _found(report, "error")  # the records after it are still checked
 
 
 def test_missing_records(tmp_path):

@@ -11,7 +11,6 @@ import datetime
 import json
 import os
 import shutil
-import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader
-from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip, read_member
+from ckptkit.io.ziparchive import ZIP_ERRORS, member_data_offset, open_zip, read_member
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "config.json"
@@ -54,7 +53,7 @@ class ArchiveReader(DataReader):
             info = zf.getinfo(WEIGHTS)
             self._temp: Path | None = None
             if info.compress_type == zipfile.ZIP_STORED:
-                start = _data_offset(path, info)
+                start = member_data_offset(f, info, os.fstat(f.fileno()).st_size)
                 super().__init__(path, start, info.file_size)
             else:
                 # Extracted no further than its declared size, which must fit the limit.
@@ -91,19 +90,6 @@ def _read_json_text(zf: zipfile.ZipFile, name: str) -> str:
     except RecursionError:
         raise CorruptCheckpointError(f"{name} in the archive nests JSON too deeply") from None
     return text
-
-
-def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise CorruptCheckpointError(f"the zip entry of {info.filename} is damaged")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > path.stat().st_size:
-        raise CorruptCheckpointError(f"{info.filename} ends past the end of the archive: truncated?")
-    return start
 
 
 def write_archive(target: Path, config: str, metadata: str | None, weights: Path, keras_version: str) -> None:

@@ -22,10 +22,11 @@ from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
 from ckptkit.formats.keras.read_legacy import is_legacy
 from ckptkit.formats.keras.read_v3 import is_v3
 from ckptkit.formats.keras.write_v3 import v3_spec
+from ckptkit.io.ziparchive import LOCAL_HEADER_MAGIC
 
 
 def sniff(head: bytes, path: Path) -> bool:
-    if head.startswith(b"PK\x03\x04"):
+    if head.startswith(LOCAL_HEADER_MAGIC):
         # A damaged .keras archive is still claimed, so that the error says what is wrong with it.
         return path.name.lower().endswith(".keras") or archive.is_archive(path)
     if signature_offset(head) is None:
@@ -39,7 +40,7 @@ def sniff(head: bytes, path: Path) -> bool:
 
 def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"
+        zipped = f.read(4) == LOCAL_HEADER_MAGIC
     return open_file(path, archive=zipped)
 
 

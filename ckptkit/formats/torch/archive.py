@@ -12,7 +12,6 @@ Both give an :class:`Archive`: the unpickled object tree and where each storage'
 
 from __future__ import annotations
 
-import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +21,11 @@ from typing import BinaryIO
 from ckptkit.core import limits
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler, StorageRef, load
-from ckptkit.io.ziparchive import open_zip, read_member
+from ckptkit.io.ziparchive import LOCAL_HEADER_MAGIC, member_data_offset, open_zip, parse_local_header, read_member
 
-ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGIC = LOCAL_HEADER_MAGIC
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _PICKLED_MAGIC = b"\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little")
 
 
@@ -72,11 +70,8 @@ def zip_root(names: list[str]) -> str | None:
 
 def first_member_name(head: bytes) -> str:
     """The file name in the zip's first local header (empty if ``head`` is too short)."""
-    if len(head) < _LOCAL_HEADER.size:
-        return ""
-    fields = _LOCAL_HEADER.unpack_from(head)
-    name = head[_LOCAL_HEADER.size : _LOCAL_HEADER.size + fields[9]]
-    return name.decode("utf-8", "replace")
+    header = parse_local_header(head)
+    return "" if header is None else header.name
 
 
 def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
@@ -127,18 +122,7 @@ def _member_span(f: BinaryIO, size: int, zf: zipfile.ZipFile, root: str, key: st
         )
     if info.flag_bits & 0x1:
         raise UnsupportedError(f"record {record} is encrypted")
-    f.seek(info.header_offset)
-    header = f.read(_LOCAL_HEADER.size)
-    if len(header) < _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
-        raise CorruptCheckpointError(f"record {record}: no local file header at byte {info.header_offset}")
-    name_len, extra_len = _LOCAL_HEADER.unpack(header)[9:11]
-    offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    if offset + info.file_size > size:
-        raise CorruptCheckpointError(
-            f"record {record} should hold {info.file_size} bytes from byte {offset}, but the file ends at {size}: "
-            "truncated?"
-        )
-    return StorageSpan(offset, info.file_size, record)
+    return StorageSpan(member_data_offset(f, info, size, record), info.file_size, record)
 
 
 class _BoundedReader:

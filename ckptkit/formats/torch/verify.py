@@ -12,43 +12,23 @@ from __future__ import annotations
 
 import mmap
 import pickletools
-import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 from ckptkit.core import limits
-from ckptkit.core.errors import CkptkitError, UnsupportedError
+from ckptkit.core.errors import CkptkitError, UnsupportedError, describe_read_error
 from ckptkit.core.findings import Finding, error, warning
 from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
 from ckptkit.hashing.scan import default_workers
-from ckptkit.io.ziparchive import ZIP_ERRORS
+from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
 
-_LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header, after which come the name and extra field
-_LOCAL_SIG = 0x04034B50
-_DESCRIPTOR_SIG = b"PK\x07\x08"
-_ZIP64_EXTRA = 0x0001
 _CRC_CHUNK = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _Record:
-    name: str
-    data_offset: int
-    size: int
-    compressed: bool
-    crc: int
-
-    @property
-    def end(self) -> int:
-        return self.data_offset + self.size
 
 
 def check_structure(path: Path) -> list[Finding]:
@@ -78,20 +58,13 @@ def _pickle_finding(path: Path, pf: PickleFinding) -> Finding:
 def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
     findings: list[Finding] = []
     size = len(mm)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            records = {
-                i.filename: _Record(i.filename, _data_offset(mm, i.header_offset), i.file_size,
-                                    i.compress_type != zipfile.ZIP_STORED, i.CRC)
-                for i in zf.infolist()
-            }  # fmt: skip
-    except ZIP_ERRORS as err:
+    records, damage = _records(path, mm)
+    if damage:
         findings.append(error(
             "torch.zip",
-            f"the zip's central directory is missing or damaged ({err}): the file was cut short or corrupted",
+            f"the zip's central directory is missing or damaged ({damage}): the file was cut short or corrupted",
             path,
         ))  # fmt: skip
-        records = {r.name: r for r in _walk_local_headers(mm)}
     root = zip_root(list(records))
     if root is None:
         findings.append(error("torch.record", "no data.pkl record: the pickle that lists the tensors is missing", path))
@@ -121,7 +94,38 @@ def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
     return findings
 
 
-def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: _Record, findings: list[Finding]) -> dict[str, str]:
+def _records(path: Path, mm: mmap.mmap) -> tuple[dict[str, RecordSpan], str]:
+    """Every record and where its bytes lie, and what is wrong with the central directory ("" if nothing).
+
+    Records whose local header is not where the directory says (bytes removed or changed before
+    them), and all records when the directory is unreadable, are found by walking the local
+    headers from the start instead.
+    """
+    listed: dict[str, RecordSpan] = {}
+    headless: list[zipfile.ZipInfo] = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except ZIP_ERRORS as err:
+        return {r.name: r for r in walk_local_headers(mm)}, str(err)
+    for info in infos:
+        header = parse_local_header(mm, info.header_offset)
+        if header is None and info.header_offset + LOCAL_HEADER.size <= len(mm):
+            headless.append(info)
+            continue
+        data = len(mm) + 1 if header is None else header.data_offset  # a header cut off: the record is too
+        listed[info.filename] = RecordSpan(
+            info.filename, data, info.file_size, info.compress_type != zipfile.ZIP_STORED, info.CRC
+        )
+    if not headless:
+        return listed, ""
+    first = headless[0]
+    more = f", and {len(headless) - 1} more records" if len(headless) > 1 else ""
+    damage = f"record {first.filename}: no local file header at byte {first.header_offset}{more}"
+    return {**listed, **{r.name: r for r in walk_local_headers(mm)}}, damage
+
+
+def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: RecordSpan, findings: list[Finding]) -> dict[str, str]:
     """Each tensor's storage key, from the pickle (parsed safely); pickle findings go to ``findings``."""
     if pickle_rec.end > len(mm) or pickle_rec.compressed or pickle_rec.size > limits.current().pickle_bytes:
         findings.append(error("torch.record", "data.pkl is cut short, compressed or too large to check", path))
@@ -138,9 +142,9 @@ def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: _Record, findings: lis
     except Exception as err:  # a hostile pickle can make the unpickler raise anything
         tree = None
         what = (
-            f"data.pkl holds what ckptkit does not read: {err}"
+            f"data.pkl holds what ckptkit does not read: {err.message}"
             if isinstance(err, UnsupportedError)
-            else f"data.pkl cannot be parsed to the end ({type(err).__name__}: {err})"
+            else f"data.pkl cannot be parsed to the end: {describe_read_error(err, 'the pickle is malformed')}"
         )
         findings.append(error("torch.pickle", f"{what}; its tensors were not checked", path))
     findings.extend(_pickle_finding(path, pf) for pf in unpickler.findings)
@@ -192,70 +196,12 @@ def builds_on_globals(data: bytes) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _data_offset(mm: mmap.mmap, header_offset: int) -> int:
-    if header_offset + _LOCAL.size > len(mm):
-        return len(mm) + 1
-    fields = _LOCAL.unpack_from(mm, header_offset)
-    return header_offset + _LOCAL.size + fields[9] + fields[10]
-
-
-def _walk_local_headers(mm: mmap.mmap) -> Iterator[_Record]:
-    """Records found by walking local headers from the start: what a cut-short zip still has.
-
-    torch writes each record's sizes in a data descriptor after its bytes (flag bit 3), so the end
-    of a record is the first descriptor whose size field matches; a record with none was cut off.
-    """
-    pos, size = 0, len(mm)
-    while pos + _LOCAL.size <= size:
-        sig, _ver, flags, method, _t, _d, crc, csize, usize, nlen, xlen = _LOCAL.unpack_from(mm, pos)
-        if sig != _LOCAL_SIG:
-            return
-        name_end = pos + _LOCAL.size + nlen
-        name = mm[pos + _LOCAL.size : min(name_end, size)].decode("utf-8", "replace")
-        data = name_end + xlen
-        if flags & 0x8:
-            found = _descriptor(mm, data)
-            if found is None:  # cut off inside this record
-                yield _Record(name, data, size - data + 1, method != 0, crc)
-                return
-            csize, crc, pos = found
-        else:
-            if csize == 0xFFFFFFFF:
-                csize = _zip64_size(mm[name_end : name_end + xlen], usize == 0xFFFFFFFF)
-            pos = data + csize
-        yield _Record(name, data, csize, method != 0, crc)
-
-
-def _descriptor(mm: mmap.mmap, data: int) -> tuple[int, int, int] | None:
-    """(size, CRC-32, position after it) of the data descriptor ending the record starting at ``data``."""
-    at = data
-    while (at := mm.find(_DESCRIPTOR_SIG, at)) >= 0:
-        n = at - data
-        if at + 16 <= len(mm) and struct.unpack_from("<II", mm, at + 8) == (n, n):
-            return n, struct.unpack_from("<I", mm, at + 4)[0], at + 16
-        if at + 24 <= len(mm) and struct.unpack_from("<QQ", mm, at + 8) == (n, n):
-            return n, struct.unpack_from("<I", mm, at + 4)[0], at + 24
-        at += 1
-    return None
-
-
-def _zip64_size(extra: bytes, has_usize: bool) -> int:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, n = struct.unpack_from("<HH", extra, pos)
-        if tag == _ZIP64_EXTRA:
-            (value,) = struct.unpack_from("<Q", extra, pos + 4 + (8 if has_usize else 0))
-            return int(value)
-        pos += 4 + n
-    return 0
-
-
-def _crc_mismatches(mm: mmap.mmap, records: dict[str, _Record]) -> list[_Record]:
+def _crc_mismatches(mm: mmap.mmap, records: dict[str, RecordSpan]) -> list[RecordSpan]:
     """Stored records whose bytes do not match their CRC-32, on all cores (zlib releases the GIL)."""
     stored = sorted((r for r in records.values() if not r.compressed and r.end <= len(mm)), key=lambda r: -r.size)
     view = memoryview(mm)
 
-    def crc_of(r: _Record) -> int:
+    def crc_of(r: RecordSpan) -> int:
         crc = 0
         for start in range(r.data_offset, r.end, _CRC_CHUNK):
             crc = zlib.crc32(view[start : min(r.end, start + _CRC_CHUNK)], crc)

@@ -15,11 +15,12 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ckptkit.io.ziparchive import LOCAL_HEADER, LOCAL_HEADER_SIGNATURE
+
 ALIGNMENT = 64
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets at or above this need zip64 fields
 _FLAGS = 0x0808  # bit 3: data descriptor follows the data; bit 11: names are UTF-8
 _DOS_DATE = 0x21  # 1980-01-01, as in reproducible builds; torch writes no time either
-_LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
 _ZIP64_EOCD = struct.Struct("<IQHHIIQQQQ")
 _ZIP64_LOCATOR = struct.Struct("<IIQI")
@@ -60,12 +61,14 @@ class ZipWriter:
         raw = name.encode("utf-8")
         offset = self._pos
         zip64 = _zip64_extra(size if size >= ZIP64_LIMIT else None, offset if offset >= ZIP64_LIMIT else None)
-        start = offset + _LOCAL.size + len(raw) + len(zip64) + 4
+        start = offset + LOCAL_HEADER.size + len(raw) + len(zip64) + 4
         padding = -start % ALIGNMENT
         extra = zip64 + b"FB" + struct.pack("<H", padding) + b"Z" * padding
         version = 45 if zip64 else 20
         flags = _FLAGS if size else _FLAGS & ~0x8  # an empty member gets no data descriptor
-        header = _LOCAL.pack(0x04034B50, version, flags, 0, 0, _DOS_DATE, 0, 0, 0, len(raw), len(extra))
+        header = LOCAL_HEADER.pack(
+            LOCAL_HEADER_SIGNATURE, version, flags, 0, 0, _DOS_DATE, 0, 0, 0, len(raw), len(extra)
+        )
         self.out.write(header + raw + extra)
         self._pos += len(header) + len(raw) + len(extra)
         self._current = (raw, offset, size)
