@@ -16,7 +16,6 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -28,7 +27,7 @@ from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
-from ckptkit.hashing.scan import default_workers
+from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import ZIP_ERRORS
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header, after which come the name and extra field
@@ -251,7 +250,7 @@ def _zip64_size(extra: bytes, has_usize: bool) -> int:
 
 
 def _crc_mismatches(mm: mmap.mmap, records: dict[str, _Record]) -> list[_Record]:
-    """Stored records whose bytes do not match their CRC-32, on all cores (zlib releases the GIL)."""
+    """Stored records whose bytes do not match their CRC-32, on several threads (zlib releases the GIL)."""
     stored = sorted((r for r in records.values() if not r.compressed and r.end <= len(mm)), key=lambda r: -r.size)
     view = memoryview(mm)
 
@@ -262,8 +261,7 @@ def _crc_mismatches(mm: mmap.mmap, records: dict[str, _Record]) -> list[_Record]
         return crc
 
     try:
-        with ThreadPoolExecutor(max_workers=default_workers()) as pool:
-            crcs = list(pool.map(crc_of, stored))
+        crcs = default_executor().map(crc_of, stored)
     finally:
         view.release()
     return [r for r, crc in zip(stored, crcs, strict=True) if crc != r.crc]
