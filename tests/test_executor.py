@@ -195,6 +195,8 @@ def _threaded_passes(tmp_path, monkeypatch, **diff_options):
     ckptkit.save(arrays, st)
     pt = tmp_path / "a.pt"
     ckptkit.save(arrays, pt, "torch")
+    later = tmp_path / "later.safetensors"
+    ckptkit.save({n: a + 1 for n, a in arrays.items()}, later)
 
     def hash_tensors():
         with ckptkit.load(st) as ckpt:
@@ -208,6 +210,7 @@ def _threaded_passes(tmp_path, monkeypatch, **diff_options):
         "hash and verify reading": hash_tensors,
         "torch CRC checks": lambda: check_structure(pt),
         "diff": lambda: ckptkit.diff(st, pt, **diff_options),
+        "timeline": lambda: ckptkit.timeline([st, later], order="given"),
     }
 
 
