@@ -11,15 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ckptkit.api import convert, inspect, load, save
+    from ckptkit.api import convert, diff, inspect, load, save
     from ckptkit.core.errors import CkptkitError
     from ckptkit.core.model import Checkpoint, Receipt, TensorInfo
-    from ckptkit.diffing import DiffReport, diff
+    from ckptkit.diffing import DiffReport
     from ckptkit.timelines import TimelineReport, timeline
 
 _PUBLIC = {
     "convert": "ckptkit.api", "inspect": "ckptkit.api", "load": "ckptkit.api", "save": "ckptkit.api",
-    "DiffReport": "ckptkit.diffing", "diff": "ckptkit.diffing",
+    "DiffReport": "ckptkit.diffing", "diff": "ckptkit.api",
     "CkptkitError": "ckptkit.core.errors",
     "Checkpoint": "ckptkit.core.model", "Receipt": "ckptkit.core.model", "TensorInfo": "ckptkit.core.model",
     "TimelineReport": "ckptkit.timelines", "timeline": "ckptkit.timelines",

@@ -1,4 +1,8 @@
-"""The Python API, mirroring the command line: load, save, convert, inspect."""
+"""The Python API, mirroring the command line: load, save, convert, inspect, diff.
+
+This is where the engines are composed: ``diff`` gets the PyTorch <-> Keras layout rules here, so
+that neither the diff engine nor the layout rules import the other.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptkit import registry
 from ckptkit.core.compare import arrays_identical
@@ -19,6 +23,11 @@ from ckptkit.core.views import TransformedCheckpoint, transform
 from ckptkit.io.atomic import AtomicOutput
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
 from ckptkit.io.workers import default_executor, map_tensors
+
+if TYPE_CHECKING:
+    from ckptkit.diffing import DiffReport
+    from ckptkit.diffing.api import Source
+    from ckptkit.diffing.normalize import Normalizer
 
 
 def load(path: str | Path, format: str | None = None, **options: Any) -> Checkpoint:
@@ -69,40 +78,131 @@ def convert(
     A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
     :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     """
-    src = Path(src)
-    with registry.open_checkpoint(src, from_format, read_options) as ckpt:
-        view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
-        refuse_unsupported(view)
-        plan = None
-        if layout:
-            from ckptkit.layout import apply_layout, plan_layout
-
-            template = (options or {}).get("template")
-            extra = []
-            if layout == "keras" and template:
-                from ckptkit.layout.reference import template_hints
-
-                extra = template_hints(Path(template), list(view.tensor_infos()))
-            plan = plan_layout(view, layout, layout_hints, extra)
-            translated: Checkpoint = apply_layout(view, plan)
-        else:
-            translated = view
-        receipt = write_checkpoint(
-            translated, dst, to_format, force=force, options=options or {}, verify=verify, progress=progress
+    with registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
+        return convert_checkpoint(
+            ckpt,
+            dst,
+            to_format=to_format,
+            dtype=dtype,
+            select=select,
+            exclude=exclude,
+            strip_prefix=strip_prefix,
+            force=force,
+            verify=verify,
+            options=options,
+            progress=progress,
+            layout=layout,
+            layout_hints=layout_hints,
         )
-        if isinstance(view, TransformedCheckpoint):
-            receipt.renamed.update(view.renamed)
-            receipt.cast.update(view.cast)
-            receipt.dropped.extend(view.dropped)
-        if plan is not None:
-            earlier = dict(receipt.renamed)
-            for new, old in plan.renamed.items():
-                receipt.renamed[new] = earlier.pop(old, old)
-                receipt.renamed.pop(old, None)
-            receipt.transformed.update(plan.transformed)
-            receipt.dropped.extend(plan.dropped)
-            receipt.notes[:0] = plan.notes
-        return receipt
+
+
+def convert_checkpoint(
+    ckpt: Checkpoint,
+    dst: str | Path,
+    *,
+    to_format: str | None = None,
+    dtype: str | None = None,
+    select: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strip_prefix: Sequence[str] = (),
+    force: bool = False,
+    verify: bool = True,
+    options: Mapping[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    layout: str | None = None,
+    layout_hints: Sequence[str] = (),
+) -> Receipt:
+    """:func:`convert` of a checkpoint already open, for a caller that sized its progress bar from it."""
+    view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
+    refuse_unsupported(view)
+    plan = None
+    if layout:
+        from ckptkit.layout import apply_layout, plan_layout
+
+        template = (options or {}).get("template")
+        extra = []
+        if layout == "keras" and template:
+            from ckptkit.layout.reference import template_hints
+
+            extra = template_hints(Path(template), list(view.tensor_infos()))
+        plan = plan_layout(view, layout, layout_hints, extra)
+        translated: Checkpoint = apply_layout(view, plan)
+    else:
+        translated = view
+    receipt = write_checkpoint(
+        translated, dst, to_format, force=force, options=options or {}, verify=verify, progress=progress
+    )
+    if isinstance(view, TransformedCheckpoint):
+        receipt.renamed.update(view.renamed)
+        receipt.cast.update(view.cast)
+        receipt.dropped.extend(view.dropped)
+    if plan is not None:
+        earlier = dict(receipt.renamed)
+        for new, old in plan.renamed.items():
+            receipt.renamed[new] = earlier.pop(old, old)
+            receipt.renamed.pop(old, None)
+        receipt.transformed.update(plan.transformed)
+        receipt.dropped.extend(plan.dropped)
+        receipt.notes[:0] = plan.notes
+    return receipt
+
+
+def diff(
+    a: Source,
+    b: Source,
+    *,
+    a_format: str | None = None,
+    b_format: str | None = None,
+    depth: int | None = None,
+    rename: Sequence[str] = (),
+    map: str | Path | Mapping[str, str] | None = None,
+    fail_on: Sequence[str] = (),
+    tolerance: Sequence[str] = (),
+    normalizers: Sequence[Normalizer] | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> DiffReport:
+    """Compare checkpoint ``a`` with ``b``: what is only in one, what changed shape or dtype, and
+    how far every shared tensor drifted, per tensor, per layer and in total.
+
+    ``a`` and ``b`` are paths (any format ckptkit reads; ``a_format``/``b_format`` skip detection),
+    open checkpoints or dicts of arrays. ``rename`` holds ``PATTERN=REPLACEMENT`` rules applied to
+    names on both sides, ``map`` a file or dict pairing names of ``a`` with names of ``b``.
+    ``depth`` cuts module paths into layers (default: at the repeated blocks). ``fail_on`` and
+    ``tolerance`` are the CLI's threshold expressions; :attr:`DiffReport.passed` tells the outcome.
+    ``normalizers`` replaces the default ones, :func:`diff_normalizers` (see
+    :mod:`ckptkit.diffing.normalize`). ``progress`` is called with byte counts as tensors are compared.
+
+    Tensors are read one at a time from both sides, large ones in chunks, on ``threads`` threads
+    (default: :func:`ckptkit.io.workers.worker_count`'s policy).
+    """
+    from ckptkit.diffing import diff as compare
+
+    return compare(
+        a,
+        b,
+        a_format=a_format,
+        b_format=b_format,
+        depth=depth,
+        rename=rename,
+        map=map,
+        fail_on=fail_on,
+        tolerance=tolerance,
+        normalizers=diff_normalizers() if normalizers is None else normalizers,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def diff_normalizers(layout_hints: Sequence[str] = ()) -> list[Normalizer]:
+    """What :func:`diff` tries on each side by default: a Keras checkpoint seen with PyTorch names
+    and layouts (``layout_hints``, ``PATTERN=KIND``, settle what the rules cannot tell), then the
+    normalizers added with :func:`ckptkit.diffing.register_normalizer`."""
+    from ckptkit.diffing.normalize import registered_normalizers
+    from ckptkit.layout.diff_normalizer import keras_to_torch_layout, keras_to_torch_layout_with
+
+    hinted = [keras_to_torch_layout_with(layout_hints)] if layout_hints else []
+    return [*hinted, keras_to_torch_layout, *registered_normalizers()]
 
 
 def plan_layout(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -19,6 +20,10 @@ from ckptkit.core.errors import (
     READ_ERRORS,
     CkptkitError,
     CorruptCheckpointError,
+    EmptyFileError,
+    LfsPointerError,
+    NoSuchFileError,
+    NotAFileError,
     UnknownFormatError,
     UsageError,
     describe_read_error,
@@ -40,6 +45,7 @@ __all__ = [
     "for_output",
     "formats",
     "get",
+    "open_as",
     "open_checkpoint",
     "register",
 ]  # the types live in ckptkit.core.format; plug-ins import them from here
@@ -152,27 +158,50 @@ def read_head(path: Path) -> bytes:
         return f.read(SNIFF_BYTES)
 
 
-def check_input(path: Path) -> bytes:
-    """The first bytes of an input, after the checks every format shares (``b""`` for a folder)."""
+def require_exists(path: Path) -> None:
+    """Refuse a path that names nothing (:class:`NoSuchFileError`)."""
     if not path.exists():
-        raise CkptkitError("no such file or directory", path)
+        raise NoSuchFileError("no such file or directory", path)
+
+
+def check_input(path: Path) -> bytes:
+    """The first bytes of an input, after the checks every format shares (``b""`` for a folder).
+
+    The input check of every command, ``verify`` included: each condition has its own error,
+    :class:`NoSuchFileError`, :class:`NotAFileError`, :class:`EmptyFileError` and
+    :class:`LfsPointerError` (:func:`detect` adds :class:`UnknownFormatError`).
+    """
+    require_exists(path)
     if path.is_dir():
         return b""
     if not path.is_file():
-        raise UsageError(f"{path} is not a regular file (a pipe or a device?); give a checkpoint file")
+        raise NotAFileError("not a regular file (a pipe or a device?); give a checkpoint file", path)
     head = read_head(path)
     if not head:
-        raise CorruptCheckpointError("the file is empty", path)
+        raise EmptyFileError("the file is empty", path)
     if head.startswith(LFS_POINTER_PREFIX):
-        raise CorruptCheckpointError(
-            "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull'", path
-        )
+        raise LfsPointerError(_lfs_message(head), path)
     return head
 
 
-def detect(path: Path) -> Format:
-    """The format of an existing file or directory: by content first, then by extension."""
-    head = check_input(path)
+def _lfs_message(head: bytes) -> str:
+    text = head.decode("utf-8", "replace")
+    oid = re.search(r"^oid sha256:([0-9a-f]{64})$", text, re.MULTILINE)
+    size = re.search(r"^size (\d+)$", text, re.MULTILINE)
+    stands_for = f"it stands for {size.group(1)} bytes with sha256 {oid.group(1)}; " if oid and size else ""
+    return (
+        "this is a Git LFS pointer file, not the checkpoint itself; fetch it with 'git lfs pull' "
+        f"({stands_for}in CI: actions/checkout with lfs: true)"
+    )
+
+
+def detect(path: Path, head: bytes | None = None) -> Format:
+    """The format of an existing file or directory: by content first, then by extension.
+
+    ``head`` is what :func:`check_input` returned, for a caller that has checked the input already.
+    """
+    if head is None:
+        head = check_input(path)
     for fmt in _load().values():
         if fmt.can_read and _sniff(fmt, head, path):
             return fmt
@@ -224,24 +253,29 @@ def open_checkpoint(
     if format:
         fmt = get(format)
         check_input(p)
+        if fmt.can_read and p.is_dir() and not fmt.sniff(b"", p):
+            raise UsageError(
+                f"this is a folder, not a {fmt.name} file; leave out --from to read the checkpoint in it", p
+            )
     else:
         fmt = detect(p)
+    return open_as(fmt, p, options)
+
+
+def open_as(fmt: Format, path: Path, options: Mapping[str, Any] | None = None) -> Checkpoint:
+    """Open ``path`` with ``fmt``, for a caller that has checked the input and chosen its format."""
     if not fmt.can_read or fmt.open is None:
         raise UsageError(f"ckptkit cannot read {fmt.name} files")
-    if not p.exists():
-        raise CkptkitError("no such file or directory", p)
-    if format and p.is_dir() and not fmt.sniff(b"", p):
-        raise UsageError(f"this is a folder, not a {fmt.name} file; leave out --from to read the checkpoint in it", p)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     unknown = set(opts) - {o.name for o in fmt.read_options}
     if unknown:
         flags = ", ".join("--" + o.replace("_", "-") for o in sorted(unknown))
         raise UsageError(f"{flags} cannot be used when reading {fmt.name}")
     try:
-        return fmt.open(p, opts)
+        return fmt.open(path, opts)
     except CkptkitError as err:
         if err.path is None:
-            err.path = str(p)
+            err.path = str(path)
         raise
     except READ_ERRORS as err:
-        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", p) from err
+        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", path) from err

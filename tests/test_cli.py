@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_a_subcommand_loads_only_what_it_uses():
 def test_version_and_lazy_public_names():
     out = subprocess.run([sys.executable, "-m", "ckptkit", "--version"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.startswith("ckptkit, version ")
-    assert ckptkit.save is ckptkit.api.save and ckptkit.diff.__module__.startswith("ckptkit.diffing")
+    assert ckptkit.save is ckptkit.api.save and ckptkit.diff is ckptkit.api.diff
     assert set(ckptkit.__all__) <= set(dir(ckptkit))
     with pytest.raises(AttributeError):
         ckptkit.no_such_name  # noqa: B018
@@ -223,3 +224,45 @@ def test_an_internal_error_says_so_without_a_class_name(capsys):
     assert lines[0].startswith("ckptkit: error: internal error: 'fc1.weight' (a bug in ckptkit: please report it")
     assert lines[1].startswith("ckptkit: error: internal error (a bug in ckptkit") and "CKPTKIT_DEBUG=1" in lines[1]
     assert "KeyError" not in lines[0] and "AssertionError" not in lines[1]
+
+
+@pytest.fixture
+def torch_opens(monkeypatch):
+    """Every path a PyTorch file is opened from (each open parses its pickle and zip directory)."""
+    from ckptkit.formats import torch as torch_format
+
+    opened = []
+
+    class CountedTorchCheckpoint(torch_format.TorchCheckpoint):
+        def __init__(self, path, *args, **kwargs):
+            opened.append(Path(path).name)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch_format, "TorchCheckpoint", CountedTorchCheckpoint)
+    return opened
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("convert", "{src}", "{tmp}/out.safetensors"), id="convert"),
+        pytest.param(("convert", "{src}", "{tmp}/out.safetensors", "--no-verify", "--dtype", "float16"), id="cast"),
+        pytest.param(("inspect", "{src}", "--stats"), id="inspect"),
+        pytest.param(("hash", "{src}"), id="hash"),
+        pytest.param(("verify", "{src}"), id="verify"),
+        pytest.param(("diff", "{src}", "{tmp}/other.pt"), id="diff"),
+    ],
+)
+def test_every_command_opens_its_source_once(tmp_path, torch_opens, args):
+    from click.testing import CliRunner
+
+    from ckptkit.cli import cli as ckptkit_cli
+
+    src = tmp_path / "model.pt"
+    src.write_bytes((FIXTURES / "mlp_fp32.pt").read_bytes())
+    (tmp_path / "other.pt").write_bytes(src.read_bytes())
+    argv = [a.format(src=src, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(ckptkit_cli, argv)
+    assert result.exit_code == 0, result.output
+    assert torch_opens.count("model.pt") == 1
+    assert torch_opens.count("other.pt") == (1 if args[0] == "diff" else 0)

@@ -5,8 +5,9 @@ import pytest
 
 import ckptkit
 from ckptkit.core.compare import arrays_identical
-from ckptkit.core.errors import CorruptCheckpointError
-from ckptkit.io.workers import SerialExecutor, ThreadExecutor, balanced_groups, default_executor
+from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.io import workers
+from ckptkit.io.workers import SerialExecutor, ThreadExecutor, balanced_groups, default_executor, worker_count
 
 
 @pytest.mark.parametrize("executor", [SerialExecutor(), ThreadExecutor(2)], ids=["serial", "threads"])
@@ -103,3 +104,129 @@ def test_map_tensors_returns_every_result_in_order_and_runs_serially_when_reads_
     threads.clear()
     map_tensors(ckpt, total)
     assert threads == {threading.current_thread().name}
+
+
+# --- the one worker policy ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cpus(monkeypatch):
+    """Pretend this process may run on N CPUs; CKPTKIT_WORKERS starts unset."""
+    monkeypatch.delenv(workers.WORKERS_ENV, raising=False)
+
+    def set_cpus(n):
+        monkeypatch.setattr(workers, "available_cpus", lambda: n)
+
+    return set_cpus
+
+
+def test_worker_count_is_the_request_else_the_environment_else_the_cpus(cpus, monkeypatch):
+    cpus(6)
+    assert worker_count() == 6
+    monkeypatch.setenv("CKPTKIT_WORKERS", "3")
+    assert worker_count() == 3
+    assert worker_count(5) == 5  # an explicit request (--threads, workers=) wins over the environment
+    assert worker_count(1) == 1
+
+
+def test_worker_count_never_exceeds_the_cpus_nor_the_cap(cpus, monkeypatch):
+    cpus(64)
+    assert worker_count() == workers.MAX_WORKERS == 8
+    assert worker_count(100) == 8
+    monkeypatch.setenv("CKPTKIT_WORKERS", "100")
+    assert worker_count() == 8
+    cpus(2)
+    assert worker_count() == worker_count(4) == 2
+
+
+@pytest.mark.parametrize("text", ["zero", "0", "-2", "1.5"])
+def test_a_bad_worker_setting_is_refused_by_name(cpus, monkeypatch, text):
+    monkeypatch.setenv("CKPTKIT_WORKERS", text)
+    with pytest.raises(UsageError, match="CKPTKIT_WORKERS"):
+        worker_count()
+    monkeypatch.delenv("CKPTKIT_WORKERS")
+    with pytest.raises(UsageError, match="1 or more"):
+        worker_count(0)
+
+
+def test_default_executor_applies_the_policy(cpus, monkeypatch):
+    cpus(4)
+    assert isinstance(default_executor(), ThreadExecutor) and default_executor().workers == 4
+    assert default_executor(workers=2).workers == 2
+    assert isinstance(default_executor(workers=1), SerialExecutor)
+    assert isinstance(default_executor(concurrent=False), SerialExecutor)
+    monkeypatch.setenv("CKPTKIT_WORKERS", "1")
+    assert isinstance(default_executor(), SerialExecutor)
+
+
+@pytest.mark.parametrize("executor", [SerialExecutor(), ThreadExecutor(2)], ids=["serial", "threads"])
+def test_streamed_tasks_give_their_results_and_errors(executor):
+    with executor.stream() as tasks:
+        futures = [tasks.submit(pow, x, 2) for x in range(10)]
+    assert [f.result() for f in futures] == [x * x for x in range(10)]
+    with pytest.raises(ZeroDivisionError), executor.stream() as tasks:
+        tasks.submit(divmod, 1, 0).result()
+
+
+@pytest.fixture
+def pools(monkeypatch, cpus):
+    """The size of every thread pool started, on a pretend 4-CPU machine."""
+    started = []
+
+    class CountingPool(workers.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            started.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(workers, "ThreadPoolExecutor", CountingPool)
+    cpus(4)
+    return started
+
+
+def _threaded_passes(tmp_path, monkeypatch, **diff_options):
+    """Each pass that runs on threads, ready to run once on small files."""
+    from ckptkit.diffing import engine
+    from ckptkit.formats.torch.verify import check_structure
+    from ckptkit.hashing.scan import scan
+
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)  # so that a small diff uses threads too
+    arrays = {f"t{i}": np.full(4000 + i, i, np.float32) for i in range(6)}
+    st = tmp_path / "a.safetensors"
+    ckptkit.save(arrays, st)
+    pt = tmp_path / "a.pt"
+    ckptkit.save(arrays, pt, "torch")
+    later = tmp_path / "later.safetensors"
+    ckptkit.save({n: a + 1 for n, a in arrays.items()}, later)
+
+    def hash_tensors():
+        with ckptkit.load(st) as ckpt:
+            scan(ckpt, hashes=True)
+
+    return {
+        "check after convert": lambda: ckptkit.convert(st, tmp_path / "b.safetensors", force=True),
+        "shard writing": lambda: ckptkit.convert(
+            st, tmp_path / "s.safetensors", force=True, options={"shard_size": "40KB"}
+        ),
+        "hash and verify reading": hash_tensors,
+        "torch CRC checks": lambda: check_structure(pt),
+        "diff": lambda: ckptkit.diff(st, pt, **diff_options),
+        "timeline": lambda: ckptkit.timeline([st, later], order="given"),
+    }
+
+
+@pytest.mark.parametrize("setting", ["1", "3"])
+def test_every_threaded_pass_follows_ckptkit_workers(tmp_path, monkeypatch, pools, setting):
+    monkeypatch.setenv("CKPTKIT_WORKERS", setting)
+    for what, run in _threaded_passes(tmp_path, monkeypatch).items():
+        pools.clear()
+        run()
+        if setting == "1":
+            assert pools == [], what  # everything in the calling thread
+        else:
+            assert pools and max(pools) == 3, (what, pools)
+
+
+def test_diff_threads_is_an_explicit_request_over_the_environment(tmp_path, monkeypatch, pools):
+    monkeypatch.setenv("CKPTKIT_WORKERS", "3")
+    _threaded_passes(tmp_path, monkeypatch, threads=2)["diff"]()
+    assert pools == [2]

@@ -1,4 +1,5 @@
 import json
+import os
 import struct
 import xml.etree.ElementTree as ET
 
@@ -233,3 +234,32 @@ def test_hostile_names_do_not_reach_the_terminal(tmp_path, cli):
 def test_real_files_pass(path):
     report = verify([path])
     assert [f for f in report.findings if f.severity == "error"] == []
+
+
+def test_the_input_check_is_one_error_and_one_wording_for_every_command(tmp_path):
+    from ckptkit import registry
+    from ckptkit.core.errors import EmptyFileError, LfsPointerError, NoSuchFileError, NotAFileError
+
+    pointer = tmp_path / "model.safetensors"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 99\n")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for path, error_class, check in (
+        (pointer, LfsPointerError, "file.lfs-pointer"),
+        (empty, EmptyFileError, "file.empty"),
+    ):
+        with pytest.raises(error_class) as refused:
+            registry.check_input(path)
+        with pytest.raises(error_class):
+            ckptkit.load(path)
+        [finding] = verify([path]).findings  # verify reports it instead of stopping
+        assert (finding.check, finding.message, finding.file) == (check, refused.value.message, str(path))
+    assert "99 bytes with sha256 " + "ab" * 32 in verify([pointer]).findings[0].message
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for missing_or_odd, error_class in ((tmp_path / "nope.pt", NoSuchFileError), (fifo, NotAFileError)):
+        with pytest.raises(error_class) as refused:
+            ckptkit.load(missing_or_odd)
+        assert refused.value.path == str(missing_or_odd)
+        with pytest.raises(error_class):
+            verify([missing_or_odd])  # verify cannot run at all

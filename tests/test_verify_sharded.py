@@ -213,3 +213,52 @@ def test_folder_holding_one_file_is_verified_as_that_file(tmp_path, cli):
     assert r.code == 1
     finding = json.loads(r.stdout)["findings"][0]
     assert finding["check"] == "file.unreadable" and "no checkpoint ckptkit can read" in finding["message"]
+
+
+SHARD_1, SHARD_2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("layout", "weight_map", "kind", "fragment"),
+    [
+        pytest.param(None, {"lost.weight": SHARD_2}, "tensor-missing", "no shard holds it", id="listed-not-held"),
+        pytest.param(None, {"layer.0.weight": SHARD_2}, "tensor-missing", f"it is in {SHARD_1!r}", id="elsewhere"),
+        pytest.param(
+            {SHARD_1: ["embed.weight", "layer.0.weight", "head.bias"], SHARD_2: ["layer.1.weight", "head.bias"]},
+            {},
+            "tensor-duplicate",
+            "is in two shards",
+            id="twice",
+        ),
+        pytest.param(None, {"layer.0.weight": None}, "tensor-unlisted", "which the index does not list", id="unlisted"),
+    ],
+)
+def test_reader_hash_and_verify_judge_placement_alike(tmp_path, layout, weight_map, kind, fragment):
+    layout = layout or {SHARD_1: ["embed.weight", "layer.0.weight"], SHARD_2: ["layer.1.weight", "head.bias"]}
+    full = {n: shard for shard, names in layout.items() for n in names} | weight_map
+    index = _sharded(tmp_path / "m", layout, {n: s for n, s in full.items() if s is not None})
+    placement = [f for f in verify([index]).findings if f.check.startswith("index.tensor-")]
+    assert [f.check for f in placement] == [f"index.{kind}"]
+    assert fragment in placement[0].message and placement[0].file == str(index)
+    with pytest.raises(CorruptCheckpointError) as read:
+        ckptkit.load(index)
+    with pytest.raises(CorruptCheckpointError) as hashed:
+        build_manifest(index)
+    assert read.value.message == hashed.value.message == placement[0].message
+    assert read.value.path == hashed.value.path == str(index)
+
+
+def test_a_keras_index_is_judged_only_for_tensors_in_two_shards(tmp_path):
+    from ckptkit.io.shards.index import ShardIndex
+
+    keras = ShardIndex(tmp_path / "model.weights.json", {}, ("a.weights.h5", "b.weights.h5"), {})
+    faults = keras.placement_faults({"a.weights.h5": ["dense/kernel"], "b.weights.h5": ["dense/kernel", "x/bias"]})
+    assert [(f.kind, f.tensor) for f in faults] == [("tensor-duplicate", "dense/kernel")]
+
+
+def test_an_index_that_cannot_be_read_is_a_finding_on_the_command_line_too(tmp_path, cli):
+    (tmp_path / INDEX).write_text('{"weight_map": 5}')
+    result = cli("verify", tmp_path, "--json")
+    assert result.code == 1, result.stderr
+    [finding] = json.loads(result.stdout)["findings"]
+    assert finding["check"] == "index.invalid" and "weight_map" in finding["message"]

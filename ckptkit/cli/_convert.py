@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ckptkit import registry
-from ckptkit.api import convert, plan_layout
+from ckptkit.api import convert_checkpoint, plan_layout
 from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Receipt
@@ -110,15 +110,16 @@ def command(
             for line in plan.lines():
                 stdout_console().print(printable(line), markup=False)
         return
-    with registry.open_checkpoint(src, from_format, read_opts) as probe:
-        total = probe.total_bytes
-    with progress_bar(total * (1 if no_verify else 2), f"convert {src.name}") as progress:
-        receipt = convert(
-            src, dst,
-            from_format=from_format, to_format=to_format, dtype=dtype,
+    # Opened once: the progress bar learns its size from the checkpoint being converted.
+    with (
+        registry.open_checkpoint(src, from_format, read_opts) as ckpt,
+        progress_bar(ckpt.total_bytes * (1 if no_verify else 2), f"convert {src.name}") as progress,
+    ):
+        receipt = convert_checkpoint(
+            ckpt, dst,
+            to_format=to_format, dtype=dtype,
             select=select, exclude=exclude, strip_prefix=strip_prefix,
-            force=force, verify=not no_verify,
-            read_options=read_opts, options=write_opts, progress=progress,
+            force=force, verify=not no_verify, options=write_opts, progress=progress,
             layout=layout, layout_hints=layout_hints,
         )  # fmt: skip
     if as_json:

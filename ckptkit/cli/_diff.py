@@ -10,12 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ckptkit import registry
+from ckptkit.api import diff, diff_normalizers
 from ckptkit.cli._errors import EXIT_FINDINGS
 from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
 from ckptkit.core.errors import UsageError
-from ckptkit.diffing import DiffReport, diff
+from ckptkit.diffing import DiffReport
 from ckptkit.diffing import formatting as fmt
-from ckptkit.diffing.normalize import default_normalizers
 from ckptkit.diffing.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff
 from ckptkit.io.atomic import AtomicOutput
 
@@ -79,7 +79,11 @@ from ckptkit.io.atomic import AtomicOutput
     help="When a Keras checkpoint is compared with a PyTorch one: what a layer is where names and shapes "
     "cannot tell, as for convert --layout (fc=flatten:16x5x5, conv1=depthwise).",
 )  # fmt: skip
-@click.option("--threads", type=click.IntRange(min=1), help="Threads to compare on (default: one per core, up to 4).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads to compare on (default: CKPTKIT_WORKERS, else one per CPU; at most the CPUs and 8).",
+)
 def command(
     a: Path,
     b: Path,
@@ -112,11 +116,7 @@ def command(
         raise UsageError("--json and --markdown both print the report; choose one")
     # Made first so that a bad --html path fails before the comparison; a report is rewritten each run.
     html_out = AtomicOutput(html_file, force=True) if html_file is not None else None
-    normalizers = None
-    if layout_hints:
-        from ckptkit.layout.diff_normalizer import keras_to_torch_layout_with
-
-        normalizers = [keras_to_torch_layout_with(layout_hints), *default_normalizers()]
+    normalizers = diff_normalizers(layout_hints)
     with (
         registry.open_checkpoint(a, a_format) as ckpt_a,
         registry.open_checkpoint(b, b_format) as ckpt_b,

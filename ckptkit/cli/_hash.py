@@ -44,11 +44,12 @@ def command(
     tensors; the same tensors stored in any format give the same tensor hashes and root.
     Check a checkpoint against it with: ckptkit verify PATH --manifest FILE.
     """
-    from ckptkit.hashing.manifest import build_manifest, involved_bytes  # loaded only for this command
+    from ckptkit.hashing.manifest import HashJob  # loaded only for this command
 
+    job = HashJob(path, format_name)
     passes = 1 if no_file_hashes else 2
-    with progress_bar(passes * involved_bytes([path]), f"hash {path.name}") as progress:
-        manifest = build_manifest(path, format_name, progress=progress, file_hashes=not no_file_hashes, exclude=exclude)
+    with progress_bar(passes * job.nbytes, f"hash {path.name}") as progress:
+        manifest = job.run(progress=progress, file_hashes=not no_file_hashes, exclude=exclude)
     data = manifest.to_dict()
     if output is None:
         print_json(data)

@@ -46,13 +46,12 @@ def command(
     Nothing in a checkpoint is executed. Exit codes: 0 clean; 1 findings (errors, and warnings
     with --strict); 2 verify could not run (no such file, unknown format, bad manifest).
     """
-    from ckptkit.hashing.manifest import involved_bytes  # loaded only for this command
-    from ckptkit.verify import VerifyOptions, verify
+    from ckptkit.verify import Verification, VerifyOptions  # loaded only for this command
     from ckptkit.verify.junit import junit_xml
 
-    options = VerifyOptions(manifest=manifest, schema=schema, no_nan=no_nan, strict=strict)
-    with progress_bar(involved_bytes(paths), "verify") as progress:
-        report = verify(paths, options, progress)
+    job = Verification(paths, VerifyOptions(manifest=manifest, schema=schema, no_nan=no_nan, strict=strict))
+    with progress_bar(job.nbytes, "verify") as progress:
+        report = job.run(progress)
     if junit is not None:
         junit.write_bytes(junit_xml(report))
     if as_json:

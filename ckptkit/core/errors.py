@@ -33,12 +33,28 @@ class UnknownFormatError(CkptkitError):
     """No registered format recognises the file, or the named format does not exist."""
 
 
+class NoSuchFileError(CkptkitError):
+    """An input path names nothing: no such file or directory."""
+
+
+class NotAFileError(UsageError):
+    """An input path is neither a regular file nor a folder (a pipe, a device, a socket)."""
+
+
 class CorruptCheckpointError(CkptkitError):
     """The file is of a known format but its content is broken (truncated, bad header, ...)."""
 
 
 class UnsafeCheckpointError(CorruptCheckpointError):
     """The file asks for something ckptkit refuses to do, such as calling ``os.system``."""
+
+
+class EmptyFileError(CorruptCheckpointError):
+    """An input file holds no bytes at all."""
+
+
+class LfsPointerError(CorruptCheckpointError):
+    """An input file is a Git LFS pointer, committed or checked out in place of the checkpoint."""
 
 
 class UnsupportedError(CkptkitError):

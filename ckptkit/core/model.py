@@ -133,6 +133,15 @@ class Checkpoint(ABC):
     def close(self) -> None:  # noqa: B027 - readers without open resources need not override it
         """Release files and maps. Arrays returned earlier may become invalid."""
 
+    def among_shards(self, shards: Sequence[Checkpoint]) -> Checkpoint:
+        """This checkpoint read as one shard of a checkpoint split over ``shards`` (itself among them).
+
+        A format whose shards state something only once (Keras writes a layer's name only into the
+        shard where the layer starts) returns the shard reopened with what the others state, and
+        closes this one. By default a shard needs nothing from the others and is returned as is.
+        """
+        return self
+
     # Conveniences built on the abstract methods.
 
     def info(self, name: str) -> TensorInfo:

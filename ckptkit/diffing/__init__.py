@@ -1,7 +1,8 @@
 """Comparing two checkpoints: matching names, streaming drift metrics, per-layer reports.
 
-:func:`diff` is ``ckptkit.diff``; :class:`DiffReport` its result, whose ``to_dict`` is the
-``ckptkit diff --json`` output described by the JSON schema :func:`schema` returns.
+:func:`diff` is the engine behind ``ckptkit.diff`` (which adds the PyTorch <-> Keras layout
+normalizers); :class:`DiffReport` its result, whose ``to_dict`` is the ``ckptkit diff --json``
+output described by the JSON schema :func:`schema` returns.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn
 from ckptkit.diffing import engine
 from ckptkit.diffing.matching import Matching, RenameRule, load_map, match_names
 from ckptkit.diffing.metrics import Accumulator
-from ckptkit.diffing.normalize import Normalizer, default_normalizers, normalize
+from ckptkit.diffing.normalize import Normalizer, normalize, registered_normalizers
 from ckptkit.diffing.report import (
     COMPARED,
     ONLY_A,
@@ -55,10 +55,12 @@ def diff(
     names on both sides, ``map`` a file or dict pairing names of ``a`` with names of ``b``.
     ``depth`` cuts module paths into layers (default: at the repeated blocks). ``fail_on`` and
     ``tolerance`` are the CLI's threshold expressions; :attr:`DiffReport.passed` tells the outcome.
-    ``normalizers`` replaces the default ones (see :mod:`ckptkit.diffing.normalize`). ``progress``
-    is called with byte counts as tensors are compared.
+    ``normalizers`` are tried on each side (default: those registered; ``ckptkit.diff`` adds the
+    PyTorch <-> Keras layout rules, see :mod:`ckptkit.diffing.normalize`). ``progress`` is called
+    with byte counts as tensors are compared.
 
-    Tensors are read one at a time from both sides, large ones in chunks, on ``threads`` threads.
+    Tensors are read one at a time from both sides, large ones in chunks, on ``threads`` threads
+    (default: :func:`ckptkit.io.workers.worker_count`'s policy).
     """
     thresholds = Thresholds.parse(fail_on, tolerance)
     if depth is not None and depth < 1:
@@ -68,7 +70,7 @@ def diff(
     with ExitStack() as stack:
         ckpt_a = _open(a, a_format, stack)
         ckpt_b = _open(b, b_format, stack)
-        chosen = default_normalizers() if normalizers is None else list(normalizers)
+        chosen = registered_normalizers() if normalizers is None else list(normalizers)
         view_a, how_a = normalize(ckpt_a, ckpt_b, chosen)
         view_b, how_b = normalize(ckpt_b, view_a, chosen)
         # Tensors ckptkit cannot read are matched like the others, then reported as not comparable.

@@ -1,6 +1,7 @@
 """Streaming the compared tensors through the metric kernels, on a few threads.
 
-The main thread reads tensor pairs one after another and cuts each into spans; worker threads
+The main thread reads tensor pairs one after another and cuts each into spans; the threads of
+:mod:`ckptkit.io.workers` (as many as its policy gives, ``--threads`` being an explicit request)
 run :func:`~ckptkit.diffing.metrics.accumulate` on the spans (numpy releases the GIL in its loops,
 so two threads use two cores). Tensors are read only while little else is in flight, so memory
 stays near the largest pair for readers that load whole tensors, and near nothing for memory-
@@ -9,10 +10,9 @@ mapped ones. Span results are merged in span order, so the figures do not depend
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, ProgressFn
 from ckptkit.diffing.metrics import Accumulator, accumulate
+from ckptkit.io.workers import default_executor
 
 SPAN = 1 << 21  # elements per task: enough work to hide the cost of handing it to a thread
 INFLIGHT_BYTES = 64 * 1024 * 1024  # read ahead while the tensors in flight hold less than this
@@ -34,11 +35,6 @@ class Job:
     b_name: str
 
 
-def default_threads() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cpus, 4))
-
-
 def run(
     a: Checkpoint,
     b: Checkpoint,
@@ -46,12 +42,9 @@ def run(
     threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[Accumulator]:
-    """The accumulated sums of each job, in job order."""
+    """The accumulated sums of each job, in job order; ``threads`` is an explicit request."""
     total = sum(_nbytes(a, j.a_name) + _nbytes(b, j.b_name) for j in jobs)
-    workers = default_threads() if threads is None else max(1, threads)
-    if total < PARALLEL_MIN_BYTES:
-        workers = 1
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptkit-diff") if workers > 1 else None
+    executor = default_executor(concurrent=total >= PARALLEL_MIN_BYTES, workers=threads)
     results: list[Accumulator] = [Accumulator() for _ in jobs]
     pending: deque[tuple[int, list[tuple[Future[Accumulator], int]], int]] = deque()
     inflight = 0
@@ -65,7 +58,7 @@ def run(
                 progress(span_bytes)
         inflight -= nbytes
 
-    try:
+    with executor.stream() as tasks:
         for index, job in enumerate(jobs):
             nbytes = _nbytes(a, job.a_name) + _nbytes(b, job.b_name)
             while pending and inflight + nbytes > INFLIGHT_BYTES:
@@ -80,19 +73,11 @@ def run(
             for lo in range(0, max(xa.size, 1), SPAN):
                 hi = min(lo + SPAN, xa.size)
                 share = nbytes * (hi - lo) // max(xa.size, 1)
-                if pool is None:
-                    fut: Future[Accumulator] = Future()
-                    fut.set_result(accumulate(xa, xb, lo, hi))
-                else:
-                    fut = pool.submit(accumulate, xa, xb, lo, hi)
-                spans.append((fut, share))
+                spans.append((tasks.submit(accumulate, xa, xb, lo, hi), share))
             pending.append((index, spans, nbytes))
             inflight += nbytes
         while pending:
             finish_oldest()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 

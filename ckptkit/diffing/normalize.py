@@ -7,41 +7,32 @@ to every normalizer; one that recognises the pair returns a view of the first si
 re-laid like the second (tensors read from the view come out in the new layout, and may be
 non-contiguous), and ``None`` otherwise.
 
-Built-in normalizers are listed by import path in :data:`BUILTIN_NORMALIZERS` and loaded on
-first use, so a format's layout rules (and the libraries they need) load only when diffing;
-other code adds its own with :func:`register_normalizer`.
+The engine knows no normalizer of its own: the caller that composes it hands them in
+(``ckptkit.diff`` and ``ckptkit diff`` add the PyTorch <-> Keras layout rules of
+:mod:`ckptkit.layout`), and other code adds its own with :func:`register_normalizer`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 
 from ckptkit.core.model import Checkpoint
 
 Normalizer = Callable[[Checkpoint, Checkpoint], "Checkpoint | None"]
 
-# "module:function" of the normalizers formats provide, tried in this order. A format whose
-# conversions rename or re-lay tensors (Keras <-> PyTorch) lists here the function that applies
-# the same rules to a checkpoint being compared.
-BUILTIN_NORMALIZERS: tuple[str, ...] = ("ckptkit.layout.diff_normalizer:keras_to_torch_layout",)
-
 _registered: list[Normalizer] = []
 
 
 def register_normalizer(normalizer: Normalizer) -> None:
-    """Add a normalizer that every later :func:`ckptkit.diff` call tries after the built-in ones."""
+    """Add a normalizer that every later :func:`ckptkit.diff` call tries after the built-in ones
+    (and that the engine's :func:`~ckptkit.diffing.diff` tries when it is given none)."""
     if normalizer not in _registered:
         _registered.append(normalizer)
 
 
-def default_normalizers() -> list[Normalizer]:
-    """The built-in normalizers, then the registered ones."""
-    found: list[Normalizer] = []
-    for spec in BUILTIN_NORMALIZERS:
-        module_name, _, attr = spec.partition(":")
-        found.append(getattr(importlib.import_module(module_name), attr))
-    return found + _registered
+def registered_normalizers() -> list[Normalizer]:
+    """The normalizers added with :func:`register_normalizer`, in the order they were added."""
+    return list(_registered)
 
 
 def normalize(ckpt: Checkpoint, other: Checkpoint, normalizers: Sequence[Normalizer]) -> tuple[Checkpoint, str | None]:

@@ -10,7 +10,8 @@ stores them twice or once hashes alike.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ckptkit.core.views import name_matches, transform
 from ckptkit.hashing.scan import ScanResult, scan
 from ckptkit.hashing.tensors import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
 from ckptkit.io.jsonfile import read_user_json
-from ckptkit.io.shards.index import read_index, single_index
+from ckptkit.io.shards.index import ShardIndex, read_index, single_index
 
 SCHEMA = "ckptkit.hashing.manifest/1"
 
@@ -136,6 +137,46 @@ def _file_records(base: Path, hashes: Mapping[Path, str | None]) -> dict[str, di
     return records
 
 
+class HashJob:
+    """``ckptkit hash`` of one path, prepared: the shard index the path stands for (a file, an
+    index, or a folder holding one) is read here, once, so that :attr:`nbytes` is known before
+    :meth:`run` reads anything."""
+
+    def __init__(self, path: str | Path, format: str | None = None) -> None:
+        self.path = Path(path)
+        self.format = format
+        index_path = None if format else single_index(self.path)
+        self.index: ShardIndex | None = read_index(index_path) if index_path is not None else None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the files the manifest describes: the checkpoint file, or the shards."""
+        if self.index is not None:
+            return self.index.shard_bytes()
+        return self.path.stat().st_size if self.path.is_file() else 0
+
+    def run(
+        self,
+        *,
+        workers: int | None = None,
+        progress: ProgressFn | None = None,
+        file_hashes: bool = True,
+        exclude: Sequence[str] = (),
+    ) -> Manifest:
+        """The manifest (see :func:`build_manifest`)."""
+        if self.index is not None:
+            return _sharded_manifest(self.index, workers, progress, file_hashes, exclude)
+        with registry.open_checkpoint(self.path, self.format) as opened:
+            ckpt = _excluding(opened, exclude)
+            files = files_of(ckpt)
+            result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
+            base = self.path if self.path.is_dir() else self.path.parent
+            records = _file_records(base, {f: result.files.get(f) for f in files})
+            return Manifest(
+                str(self.path), ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude)
+            )
+
+
 def build_manifest(
     path: str | Path,
     format: str | None = None,
@@ -152,18 +193,9 @@ def build_manifest(
     the same. ``exclude`` (``--exclude`` patterns) leaves tensors out, as ``convert --exclude``
     does; a tensor ckptkit cannot read must be left out, or the manifest is refused
     (:class:`~ckptkit.core.errors.UnsupportedError`): a root hash never silently skips a tensor.
+    ``workers`` is an explicit request for threads (:func:`ckptkit.io.workers.worker_count`).
     """
-    p = Path(path)
-    index_path = None if format else single_index(p)
-    if index_path is not None:
-        return _sharded_manifest(index_path, workers, progress, file_hashes, exclude)
-    with registry.open_checkpoint(p, format) as opened:
-        ckpt = _excluding(opened, exclude)
-        files = files_of(ckpt)
-        result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
-        base = p if p.is_dir() else p.parent
-        records = _file_records(base, {f: result.files.get(f) for f in files})
-        return Manifest(str(p), ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude))
+    return HashJob(path, format).run(workers=workers, progress=progress, file_hashes=file_hashes, exclude=exclude)
 
 
 def _excluding(ckpt: Checkpoint, exclude: Sequence[str]) -> Checkpoint:
@@ -178,62 +210,29 @@ def _all_names(ckpt: Checkpoint) -> list[str]:
 
 
 def _sharded_manifest(
-    index_path: Path, workers: int | None, progress: ProgressFn | None, file_hashes: bool, exclude: Sequence[str]
+    index: ShardIndex, workers: int | None, progress: ProgressFn | None, file_hashes: bool, exclude: Sequence[str]
 ) -> Manifest:
-    index = read_index(index_path)
-    if index.repeated:
-        raise CorruptCheckpointError(
-            f"the shard index lists {index.repeated[0]!r} twice; run ckptkit verify", index_path
-        )
+    for fault in index.repeat_faults():
+        raise CorruptCheckpointError(fault.message, index.path)
+    index.check_shards()
     tensors: dict[str, TensorEntry] = {}
     hashes: dict[Path, str | None] = {}
     formats: list[str] = []
-    index.check_shards()
-    for shard in index.shard_names:
-        with registry.open_checkpoint(index.shard_path(shard)) as opened:
+    with ExitStack() as stack:
+        # Every shard is opened (headers only) before any is hashed, so a misplaced tensor stops
+        # the command before it reads gigabytes.
+        shards = {s: stack.enter_context(registry.open_checkpoint(index.shard_path(s))) for s in index.shard_names}
+        index.check_placement({shard: _all_names(opened) for shard, opened in shards.items()})
+        for opened in shards.values():
             if exclude and all(name_matches(n, exclude) for n in _all_names(opened)):
                 continue  # a shard holding only what is left out
             ckpt = _excluding(opened, exclude)
             files = files_of(ckpt)
             result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
-            entries = entries_from_scan(ckpt, result)
+            tensors.update(entries_from_scan(ckpt, result))
             formats.append(ckpt.format_name)
-        _merge_shard(tensors, entries, shard, index.weight_map, index_path)
-        hashes.update({f: result.files.get(f) for f in files})
-    missing = [n for n in index.weight_map if n not in tensors and not name_matches(n, exclude)]
-    if missing:
-        raise CorruptCheckpointError(
-            f"tensor {missing[0]!r} is not in shard {index.weight_map[missing[0]]!r}; run ckptkit verify", index_path
-        )
-    hashes = {index_path: file_sha256(index_path) if file_hashes else None, **hashes}
+            hashes.update({f: result.files.get(f) for f in files})
+    hashes = {index.path: file_sha256(index.path) if file_hashes else None, **hashes}
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     records = _file_records(index.folder, hashes)
-    return Manifest(str(index_path), fmt, tensors, records, index_path.name, list(exclude))
-
-
-def _merge_shard(
-    tensors: dict[str, TensorEntry], entries: dict[str, TensorEntry], shard: str, weight_map: Mapping[str, str],
-    index_path: Path,
-) -> None:  # fmt: skip
-    for name, entry in entries.items():
-        if name in tensors:
-            raise CorruptCheckpointError(f"tensor {name!r} is in more than one shard; run ckptkit verify", index_path)
-        if weight_map.get(name) not in (shard, None) and entry.alias_of is None:
-            raise CorruptCheckpointError(
-                f"tensor {name!r} is in {shard!r}, but the index puts it in {weight_map[name]!r}; run ckptkit verify",
-                index_path,
-            )
-        tensors[name] = entry
-
-
-def involved_bytes(paths: Iterable[Path]) -> int:
-    """Bytes a pass over these checkpoints reads, for progress bars: files plus their shards."""
-    total = 0
-    for p in paths:
-        index_path = single_index(p) if p.exists() else None
-        if index_path is not None:
-            index = read_index(index_path)
-            total += sum(index.shard_path(s).stat().st_size for s in index.shard_names if index.fault(s) is None)
-        elif p.is_file():
-            total += p.stat().st_size
-    return total
+    return Manifest(str(index.path), fmt, tensors, records, index.path.name, list(exclude))

@@ -1,17 +1,16 @@
-"""One pass over every tensor's bytes, on all cores: content hashes, value checks, file hashes.
+"""One pass over every tensor's bytes, on several threads: content hashes, value checks, file hashes.
 
 Tensors whose bytes lie as-is in a file (:meth:`Checkpoint.raw_extent`) are read through a shared
 read-only memory map, so any thread can take any of them. The others go through the reader's
 ``read_tensor``, one at a time in a single lane, because readers need not be thread-safe. Work is
 handed out largest first so that the threads finish together. hashlib and numpy release the GIL
-on large buffers, so threads run in parallel.
+on large buffers, so threads run in parallel; how many is :mod:`ckptkit.io.workers`'s policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mmap
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,16 +24,12 @@ from ckptkit.core.errors import CkptkitError
 from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.core.values import CHUNK_BYTES, ValueChecker, ValueCounts
 from ckptkit.hashing.tensors import tensor_hasher, update_from
-from ckptkit.io.workers import ThreadExecutor
+from ckptkit.io.workers import default_executor
 
 SPLIT_BYTES = 64 * 1024 * 1024  # value checks (not hashes) of larger tensors are split across threads
 
 # What a broken file makes readers raise; anything else is a bug in ckptkit and propagates.
 READ_ERRORS: tuple[type[BaseException], ...] = (CkptkitError, *errors.READ_ERRORS)
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass
@@ -140,14 +135,17 @@ def scan(
     """Read every tensor of ``ckpt`` once, hashing (``hashes``) and checking values (``values``).
 
     ``files`` are hashed whole (plain SHA-256) in the same pass. A tensor that cannot be read gets
-    ``error`` set instead of raising, so one bad tensor does not hide the others.
+    ``error`` set instead of raising, so one bad tensor does not hide the others. ``workers`` is an
+    explicit request for threads (see :func:`ckptkit.io.workers.worker_count`).
     """
+    # Always on threads, whatever ckpt.concurrent_reads says: reads that cannot overlap share one lane.
+    runner = default_executor(workers=workers)
     scanner = _Scanner(ckpt, _Pass(hashes, values, progress))
     jobs = scanner.plan(split=not hashes, files=files)
     try:
         # Threads take the next job as they free up, so handing them out largest first balances the load.
         largest_first = [run for _size, run in sorted(jobs, key=lambda job: -job[0])]
-        ThreadExecutor(workers or default_workers()).map(lambda run: run(), largest_first)
+        runner.map(lambda run: run(), largest_first)
     finally:
         scanner.maps.close()
     return scanner.result(files)

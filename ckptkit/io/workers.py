@@ -1,41 +1,114 @@
-"""Running independent per-shard tasks, serially or on a few threads.
+"""How many threads a command uses, and the one place they are started.
 
-Work over a large checkpoint splits naturally by shard: write output shard 3, hash the tensors of
-input shard 7. Commands express that work as a list of small task records (plain data: paths,
-tensor names) and a function applied to each, and hand both to an :class:`Executor`. The thread
-executor uses both cores of a small machine; the file copies, hashing and numpy comparisons inside
-the tasks release the GIL. An engine that runs tasks on other processes or machines implements the
-same :meth:`Executor.map`.
+Every pass that runs on several threads (writing and checking shards, the check after a
+conversion, hashing and ``verify``'s reading, ``diff``'s metrics, CRC checks of zip records) asks
+:func:`worker_count` how many, and runs its tasks on an :class:`Executor` from
+:func:`default_executor`. The policy, in order:
 
-Tasks must not depend on each other's side effects, and results come back in task order, so the
-outcome is the same whichever executor runs them.
+1. an explicit request: ``diff --threads N``, or ``workers=``/``threads=`` in the Python API;
+2. else ``CKPTKIT_WORKERS`` (``CKPTKIT_WORKERS=1`` runs everything in the calling thread);
+3. else the CPUs this process may use (its CPU affinity);
+
+and never more than those CPUs, nor :data:`MAX_WORKERS`. The work in the tasks (file copies,
+hashing, CRCs, numpy loops) releases the GIL, so threads use cores; more threads than CPUs would
+only take turns on them. The cap keeps a large machine from starting dozens of threads that
+contend for the same memory bandwidth and page cache.
+
+Commands express work as a list of small task records (plain data: paths, tensor names) and a
+function applied to each (:meth:`Executor.map`), or hand tasks out one at a time while they read
+(:meth:`Executor.stream`). Tasks must not depend on each other's side effects, and results come
+back in task order, so the outcome is the same whichever executor runs them. An engine that runs
+tasks on other processes or machines implements the same methods.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
+from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Checkpoint
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 WORKERS_ENV = "CKPTKIT_WORKERS"
-DEFAULT_WORKERS = 2
+MAX_WORKERS = 8
+THREAD_NAME_PREFIX = "ckptkit"
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def worker_count(requested: int | None = None) -> int:
+    """Threads for one pass: ``requested`` if given, else ``CKPTKIT_WORKERS``, else the CPUs
+    available; never more than those CPUs nor :data:`MAX_WORKERS`. A count below 1 is refused."""
+    if requested is None:
+        requested = _from_environment()
+    elif requested < 1:
+        raise UsageError(f"the number of threads must be 1 or more, not {requested}")
+    cpus = available_cpus()
+    return max(1, min(cpus if requested is None else requested, cpus, MAX_WORKERS))
+
+
+def _from_environment() -> int | None:
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{WORKERS_ENV}={text!r} is not a whole number of threads") from None
+    if value < 1:
+        raise UsageError(f"{WORKERS_ENV}={text!r} must be 1 or more (1 runs everything in one thread)")
+    return value
+
+
+class Stream(ABC):
+    """Tasks handed out one at a time (see :meth:`Executor.stream`)."""
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        """Run ``fn(*args)``; its result (or error) comes from the returned future."""
+
+
+class _InlineStream(Stream):
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        done: Future[R] = Future()
+        done.set_result(fn(*args))  # an error is raised here, at once, as a plain call would
+        return done
+
+
+class _PoolStream(Stream):
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        return self._pool.submit(fn, *args)
 
 
 class Executor(ABC):
-    """Applies a function to every task record and returns the results in task order."""
+    """Runs tasks for a command: all at once with :meth:`map`, or one by one with :meth:`stream`."""
 
     workers: int = 1
 
     @abstractmethod
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         """``[fn(t) for t in tasks]``, possibly concurrently; the first error raised is re-raised."""
+
+    @abstractmethod
+    def stream(self) -> AbstractContextManager[Stream]:
+        """A scope in which tasks are submitted one at a time, for a caller that reads while
+        earlier tasks run; leaving it waits for the tasks, leaving it by an error drops those not
+        yet started."""
 
 
 class SerialExecutor(Executor):
@@ -44,17 +117,24 @@ class SerialExecutor(Executor):
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         return [fn(t) for t in tasks]
 
+    @contextmanager
+    def stream(self) -> Iterator[Stream]:
+        yield _InlineStream()
+
 
 class ThreadExecutor(Executor):
-    """Runs tasks on a pool of threads; after a failure, tasks not yet started are cancelled."""
+    """Runs tasks on a pool of threads; after a failure, tasks not yet started are cancelled.
 
-    def __init__(self, workers: int = DEFAULT_WORKERS) -> None:
+    This is the only place ckptkit starts threads.
+    """
+
+    def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         if self.workers == 1 or len(tasks) < 2:
             return [fn(t) for t in tasks]
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(tasks)), thread_name_prefix="ckptkit") as pool:
+        with ThreadPoolExecutor(min(self.workers, len(tasks)), thread_name_prefix=THREAD_NAME_PREFIX) as pool:
             futures: list[Future[R]] = [pool.submit(fn, t) for t in tasks]
             done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in futures:
@@ -65,18 +145,28 @@ class ThreadExecutor(Executor):
                     raise err
             return [fut.result() for fut in futures]
 
+    @contextmanager
+    def stream(self) -> Iterator[Stream]:
+        if self.workers == 1:
+            yield _InlineStream()
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix=THREAD_NAME_PREFIX)
+        try:
+            yield _PoolStream(pool)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
-def default_executor(concurrent: bool = True) -> Executor:
-    """The executor commands use: ``CKPTKIT_WORKERS`` threads (default 2), or serial when the
-    work cannot run concurrently (``concurrent=False``) or one worker is asked for."""
-    try:
-        workers = int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
-    except ValueError:
-        workers = DEFAULT_WORKERS
-    workers = min(workers, os.cpu_count() or 1) if workers > 0 else 1
-    if not concurrent or workers <= 1:
+
+def default_executor(concurrent: bool = True, workers: int | None = None) -> Executor:
+    """The executor a pass runs on: :func:`worker_count` threads (``workers`` is an explicit
+    request), or serial when the work cannot run concurrently (``concurrent=False``, as for a
+    checkpoint whose reads cannot overlap) or one worker is asked for."""
+    count = worker_count(workers)
+    if not concurrent or count <= 1:
         return SerialExecutor()
-    return ThreadExecutor(workers)
+    return ThreadExecutor(count)
 
 
 def balanced_groups(sizes: Sequence[int], groups: int) -> list[list[int]]:

@@ -13,11 +13,10 @@ recorded translation, tensors the rules would make up (zeros) are left out rathe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Checkpoint
-from ckptkit.diffing.normalize import Normalizer
 from ckptkit.layout import plan_layout
 from ckptkit.layout.hints import parse_hints
 from ckptkit.layout.ops import rename
@@ -33,7 +32,7 @@ def keras_to_torch_layout(ckpt: Checkpoint, other: Checkpoint) -> Checkpoint | N
     return _torch_view(ckpt, other, ())
 
 
-def keras_to_torch_layout_with(hints: Sequence[str]) -> Normalizer:
+def keras_to_torch_layout_with(hints: Sequence[str]) -> Callable[[Checkpoint, Checkpoint], Checkpoint | None]:
     """:func:`keras_to_torch_layout` with ``--layout-hint``s (``PATTERN=KIND``) for what the rules cannot tell."""
     parse_hints(list(hints))  # a malformed hint is reported now, not swallowed as "does not apply"
     chosen = tuple(hints)

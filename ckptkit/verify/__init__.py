@@ -12,21 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.core.errors import CkptkitError, UsageError
+from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.findings import ERROR, WARNING, Finding, Report, TargetReport
 from ckptkit.core.model import ProgressFn
 from ckptkit.hashing.manifest import Manifest
-from ckptkit.io.shards.index import single_index
-from ckptkit.verify.expect import Expected, compare_manifest, compare_schema, load_schema
+from ckptkit.io.shards.index import ShardIndex, read_index, single_index
+from ckptkit.registry import require_exists
+from ckptkit.verify.expect import compare_manifest, compare_schema, load_schema
 from ckptkit.verify.shards import check_sharded
 from ckptkit.verify.single import Settings, check_file
 
-__all__ = ["ERROR", "WARNING", "Finding", "Report", "TargetReport", "VerifyOptions", "verify"]
+__all__ = ["ERROR", "WARNING", "Finding", "Report", "TargetReport", "Verification", "VerifyOptions", "verify"]
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """``--manifest``, ``--schema``, ``--no-nan`` and ``--strict``; ``workers`` threads (default: all cores)."""
+    """``--manifest``, ``--schema``, ``--no-nan`` and ``--strict``; ``workers`` threads to read on
+    (default: :func:`ckptkit.io.workers.worker_count`'s policy)."""
 
     manifest: Path | None = None
     schema: Path | None = None
@@ -39,31 +41,75 @@ def verify(
     paths: Sequence[str | Path], options: VerifyOptions | None = None, progress: ProgressFn | None = None
 ) -> Report:
     """Check every path; the report's ``exit_code`` is 0 when clean and 1 when something was found."""
-    opts = options or VerifyOptions()
-    targets = [Path(p) for p in paths]
-    if not targets:
-        raise UsageError("name at least one checkpoint to verify")
-    for p in targets:
-        if not p.exists():
-            raise CkptkitError("no such file or directory", p)
-    if (opts.manifest or opts.schema) and len(targets) > 1:
-        raise UsageError("--manifest and --schema describe one checkpoint; verify one path at a time with them")
-    manifest = Manifest.load(opts.manifest) if opts.manifest else None
-    schema = load_schema(opts.schema) if opts.schema else None
-    settings = Settings(hashes=manifest is not None, no_nan=opts.no_nan, workers=opts.workers, progress=progress)
-    return Report([_verify_one(p, settings, manifest, schema) for p in targets], strict=opts.strict)
+    return Verification(paths, options).run(progress)
 
 
-def _verify_one(path: Path, settings: Settings, manifest: Manifest | None, schema: Expected | None) -> TargetReport:
-    report = TargetReport(str(path))
-    index = single_index(path)
-    seen = check_sharded(index, report, settings) if index else check_file(path, report, settings)
-    if seen is not None and manifest is not None:
-        report.ran("manifest")
-        for finding in compare_manifest(manifest, seen, str(path)):
-            report.add(finding)
-    if seen is not None and schema is not None:
-        report.ran("schema")
-        for finding in compare_schema(schema, seen, str(path)):
-            report.add(finding)
-    return report
+@dataclass(frozen=True)
+class _Target:
+    path: Path
+    index_path: Path | None  # the shard index the path stands for, if any
+    index: ShardIndex | CorruptCheckpointError | None  # that index, read once, or why it cannot be
+
+
+class Verification:
+    """A :func:`verify` run, prepared: the paths are checked, the manifest and schema loaded and
+    each path's shard index read (once) before anything is verified, so that :attr:`nbytes` is
+    known before :meth:`run` reads anything. Raises when verify cannot run at all."""
+
+    def __init__(self, paths: Sequence[str | Path], options: VerifyOptions | None = None) -> None:
+        self.options = options or VerifyOptions()
+        targets = [Path(p) for p in paths]
+        if not targets:
+            raise UsageError("name at least one checkpoint to verify")
+        for p in targets:
+            require_exists(p)
+        if (self.options.manifest or self.options.schema) and len(targets) > 1:
+            raise UsageError("--manifest and --schema describe one checkpoint; verify one path at a time with them")
+        self.manifest = Manifest.load(self.options.manifest) if self.options.manifest else None
+        self.schema = load_schema(self.options.schema) if self.options.schema else None
+        self.targets = [_target(p) for p in targets]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the files the run reads: each checkpoint file, or the shards each index names."""
+        total = 0
+        for t in self.targets:
+            if isinstance(t.index, ShardIndex):
+                total += t.index.shard_bytes()
+            elif t.index_path is None and t.path.is_file():
+                total += t.path.stat().st_size
+        return total
+
+    def run(self, progress: ProgressFn | None = None) -> Report:
+        """Verify every path; ``progress`` is called with byte counts as tensors are read."""
+        opts = self.options
+        settings = Settings(
+            hashes=self.manifest is not None, no_nan=opts.no_nan, workers=opts.workers, progress=progress
+        )
+        return Report([self._verify_one(t, settings) for t in self.targets], strict=opts.strict)
+
+    def _verify_one(self, target: _Target, settings: Settings) -> TargetReport:
+        report = TargetReport(str(target.path))
+        if target.index_path is not None and target.index is not None:
+            seen = check_sharded(target.index_path, target.index, report, settings)
+        else:
+            seen = check_file(target.path, report, settings)
+        if seen is not None and self.manifest is not None:
+            report.ran("manifest")
+            for finding in compare_manifest(self.manifest, seen, str(target.path)):
+                report.add(finding)
+        if seen is not None and self.schema is not None:
+            report.ran("schema")
+            for finding in compare_schema(self.schema, seen, str(target.path)):
+                report.add(finding)
+        return report
+
+
+def _target(path: Path) -> _Target:
+    index_path = single_index(path)
+    if index_path is None:
+        return _Target(path, None, None)
+    try:
+        return _Target(path, index_path, read_index(index_path))
+    except CorruptCheckpointError as err:
+        return _Target(path, index_path, err)

@@ -18,28 +18,27 @@ from pathlib import Path
 from ckptkit.core.dtypes import by_name
 from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError
 from ckptkit.core.findings import TargetReport, error, warning
-from ckptkit.io.shards.index import INDEX_SUFFIX, ShardIndex, read_index
+from ckptkit.io.shards.index import INDEX_SUFFIX, ShardIndex
 from ckptkit.verify.content import UNSUPPORTED
 from ckptkit.verify.seen import Seen
-from ckptkit.verify.single import Settings, check_file
+from ckptkit.verify.single import Settings, check_file, file_finding
 
 _SERIES = re.compile(r"^(?P<prefix>.+)-(?P<num>\d+)-of-(?P<total>\d+)(?P<ext>\.[^/]+)$")
 
 
-def check_sharded(index_path: Path, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
-    """Verify the index at ``index_path`` and every shard; the tensors seen, ``None`` if incomplete."""
+def check_sharded(
+    index_path: Path, index: ShardIndex | CorruptCheckpointError, report: TargetReport, settings: Settings
+) -> dict[str, Seen] | None:
+    """Verify the index at ``index_path`` (as :func:`~ckptkit.io.shards.index.read_index` read it,
+    or the error it raised) and every shard; the tensors seen, ``None`` if incomplete."""
     report.ran("index")
     report.format = "sharded"
     report.files.append(str(index_path))
-    try:
-        index = read_index(index_path)
-    except CorruptCheckpointError as err:
-        report.add(error("index.invalid", err.message, index_path))
+    if isinstance(index, CorruptCheckpointError):
+        report.add(error("index.invalid", index.message, index_path))
         return None
-    for key in index.repeated:
-        report.add(
-            error("index.tensor-duplicate", f"the index lists {key!r} twice; JSON keeps only the last", index_path, key)
-        )
+    for fault in index.repeat_faults():
+        report.add(error(f"index.{fault.kind}", fault.message, index_path, fault.tensor))
     expected_size = _check_total_size_field(index, report)
     found: dict[str, dict[str, Seen]] = {}  # shard -> tensors seen in it
     complete = True
@@ -86,7 +85,7 @@ def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: 
     try:
         return check_file(path, report, settings)
     except UnknownFormatError as err:
-        report.add(error("file.format", err.message, path))
+        report.add(file_finding(err, path))
         return None
 
 
@@ -127,44 +126,18 @@ def _check_series(index: ShardIndex, report: TargetReport) -> None:
 
 def _check_placement(index: ShardIndex, found: dict[str, dict[str, Seen]], report: TargetReport) -> dict[str, Seen]:
     """Every indexed tensor in its shard and only there; nothing unindexed. Returns the union."""
-    where: dict[str, list[str]] = defaultdict(list)
-    for shard, contents in found.items():
-        for name in contents:
-            where[name].append(shard)
-    # A tensor ckptkit cannot read is in its shard, and has its own finding.
-    unsupported = {(f.file, f.tensor) for f in report.findings if f.check == UNSUPPORTED}
-    for name, shard in index.weight_map.items():
-        if shard in found and name not in found[shard] and (str(index.shard_path(shard)), name) not in unsupported:
-            elsewhere = f"; it is in {', '.join(map(repr, where[name]))}" if where.get(name) else ""
-            report.add(
-                error(
-                    "index.tensor-missing",
-                    f"tensor {name!r} is not in shard {shard!r}, where the index puts it{elsewhere}",
-                    index.path,
-                    name,
-                )
-            )
+    contents: dict[str, list[str]] = {}
+    for shard, seen_in_shard in found.items():
+        # A tensor ckptkit cannot read is in its shard too (it has a finding of its own).
+        file = str(index.shard_path(shard))
+        unsupported = [f.tensor for f in report.findings if f.check == UNSUPPORTED and f.file == file]
+        contents[shard] = [*seen_in_shard, *unsupported]
+    for fault in index.placement_faults(contents):
+        report.add(error(f"index.{fault.kind}", fault.message, index.path, fault.tensor))
     seen: dict[str, Seen] = {}
-    for name, shards in where.items():
-        if len(shards) > 1:
-            report.add(
-                error(
-                    "index.tensor-duplicate",
-                    f"tensor {name!r} is in {len(shards)} shards: {', '.join(map(repr, shards))}",
-                    index.path,
-                    name,
-                )
-            )
-        elif name not in index.weight_map:
-            report.add(
-                error(
-                    "index.tensor-unlisted",
-                    f"tensor {name!r} is in shard {shards[0]!r} but not in the index",
-                    index.path,
-                    name,
-                )
-            )
-        seen[name] = found[shards[0]][name]
+    for seen_in_shard in found.values():
+        for name, s in seen_in_shard.items():
+            seen.setdefault(name, s)
     return seen
 
 

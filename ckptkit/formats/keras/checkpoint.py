@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +99,22 @@ class KerasCheckpoint(Checkpoint):
 
     def structure(self) -> dict[str, Any] | None:
         return self.keras.sections() if self.keras else None
+
+    def among_shards(self, shards: Sequence[Checkpoint]) -> Checkpoint:
+        """Reopened with the layer names other shards state, when it holds part of such a layer.
+
+        Keras writes a layer's name (its ``vars`` group's ``name`` attribute) only into the shard
+        where the layer starts; a shard continuing the layer has the group without it.
+        """
+        known = {path: name for s in shards if isinstance(s, KerasCheckpoint) for path, name in s.group_names.items()}
+        if not self.unnamed_groups & known.keys():
+            return self
+        from ckptkit.formats.keras.archive import ArchiveReader
+        from ckptkit.formats.keras.files import open_file  # which imports this module
+
+        archive = isinstance(self.reader, ArchiveReader)
+        self.close()
+        return open_file(Path(str(self.path)), archive=archive, names_hint=known)
 
     def close(self) -> None:
         try:

@@ -27,7 +27,7 @@ from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, read_index
+from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, read_index
 
 FORMAT_NAME = "sharded"
 _INDEX_SIZE_KEYS = ("total_size", "total_parameters")
@@ -62,9 +62,10 @@ class ShardedCheckpoint(Checkpoint):
         try:
             for name in self.shard_files:
                 self.shards[name] = _open_shard(index_path.parent / name)
-            if self.keras:
-                self._name_keras_objects()
-            self._collect(index.weight_map)
+            opened = list(self.shards.values())
+            for name in self.shard_files:  # a shard that needs what its siblings state reopens itself
+                self.shards[name] = self.shards[name].among_shards(opened)
+            self._collect(index)
             self._read_metadata(index.metadata)
         except BaseException:
             self.close()
@@ -73,65 +74,19 @@ class ShardedCheckpoint(Checkpoint):
         formats = sorted({s.format_name for s in self.shards.values()})
         self.shard_format = formats[0] if len(formats) == 1 else "mixed"
 
-    def _name_keras_objects(self) -> None:
-        """Reopen shards that hold part of a layer whose name another shard states.
-
-        Keras writes a layer's name (its ``vars`` group's ``name`` attribute) only into the shard
-        where the layer starts; a shard continuing the layer has the group without it.
-        """
-        from ckptkit.formats.keras.checkpoint import KerasCheckpoint
-        from ckptkit.formats.keras.files import open_file
-
-        shards = {f: s for f, s in self.shards.items() if isinstance(s, KerasCheckpoint)}
-        known = {path: name for s in shards.values() for path, name in s.group_names.items()}
-        for file_name, shard in shards.items():
-            if shard.unnamed_groups & known.keys():
-                shard.close()
-                self.shards[file_name] = open_file(Path(str(shard.path)), archive=False, names_hint=known)
-
-    def _collect(self, weight_map: Mapping[str, Any]) -> None:
+    def _collect(self, index: ShardIndex) -> None:
+        # Tied names (torch.save stores them once, as aliases) and tensors ckptkit cannot read are
+        # held by their shard like any tensor.
+        index.check_placement(
+            {f: [*(ti.name for ti in s.tensor_infos()), *s.aliases, *s.unsupported] for f, s in self.shards.items()}
+        )
         self._infos: list[TensorInfo] = []
         self._owner: dict[str, str] = {}
         for file_name, shard in self.shards.items():
             for ti in shard.tensor_infos():
-                if ti.name in self._owner:
-                    raise CorruptCheckpointError(
-                        f"tensor {ti.name!r} is in two shards, {self._owner[ti.name]} and {file_name}; "
-                        "the shards are from different saves, download them again"
-                    )
                 self._owner[ti.name] = file_name
                 self._infos.append(TensorInfo(ti.name, ti.dtype, ti.shape, f"{file_name}: {ti.location}".rstrip(": ")))
-        # A tied name (torch.save stores it once, as an alias) and a tensor ckptkit cannot read are listed
-        # by the index like any tensor.
-        named_owner: dict[str, str] = {}
-        for file_name, shard in self.shards.items():
-            for alias in shard.aliases:
-                first = self._owner.get(alias) or named_owner.get(alias)
-                if first is not None:
-                    raise CorruptCheckpointError(
-                        f"tensor {alias!r} is in two shards, {first} and {file_name}; "
-                        "the shards are from different saves, download them again"
-                    )
-                named_owner[alias] = file_name
-            for name, why in shard.unsupported.items():
-                named_owner[name] = file_name
-                self.unsupported[name] = why
-        if self.keras:
-            return  # Keras maps layers, not tensors, to shards: the shards' own contents are the truth.
-        for name, file_name in weight_map.items():
-            owner = self._owner.get(name) or named_owner.get(name)
-            if owner != file_name:
-                where = f"it is in {owner}" if owner else "no shard holds it"
-                raise CorruptCheckpointError(
-                    f"the index puts tensor {name!r} in {file_name}, but {where}; the index and the shards do not "
-                    "match, download them again"
-                )
-        unlisted = [n for n in self._owner if n not in weight_map]
-        if unlisted:
-            raise CorruptCheckpointError(
-                f"shard {self._owner[unlisted[0]]} holds tensor {unlisted[0]!r}, which the index does not list "
-                f"({len(unlisted)} such tensors); the index and the shards do not match"
-            )
+            self.unsupported.update(shard.unsupported)
 
     def _read_metadata(self, index_meta: Mapping[str, Any]) -> None:
         shards = list(self.shards.values())
@@ -181,11 +136,11 @@ def _open_shard(path: Path) -> Checkpoint:
     fmt = registry.detect(path)
     if fmt.name == FORMAT_NAME:  # an index listing an index (itself, even) would never end
         raise CorruptCheckpointError(f"the index lists {path.name}, which is a shard index itself, as a shard")
-    return registry.open_checkpoint(path, fmt.name)
+    return registry.open_as(fmt, path)
 
 
-def resolve_folder(folder: Path) -> Path:
-    """The file in ``folder`` that ckptkit reads for it: a shard index or a checkpoint file.
+def resolve_folder(folder: Path) -> tuple[Path, Format]:
+    """The file in ``folder`` that ckptkit reads for it, a shard index or a checkpoint file, and its format.
 
     Among several, the one ``transformers`` loads wins: Hugging Face names (``model.*``,
     ``pytorch_model.*``) first, then the format detected first (safetensors before PyTorch), then
@@ -195,17 +150,20 @@ def resolve_folder(folder: Path) -> Path:
     fmts = registry.formats()
     order = {f.name: i for i, f in enumerate(fmts)}
     ranks: dict[Path, tuple[int, int, int]] = {}
+    found: dict[Path, Format] = {}
     for p in files:
         if is_index(registry.read_head(p), p):
             base = p.name.removesuffix(registry.INDEX_SUFFIX)
             by_ext = [i for i, f in enumerate(fmts) if f.extensions and base.endswith(f.extensions)]
             ranks[p] = (_stem_rank(base), min(by_ext, default=len(fmts)), 1)
+            found[p] = FORMAT
             continue
         try:
             fmt = registry.detect(p)
         except CkptkitError:
             continue
         ranks[p] = (_stem_rank(p.name), order[fmt.name], 0)
+        found[p] = fmt
     if not ranks:
         shown = ", ".join(p.name for p in files[:8]) or "nothing"
         raise CorruptCheckpointError(
@@ -215,7 +173,7 @@ def resolve_folder(folder: Path) -> Path:
     if len(ranked) > 1 and ranks[ranked[0]] == ranks[ranked[1]]:
         shown = ", ".join(p.name for p in ranked[:8])
         raise CorruptCheckpointError(f"this folder holds several checkpoints ({shown}); name the one to read")
-    return ranked[0]
+    return ranked[0], found[ranked[0]]
 
 
 def _stem_rank(file_name: str) -> int:
@@ -225,9 +183,9 @@ def _stem_rank(file_name: str) -> int:
 
 def open_sharded(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     if path.is_dir():
-        target = resolve_folder(path)
-        if not is_index(registry.read_head(target), target):
-            return registry.open_checkpoint(target, None, options)
+        target, fmt = resolve_folder(path)
+        if fmt is not FORMAT:
+            return registry.open_as(fmt, target, options)
         path = target
     try:
         return ShardedCheckpoint(path)

@@ -14,7 +14,6 @@ import mmap
 import pickletools
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
-from ckptkit.hashing.scan import default_workers
+from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
 
 _CRC_CHUNK = 16 * 1024 * 1024
@@ -208,8 +207,7 @@ def _crc_mismatches(mm: mmap.mmap, records: dict[str, RecordSpan]) -> list[Recor
         return crc
 
     try:
-        with ThreadPoolExecutor(max_workers=default_workers()) as pool:
-            crcs = list(pool.map(crc_of, stored))
+        crcs = default_executor().map(crc_of, stored)
     finally:
         view.release()
     return [r for r, crc in zip(stored, crcs, strict=True) if crc != r.crc]

@@ -9,12 +9,15 @@
 Shard names are relative to the index's folder and judged as written
 (:func:`ckptkit.io.paths.is_inside_name`); a shard may be a symbolic link, as every file of a Hugging
 Face cache snapshot is. The reader, ``verify`` and ``hash`` all read indexes through
-:func:`read_index` and ask :meth:`ShardIndex.fault` about each shard.
+:func:`read_index`, ask :meth:`ShardIndex.fault` about each shard, and give what the shards hold
+to :meth:`ShardIndex.placement_faults`: the reader and ``hash`` stop at the first fault, ``verify``
+reports them all.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,22 @@ KERAS_INDEX_SUFFIX = ".weights.json"
 __all__ = ["INDEX_SUFFIX", "KERAS_INDEX_SUFFIX", "ShardFault", "ShardIndex", "read_index", "single_index"]
 
 
+_MISMATCH = "the index and the shards do not match, download them again"
+
+
 @dataclass(frozen=True)
 class ShardFault:
-    """Why a shard the index names cannot be opened: ``kind`` is ``path-escape`` or ``shard-missing``."""
+    """What is wrong between an index and its shards, as one line.
+
+    ``kind`` is ``path-escape`` or ``shard-missing`` (a shard that cannot be opened),
+    ``tensor-missing`` (not in the shard the index names), ``tensor-duplicate`` (in several shards,
+    or listed twice) or ``tensor-unlisted`` (in a shard, not in the index); ``tensor`` names the
+    tensor where there is one.
+    """
 
     kind: str
     message: str
+    tensor: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,12 +90,79 @@ class ShardIndex:
             )
         return None
 
+    def shard_bytes(self) -> int:
+        """The size of the shard files that can be opened: what reading every shard reads."""
+        return sum(self.shard_path(s).stat().st_size for s in self.shard_names if self.fault(s) is None)
+
     def check_shards(self) -> None:
         """Raise the first :meth:`fault` of any shard."""
         for name in self.shard_names:
             fault = self.fault(name)
             if fault is not None:
                 raise CorruptCheckpointError(fault.message, self.path)
+
+    def repeat_faults(self) -> list[ShardFault]:
+        """Tensors the index lists twice (JSON keeps only the last of the two)."""
+        return [
+            ShardFault("tensor-duplicate", f"the index lists {key!r} twice; JSON keeps only the last", key)
+            for key in self.repeated
+        ]
+
+    def placement_faults(self, contents: Mapping[str, Collection[str]]) -> list[ShardFault]:
+        """Every tensor in the shard the index names and in no other, and none the index leaves out.
+
+        ``contents`` maps each shard that could be opened to every name it holds (tensors, tied
+        aliases, tensors ckptkit cannot read); index entries for shards not in it are not judged,
+        since those shards have their own :meth:`fault`. A Keras index maps layers rather than
+        tensors, so only tensors found in two shards are faults there. The faults come in the
+        order: in several shards, not where the index puts them, not in the index.
+        """
+        held = {shard: set(names) for shard, names in contents.items()}
+        where: dict[str, list[str]] = {}
+        for shard, names in contents.items():
+            for name in dict.fromkeys(names):
+                where.setdefault(name, []).append(shard)
+        faults = [
+            ShardFault(
+                "tensor-duplicate",
+                f"tensor {name!r} is in {_count(len(shards))} shards, {_listing(shards)}; "
+                "the shards are from different saves, download them again",
+                name,
+            )
+            for name, shards in where.items()
+            if len(shards) > 1
+        ]
+        if self.keras:
+            return faults
+        for name, shard in self.weight_map.items():
+            if shard in held and name not in held[shard]:
+                found = f"it is in {_listing(where[name])}" if name in where else "no shard holds it"
+                message = f"the index puts tensor {name!r} in {shard!r}, but {found}; {_MISMATCH}"
+                faults.append(ShardFault("tensor-missing", message, name))
+        faults.extend(
+            ShardFault(
+                "tensor-unlisted",
+                f"shard {shards[0]!r} holds tensor {name!r}, which the index does not list; {_MISMATCH}",
+                name,
+            )
+            for name, shards in where.items()
+            if len(shards) == 1 and name not in self.weight_map
+        )
+        return faults
+
+    def check_placement(self, contents: Mapping[str, Collection[str]]) -> None:
+        """Raise the first of :meth:`placement_faults`."""
+        for fault in self.placement_faults(contents):
+            raise CorruptCheckpointError(fault.message, self.path)
+
+
+def _count(n: int) -> str:
+    return "two" if n == 2 else str(n)
+
+
+def _listing(names: Sequence[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def read_index(path: Path) -> ShardIndex:
