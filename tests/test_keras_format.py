@@ -177,6 +177,50 @@ def test_written_files_load_in_keras(tmp_path, keras, ext):
     assert _same_weights(fresh, model)
 
 
+def test_keras_archive_to_legacy_h5_is_a_model_keras_loads(tmp_path, keras, cli):
+    """config.json becomes model_config; weights in the order Keras loads them (attention, nested models)."""
+    from keras import layers as L
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((4, 6))
+    x = L.MultiHeadAttention(2, 3, name="mha")(inp, inp)
+    # Keras 3 files keep a nested model's layers by class name (dense before layer_normalization).
+    x = keras.Sequential([L.LayerNormalization(name="norm"), L.Dense(5, name="proj")], name="inner")(x)
+    model = keras.Model(inp, x)
+    model.set_weights(
+        [np.random.default_rng(i).standard_normal(w.shape).astype(w.dtype) for i, w in enumerate(model.get_weights())]
+    )
+    model.compile("adam", "mse")
+    model.save(tmp_path / "m.keras")
+    result = cli("convert", tmp_path / "m.keras", tmp_path / "m.h5")
+    assert result.code == 0, result.stderr
+    assert "returns the model uncompiled" in result.stdout + result.stderr
+    x_in = np.random.default_rng(9).standard_normal((2, 4, 6)).astype(np.float32)
+    want = keras.ops.convert_to_numpy(model(x_in))
+    loaded = keras.saving.load_model(tmp_path / "m.h5", compile=False)
+    assert np.array_equal(keras.ops.convert_to_numpy(loaded(x_in)), want)
+    fresh = keras.models.clone_model(model)
+    fresh.load_weights(tmp_path / "m.h5")
+    assert np.array_equal(keras.ops.convert_to_numpy(fresh(x_in)), want)
+    ckptkit.convert(tmp_path / "m.h5", tmp_path / "back.keras")  # and back: the archive's own config.json
+    assert np.array_equal(keras.ops.convert_to_numpy(keras.saving.load_model(tmp_path / "back.keras")(x_in)), want)
+
+    @keras.saving.register_keras_serializable(package="ckptkit_tests")
+    class TwoDense(L.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.b_first, self.a_second = L.Dense(3), L.Dense(3)
+
+        def call(self, x):
+            return self.a_second(self.b_first(x))
+
+    inp = keras.Input((3,))
+    keras.Model(inp, TwoDense(name="two")(inp)).save(tmp_path / "custom.keras")
+    result = cli("convert", tmp_path / "custom.keras", tmp_path / "custom.h5")
+    assert_one_line_error(result, "layer 'two'", "in the order the layer made them", "write a .keras or .weights.h5")
+    assert not (tmp_path / "custom.h5").exists()
+
+
 def test_safetensors_round_trip_restores_the_keras_layout(tmp_path, keras):
     model = _small_model(keras)
     model.save(tmp_path / "m.h5")

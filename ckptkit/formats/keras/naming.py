@@ -31,6 +31,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], ...]] = {
     "GroupNormalization": (("gamma", "beta"),),
     "RMSNormalization": (("scale",),),
     "Embedding": (("embeddings",),),
+    "ReversibleEmbedding": (("embeddings",), ("embeddings", "reverse_embeddings")),
     "PReLU": (("alpha",),),
     "LSTMCell": _RNN_CELL,
     "GRUCell": _RNN_CELL,
@@ -51,17 +52,24 @@ BIDIRECTIONAL = "Bidirectional"
 HALVES: dict[str, str] = {"forward_layer": "forward_", "backward_layer": "backward_"}
 
 # Attention layers keep their projections in EinsumDense sub-layers: the attribute Keras 3 saves
-# each under, and the name Keras gives it (which legacy .h5 files use).
-_ATTENTION_PARTS = {
+# each under, and the name Keras gives it (which legacy .h5 files use), in the order the layer
+# creates them (its weights' order, which legacy .h5 loading follows). GroupedQueryAttention keeps
+# them in private attributes; its config calls the class GroupQueryAttention, its exported name.
+_MHA_PARTS = {
     "query_dense": ("query", "EinsumDense"),
     "key_dense": ("key", "EinsumDense"),
+    "gate_dense": ("gate", "EinsumDense"),
     "value_dense": ("value", "EinsumDense"),
     "output_dense": ("attention_output", "EinsumDense"),
 }
+_GQA_PARTS = {f"_{attr}": part for attr, part in _MHA_PARTS.items()}
 PARTS: dict[str, dict[str, tuple[str, str]]] = {
-    "MultiHeadAttention": _ATTENTION_PARTS,
-    "GroupedQueryAttention": _ATTENTION_PARTS,
+    "MultiHeadAttention": _MHA_PARTS,
+    "GroupedQueryAttention": _GQA_PARTS,
+    "GroupQueryAttention": _GQA_PARTS,
 }
+# Classes whose config name differs from the Python class Keras 3 derives its save paths from.
+SAVED_CLASS = {"GroupQueryAttention": "GroupedQueryAttention"}
 
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
@@ -71,12 +79,20 @@ NON_TRAINABLE = frozenset({"moving_mean", "moving_variance"})
 
 def snake_case(class_name: str) -> str:
     """The name Keras derives from a class name (``Conv2DTranspose`` -> ``conv2d_transpose``)."""
-    name = re.sub(r"\W+", "", class_name)
+    name = re.sub(r"\W+", "", SAVED_CLASS.get(class_name, class_name))
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-_BY_SNAKE = {snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *PARTS, *MODEL_CLASSES, BIDIRECTIONAL]}
+_BY_SNAKE = {
+    snake_case(c): c for c in [*VARIABLES, *SUBLAYERS, *PARTS, *MODEL_CLASSES, BIDIRECTIONAL] if c not in SAVED_CLASS
+}
+
+
+def part_order(cls: str | None, key: str) -> int:
+    """Where the sub-layer saved under ``key`` comes among its layer's weights (others after, by name)."""
+    parts = list(PARTS.get(cls or "", {}))
+    return parts.index(key) if key in parts else len(parts)
 
 
 def class_from_auto_name(name: str) -> str | None:
@@ -107,3 +123,24 @@ def legacy_order(names: list[str]) -> list[str]:
     return [n for n, v in zip(names, leaf, strict=True) if v not in NON_TRAINABLE] + [
         n for n, v in zip(names, leaf, strict=True) if v in NON_TRAINABLE
     ]
+
+
+def is_dense_equation(equation: str, bias_axes: str | None = None) -> bool:
+    """Whether an EinsumDense ``equation`` computes what Dense does: ``x @ kernel (+ bias)`` on the last axis.
+
+    ``ab,bc->ac``, ``abc,cd->abd``, ``...b,bc->...c``: a 2-D kernel whose first axis contracts the
+    input's last one and whose second is the output's last one; the bias, if any, along that axis.
+    """
+    match = re.fullmatch(r"([a-z.]*),([a-z]{2})->([a-z.]*)", equation.replace(" ", ""))
+    if match is None:
+        return False
+    lhs, kernel, out = match.groups()
+    inner, outer = kernel[0], kernel[1]
+    return (
+        lhs.endswith(inner)
+        and inner != outer
+        and out == lhs[:-1] + outer
+        and inner not in lhs[:-1]
+        and outer not in lhs
+        and bias_axes in (None, "", outer)
+    )

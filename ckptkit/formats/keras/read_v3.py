@@ -31,6 +31,7 @@ class _Walker:
     def __init__(self, ckpt: KerasCheckpoint, config_classes: dict[str, str]) -> None:
         self.ckpt = ckpt
         self.config_classes = config_classes
+        self._config_rank = {path: i for i, path in enumerate(config_classes)}  # the config lists layers in order
         self.st: Structure = Structure(file_kind="")
         self._seen: dict[Any, str] = {}  # group -> where it was first reached
         self._max_depth = limits.current().pickle_depth
@@ -69,16 +70,19 @@ class _Walker:
                 self.ckpt.add(tensor, ds)
                 self.st.h5_paths[tensor] = ds.name
                 into.append(tensor)
-        for key in sorted(link_names(group), key=_child_order):
+        for key in sorted(link_names(group), key=lambda k: _child_order(cls, k)):
             if key == "vars":
                 continue
             sub = child(group, key)
             if not is_group(sub):
                 continue
             if key in CONTAINERS:
-                for item_key in sorted(link_names(sub), key=structure.natural_key):
-                    item = child(sub, item_key)
-                    name = self.name_of(item, item_key)
+                # A nested model's layers in its config's order (legacy .h5 lists its weights so), else by key.
+                items = [(k, child(sub, k)) for k in sorted(link_names(sub), key=structure.natural_key)]
+                named = [(k, item, self.name_of(item, k)) for k, item in items]
+                unranked = len(self._config_rank)
+                named.sort(key=lambda entry: self._config_rank.get(f"{logical}/{entry[2]}", unranked))
+                for item_key, item, name in named:
                     self.object(item, f"{logical}/{name}", self.class_of(f"{logical}/{name}", item_key), into)
             else:
                 name = self.name_of(sub, key)
@@ -116,9 +120,10 @@ class _Walker:
         return part_cls, name
 
 
-def _child_order(key: str) -> tuple[bool, list[Any]]:
-    # A Bidirectional layer's forward half first, as Keras lists its weights (legacy .h5 loads by order).
-    return key == "backward_layer", structure.natural_key(key)
+def _child_order(cls: str | None, key: str) -> tuple[bool, int, list[Any]]:
+    # Sub-layers in the order Keras lists their weights (legacy .h5 loads by order): a Bidirectional
+    # layer's forward half first, an attention layer's query, key, value, then output projection.
+    return key == "backward_layer", naming.part_order(cls, key), structure.natural_key(key)
 
 
 def read_v3(ckpt: KerasCheckpoint, file_kind: str, config: Any = None, extra: dict[str, str] | None = None) -> None:

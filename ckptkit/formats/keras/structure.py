@@ -191,6 +191,37 @@ def config_classes(config: Any, prefix: str = "") -> tuple[list[tuple[str, str]]
     return order, classes
 
 
+def layer_configs(config: Any, prefix: str = "") -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every layer's class and config by layer path (``inner/dense_1``), from a Keras model config."""
+    if not isinstance(config, dict):
+        return {}
+    inner = config.get("config", config)
+    entries = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(entries, list):
+        return {}
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        cls = entry.get("class_name")
+        cfg: dict[str, Any] = entry["config"] if isinstance(entry.get("config"), dict) else {}
+        name = cfg.get("name", entry.get("name"))
+        if isinstance(name, str) and isinstance(cls, str):
+            found[prefix + name] = (cls, cfg)
+            if cls in naming.MODEL_CLASSES or isinstance(cfg.get("layers"), list):
+                found.update(layer_configs(entry, f"{prefix}{name}/"))
+    return found
+
+
+def model_config(meta: Mapping[str, str]) -> Any:
+    """The model's config from a Keras file's metadata (``config.json`` or a legacy ``model_config``), or None."""
+    text = meta.get(ARCHIVE_CONFIG) or meta.get(MODEL_CONFIG)
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
 def _sublayer_classes(path: str, cls: str, classes: dict[str, str]) -> None:
     if cls in naming.SUBLAYERS:
         _attr, cell_cls, cell_name = naming.SUBLAYERS[cls]

@@ -53,10 +53,11 @@ def v3_spec(
     what the ``keras:config`` and ``keras:metadata`` keys say.
     """
     meta = ckpt.metadata
-    st = structure.from_metadata(meta, ckpt.names())
+    names = [*ckpt.names(), *ckpt.aliases]  # a tied name's dataset becomes a hard link to its tensor's
+    st = structure.from_metadata(meta, names)
     spec = FileSpec()
     recorded = st.h5_paths if st.file_kind in ("weights.h5", "keras") else {}
-    model_tensors = [t for t in ckpt.names() if not structure.is_optimizer(t) and not _ROOT_VAR.match(t)]
+    model_tensors = [t for t in names if not structure.is_optimizer(t) and not _ROOT_VAR.match(t)]
     if model_tensors and all(_INDEXED.match(recorded.get(t, "")) for t in model_tensors):
         for t in model_tensors:
             spec.datasets.append(DatasetSpec(recorded[t], t))
@@ -189,7 +190,7 @@ def _root_and_optimizer(
     renamed: dict[str, str],
 ) -> None:
     model_name = st.extra.get(structure.MODEL_NAME)
-    root_vars = [t for t in ckpt.names() if _ROOT_VAR.match(t)]
+    root_vars = [t for t in [*ckpt.names(), *ckpt.aliases] if _ROOT_VAR.match(t)]
     attrs = spec.group("/vars")  # Keras always writes the model's own group; it marks the file as Keras 3
     if model_name:
         attrs["name"] = model_name
