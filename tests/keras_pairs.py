@@ -218,8 +218,109 @@ def bi_simple_rnn() -> Pair:
     return Pair("bi_simple_rnn", tm, km, _rand(2, 5, 3))
 
 
+def _randomize(module: nn.Module) -> None:
+    """Every parameter random: PyTorch starts attention biases at zero, which would hide a misplaced one."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+
+
+class _AttentionBlock(nn.Module):
+    """Embedding, self-attention with a residual, LayerNorm, Dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.ln = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        attended, _ = self.mha(x, x, x, need_weights=False)
+        return self.head(self.ln(x + attended))
+
+
+def attention_block() -> Pair:
+    torch.manual_seed(0)
+    tm = _AttentionBlock()
+    _randomize(tm)
+    ids = keras.Input((5,), dtype="int64")
+    x = L.Embedding(11, 8, name="emb")(ids)
+    attended = L.MultiHeadAttention(2, 4, name="mha")(x, x)
+    out = L.Dense(3, name="head")(L.LayerNormalization(epsilon=1e-5, name="ln")(L.Add()([x, attended])))
+    km = keras.Model(ids, out)
+    x_in = np.random.default_rng(0).integers(0, 11, (3, 5))
+    return Pair("attention_block", tm, km, x_in, ["mha=mha:2"])
+
+
+class _NarrowKeys(nn.Module):
+    """nn.MultiheadAttention whose keys and values are narrower than its queries (q/k/v_proj_weight apart)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 4, kdim=6, vdim=6, bias=False, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = x[..., :6]
+        return self.mha(x, kv, kv, need_weights=False)[0]
+
+
+def attention_narrow_keys() -> Pair:
+    torch.manual_seed(0)
+    tm = _NarrowKeys()
+    _randomize(tm)
+    x = keras.Input((4, 8))
+    kv = x[:, :, :6]
+    km = keras.Model(x, L.MultiHeadAttention(4, 2, use_bias=False, name="mha")(x, kv))
+    return Pair("attention_narrow_keys", tm, km, _rand(2, 4, 8), ["mha=mha:4"])
+
+
+class _Projections(nn.Module):
+    """Attention from four Linear modules, as many models write it; fewer key/value heads make it grouped."""
+
+    def __init__(self, width: int, heads: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(width, heads * head_dim)
+        self.k_proj = nn.Linear(width, kv_heads * head_dim)
+        self.v_proj = nn.Linear(width, kv_heads * head_dim)
+        self.out_proj = nn.Linear(heads * head_dim, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+def attention_linears() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(attn=_Projections(8, 2, 2, 4))
+    _randomize(tm)
+    x = keras.Input((5, 8))
+    km = keras.Model(x, L.MultiHeadAttention(2, 4, name="attn")(x, x))
+    return Pair("attention_linears", tm, km, _rand(2, 5, 8), ["attn=mha_linears:2"])
+
+
+def grouped_query_attention() -> Pair:
+    torch.manual_seed(0)
+    tm = _Seq(attn=_Projections(8, 4, 2, 3))
+    _randomize(tm)
+    x = keras.Input((5, 8))
+    km = keras.Model(x, L.GroupQueryAttention(3, 4, 2, name="attn")(x, x))
+    return Pair("grouped_query_attention", tm, km, _rand(2, 5, 8), ["attn=gqa:4x2"])
+
+
 PAIRS = [
     mlp, cnn_batchnorm, depthwise_separable, conv1d, conv_transpose2d, embedding_layernorm, lstm, gru,
     bi_lstm, bi_gru_2layer, bi_simple_rnn,
+    attention_block, attention_narrow_keys, attention_linears, grouped_query_attention,
 ]  # fmt: skip
 BIDIRECTIONAL = [bi_lstm, bi_gru_2layer, bi_simple_rnn]
+ATTENTION = [attention_block, attention_narrow_keys, attention_linears, grouped_query_attention]

@@ -42,9 +42,18 @@ def _lstm():
     return model, []
 
 
-MODELS = {"mlp": _mlp, "cnn": _cnn, "lstm": _lstm}
-# Keras 3 weights for two models, legacy HDF5 for the third: both Keras readers are exercised.
-TARGETS = {"mlp": "model.weights.h5", "cnn": "model.weights.h5", "lstm": "model.h5"}
+def _attention():
+    model = nn.Module()
+    model.emb = nn.Embedding(10, 8)
+    model.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    with torch.no_grad():
+        model.mha.in_proj_bias.uniform_(-1, 1)  # zeros at first, which would hide a misplaced bias
+    return model, ["mha=mha:2"]
+
+
+MODELS = {"mlp": _mlp, "cnn": _cnn, "lstm": _lstm, "attention": _attention}
+# Keras 3 weights for some models, legacy HDF5 for others: both Keras readers are exercised.
+TARGETS = {"mlp": "model.weights.h5", "cnn": "model.weights.h5", "lstm": "model.h5", "attention": "model.h5"}
 
 
 def _translated(tmp_path, kind):
@@ -165,3 +174,13 @@ def test_a_keras_file_without_a_record_is_translated_by_the_rules(tmp_path, cli)
     assert report["total"]["max_abs"] == 0 and report["summary"]["only_b"] == 0
 
     assert_one_line_error(cli("diff", pt, keras_file, "--layout-hint", "fc=sideways"), "unknown kind 'sideways'")
+
+
+def test_attention_without_a_record_is_compared_through_the_rules(tmp_path, cli):
+    """Keras kernels give the heads: no hint needed from Keras to PyTorch, packed in_proj_weight matches."""
+    pt, keras_file, state, _ = _translated(tmp_path, "attention")
+    _strip_metadata(keras_file)
+    code, report = _diff_json(cli, pt, keras_file, "--fail-on", "max_abs>0,missing")
+    assert code == 0 and report["b"]["normalized_by"] == NORMALIZER
+    assert {t["name"] for t in report["tensors"] if t["status"] == "compared"} == set(state)
+    assert report["total"]["max_abs"] == 0

@@ -150,7 +150,7 @@ def test_round_trip_through_pytorch_restores_the_keras_file(tmp_path):
 
 @pytest.mark.parametrize(
     "make",
-    [pairs.cnn_batchnorm, pairs.depthwise_separable, pairs.lstm, pairs.gru, *pairs.BIDIRECTIONAL],
+    [pairs.cnn_batchnorm, pairs.depthwise_separable, pairs.lstm, pairs.gru, *pairs.BIDIRECTIONAL, *pairs.ATTENTION],
     ids=lambda m: m.__name__,
 )
 def test_h5_through_a_pytorch_file_and_back_is_bit_exact(tmp_path, make):

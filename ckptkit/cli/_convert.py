@@ -63,7 +63,8 @@ def _names(kind: str) -> set[str]:
 )  # fmt: skip
 @click.option(
     "--layout-hint", "layout_hints", multiple=True, metavar="NAME=KIND",
-    help="Say what a layer is where names and shapes cannot tell (fc1=flatten:16x5x5, conv1=depthwise, emb=embedding).",
+    help="Say what a layer is where names and shapes cannot tell (fc1=flatten:16x5x5, conv1=depthwise, "
+    "emb=embedding, attn=mha:8 for attention heads).",
 )  # fmt: skip
 @click.option(
     "--plan", "plan_only", is_flag=True, help="With --layout: print every rename and transpose, write nothing."

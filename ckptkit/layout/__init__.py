@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Checkpoint, TensorInfo
+from ckptkit.formats.keras import structure
 from ckptkit.layout.hints import Hint, parse_hints
 from ckptkit.layout.plan import TARGETS, LayoutAmbiguityError, LayoutPlan
 from ckptkit.layout.record import CLASSES_KEY, RECORD_KEY, load_record, make_record, undo
@@ -49,7 +50,10 @@ def plan_layout(
         )
     if target == "torch" and names and not any("/" in n for n in names):
         raise UsageError("no tensor name has Keras form (layer/variable); --layout torch expects a Keras checkpoint")
-    plan = plan_to_keras(infos, parsed) if target == "keras" else plan_to_torch(infos, parsed, _classes(ckpt))
+    if target == "keras":
+        plan = plan_to_keras(infos, parsed, dict(ckpt.aliases))
+    else:
+        plan = plan_to_torch(infos, parsed, _classes(ckpt), _equations(ckpt))
     if record is not None:
         plan.notes.append(f"the {RECORD_KEY} metadata does not match these tensors any more; translated by the rules")
     return plan
@@ -58,6 +62,7 @@ def plan_layout(
 def apply_layout(ckpt: Checkpoint, plan: LayoutPlan) -> LayoutCheckpoint:
     """A view of ``ckpt`` translated by ``plan``, with the record (or its removal) in the metadata."""
     metadata = dict(ckpt.metadata)
+    view = LayoutCheckpoint(ckpt, plan, metadata)
     if plan.restored:
         for key in plan.remove_metadata:
             metadata.pop(key, None)
@@ -67,9 +72,13 @@ def apply_layout(ckpt: Checkpoint, plan: LayoutPlan) -> LayoutCheckpoint:
             if CLASSES_KEY not in metadata:
                 added.append(CLASSES_KEY)
             metadata[CLASSES_KEY] = json.dumps({**_classes(ckpt), **plan.classes}, sort_keys=True)
+        if plan.target == "keras" and view.aliases and structure.LAYERS not in metadata:
+            # Keras writers list a tied name's layer after the stored tensors' unless told the model's order.
+            layers = dict.fromkeys(s.out.split("/", 1)[0] for s in plan.steps)
+            metadata[structure.LAYERS] = json.dumps([[name, plan.classes.get(name), None] for name in layers])
+            added.append(structure.LAYERS)
         metadata.pop(RECORD_KEY, None)
         metadata[RECORD_KEY] = make_record(plan, ckpt, added)
-    view = LayoutCheckpoint(ckpt, plan, metadata)
     return view
 
 
@@ -81,8 +90,19 @@ def _classes(ckpt: Checkpoint) -> dict[str, str]:
     return {k: v for k, v in classes.items() if isinstance(v, str)} if isinstance(classes, dict) else {}
 
 
+def _equations(ckpt: Checkpoint) -> dict[str, str]:
+    """Each EinsumDense layer's equation (and bias axes after a space), from the Keras model config."""
+    configs = structure.layer_configs(structure.model_config(ckpt.metadata))
+    found = {}
+    for path, (cls, cfg) in configs.items():
+        if cls == "EinsumDense" and isinstance(cfg.get("equation"), str):
+            bias_axes = cfg.get("bias_axes")
+            found[path] = f"{cfg['equation']} {bias_axes}" if isinstance(bias_axes, str) else cfg["equation"]
+    return found
+
+
 def _infos_with_aliases(ckpt: Checkpoint) -> list[TensorInfo]:
-    """Every tensor, tied names too: a layout gives each its own copy."""
+    """Every tensor, tied names too: each is translated by its own rule (tied names translated alike stay tied)."""
     from dataclasses import replace
 
     infos = list(ckpt.tensor_infos())

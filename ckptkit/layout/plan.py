@@ -63,27 +63,18 @@ class LayoutPlan:
 
 def describe(step: Step) -> str:
     parts = [step.why] if step.why else []
-    ops = []
-    for op in step.pre + step.post:
-        if op[0] == "transpose":
-            ops.append(f"transpose{tuple(op[1])}")
-        elif op[0] == "reshape":
-            ops.append(f"reshape{tuple(op[1])}")
-        elif op[0] == "gates":
-            ops.append(f"reorder gates {tuple(op[2])} on axis {op[1]}")
-    if step.combine == "sum":
-        ops.insert(0, "sum")
-    elif step.combine == "stack":
-        ops.insert(0, "stack")
-    elif step.combine.startswith("row:"):
-        ops.insert(0, f"row {step.combine[4:]}")
-    elif step.combine == "const":
-        ops.insert(0, "restore recorded value")
-    elif step.combine == "zeros":
-        ops.insert(0, "zeros")
-    if not ops:
-        ops.append("rename")
-    return ": ".join([*parts, ", ".join(ops)])
+    combine = {"sum": "sum", "stack": "stack", "const": "restore recorded value", "zeros": "zeros"}.get(step.combine)
+    if step.combine.startswith("row:"):
+        combine = f"row {step.combine[4:]}"
+    # In the order they run: each input's ops, the combination, then the result's ops.
+    ops = [*map(_describe_op, step.pre), *([combine] if combine else []), *map(_describe_op, step.post)]
+    return ": ".join([*parts, ", ".join(ops) or "rename"])
+
+
+def _describe_op(op: Op) -> str:
+    if op[0] == "gates":
+        return f"reorder gates {tuple(op[2])} on axis {op[1]}"
+    return f"{op[0]}{tuple(op[1])}"
 
 
 def check_unique(steps: list[Step]) -> None:

@@ -1,10 +1,11 @@
 """The layout record: what a translation did, kept in the output's metadata so it can be undone.
 
 Stored as JSON under ``ckptkit:layout``: every step, the original order of the tensors, the
-values of tensors the target has no place for (a BatchNorm's ``num_batches_tracked``) and the two
-PyTorch biases an LSTM's Keras bias was summed from. Translating back to the source framework
-replays the steps inverted, so names, layouts and values come back bit for bit; a tensor that
-changed in between (fine-tuned, say) is translated by the rules instead, with a note.
+values of tensors the target has no place for (a BatchNorm's ``num_batches_tracked``), the two
+PyTorch biases an LSTM's Keras bias was summed from, and the source's tied names (aliases).
+Translating back to the source framework replays the steps inverted, so names, layouts, values
+and ties come back bit for bit; a tensor that changed in between (fine-tuned, say) is translated
+by the rules instead, with a note.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ckptkit.core import dtypes
 from ckptkit.core.compare import arrays_identical
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.model import Checkpoint
-from ckptkit.layout.ops import Step, encode, inverse, inverse_ops, rename
+from ckptkit.layout.ops import Step, encode, inverse, inverse_ops, op_shapes, rename, run
 from ckptkit.layout.plan import LayoutPlan
 
 RECORD_KEY = "ckptkit:layout"
@@ -32,9 +33,10 @@ MAX_RECORDED_BYTES = 1 << 20  # larger dropped tensors are reported, not kept
 def make_record(plan: LayoutPlan, ckpt: Checkpoint, added_metadata: list[str]) -> str:
     """The record of ``plan`` applied to ``ckpt`` (reads the small tensors it must keep)."""
     dropped: dict[str, Any] = {}
+    tied = {*ckpt.aliases, *ckpt.aliases.values()}  # a dropped tied name comes back from "ties", not a value
     for name in plan.dropped:
-        ti = ckpt.info(name)
-        if ti.nbytes <= MAX_RECORDED_BYTES:
+        ti = ckpt.info(ckpt.aliases.get(name, name))
+        if name not in tied and ti.nbytes <= MAX_RECORDED_BYTES:
             dropped[name] = {"dtype": ti.dtype.name, "shape": list(ti.shape), "value": encode(ckpt.read_tensor(name))}
     summed = {s.out: [encode(ckpt.read_tensor(i)) for i in s.inputs] for s in plan.steps if s.combine == "sum"}
     record = {
@@ -46,6 +48,7 @@ def make_record(plan: LayoutPlan, ckpt: Checkpoint, added_metadata: list[str]) -
         "dropped": dropped,
         "summed": summed,
         "splits": {k: list(v) for k, v in plan.splits.items()},
+        "ties": dict(ckpt.aliases),
         "added_metadata": added_metadata,
     }
     return json.dumps(record, separators=(",", ":"))
@@ -68,6 +71,7 @@ def undo(record: dict[str, Any], ckpt: Checkpoint) -> LayoutPlan | None:
     """The plan that undoes ``record`` on ``ckpt``; ``None`` when the tensors no longer match it."""
     steps = [Step.from_json(s) for s in record["steps"]]
     have = {ti.name: ti for ti in ckpt.tensor_infos()}
+    have.update({alias: replace(ckpt.info(target), name=alias) for alias, target in ckpt.aliases.items()})
     for s in steps:
         ti = have.get(s.out)
         if ti is None or ti.shape != s.shape:
@@ -116,9 +120,37 @@ def undo(record: dict[str, Any], ckpt: Checkpoint) -> LayoutPlan | None:
     for ti in ckpt.tensor_infos():
         if ti.name not in covered:
             made.append(rename(ti.name, ti.name, ti.shape, ti.dtype, "", "not in the layout record: kept as is"))
+    _tie(made, record.get("ties", {}), ckpt, plan)
     plan.steps = made
     plan.remove_metadata = [RECORD_KEY, *record.get("added_metadata", [])]
     return plan
+
+
+def _tie(made: list[Step], ties: dict[str, str], ckpt: Checkpoint, plan: LayoutPlan) -> None:
+    """Tie again the names the source had tied, where the target kept them as separate tensors.
+
+    A tie across a layout change (an Embedding's table and a Linear's weight, a Dense kernel in
+    Keras) needs two tensors in the target; back in the source framework they are one again when
+    their values still agree bit for bit, else they stay apart with a note.
+    """
+    index = {m.out: i for i, m in enumerate(made)}
+    for alias, target in ties.items():
+        if (alias in index) != (target in index):  # the target framework kept one tensor for both names
+            kept, other = (alias, target) if alias in index else (target, alias)
+            made.append(replace(made[index[kept]], out=other, why=f"tied to {kept}"))
+            index[other] = len(made) - 1
+            continue
+        if alias not in index or target not in index:
+            continue
+        a, t = made[index[alias]], made[index[target]]
+        resolved = [tuple(ckpt.aliases.get(i, i) for i in s.inputs) for s in (a, t)]
+        if resolved[0] == resolved[1] and (a.combine, a.pre, a.post) == (t.combine, t.pre, t.post):
+            continue  # one stored tensor read alike: the view ties them already
+        values = [run(s, [ckpt.read_tensor(ckpt.aliases.get(i, i)) for i in s.inputs]) for s in (a, t)]
+        if a.shape == t.shape and a.dtype == t.dtype and arrays_identical(values[0], values[1]):
+            made[index[alias]] = replace(t, out=alias, why=f"tied to {target} again")
+        else:
+            plan.notes.append(f"{alias} was tied to {target}; their values differ now, so they stay apart")
 
 
 def _decode(value: str, like: Step, shape: tuple[int, ...]) -> np.ndarray:
@@ -168,13 +200,14 @@ def _unsum(s: Step, originals: list[str] | None, ckpt: Checkpoint, plan: LayoutP
 
 
 def _unstack(s: Step) -> list[Step]:
-
+    """Row steps that take a stacked tensor apart again: undo its ``post``, pick a row, undo ``pre``."""
+    stacked = (len(s.inputs), *op_shapes(s.in_shapes[0], s.pre)[-1])
+    pre = inverse_ops(stacked, s.post)
     out = []
     for row, (name, shape) in enumerate(zip(s.inputs, s.in_shapes, strict=True)):
         post = inverse_ops(shape, s.pre)
-        out.append(
-            Step(name, (s.out,), shape, s.dtype, combine=f"row:{row}", post=post, layer=s.layer, in_shapes=(s.shape,))
-        )
+        row_step = Step(name, (s.out,), shape, s.dtype, f"row:{row}", pre, post, layer=s.layer, in_shapes=(s.shape,))
+        out.append(row_step)
     return out
 
 
@@ -182,16 +215,19 @@ def _restack(source: str, parts: dict[int, Step]) -> Step | None:
     """The tensor the ``row:<i>`` steps took apart, stacked again; ``None`` unless every row is there."""
     first = parts[min(parts)]
     shape = first.in_shapes[0]
-    if sorted(parts) != list(range(shape[0])) or any(p.post != first.post for p in parts.values()):
+    stacked = op_shapes(shape, first.pre)[-1]
+    alike = all((p.pre, p.post) == (first.pre, first.post) for p in parts.values())
+    if sorted(parts) != list(range(stacked[0])) or not alike:
         return None
-    ordered = [parts[i] for i in range(shape[0])]
+    ordered = [parts[i] for i in range(stacked[0])]
     return Step(
         source,
         tuple(p.out for p in ordered),
         shape,
         first.dtype,
         combine="stack",
-        pre=inverse_ops(first.shape, first.post),
+        pre=inverse_ops(stacked[1:], first.post),
+        post=inverse_ops(shape, first.pre),
         layer=first.layer,
         in_shapes=tuple(p.shape for p in ordered),
     )

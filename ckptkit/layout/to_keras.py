@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from ckptkit.core.model import TensorInfo
 from ckptkit.formats.keras import naming
-from ckptkit.layout import ops
-from ckptkit.layout.hints import Hint, find, hint_help
+from ckptkit.layout import attention, ops
+from ckptkit.layout.attention import Source, TorchAttention
+from ckptkit.layout.hints import ATTENTION_KINDS, NO_RULE, Hint, find, hint_help
 from ckptkit.layout.ops import Step, moved, rename
 from ckptkit.layout.plan import LayoutPlan, Planner
 
@@ -51,13 +52,15 @@ def conv_perm(rank: int) -> tuple[int, ...]:
 
 
 class _Planner(Planner):
-    def __init__(self, infos: list[TensorInfo], hints: list[Hint]) -> None:
+    def __init__(self, infos: list[TensorInfo], hints: list[Hint], aliases: dict[str, str]) -> None:
         super().__init__(infos, hints, "torch", "keras")
+        self.aliases = aliases  # tied name -> the tensor it shares
         self.assumed_conv: list[str] = []  # convolutions that might be transposed ones
 
     def run(self) -> LayoutPlan:
         modules = group_modules(self.infos)
         separable = self._separable_groups(modules)
+        units = self._attention_units(modules)
         done: set[str] = set()
         for module in modules:
             if module.name in done:
@@ -67,7 +70,15 @@ class _Planner(Planner):
                 self._separable(*group)
                 done.update(m.name for m in group[1])
                 continue
+            unit = units.get(module.name)
+            if unit:
+                att, members = unit
+                attention.to_keras(att, find(self.hints, att.name), self.plan, self.ask)
+                done.update(members)
+                self.spatial = False
+                continue
             self._module(module)
+        self._note_linear_attention(modules, {m for _, members in units.values() for m in members})
         self.finish()
         if self.assumed_conv:
             few = ", ".join(self.assumed_conv[:5]) + (
@@ -80,6 +91,122 @@ class _Planner(Planner):
             )
         return self.plan
 
+    # -- attention ----------------------------------------------------------------------------------
+
+    def _attention_units(self, modules: list[Module]) -> dict[str, tuple[TorchAttention, set[str]]]:
+        """Attention layers, by the first of their modules: nn.MultiheadAttention, and modules hinted as one."""
+        by_name = {m.name: m for m in modules}
+        units: dict[str, tuple[TorchAttention, set[str]]] = {}
+        claimed: set[str] = set()
+        for m in modules:
+            if not any(p in m.params for p in ("in_proj_weight", *attention.MHA_SEPARATE)):
+                continue
+            hint = find(self.hints, m.name)
+            if hint and hint.kind == "keep":
+                continue
+            unit = self._nn_multihead(m, by_name.get(f"{m.name}.out_proj"))
+            if unit is not None:
+                units[m.name] = unit
+                claimed.update(unit[1])
+        prefixes = sorted(
+            {p for m in modules for p in _ancestors(m.name) if self._attention_hint(p)}, key=len, reverse=True
+        )
+        for prefix in prefixes:
+            if prefix in claimed:
+                continue
+            members = [m for m in modules if m.name.startswith(prefix + ".") and m.name not in claimed]
+            unit = self._linear_attention(prefix, members)
+            if unit is not None:
+                first = next(m.name for m in modules if m.name in unit[1])
+                units[first] = unit
+                claimed.update(unit[1])
+        return units
+
+    def _attention_hint(self, name: str) -> Hint | None:
+        hint = find(self.hints, name)
+        return hint if hint and hint.pattern and hint.kind in ATTENTION_KINDS and hint.matches(name) else None
+
+    def _nn_multihead(self, m: Module, out: Module | None) -> tuple[TorchAttention, set[str]] | None:
+        params = m.params
+        extra = set(params) - {*attention.MHA_PACKED, *attention.MHA_SEPARATE}
+        if extra & {"bias_k", "bias_v"}:
+            self.ask(f"{m.name} is an nn.MultiheadAttention with add_bias_kv, which Keras attention layers lack")
+            return None
+        if extra:
+            self.ask(f"{m.name} has {', '.join(sorted(extra))} besides nn.MultiheadAttention's parameters")
+            return None
+        if out is None or "weight" not in out.params or set(out.params) - {"weight", "bias"}:
+            self.ask(f"{m.name} is an nn.MultiheadAttention without an out_proj Linear ({m.name}.out_proj.weight)")
+            return None
+        weights: dict[str, Source] = {}
+        biases: dict[str, Source] = {}
+        packed = params.get("in_proj_weight")
+        if packed is not None:
+            if len(packed.shape) != 2 or packed.shape[0] % 3 or set(params) & set(attention.MHA_SEPARATE):
+                self.ask(f"{packed.name} {list(packed.shape)} is not nn.MultiheadAttention's (3E, E) in_proj_weight")
+                return None
+            weights = {p: Source(packed, i) for i, p in enumerate(attention.QKV)}
+        else:
+            if any(n not in params or len(params[n].shape) != 2 for n in attention.MHA_SEPARATE):
+                self.ask(f"{m.name} needs q_proj_weight, k_proj_weight and v_proj_weight, each 2-D")
+                return None
+            weights = {p: Source(params[n]) for p, n in zip(attention.QKV, attention.MHA_SEPARATE, strict=True)}
+        bias = params.get("in_proj_bias")
+        if bias is not None:
+            if len(bias.shape) != 1 or bias.shape[0] % 3:
+                self.ask(f"{bias.name} {list(bias.shape)} is not nn.MultiheadAttention's (3E,) in_proj_bias")
+                return None
+            biases = {p: Source(bias, i) for i, p in enumerate(attention.QKV)}
+        weights["attention_output"] = Source(out.params["weight"])
+        if "bias" in out.params:
+            biases["attention_output"] = Source(out.params["bias"])
+        bad = [f"{p} {list(src.shape)}" for p, src in weights.items() if len(src.shape) != 2]
+        if bad:
+            self.ask(f"{m.name}: projections {', '.join(bad)} are not 2-D")
+            return None
+        return TorchAttention(m.name, weights, biases, "nn.MultiheadAttention"), {m.name, out.name}
+
+    def _linear_attention(self, prefix: str, members: list[Module]) -> tuple[TorchAttention, set[str]] | None:
+        found: dict[str, Module] = {}
+        for m in members:
+            rel = m.name[len(prefix) + 1 :]
+            part = next((p for p, names in attention.TORCH_NAMES.items() if rel in names), None)
+            if part is None:
+                continue
+            if part in found:
+                self.ask(
+                    f"{prefix} is hinted as attention but has two {part} projections, {found[part].name} and {m.name}"
+                )
+                return None
+            found[part] = m
+        missing = [p for p in attention.PARTS if p not in found]
+        if missing:
+            names = " or ".join("/".join(attention.TORCH_NAMES[p][:3]) for p in missing)
+            self.ask(f"{prefix} is hinted as attention, but no Linear module under it is named {names}")
+            return None
+        for m in found.values():
+            w = m.params.get("weight")
+            if w is None or len(w.shape) != 2 or set(m.params) - {"weight", "bias"}:
+                self.ask(f"{m.name} is not a Linear module (weight and bias), so it is no attention projection")
+                return None
+        weights = {p: Source(m.params["weight"]) for p, m in found.items()}
+        biases = {p: Source(m.params["bias"]) for p, m in found.items() if "bias" in m.params}
+        return TorchAttention(prefix, weights, biases, "Linear modules"), {m.name for m in found.values()}
+
+    def _note_linear_attention(self, modules: list[Module], claimed: set[str]) -> None:
+        children: dict[str, set[str]] = {}
+        for m in modules:
+            if m.name not in claimed and set(m.params) <= {"weight", "bias"} and "." in m.name:
+                parent, _, leaf = m.name.rpartition(".")
+                children.setdefault(parent, set()).add(leaf)
+        for parent, leaves in children.items():
+            if {"q_proj", "k_proj", "v_proj"} <= leaves and leaves & {"out_proj", "o_proj"}:
+                self.plan.notes.append(
+                    f"{parent}: q_proj, k_proj, v_proj and its output projection became Dense layers; for one Keras "
+                    f"MultiHeadAttention layer hint '{parent}=mha:HEADS' ('gqa:HEADSxKV_HEADS' for grouped-query "
+                    "attention) or pass --template"
+                )
+
     # -- one module -------------------------------------------------------------------------------
 
     def _module(self, m: Module) -> None:
@@ -88,8 +215,13 @@ class _Planner(Planner):
         if not m.params:
             return
         params = m.params
-        if not m.name:
+        if hint and hint.kind == NO_RULE and hint.matches(m.name):
+            keep = hint_help(m.name, ("keep",))
+            self.ask(f"{m.name}: the template's layer is a Keras {hint.cls}, which no rule translates ({keep})")
+        elif not m.name:
             self.ask(f"{', '.join(params)} belong to no module ({hint_help(next(iter(params)), ('keep',))})")
+        elif self._reverse_projection(m, hint):
+            return
         elif "running_mean" in params or "running_var" in params:
             self._batchnorm(m)
         elif any(_RNN.match(p) or _PROJECTION.match(p) for p in params):
@@ -125,20 +257,51 @@ class _Planner(Planner):
             return
         self.ask(f"{w.name} has rank {rank}, which no rule knows ({hint_help(m.name, ('keep',))})")
 
+    def _reverse_projection(self, m: Module, hint: Hint | None) -> bool:
+        """A bias-less Linear tied to a ReversibleEmbedding's table: no Keras tensor, the tie is recorded."""
+        w = m.params.get("weight")
+        if hint is not None or w is None or set(m.params) != {"weight"}:
+            return False
+        for table_weight in self._tied_with(w.name):
+            table = table_weight.rpartition(".")[0]
+            table_hint = find(self.hints, table)
+            if table != m.name and table_hint is not None and table_hint.kind == "reversible":
+                self.plan.dropped[w.name] = (
+                    f"tied to {table_weight}: the Keras ReversibleEmbedding {table} projects back with its own "
+                    "table (tie_weights=True); the tie is kept in the layout record"
+                )
+                return True
+        return False
+
+    def _tied_with(self, name: str) -> list[str]:
+        """The other names of a tied weight (either way round: which name is the alias is the reader's choice)."""
+        target = self.aliases.get(name, name)
+        return [n for n in (target, *(a for a, t in self.aliases.items() if t == target)) if n != name]
+
     def _two_d(self, m: Module, w: TensorInfo, bias: TensorInfo | None, hint: Hint | None) -> None:
         kind = hint.kind if hint else None
-        if kind == "embedding" or (kind is None and bias is None and "emb" in m.name.rsplit(".", 1)[-1].lower()):
+        if kind in ("embedding", "reversible") or (
+            kind is None and bias is None and "emb" in m.name.rsplit(".", 1)[-1].lower()
+        ):
             if bias is not None:
                 self.ask(f"{m.name} is hinted as an Embedding but has a bias")
                 return
-            self.plan.steps.append(rename(f"{m.name}/embeddings", w.name, w.shape, w.dtype, m.name, "Embedding"))
-            self.plan.classes[m.name] = "Embedding"
+            cls = "ReversibleEmbedding" if kind == "reversible" else "Embedding"
+            self.plan.steps.append(rename(f"{m.name}/embeddings", w.name, w.shape, w.dtype, m.name, cls))
+            self.plan.classes[m.name] = cls
             self.spatial = False
             return
         if kind is None and bias is None:
+            tied = self._tied_with(w.name)
+            table = tied[0].rpartition(".")[0] if tied else ""
+            also = (
+                f", or, tied to {tied[0]}, the reverse projection of a Keras ReversibleEmbedding '{table}=reversible'"
+                if tied
+                else ""
+            )
             self.ask(
                 f"{w.name} {list(w.shape)} has no bias: Linear or Embedding? "
-                f"({hint_help(m.name, ('dense', 'embedding'))})"
+                f"({hint_help(m.name, ('dense', 'embedding'))}{also})"
             )
             return
         if bias is not None and bias.shape != (w.shape[0],):
@@ -432,5 +595,10 @@ class _Planner(Planner):
         self.plan.classes[base] = f"{cls}Cell"
 
 
-def plan_to_keras(infos: list[TensorInfo], hints: list[Hint]) -> LayoutPlan:
-    return _Planner(infos, hints).run()
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def plan_to_keras(infos: list[TensorInfo], hints: list[Hint], aliases: dict[str, str] | None = None) -> LayoutPlan:
+    return _Planner(infos, hints, aliases or {}).run()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from ckptkit.core import dtypes
 from ckptkit.core.model import TensorInfo
 from ckptkit.formats.keras import naming
+from ckptkit.layout import attention
+from ckptkit.layout.attention import KerasPart
 from ckptkit.layout.hints import Hint, find, hint_help
 from ckptkit.layout.ops import Op, Step, inverse_ops, moved, rename
 from ckptkit.layout.plan import LayoutPlan, Planner
@@ -51,9 +53,12 @@ def conv_perm(rank: int) -> tuple[int, ...]:
 
 
 class _Planner(Planner):
-    def __init__(self, infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> None:
+    def __init__(
+        self, infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str], equations: dict[str, str]
+    ) -> None:
         super().__init__(infos, hints, "keras", "torch")
         self.classes = classes
+        self.equations = equations  # EinsumDense layer path -> its equation (and bias axes after a space)
         self.rnn_kinds: dict[str, tuple[str, tuple[int, ...], bool]] = {}  # module -> class, size, bidirectional
         self.halves: dict[tuple[str, int], set[str]] = {}  # (module, layer) -> "forward", "backward"
 
@@ -61,7 +66,18 @@ class _Planner(Planner):
         optimizer = [ti for ti in self.infos if ti.name.startswith("optimizer/")]
         for ti in optimizer:
             self.plan.dropped[ti.name] = "PyTorch keeps optimizer state apart from the state_dict"
-        for owner in group_owners([ti for ti in self.infos if not ti.name.startswith("optimizer/")]):
+        owners = group_owners([ti for ti in self.infos if not ti.name.startswith("optimizer/")])
+        units = self._attention_units(owners)
+        done: set[str] = set()
+        for owner in owners:
+            if owner.path in done:
+                continue
+            unit = units.get(owner.path)
+            if unit:
+                layer, parts = unit
+                self._attention(layer, parts)
+                done.update(o.path for o in parts.values())
+                continue
             self._owner(owner)
         self._check_halves()
         return self.finish()
@@ -69,6 +85,42 @@ class _Planner(Planner):
     def _class(self, owner: Owner) -> str | None:
         last = owner.path.rsplit("/", 1)[-1]
         return self.classes.get(owner.path) or naming.class_from_auto_name(last) or _class_from_variables(owner)
+
+    def _layer_class(self, path: str) -> str | None:
+        return self.classes.get(path) or naming.class_from_auto_name(path.rsplit("/", 1)[-1])
+
+    def _attention_units(self, owners: list[Owner]) -> dict[str, tuple[str, dict[str, Owner]]]:
+        """Attention layers by their first sub-layer's path: (layer path, Keras part -> sub-layer).
+
+        A layer counts by its class, or, where the file does not say, by having exactly the four
+        projections MultiHeadAttention names ``query``, ``key``, ``value``, ``attention_output``.
+        """
+        below: dict[str, dict[str, Owner]] = {}
+        for o in owners:
+            parent, _, part = o.path.rpartition("/")
+            if parent and part in (*attention.PARTS, "gate"):
+                below.setdefault(parent, {})[part] = o
+        units: dict[str, tuple[str, dict[str, Owner]]] = {}
+        for parent, parts in below.items():
+            cls = self._layer_class(parent)
+            if cls in attention.CLASSES or (cls is None and set(parts) == set(attention.PARTS)):
+                first = next(o.path for o in owners if o in parts.values())
+                units[first] = (parent, parts)
+        return units
+
+    def _attention(self, layer: str, parts: dict[str, Owner]) -> None:
+        cls = self._layer_class(layer)
+        module = layer.replace("/", ".")
+        hint = find(self.hints, layer, module)
+        found: dict[str, KerasPart] = {}
+        for part, o in parts.items():
+            if set(o.vars) - {"kernel", "bias"} or "kernel" not in o.vars:
+                what = f"{cls or 'attention'} {part} projection"
+                self.ask(f"{o.path} ({what}) has {', '.join(o.vars)}; expected kernel and bias")
+                return
+            found[part] = KerasPart(o.vars["kernel"], o.vars.get("bias"))
+        attention.to_torch(layer, module, found, cls, hint, self.plan, self.ask)
+        self.spatial = False
 
     def _owner(self, o: Owner) -> None:
         module = o.path.replace("/", ".")
@@ -91,18 +143,41 @@ class _Planner(Planner):
         elif cls in _NORMS or kind in ("norm", "group_norm", "rms_norm"):
             self._renames(o, module, cls or "normalization")
             self._after_norm(o)
-        elif cls == "Embedding" or kind == "embedding":
+        elif cls in ("Embedding", "ReversibleEmbedding") or kind in ("embedding", "reversible"):
             self._renames(o, module, "Embedding")
             self.spatial = False
         elif cls and cls.startswith("SeparableConv"):
             self._separable(o, module, cls)
-        elif "kernel" in o.vars:
+        elif cls == "EinsumDense" and "kernel" in o.vars and kind not in ("dense", "keep"):
+            self._einsum(o, module)
+        elif "kernel" in o.vars and (kind or not cls or _kernel_rule(cls)):
             self._kernel(o, module, cls, hint)
+        elif cls and kind is None:
+            self.ask(f"{o.path} is a Keras {cls}, which no rule translates ({hint_help(o.path, ('keep',))})")
         else:
             self.ask(
                 f"{o.path} ({cls or 'class unknown'}) has {', '.join(o.vars)}, which no rule knows "
                 f"({hint_help(o.path, ('keep',))})"
             )
+
+    def _einsum(self, o: Owner, module: str) -> None:
+        """An EinsumDense layer of its own: a Linear when its equation is Dense's, else refused."""
+        recorded = self.equations.get(o.path)
+        if recorded is None:
+            self.ask(
+                f"{o.path} is a Keras EinsumDense and the file does not record its equation, so its layout is "
+                f"unknown ('{o.path}=dense' if it computes x @ kernel on the last axis, or '{o.path}=keep')"
+            )
+            return
+        equation, _, bias_axes = recorded.partition(" ")
+        if not naming.is_dense_equation(equation, bias_axes or None):
+            self.ask(
+                f"{o.path} is a Keras EinsumDense computing {equation!r}"
+                + (f" with bias on {bias_axes!r}" if bias_axes else "")
+                + f", which no PyTorch module holds ({hint_help(o.path, ('keep',))})"
+            )
+            return
+        self._kernel(o, module, "Dense", None)
 
     def _torch_name(self, o: Owner, module: str, var: str) -> str | None:
         name = _TORCH_NAMES.get(var)
@@ -141,6 +216,12 @@ class _Planner(Planner):
         elif 3 <= rank <= 5:
             if kind is None:
                 kind = _conv_kind(cls, k, bias)
+            if kind is None and bias is not None and len(bias.shape) != 1:
+                self.ask(
+                    f"{k.name} {list(k.shape)} has a bias of shape {list(bias.shape)}, which no convolution has; "
+                    f"its layer's class is unknown ({hint_help(o.path, ('keep',))})"
+                )
+                return
             if kind is None:
                 self.ask(
                     f"{k.name} {list(k.shape)} may be a convolution or a depthwise one "
@@ -308,7 +389,14 @@ class _Planner(Planner):
                 self.ask(f"Bidirectional layer {module} (PyTorch layer {layer}) has only its {halves.pop()} half")
 
 
+def _kernel_rule(cls: str) -> bool:
+    """Whether a rule translates the kernel of a layer of this class (else the class is refused)."""
+    return cls == "Dense" or cls.startswith(("Conv", "Depthwise"))
+
+
 def _conv_kind(cls: str | None, k: TensorInfo, bias: TensorInfo | None) -> str | None:
+    if bias is not None and len(bias.shape) != 1:
+        return None  # a convolution's bias has one value per channel; others (EinsumDense) have no rule here
     if cls:
         if cls.startswith("Depthwise"):
             return "depthwise"
@@ -316,6 +404,7 @@ def _conv_kind(cls: str | None, k: TensorInfo, bias: TensorInfo | None) -> str |
             return "conv_transpose"
         if cls.startswith("Conv"):
             return "conv"
+        return None  # a class of its own: never taken for a convolution by its shape
     channels, last = k.shape[-2], k.shape[-1]
     if bias is not None:
         if bias.shape[0] == channels * last and channels > 1 and last > 1:
@@ -345,5 +434,7 @@ def _class_from_variables(o: Owner) -> str | None:
     return None
 
 
-def plan_to_torch(infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str]) -> LayoutPlan:
-    return _Planner(infos, hints, classes).run()
+def plan_to_torch(
+    infos: list[TensorInfo], hints: list[Hint], classes: dict[str, str], equations: dict[str, str] | None = None
+) -> LayoutPlan:
+    return _Planner(infos, hints, classes, equations or {}).run()

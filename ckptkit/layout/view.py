@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,11 @@ from ckptkit.layout.plan import LayoutPlan
 
 
 class LayoutCheckpoint(Checkpoint):
-    """``base`` seen through a :class:`LayoutPlan`; a renamed tensor keeps its raw bytes."""
+    """``base`` seen through a :class:`LayoutPlan`; a renamed tensor keeps its raw bytes.
+
+    Steps that compute the same thing from the same stored tensor (the two names of a tied weight,
+    translated alike) give one tensor and an alias, so a tie stays a tie in the target.
+    """
 
     def __init__(self, base: Checkpoint, plan: LayoutPlan, metadata: dict[str, str]) -> None:
         super().__init__(base.path)
@@ -22,10 +27,16 @@ class LayoutCheckpoint(Checkpoint):
         self.metadata = metadata
         self.extras = dict(base.extras)
         self._steps: dict[str, Step] = {s.out: s for s in plan.steps}
-        self._infos = [
-            TensorInfo(s.out, s.dtype, s.shape, f"from {', '.join(s.inputs) or 'the layout record'}")
-            for s in plan.steps
-        ]
+        self._infos: list[TensorInfo] = []
+        first: dict[tuple[Any, ...], str] = {}
+        for s in plan.steps:
+            key = (tuple(base.aliases.get(i, i) for i in s.inputs), s.combine, s.pre, s.post, s.shape, s.dtype.name)
+            if s.inputs and key in first:
+                self.aliases[s.out] = first[key]
+                continue
+            first.setdefault(key, s.out)
+            source = f"from {', '.join(s.inputs) or 'the layout record'}"
+            self._infos.append(TensorInfo(s.out, s.dtype, s.shape, source))
 
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
