@@ -318,6 +318,15 @@ def test_a_tie_translated_alike_stays_one_stored_tensor(tmp_path):
         )
         model.load_weights(tmp_path / f"two{ext}")
         assert all(np.array_equal(keras.ops.convert_to_numpy(w), table) for w in model.weights), ext
+    model.save(tmp_path / "template.keras")  # a template wants a copy per layer: both names fill one
+    ckptkit.convert(
+        tmp_path / "two.pt", tmp_path / "two.keras", layout="keras", options={"template": tmp_path / "template.keras"}
+    )
+    loaded = keras.saving.load_model(tmp_path / "two.keras")
+    assert all(np.array_equal(keras.ops.convert_to_numpy(w), table) for w in loaded.weights)
+    ckptkit.convert(tmp_path / "two.keras", tmp_path / "two_back.pt", layout="torch")
+    back = torch.load(tmp_path / "two_back.pt", weights_only=True)
+    assert back["dec_emb.weight"].data_ptr() == back["enc_emb.weight"].data_ptr()
 
 
 def test_a_tie_across_a_layout_change_comes_back_tied(tmp_path):

@@ -9,6 +9,7 @@ so the output loads wherever the template loads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ def fill(ckpt: Checkpoint, template: Path, match: str | None, notes: list[str]) 
     source = [ti for ti in ckpt.tensor_infos() if not structure.is_optimizer(ti.name)]
     skipped = len(ckpt.tensor_infos()) - len(source)
     by_name = {ti.name: ti for ti in source}
+    # A tied name fills a template variable of its own too (Keras keeps a copy per layer).
+    by_name.update(
+        {a: replace(ckpt.info(t), name=a) for a, t in ckpt.aliases.items() if a not in by_name and t in by_name}
+    )
     missing = [ti.name for ti in infos if ti.name not in by_name]
     if match == "name" or (match is None and not missing):
         if missing:
