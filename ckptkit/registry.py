@@ -8,9 +8,11 @@ group, whose entries point at a :class:`Format` object.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -272,10 +274,43 @@ def open_as(fmt: Format, path: Path, options: Mapping[str, Any] | None = None) -
         flags = ", ".join("--" + o.replace("_", "-") for o in sorted(unknown))
         raise UsageError(f"{flags} cannot be used when reading {fmt.name}")
     try:
-        return fmt.open(path, opts)
+        ckpt = fmt.open(path, opts)
     except CkptkitError as err:
         if err.path is None:
             err.path = str(path)
         raise
     except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", path) from err
+    ckpt.reopen = functools.partial(reopen, fmt.name, str(path), tuple(sorted(opts.items())))
+    return ckpt
+
+
+# Checkpoints reopened in this process (a Dask worker), so that the tasks of one job that read the
+# same source open it once per worker, not once per task. The key holds the file's size and
+# modification time: a file replaced between jobs is opened afresh.
+_reopened: dict[tuple[Any, ...], Checkpoint] = {}
+_reopened_lock = threading.Lock()
+_REOPENED_MAX = 16
+
+
+def reopen(format_name: str, path: str, options: tuple[tuple[str, Any], ...]) -> Checkpoint:
+    """The checkpoint :func:`open_as` opened as ``format_name`` at ``path``, opened again in this
+    process (what a pickled checkpoint unpickles to), shared by the tasks that ask for it."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        stamp: tuple[int, ...] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    except OSError:
+        stamp = ()
+    key = (format_name, path, repr(options), stamp)
+    with _reopened_lock:
+        found = _reopened.get(key) or _reopened.get((*key, threading.get_ident()))
+        if found is not None:
+            return found
+    ckpt = open_as(get(format_name), p, dict(options))
+    with _reopened_lock:
+        if len(_reopened) >= _REOPENED_MAX:
+            _reopened.pop(next(iter(_reopened)))  # the oldest goes; tasks still reading it keep it open
+        # A checkpoint whose reads share one file position is kept for this thread only.
+        _reopened[key if ckpt.concurrent_reads else (*key, threading.get_ident())] = ckpt
+    return ckpt

@@ -10,7 +10,15 @@ import click
 
 from ckptkit import registry
 from ckptkit.api import convert_checkpoint, plan_layout
-from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import (
+    executor_option,
+    format_option,
+    human_bytes,
+    print_json,
+    printable,
+    progress_bar,
+    stdout_console,
+)
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Receipt
 
@@ -39,6 +47,7 @@ def _names(kind: str) -> set[str]:
 
 
 @click.command("convert")
+@executor_option
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path())  # a str: a trailing "/" names a folder
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from ckptkit.cli._output import format_option, print_json, printable, progress_bar
+from ckptkit.cli._output import executor_option, format_option, print_json, printable, progress_bar
 from ckptkit.io.atomic import AtomicOutput
 from ckptkit.io.jsonfile import dumps_text
 
 
 @click.command("hash")
+@executor_option
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Write the manifest to this file instead of stdout."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import click
 from ckptkit.core.model import ProgressFn
 from ckptkit.core.names import printable as printable  # re-exported for the subcommands
 from ckptkit.io.jsonfile import dumps_text
+from ckptkit.io.workers import EXECUTOR_ENV, use_executor
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,3 +92,21 @@ class _FormatChoice(click.Choice):
 def format_option(dest: str, *names: str, help: str) -> Callable[[F], F]:
     """``--from``/``--to``: a format name, checked against the registry."""
     return click.option(*names, dest, type=_FormatChoice(), default=None, help=help)
+
+
+def executor_option(func: F) -> F:
+    """``--executor local|dask://HOST:PORT``: where the per-shard work of the command runs."""
+
+    @functools.wraps(func)
+    def run(*args: Any, executor: str | None = None, **kwargs: Any) -> Any:
+        with use_executor(executor):
+            return func(*args, **kwargs)
+
+    option = click.option(
+        "--executor",
+        metavar="local|dask://HOST:PORT",
+        default=None,
+        help=f"Run the per-shard work here: local threads (default) or a Dask scheduler's workers "
+        f"(default: ${EXECUTOR_ENV}, else local).",
+    )
+    return option(run)  # type: ignore[return-value]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckptkit.cli._output import human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import executor_option, human_bytes, print_json, printable, progress_bar, stdout_console
 
 if TYPE_CHECKING:
     from ckptkit.verify import Report
@@ -16,6 +16,7 @@ _NONFINITE_SHOWN = 10
 
 
 @click.command("verify")
+@executor_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--manifest", type=click.Path(path_type=Path), help="Check every tensor hash against this ckptkit hash manifest."

@@ -175,6 +175,17 @@ class Checkpoint(ABC):
     def total_params(self) -> int:
         return sum(ti.numel for ti in self.tensor_infos())
 
+    # Set by the registry on a checkpoint it opened: a picklable call that opens it again.
+    reopen: Callable[[], Checkpoint] | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # A checkpoint holds open files and maps; sent to another process (a Dask worker) it
+        # travels as the recipe that reopens it there. Views and in-memory checkpoints pickle
+        # their attributes as usual.
+        if self.reopen is not None:
+            return (self.reopen, ())
+        return super().__reduce_ex__(protocol)
+
     def __enter__(self) -> Checkpoint:
         return self
 

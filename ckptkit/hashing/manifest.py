@@ -24,6 +24,7 @@ from ckptkit.hashing.scan import ScanResult, scan
 from ckptkit.hashing.tensors import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
 from ckptkit.io.jsonfile import read_user_json
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
+from ckptkit.io.workers import shard_executor
 
 SCHEMA = "ckptkit.hashing.manifest/1"
 
@@ -209,6 +210,27 @@ def _all_names(ckpt: Checkpoint) -> list[str]:
     return [*ckpt.names(), *ckpt.aliases, *ckpt.unsupported]
 
 
+@dataclass(frozen=True)
+class _ShardHash:
+    """Hashing one shard: a plain record, so that it can run on another process."""
+
+    ckpt: Checkpoint
+    exclude: tuple[str, ...]
+    file_hashes: bool
+    workers: int | None
+    progress: ProgressFn | None
+
+
+def hash_shard(task: _ShardHash) -> tuple[dict[str, TensorEntry], str, dict[Path, str | None]]:
+    """One shard's manifest entries, format name and file digests."""
+    ckpt = _excluding(task.ckpt, task.exclude)
+    files = files_of(ckpt)
+    result = scan(
+        ckpt, hashes=True, files=files if task.file_hashes else (), workers=task.workers, progress=task.progress
+    )
+    return entries_from_scan(ckpt, result), ckpt.format_name, {f: result.files.get(f) for f in files}
+
+
 def _sharded_manifest(
     index: ShardIndex, workers: int | None, progress: ProgressFn | None, file_hashes: bool, exclude: Sequence[str]
 ) -> Manifest:
@@ -223,15 +245,16 @@ def _sharded_manifest(
         # the command before it reads gigabytes.
         shards = {s: stack.enter_context(registry.open_checkpoint(index.shard_path(s))) for s in index.shard_names}
         index.check_placement({shard: _all_names(opened) for shard, opened in shards.items()})
-        for opened in shards.values():
-            if exclude and all(name_matches(n, exclude) for n in _all_names(opened)):
-                continue  # a shard holding only what is left out
-            ckpt = _excluding(opened, exclude)
-            files = files_of(ckpt)
-            result = scan(ckpt, hashes=True, files=files if file_hashes else (), workers=workers, progress=progress)
-            tensors.update(entries_from_scan(ckpt, result))
-            formats.append(ckpt.format_name)
-            hashes.update({f: result.files.get(f) for f in files})
+        todo = [o for o in shards.values() if not (exclude and all(name_matches(n, exclude) for n in _all_names(o)))]
+        # Locally, one shard after another, each on all threads; on a cluster, a shard per task.
+        runner = shard_executor(concurrent=False, workers=1)
+        here = not runner.remote
+        tasks = [_ShardHash(o, tuple(exclude), file_hashes, workers if here else None, progress if here else None)
+                 for o in todo]  # fmt: skip
+        for entries, format_name, file_digests in runner.map(hash_shard, tasks):
+            tensors.update(entries)
+            formats.append(format_name)
+            hashes.update(file_digests)
     hashes = {index.path: file_sha256(index.path) if file_hashes else None, **hashes}
     fmt = formats[0] if len(set(formats)) == 1 else "mixed"
     records = _file_records(index.folder, hashes)

@@ -17,26 +17,42 @@ contend for the same memory bandwidth and page cache.
 Commands express work as a list of small task records (plain data: paths, tensor names) and a
 function applied to each (:meth:`Executor.map`), or hand tasks out one at a time while they read
 (:meth:`Executor.stream`). Tasks must not depend on each other's side effects, and results come
-back in task order, so the outcome is the same whichever executor runs them. An engine that runs
-tasks on other processes or machines implements the same methods.
+back in task order, so the outcome is the same whichever executor runs them.
+
+The passes over whole shards (writing output shards, hashing and verifying shards) ask
+:func:`shard_executor` instead: it is :func:`default_executor` unless ``--executor`` or
+``CKPTKIT_EXECUTOR`` names a Dask cluster (``dask://HOST:PORT``), where :class:`DaskExecutor` runs
+each shard's task on a worker process of the cluster. Such tasks and their functions are pickled:
+functions are importable module-level functions, records hold paths, names and open checkpoints
+(which pickle as the recipe that reopens them, :meth:`ckptkit.core.model.Checkpoint.__reduce__`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ckptkit.core.errors import UsageError
+from ckptkit.core.errors import CkptkitError, MissingDependencyError, UsageError
 from ckptkit.core.model import Checkpoint
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 WORKERS_ENV = "CKPTKIT_WORKERS"
+EXECUTOR_ENV = "CKPTKIT_EXECUTOR"
+LOCAL = "local"
+DASK_SCHEME = "dask://"
+# A task that fails with an error that is not ckptkit's verdict on the input (a worker's disk or
+# network hiccup) is run again up to this many times; a worker lost mid-task is Dask's own
+# business (its tasks go to the other workers, ``distributed.scheduler.allowed-failures`` times).
+TASK_RETRIES = 2
 MAX_WORKERS = 8
 THREAD_NAME_PREFIX = "ckptkit"
 
@@ -99,6 +115,7 @@ class Executor(ABC):
     """Runs tasks for a command: all at once with :meth:`map`, or one by one with :meth:`stream`."""
 
     workers: int = 1
+    remote = False  # tasks run in other processes: records and functions are pickled, no callbacks
 
     @abstractmethod
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
@@ -167,6 +184,134 @@ def default_executor(concurrent: bool = True, workers: int | None = None) -> Exe
     if not concurrent or count <= 1:
         return SerialExecutor()
     return ThreadExecutor(count)
+
+
+_chosen: ContextVar[str | None] = ContextVar("ckptkit_executor", default=None)
+
+
+def executor_spec(spec: str | None = None) -> str:
+    """The executor named by ``spec``, else by :func:`use_executor`, else by ``CKPTKIT_EXECUTOR``,
+    else ``local``; checked: ``local`` or ``dask://HOST:PORT``."""
+    text = (spec or _chosen.get() or os.environ.get(EXECUTOR_ENV, "") or LOCAL).strip()
+    if text == LOCAL:
+        return text
+    if text.startswith(DASK_SCHEME) and text[len(DASK_SCHEME) :].strip("/"):
+        return text.rstrip("/")
+    raise UsageError(f"executor {text!r} is neither {LOCAL!r} nor {DASK_SCHEME}HOST:PORT (a Dask scheduler)")
+
+
+@contextmanager
+def use_executor(spec: str | None) -> Iterator[None]:
+    """Within the block, :func:`shard_executor` runs on ``spec`` (``local`` or ``dask://HOST:PORT``;
+    ``None`` leaves the choice to ``CKPTKIT_EXECUTOR``)."""
+    token = _chosen.set(executor_spec(spec) if spec else None)
+    try:
+        yield
+    finally:
+        _chosen.reset(token)
+
+
+def shard_executor(concurrent: bool = True, workers: int | None = None) -> Executor:
+    """The executor for a pass whose tasks are whole shards: a :class:`DaskExecutor` when one is
+    chosen (:func:`use_executor`, ``CKPTKIT_EXECUTOR``), else :func:`default_executor`."""
+    spec = executor_spec()
+    if spec == LOCAL:
+        return default_executor(concurrent, workers)
+    return DaskExecutor(spec[len(DASK_SCHEME) :])
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A task's CkptkitError, returned rather than raised so that Dask does not retry it: the
+    input's verdict is the same on every try."""
+
+    error: CkptkitError
+
+
+def _run_task(fn: Callable[[T], R], task: T) -> R | _Refusal:
+    try:
+        return fn(task)
+    except CkptkitError as err:
+        return _Refusal(err)
+
+
+class _DaskStream(Stream):
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.pending: list[Any] = []
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        remote = self._client.submit(fn, *args, pure=False, retries=TASK_RETRIES)
+        self.pending.append(remote)
+        done: Future[R] = Future()
+
+        def settle(finished: Any) -> None:
+            try:
+                done.set_result(finished.result())
+            except BaseException as err:
+                done.set_exception(err)
+
+        remote.add_done_callback(settle)
+        return done
+
+
+class DaskExecutor(Executor):
+    """Runs tasks on a Dask cluster's workers (``distributed.Client(address)``).
+
+    Functions and task records are pickled to the workers. A task that raises a
+    :class:`~ckptkit.core.errors.CkptkitError` fails the pass with that error (the first in task
+    order); other errors are retried :data:`TASK_RETRIES` times; tasks of a worker that dies are
+    rerun by Dask on the others. Files a task writes must be where the client can see them (a
+    shared file system or an object store).
+    """
+
+    remote = True
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.client = _client(address)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
+        if not tasks:
+            return []
+        futures = self.client.map(functools.partial(_run_task, fn), list(tasks), pure=False, retries=TASK_RETRIES)
+        try:
+            results = self.client.gather(futures)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        for result in results:
+            if isinstance(result, _Refusal):
+                raise result.error
+        return list(results)
+
+    @contextmanager
+    def stream(self) -> Iterator[Stream]:
+        stream = _DaskStream(self.client)
+        try:
+            yield stream
+        except BaseException:
+            self.client.cancel(stream.pending)
+            raise
+        wait_all = [f for f in stream.pending if not f.done()]
+        if wait_all:
+            self.client.gather(wait_all, errors="skip")
+
+
+@functools.lru_cache(maxsize=4)
+def _client(address: str) -> Any:
+    """One client per scheduler address and process: connecting costs a round of handshakes."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise MissingDependencyError(
+            "running on a Dask cluster needs the distributed package: pip install 'ckptkit[dask]'"
+        ) from None
+    try:
+        return Client(address, set_as_default=False, timeout="10s")
+    except (OSError, TimeoutError) as err:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {err}") from None
 
 
 def balanced_groups(sizes: Sequence[int], groups: int) -> list[list[int]]:

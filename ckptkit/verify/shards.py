@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ckptkit.core.dtypes import by_name
 from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError
 from ckptkit.core.findings import TargetReport, error, warning
 from ckptkit.io.shards.index import INDEX_SUFFIX, ShardIndex
+from ckptkit.io.workers import shard_executor
 from ckptkit.verify.content import UNSUPPORTED
 from ckptkit.verify.seen import Seen
 from ckptkit.verify.single import Settings, check_file, file_finding
@@ -42,8 +44,12 @@ def check_sharded(
     expected_size = _check_total_size_field(index, report)
     found: dict[str, dict[str, Seen]] = {}  # shard -> tensors seen in it
     complete = True
-    for shard in index.shard_names:
-        contents = _check_shard(index, shard, report, settings)
+    # Locally, one shard after another, each on all threads; on a cluster, a shard per task.
+    runner = shard_executor(concurrent=False, workers=1)
+    task_settings = replace(settings, progress=None, workers=None) if runner.remote else settings
+    tasks = [_ShardCheck(index, shard, str(report.path), task_settings) for shard in index.shard_names]
+    for shard, (shard_report, contents) in zip(index.shard_names, runner.map(check_shard, tasks), strict=True):
+        _merge(report, shard_report)
         if contents is None:
             complete = False
         else:
@@ -74,6 +80,32 @@ def _check_total_size_field(index: ShardIndex, report: TargetReport) -> int | No
         report.add(error("index.total-size", f"metadata.total_size {value!r} is not a byte count", index.path))
         return None
     return int(value)
+
+
+@dataclass(frozen=True)
+class _ShardCheck:
+    """Verifying one shard: a plain record, so that it can run on another process."""
+
+    index: ShardIndex
+    shard: str
+    target: str
+    settings: Settings
+
+
+def check_shard(task: _ShardCheck) -> tuple[TargetReport, dict[str, Seen] | None]:
+    """One shard's findings (in a report of their own) and the tensors seen, ``None`` if unreadable."""
+    report = TargetReport(task.target)
+    return report, _check_shard(task.index, task.shard, report, task.settings)
+
+
+def _merge(report: TargetReport, part: TargetReport) -> None:
+    for group in part.groups:
+        report.ran(group)
+    report.findings.extend(part.findings)
+    report.files.extend(part.files)
+    report.nonfinite.extend(part.nonfinite)
+    report.tensors += part.tensors
+    report.bytes += part.bytes
 
 
 def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:

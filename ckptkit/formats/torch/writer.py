@@ -11,13 +11,14 @@ with a legacy typed storage class (``torch.HalfStorage``) for dtypes that have o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import re
-import secrets
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
@@ -207,9 +208,11 @@ def write_torch(ckpt: Checkpoint, ctx: WriteContext) -> None:
         zw.write_record(f"{root}/.format_version", b"1")
         zw.write_record(f"{root}/.storage_alignment", str(ALIGNMENT).encode())
         zw.write_record(f"{root}/byteorder", b"little")
+        digest = hashlib.sha256(data_pkl)
         for key, ti in enumerate(ordered):
             zw.begin(f"{root}/data/{key}", ti.nbytes)
             written, crc = copier.copy(ckpt, ti.name, out, want_crc=True, progress=ctx.progress)
+            digest.update(crc.to_bytes(4, "little"))
             if written != ti.nbytes:
                 raise CorruptCheckpointError(
                     f"tensor {ti.name!r} gave {written} bytes of data, but {ti.dtype.name} {list(ti.shape)} "
@@ -217,10 +220,12 @@ def write_torch(ckpt: Checkpoint, ctx: WriteContext) -> None:
                 )
             zw.end(crc)
         zw.write_record(f"{root}/version", FILE_FORMAT_VERSION)
-        zw.write_record(f"{root}/.data/serialization_id", _serialization_id())
+        zw.write_record(f"{root}/.data/serialization_id", _serialization_id(digest))
         zw.finish()
 
 
-def _serialization_id() -> bytes:
-    # torch writes 40 decimal digits that differ for every file it saves.
-    return f"{secrets.randbits(128):040d}".encode()
+def _serialization_id(digest: Any) -> bytes:
+    # torch writes 40 decimal digits that differ for every file it saves. Taking them from the
+    # content (the pickle and every record's CRC) keeps distinct files apart and makes a write
+    # reproducible: the same checkpoint gives the same bytes, whichever process or machine wrote it.
+    return f"{int.from_bytes(digest.digest()[:16], 'big'):040d}".encode()

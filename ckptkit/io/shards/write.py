@@ -37,7 +37,7 @@ from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo, parse_size
 from ckptkit.io.paths import is_inside_name
 from ckptkit.io.shards.index import INDEX_SUFFIX, read_index
-from ckptkit.io.workers import default_executor
+from ckptkit.io.workers import shard_executor
 
 DEFAULT_SHARD_SIZE = "5GB"  # the default of transformers' save_pretrained and huggingface_hub
 
@@ -192,6 +192,23 @@ def index_document(ckpt: Checkpoint, shards: Sequence[ShardPlan]) -> dict[str, A
     return {"metadata": meta, "weight_map": weight_map}
 
 
+@dataclass(frozen=True)
+class _ShardTask:
+    """Writing one output shard: a plain record, so that it can be sent to another process."""
+
+    ckpt: Checkpoint
+    ctx: WriteContext  # the output and options; notes and progress of this shard
+    write_one: Writer
+    shard: ShardPlan
+
+
+def write_shard(task: _ShardTask) -> list[str]:
+    """Write one shard into the output's staging folder; its writer's notes."""
+    shard_ctx = replace(task.ctx, output=_ShardOutput(task.ctx.output, task.shard.final), notes=[])
+    task.write_one(ShardView(task.ckpt, task.shard.names), shard_ctx)
+    return shard_ctx.notes
+
+
 def write_sharded(ckpt: Checkpoint, ctx: WriteContext, write_one: Writer, shards: Sequence[ShardPlan]) -> None:
     """Write each shard with ``write_one`` (concurrently when the source allows), then the index."""
     out = ctx.output
@@ -201,13 +218,11 @@ def write_sharded(ckpt: Checkpoint, ctx: WriteContext, write_one: Writer, shards
         out.temp_for(final)  # claims every name up front: an existing file stops us before any writing
     _replace_previous(ctx, main, [s.final for s in shards] + [index_final])
     options = {k: v for k, v in ctx.options.items() if k != SHARD_SIZE_OPTION.name}
-
-    def write_shard(s: ShardPlan) -> list[str]:
-        shard_ctx = replace(ctx, output=_ShardOutput(out, s.final), options=options, notes=[], expected=None)
-        write_one(ShardView(ckpt, s.names), shard_ctx)
-        return shard_ctx.notes
-
-    notes = default_executor(ckpt.concurrent_reads).map(write_shard, shards)
+    runner = shard_executor(ckpt.concurrent_reads)
+    # On another process a shard's task reopens the source and writes into the same staging
+    # folder; progress callbacks stay here.
+    base = replace(ctx, options=options, notes=[], expected=None, progress=None if runner.remote else ctx.progress)
+    notes = runner.map(write_shard, [_ShardTask(ckpt, base, write_one, s) for s in shards])
     ctx.notes.extend(dict.fromkeys(n for shard_notes in notes for n in shard_notes))
     with open(out.temp_for(index_final), "w", encoding="utf-8") as f:
         json.dump(index_document(ckpt, shards), f, indent=2, ensure_ascii=False)
