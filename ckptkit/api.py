@@ -402,7 +402,7 @@ def describe(ckpt: Checkpoint, *, stats: bool = False, progress: ProgressFn | No
         tensors.append(entry)
     report = {
         "schema": "ckptkit.inspect/1",
-        "path": str(ckpt.path),
+        "path": ckpt.url or str(ckpt.path),
         "format": ckpt.format_name,
         "tensor_count": len(infos),
         "parameters": sum(ti.numel for ti in infos),

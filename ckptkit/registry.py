@@ -33,6 +33,7 @@ from ckptkit.core.errors import (
 from ckptkit.core.format import Format, Opener, OptionSpec, Sniffer, WriteContext, Writer
 from ckptkit.core.model import Checkpoint
 from ckptkit.io.shards.index import INDEX_SUFFIX
+from ckptkit.io.source import Source, is_url, open_source
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -250,7 +251,16 @@ def _has_extension(path: Path, fmt: Format) -> bool:
 def open_checkpoint(
     path: str | Path, format: str | None = None, options: Mapping[str, Any] | None = None
 ) -> Checkpoint:
-    """Open a checkpoint for reading, detecting its format unless ``format`` is given."""
+    """Open a checkpoint for reading, detecting its format unless ``format`` is given.
+
+    ``path`` may be a URL (``s3://``, ``hf://``, ``https://``, ...: see :mod:`ckptkit.io.source`),
+    read by range requests by the formats that can (:attr:`Format.open_remote`).
+    """
+    if is_url(path):
+        source = open_source(path)
+        if source.remote:
+            return _open_remote(source, format, options)
+        path = str(source.local_path)
     p = Path(path)
     if format:
         fmt = get(format)
@@ -262,6 +272,39 @@ def open_checkpoint(
     else:
         fmt = detect(p)
     return open_as(fmt, p, options)
+
+
+def _open_remote(source: Source, format: str | None, options: Mapping[str, Any] | None) -> Checkpoint:
+    """A checkpoint at a URL: the same input checks as a local file, on its first bytes."""
+    if source.size == 0:
+        raise EmptyFileError("the file is empty", source.name)
+    head = source.read_at(0, SNIFF_BYTES)
+    if head.startswith(LFS_POINTER_PREFIX):
+        raise LfsPointerError(_lfs_message(head), source.name)
+    remote = [f for f in _load().values() if f.open_remote is not None]
+    if format:
+        fmt = get(format)
+    else:
+        where = Path("/", source.basename)  # sniffers look only at the name's suffix here
+        found = [f for f in remote if _sniff(f, head, where)]
+        if not found:
+            readable = ", ".join(f.name for f in remote)
+            raise UnknownFormatError(
+                f"not a checkpoint ckptkit can read from a URL (it reads {readable} there; download other files)",
+                source.name,
+            )
+        fmt = found[0]
+    if fmt.open_remote is None:
+        raise UsageError(f"ckptkit reads {fmt.name} files from local paths only; download it first", source.name)
+    opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
+    try:
+        return fmt.open_remote(source, opts)
+    except CkptkitError as err:
+        if err.path is None:
+            err.path = source.name
+        raise
+    except READ_ERRORS as err:
+        raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", source.name) from err
 
 
 def open_as(fmt: Format, path: Path, options: Mapping[str, Any] | None = None) -> Checkpoint:

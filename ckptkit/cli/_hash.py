@@ -6,14 +6,24 @@ from pathlib import Path
 
 import click
 
-from ckptkit.cli._output import executor_option, format_option, print_json, printable, progress_bar
+from ckptkit.cli._output import (
+    display_name,
+    executor_option,
+    format_option,
+    input_path,
+    print_json,
+    printable,
+    progress_bar,
+    storage_option,
+)
 from ckptkit.io.atomic import AtomicOutput
 from ckptkit.io.jsonfile import dumps_text
 
 
 @click.command("hash")
 @executor_option
-@click.argument("path", type=click.Path(path_type=Path))
+@storage_option
+@click.argument("path", type=input_path)
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Write the manifest to this file instead of stdout."
 )
@@ -31,7 +41,7 @@ from ckptkit.io.jsonfile import dumps_text
 )  # fmt: skip
 @format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
 def command(
-    path: Path,
+    path: str | Path,
     output: Path | None,
     force: bool,
     no_file_hashes: bool,
@@ -49,7 +59,7 @@ def command(
 
     job = HashJob(path, format_name)
     passes = 1 if no_file_hashes else 2
-    with progress_bar(passes * job.nbytes, f"hash {path.name}") as progress:
+    with progress_bar(passes * job.nbytes, f"hash {display_name(path)}") as progress:
         manifest = job.run(progress=progress, file_hashes=not no_file_hashes, exclude=exclude)
     data = manifest.to_dict()
     if output is None:

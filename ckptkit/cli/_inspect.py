@@ -12,23 +12,34 @@ from rich.tree import Tree
 
 from ckptkit import registry
 from ckptkit.api import describe
-from ckptkit.cli._output import format_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import (
+    display_name,
+    format_option,
+    human_bytes,
+    input_path,
+    print_json,
+    printable,
+    progress_bar,
+    stdout_console,
+    storage_option,
+)
 from ckptkit.core.names import leaf_name, module_path
 
 _MAX_VALUE_CHARS = 200
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(path_type=Path))
+@storage_option
+@click.argument("path", type=input_path)
 @format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.inspect/1).")
 @click.option("--stats", is_flag=True, help="Read every tensor: min, max, mean, std, NaN and Inf counts.")
 @click.option("--tree", is_flag=True, help="Group tensors by module path.")
-def command(path: Path, format_name: str | None, as_json: bool, stats: bool, tree: bool) -> None:
+def command(path: str | Path, format_name: str | None, as_json: bool, stats: bool, tree: bool) -> None:
     """Show a checkpoint's format, tensors, sizes and metadata."""
     with (
         registry.open_checkpoint(path, format_name) as ckpt,
-        progress_bar(ckpt.total_bytes if stats else 0, f"inspect {path.name}") as progress,
+        progress_bar(ckpt.total_bytes if stats else 0, f"inspect {display_name(path)}") as progress,
     ):
         report = describe(ckpt, stats=stats, progress=progress)
     if as_json:

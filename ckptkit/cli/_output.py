@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -13,6 +14,7 @@ import click
 from ckptkit.core.model import ProgressFn
 from ckptkit.core.names import printable as printable  # re-exported for the subcommands
 from ckptkit.io.jsonfile import dumps_text
+from ckptkit.io.source import is_url, parse_storage_options, use_storage_options
 from ckptkit.io.workers import EXECUTOR_ENV, use_executor
 
 if TYPE_CHECKING:
@@ -108,5 +110,34 @@ def executor_option(func: F) -> F:
         default=None,
         help=f"Run the per-shard work here: local threads (default) or a Dask scheduler's workers "
         f"(default: ${EXECUTOR_ENV}, else local).",
+    )
+    return option(run)  # type: ignore[return-value]
+
+
+def input_path(text: str) -> str | Path:
+    """A command's input as given: a URL stays text, anything else is a local path."""
+    return text if is_url(text) else Path(text)
+
+
+def display_name(text: str | Path) -> str:
+    """The last part of an input's name, for progress bars."""
+    return str(text).rstrip("/").rsplit("/", 1)[-1]
+
+
+def storage_option(func: F) -> F:
+    """``--storage-option KEY=VALUE`` (repeatable): fsspec options for inputs given as URLs."""
+
+    @functools.wraps(func)
+    def run(*args: Any, storage_options: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        with use_storage_options(parse_storage_options(storage_options)):
+            return func(*args, **kwargs)
+
+    option = click.option(
+        "--storage-option",
+        "storage_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An fsspec option for URLs (s3://, gs://, hf://, https://): endpoint_url=..., anon=true, ... "
+        "Credentials come from the usual environment and configuration.",
     )
     return option(run)  # type: ignore[return-value]

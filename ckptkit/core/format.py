@@ -102,6 +102,9 @@ class Format:
     default_extension: str = ""
     verify: str = ""
     weights_name: str = ""  # the file's name inside a model folder; default "model" + default_extension
+    # Reads a remote file (a ckptkit.io.source.Source at a URL) by range requests; formats without
+    # it read local files only.
+    open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
 
     @property
     def folder_file_name(self) -> str:

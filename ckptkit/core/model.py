@@ -175,6 +175,7 @@ class Checkpoint(ABC):
     def total_params(self) -> int:
         return sum(ti.numel for ti in self.tensor_infos())
 
+    url: str | None = None  # where a checkpoint read from a URL lies (its ``path`` is then None)
     # Set by the registry on a checkpoint it opened: a picklable call that opens it again.
     reopen: Callable[[], Checkpoint] | None = None
 

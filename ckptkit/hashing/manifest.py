@@ -9,6 +9,7 @@ stores them twice or once hashes alike.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
@@ -24,6 +25,7 @@ from ckptkit.hashing.scan import ScanResult, scan
 from ckptkit.hashing.tensors import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
 from ckptkit.io.jsonfile import read_user_json
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
+from ckptkit.io.source import RANGE_CHUNK, Source, is_url, open_source
 from ckptkit.io.workers import shard_executor
 
 SCHEMA = "ckptkit.hashing.manifest/1"
@@ -144,16 +146,24 @@ class HashJob:
     :meth:`run` reads anything."""
 
     def __init__(self, path: str | Path, format: str | None = None) -> None:
+        self.url = str(path) if is_url(path) else None
         self.path = Path(path)
         self.format = format
+        if self.url is not None:
+            self.source: Source | None = open_source(self.url)
+            self.index: ShardIndex | None = None
+            return
+        self.source = None
         index_path = None if format else single_index(self.path)
-        self.index: ShardIndex | None = read_index(index_path) if index_path is not None else None
+        self.index = read_index(index_path) if index_path is not None else None
 
     @property
     def nbytes(self) -> int:
         """Bytes of the files the manifest describes: the checkpoint file, or the shards."""
         if self.index is not None:
             return self.index.shard_bytes()
+        if self.source is not None:
+            return self.source.size
         return self.path.stat().st_size if self.path.is_file() else 0
 
     def run(
@@ -167,6 +177,8 @@ class HashJob:
         """The manifest (see :func:`build_manifest`)."""
         if self.index is not None:
             return _sharded_manifest(self.index, workers, progress, file_hashes, exclude)
+        if self.url is not None and self.source is not None and self.source.remote:
+            return self._remote(self.url, self.source, workers, progress, file_hashes, exclude)
         with registry.open_checkpoint(self.path, self.format) as opened:
             ckpt = _excluding(opened, exclude)
             files = files_of(ckpt)
@@ -176,6 +188,33 @@ class HashJob:
             return Manifest(
                 str(self.path), ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude)
             )
+
+    def _remote(
+        self,
+        url: str,
+        source: Source,
+        workers: int | None,
+        progress: ProgressFn | None,
+        file_hashes: bool,
+        exclude: Sequence[str],
+    ) -> Manifest:
+        """A file at a URL: the same manifest as for a local copy, but for its ``path``."""
+        with registry.open_checkpoint(url, self.format) as opened:
+            ckpt = _excluding(opened, exclude)
+            result = scan(ckpt, hashes=True, workers=workers, progress=progress)
+            record: dict[str, Any] = {"sha256": _remote_file_sha256(source, progress)} if file_hashes else {}
+            records = {source.basename: {**record, "bytes": source.size}}
+            return Manifest(url, ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude))
+
+
+def _remote_file_sha256(source: Source, progress: ProgressFn | None) -> str:
+    digest = hashlib.sha256()
+    for offset in range(0, source.size, RANGE_CHUNK):
+        chunk = source.read_at(offset, RANGE_CHUNK)
+        digest.update(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return digest.hexdigest()
 
 
 def build_manifest(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ckptkit.core.format import Format
 from ckptkit.formats.safetensors.header import sniff
-from ckptkit.formats.safetensors.read import SafetensorsCheckpoint, open_safetensors
+from ckptkit.formats.safetensors.read import SafetensorsCheckpoint, open_remote_safetensors, open_safetensors
 from ckptkit.formats.safetensors.write import build_header, write_safetensors
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION, shardable
 
@@ -22,6 +22,7 @@ FORMAT = Format(
     extensions=(".safetensors",),
     sniff=sniff,
     open=open_safetensors,
+    open_remote=open_remote_safetensors,
     write=shardable(write_safetensors),
     write_options=(SHARD_SIZE_OPTION,),
     default_extension=".safetensors",

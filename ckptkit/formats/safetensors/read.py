@@ -9,7 +9,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -17,6 +17,46 @@ from ckptkit.core.findings import ProblemSink
 from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.safetensors import header
+from ckptkit.io.source import Source
+
+
+class RemoteSafetensorsCheckpoint(Checkpoint):
+    """A safetensors file at a URL: the header from range reads (its length and, past the first
+    bytes already fetched, the JSON), each tensor by large range reads into its array.
+    The same header checks and limits as a local file."""
+
+    format_name = "safetensors"
+    concurrent_reads = True  # every read is a request of its own
+
+    def __init__(self, source: Source) -> None:
+        super().__init__(None)
+        self.source = source
+        self.url = source.name
+        with source.ranges() as f:
+            parsed = header.parse(cast(BinaryIO, f), source.size, ProblemSink(source.name, strict=True))
+        assert parsed is not None  # a strict sink raises instead
+        self.data_start = parsed.data_start
+        self._infos: list[TensorInfo] = [ti for ti, _begin, _end in parsed.tensors]
+        self._offsets: dict[str, tuple[int, int]] = {ti.name: (begin, end) for ti, begin, end in parsed.tensors}
+        self.unsupported.update(parsed.unsupported)
+        self.aliases, self.extras = unfold_metadata(parsed.metadata, self._offsets)
+        self.metadata = parsed.metadata
+
+    def tensor_infos(self) -> Sequence[TensorInfo]:
+        return self._infos
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        ti = self.info(name)
+        begin, _end = self._offsets[name]
+        out = np.empty(ti.shape, ti.dtype.numpy)
+        if ti.numel:
+            self.source.read_into(self.data_start + begin, out.reshape(-1).view(np.uint8).data)
+        return out
+
+
+def open_remote_safetensors(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a safetensors file at a URL for lazy reading by range requests."""
+    return RemoteSafetensorsCheckpoint(source)
 
 
 class SafetensorsCheckpoint(Checkpoint):

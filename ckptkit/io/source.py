@@ -1,0 +1,246 @@
+"""Where a checkpoint's bytes come from: a local file, or a URL read through fsspec.
+
+:func:`open_source` turns what the user named (``model.safetensors``, ``file:///...``,
+``s3://bucket/model.safetensors``, ``gs://``, ``az://``, ``hf://``, ``https://``) into a
+:class:`Source`: its ``size``, :meth:`Source.read_at` (one range request for a remote file), and
+:meth:`Source.open` (a seekable file object that ``zipfile`` and ``h5py`` accept; remote reads
+through it fetch :data:`READAHEAD` bytes at a time, so a header costs little more than its own
+size). A local source keeps its ``local_path``: readers map it as before, nothing changes for it.
+
+Credentials and endpoints come from fsspec's usual configuration and the environment
+(``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``, ...), plus the options given with
+``--storage-option KEY=VALUE`` (:func:`use_storage_options`), passed to the filesystem as they are
+(``endpoint_url`` and ``region_name`` are lifted into s3fs's ``client_kwargs``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import IO, Any, cast
+
+from ckptkit.core.errors import MissingDependencyError, NoSuchFileError, UsageError
+
+READAHEAD = 64 * 1024  # what a remote file object fetches beyond a read: headers are small
+HEAD_KEPT = 64 * 1024  # a first read up to this size is kept for the next reads of the same bytes
+RANGE_CHUNK = 32 * 1024 * 1024  # tensor data: large range reads, few round trips
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_S3_CLIENT_KEYS = ("endpoint_url", "region_name")
+
+_storage_options: ContextVar[dict[str, Any] | None] = ContextVar("ckptkit_storage_options", default=None)
+
+
+def is_url(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(name, str) and bool(_URL.match(name))
+
+
+def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as fsspec options; values that read as JSON (numbers, true, objects) are
+    taken as such, anything else as text."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+@contextmanager
+def use_storage_options(options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within the block, URLs are opened with these fsspec options."""
+    token = _storage_options.set(dict(options) if options else None)
+    try:
+        yield
+    finally:
+        _storage_options.reset(token)
+
+
+def _filesystem(url: str, extra: Mapping[str, Any] | None) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise MissingDependencyError("reading URLs needs fsspec: pip install 'ckptkit[remote]'") from None
+    protocol = url.split("://", 1)[0].lower()
+    options = {**(_storage_options.get() or {}), **(extra or {})}
+    if protocol in ("s3", "s3a"):
+        client = dict(options.pop("client_kwargs", None) or {})
+        client.update({k: options.pop(k) for k in _S3_CLIENT_KEYS if k in options})
+        if client:
+            options["client_kwargs"] = client
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except ImportError as err:
+        raise MissingDependencyError(f"reading {protocol}:// URLs needs another package: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"cannot read {url}: {err}") from None
+    return fs, path
+
+
+class Source:
+    """One input file, local or remote (see the module's description)."""
+
+    def __init__(self, name: str, local_path: Path | None, fs: Any = None, fs_path: str = "", size: int = 0) -> None:
+        self.name = name
+        self.local_path = local_path
+        self._fs = fs
+        self._fs_path = fs_path
+        self.size = size
+        self.bytes_read = 0  # bytes fetched from a remote source, for the curious and the tests
+        self._lock = threading.Lock()
+        self._head = b""  # the first bytes fetched, kept: detection and the header ask for them again
+
+    @property
+    def remote(self) -> bool:
+        return self.local_path is None
+
+    @property
+    def basename(self) -> str:
+        return self.name.rstrip("/").rsplit("/", 1)[-1]
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """``n`` bytes from ``offset`` (fewer at the end of the file), in one request if remote."""
+        if n <= 0:
+            return b""
+        if self.local_path is not None:
+            with open(self.local_path, "rb") as f:
+                f.seek(offset)
+                return f.read(n)
+        end = min(offset + n, self.size)
+        if end <= offset:
+            return b""
+        if end <= len(self._head):
+            return self._head[offset:end]
+        data: bytes = self._fs.cat_file(self._fs_path, start=offset, end=end)
+        self._count(len(data))
+        if offset == 0 and not self._head and len(data) <= HEAD_KEPT:
+            self._head = data
+        return data
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` from ``offset``, in ranges of :data:`RANGE_CHUNK`; a short file is an error."""
+        done = 0
+        while done < len(out):
+            chunk = self.read_at(offset + done, min(RANGE_CHUNK, len(out) - done))
+            if not chunk:
+                raise EOFError(f"{self.name} ends at byte {offset + done}, before the data it promises")
+            out[done : done + len(chunk)] = chunk
+            done += len(chunk)
+
+    def ranges(self) -> IO[bytes]:
+        """A seekable file object whose every read is one :meth:`read_at`: for a parser that knows
+        how much it wants (a length, then that many bytes), nothing is fetched beyond it."""
+        if self.local_path is not None:
+            return open(self.local_path, "rb")
+        return cast(IO[bytes], _RangeReader(self))
+
+    def open(self) -> IO[bytes]:
+        """A seekable binary file object over the source (closed by the caller)."""
+        if self.local_path is not None:
+            return open(self.local_path, "rb")
+        f = self._fs.open(self._fs_path, "rb", block_size=READAHEAD, cache_type="readahead")
+        return cast(IO[bytes], _CountingFile(f, self))
+
+
+class _RangeReader(io.RawIOBase):
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._source.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read_at(self._pos, len(buffer))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class _CountingFile:
+    """A remote file object that adds what it fetches to its source's count."""
+
+    def __init__(self, f: Any, source: Source) -> None:
+        self._f = f
+        self._source = source
+        fetcher = f.cache.fetcher
+
+        def counted(start: int, end: int) -> bytes:
+            data: bytes = fetcher(start, end)
+            source._count(len(data))
+            return data
+
+        f.cache.fetcher = counted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _CountingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos: int = self._f.seek(offset, whence)
+        return pos
+
+    def tell(self) -> int:
+        pos: int = self._f.tell()
+        return pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+def open_source(name: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Source:
+    """The source ``name`` names: a local path (or ``file://`` URL) or a remote URL, which must exist
+    and be a file (:class:`NoSuchFileError` otherwise)."""
+    text = os.fspath(name)
+    if not is_url(text):
+        return Source(text, Path(text))
+    if text.lower().startswith("file://"):
+        return Source(text, Path(text[len("file://") :]))
+    fs, path = _filesystem(text, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise NoSuchFileError("no such file", text) from None
+    except OSError as err:
+        raise UsageError(f"cannot reach {text}: {err}") from None
+    if info.get("type") == "directory":
+        raise UsageError("this URL names a folder; name the checkpoint file (or its .index.json) in it", text)
+    return Source(text, None, fs, path, int(info.get("size") or 0))
