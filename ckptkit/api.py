@@ -22,6 +22,7 @@ from ckptkit.core.stats import compute_stats
 from ckptkit.core.views import TransformedCheckpoint, transform
 from ckptkit.io.atomic import AtomicOutput
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
+from ckptkit.io.source import is_url
 from ckptkit.io.workers import default_executor, map_tensors
 
 if TYPE_CHECKING:
@@ -249,6 +250,12 @@ def write_checkpoint(
     A checkpoint holding tensors ckptkit cannot read is refused (:func:`refuse_unsupported`).
     """
     refuse_unsupported(ckpt)
+    if is_url(dst) and not str(dst).lower().startswith("file://"):
+        raise UsageError(
+            "ckptkit writes to local paths (or a mounted bucket), not to URLs; write locally, then upload", dst
+        )
+    if is_url(dst):
+        dst = str(dst)[len("file://") :]
     as_folder = isinstance(dst, str) and dst.endswith(("/", os.sep))
     dst = Path(dst)
     if as_folder and dst.exists() and not dst.is_dir():
