@@ -38,7 +38,7 @@ def write_onnx(ckpt: Checkpoint, ctx: WriteContext) -> None:
 
         write_into_template(ckpt, ctx)
         return
-    for opt in ("rename", "allow_partial"):
+    for opt in ("rename", "allow_partial", "base"):
         if ctx.options.get(opt):
             raise UsageError(f"--{opt.replace('_', '-')} needs --template MODEL.onnx")
     from .weights import write_weights
@@ -62,9 +62,16 @@ FORMAT = Format(
             multiple=True,
         ),
         OptionSpec(
+            "base",
+            "ONNX --template: the checkpoint MODEL.onnx was exported from. ckptkit proves from it how the "
+            "exporter made each initializer (renamed, transposed, gates packed, BatchNorm folded...) and "
+            "makes the same from the new checkpoint.",
+            kind="path",
+        ),
+        OptionSpec(
             "allow_partial",
-            "ONNX --template: keep the model's own values where the checkpoint has no tensor, and skip "
-            "checkpoint tensors the model lacks.",
+            "ONNX --template: keep the model's own values where the checkpoint has no tensor (a checkpoint "
+            "tensor with no place in the model is still an error: --exclude it).",
             kind="flag",
         ),
         OptionSpec(
