@@ -243,11 +243,12 @@ def _refuse_folded_batchnorm(
 ) -> None:
     folded = [p for p in batchnorm_prefixes(names) if rename.get(p + "running_var", p + "running_var") not in targets]
     if folded:
-        labels = ", ".join(p.rstrip(".") for p in folded[:_SHOWN])
+        labels = ", ".join(p.rstrip(".") for p in folded[:_SHOWN]) + (" and more" if len(folded) > _SHOWN else "")
+        which = f"BatchNorms {labels} have" if len(folded) > 1 else f"BatchNorm {labels} has"
         raise UsageError(
-            f"the checkpoint's BatchNorm {labels} has no BatchNormalization node in the model: the exporter "
-            "folded it into the Conv/Gemm before it, whose weight and bias now hold folded values (under the "
-            "old name or a new one); give --base BASE (the checkpoint the model was exported from) to derive them",
+            f"the checkpoint's {which} no BatchNormalization node in the model: the exporter folded them "
+            "into the Conv/Gemm before them, whose weights and biases now hold folded values (under the old "
+            "names or new ones); give --base BASE (the checkpoint the model was exported from) to derive them",
             template,
         )
 

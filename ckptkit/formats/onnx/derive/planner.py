@@ -71,7 +71,7 @@ class Context:
         self._index: dict[str, dict[bytes, list[str]]] = {}
         self._groups = _batchnorm_groups(self.infos)
         self._grouped = {n for g in self._groups for n in g.names}
-        self.read: Reader = lru_cache(maxsize=64)(checkpoint_reader(base))
+        self.read: Reader = lru_cache(maxsize=8)(checkpoint_reader(base))  # a fold reads 6 at once
 
     def base_info(self, name: str | None) -> TensorInfo | None:
         if name is None:
