@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 
 import numpy as np
@@ -198,21 +199,10 @@ def test_tensors_the_optimizer_merged_must_stay_equal_in_new(tmp_path):
     torch.save(base, tmp_path / "base.pt")
     torch.save({k: v + 0.5 for k, v in base.items()}, tmp_path / "same.pt")
     torch.save(tuned(base, 2), tmp_path / "new.pt")
-    out, receipt = convert(tmp_path, tmp_path / "model.onnx", tmp_path / "base.pt", tmp_path / "same.pt")
+    _, receipt = convert(tmp_path, tmp_path / "model.onnx", tmp_path / "base.pt", tmp_path / "same.pt")
     assert any(n.startswith("merged by the exporter, equal in NEW too (4): b.weight = a.weight") for n in receipt.notes)
-    result = run_cli(
-        "convert",
-        tmp_path / "new.pt",
-        out,
-        "--force",
-        "--template",
-        tmp_path / "model.onnx",
-        "--base",
-        tmp_path / "base.pt",
-    )
-    assert_one_line_error(
-        result, "equals 'a.weight' in BASE", "the exporter merged them", "export the template from NEW"
-    )
+    with pytest.raises(ckptkit.CkptkitError, match=r"equals 'a\.weight' in BASE .*\(the exporter merged them\)"):
+        convert(tmp_path, tmp_path / "model.onnx", tmp_path / "base.pt", tmp_path / "new.pt")
 
 
 class ConvPair(nn.Module):
@@ -283,12 +273,10 @@ def test_base_and_new_must_be_the_same_tensors(tmp_path):
     }
     for name, (tensors, message) in cases.items():
         torch.save(tensors, tmp_path / f"{name}.pt")
-        result = run_cli(
-            "convert", tmp_path / f"{name}.pt", tmp_path / "o.onnx", "--template", model, "--base", base_pt
-        )
-        assert_one_line_error(result, message)
-    result = run_cli("convert", new_pt, tmp_path / "o.onnx", "--template", model, "--base", base_pt, "--rename", "a=b")
-    assert_one_line_error(result, "--rename and --base do not go together")
+        with pytest.raises(ckptkit.CkptkitError, match=re.escape(message)):
+            convert(tmp_path, model, base_pt, tmp_path / f"{name}.pt")
+    with pytest.raises(ckptkit.CkptkitError, match="--rename and --base do not go together"):
+        convert(tmp_path, model, base_pt, new_pt, rename=["a=b"])
     result = run_cli("convert", new_pt, tmp_path / "o.onnx", "--base", base_pt)
     assert_one_line_error(result, "--base needs --template")
 
@@ -333,3 +321,51 @@ def test_ulp_distance_counts_representable_numbers():
     assert ulps_of(np.array([2.0**-23]), np.array([1e-3]), np.dtype(np.float32)) > 1000
     assert degenerate(np.zeros((3, 4), np.float32)) and degenerate(np.ones(1))
     assert not degenerate(np.array([0.0, -0.0], np.float32))  # different bits
+
+
+class UpBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 6, 2, stride=2)
+        self.bn = nn.BatchNorm2d(6, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.up(x))
+
+
+def test_batchnorm_with_its_own_eps_folded_into_a_transposed_convolution(tmp_path):
+    torch.manual_seed(0)
+    net = UpBN().eval()
+    base = randomized(net, 1, scale=0.05)  # small variances: eps 1e-3 is far from the default 1e-5
+    base["bn.running_var"] = base["bn.running_var"] * 0 + 0.002
+    new = tuned(base, 2)
+    x = torch.randn(1, 4, 3, 3)
+    net.load_state_dict(base)
+    _dynamo(net, (x,), tmp_path / "model.onnx")
+    torch.save(base, tmp_path / "base.pt")
+    torch.save(new, tmp_path / "new.pt")
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    out, receipt = convert(tmp_path, tmp_path / "model.onnx", tmp_path / "base.pt", tmp_path / "new.pt")
+    assert receipt.transformed["up.weight"].startswith("up.weight with BatchNorm bn folded in (eps 0.001) (bit-exact")
+    net.load_state_dict(new)
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(run_onnx(out, x.numpy()), want, rtol=0, atol=1e-5)
+
+
+def test_recurrent_biases_initialised_to_zero_are_found_by_their_layer(tmp_path):
+    # All-zero blocks match every zero tensor of their shape; the layer's W names the module.
+    torch.manual_seed(0)
+    net = nn.GRU(4, 6, num_layers=2, bidirectional=True, batch_first=True)
+    base = randomized(net, 1)
+    for name in base:
+        if name.startswith("bias_hh"):
+            base[name] = torch.zeros_like(base[name])
+    new = tuned(base, 2)
+    x = torch.randn(2, 3, 4)
+    model, base_pt, new_pt = exported(tmp_path, net, (x,), base, new)
+    out, receipt = convert(tmp_path, model, base_pt, new_pt)
+    assert any(v.endswith("bias_ih_l1_reverse, bias_hh_l1_reverse") for v in receipt.transformed.values())
+    with torch.no_grad():
+        want = net(x)[0].numpy()
+    np.testing.assert_allclose(run_onnx(out, x.numpy()), want, rtol=0, atol=1e-5)

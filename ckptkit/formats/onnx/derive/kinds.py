@@ -6,7 +6,7 @@ slices packed projections, scales, casts. Each kind here
 
 - ``propose``\\ s candidates for one model tensor (a :class:`Target`) from what the graph says about
   it (which node reads it, at which input) and from an index of the BASE checkpoint (shapes,
-  content digests), so that no kind tries every pair of tensors;
+  content fingerprints), so that no kind tries every pair of tensors;
 - ``compute``\\ s the model tensor from checkpoint tensors, with the exporter's arithmetic in the
   model's element type, operation by operation;
 - is ``prove``\\ d by computing it from BASE and comparing with the model's value (bit for bit,
@@ -18,6 +18,7 @@ Kinds are tried by ``tier``, simplest first; the first tier that proves anything
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 from ckptkit.core.compare import arrays_identical
 from ckptkit.core.model import TensorInfo
 
-from .graphview import RNN_OPS, Node, Use
+from .graphview import RNN_OPS, WEIGHT_INPUTS, Node, Use
 from .values import degenerate, ulp_distance, ulps_of
 
 if TYPE_CHECKING:
@@ -67,11 +68,9 @@ class Target:
     def is_float(self) -> bool:
         return self.info.dtype.kind == "f"
 
-    def used_by(self, ops: Sequence[str] | frozenset[str], index: int | None = None) -> Use | None:
-        for use in self.uses:
-            if use.node.op in ops and use.node.standard and (index is None or use.index == index):
-                return use
-        return None
+    def read_as_weight(self) -> bool:
+        """Whether a node reads the target where networks read learned weights (Conv's W, MatMul's B...)."""
+        return any(u.node.standard and u.index in WEIGHT_INPUTS.get(u.node.op, ()) for u in self.uses)
 
     def value_is_evidence(self) -> bool:
         """Whether finding this value in a checkpoint says where it came from.
@@ -92,6 +91,7 @@ def castable(src: TensorInfo, dst: TensorInfo) -> bool:
     """Whether a checkpoint tensor of ``src``'s type can become one of ``dst``'s by a cast or as it is."""
     if src.dtype == dst.dtype:
         return True
+    # float8 and narrower: libraries round and saturate differently, so no cast to them is assumed.
     return src.dtype.kind == "f" and dst.dtype.kind == "f" and dst.dtype.itemsize >= 2
 
 
@@ -218,7 +218,7 @@ class Transposed(Copy):
             yield cls(target, target.name, own)
         if target.value_is_evidence():
             assert target.value is not None
-            for name in ctx.lookup(np.ascontiguousarray(target.value.T)):
+            for name in ctx.lookup(target.value.T):
                 info = ctx.infos[name]
                 if name != target.name and len(info.shape) == 2:
                     yield cls(target, name, info)
@@ -343,26 +343,36 @@ class RnnPacked(Derivation):
         use = next((u for u in target.uses if u.node.op in RNN_OPS and u.node.standard and u.index in (1, 2, 3)), None)
         if use is None or len(target.shape) != (3 if use.index < 3 else 2) or target.value is None:
             return
+        if not target.is_float:
+            return
         op = use.node.op
         gates = len(GATES[op])
         if target.shape[1] % (gates * (2 if use.index == 3 else 1)):
             return
+        roles = {1: ("weight_ih",), 2: ("weight_hh",), 3: ("bias_ih", "bias_hh")}[use.index]
+        slots = [(d, role) for d in range(target.shape[0]) for role in roles]  # one per PyTorch tensor
         per_block: list[list[str]] = []
+        families: set[tuple[str, str]] = set()
         for d in range(target.shape[0]):
-            if use.index == 3:
-                halves = np.split(target.value[d], 2)
-                blocks = [np.ascontiguousarray(to_torch_gates(h, op)) for h in halves]
-            else:
-                blocks = [np.ascontiguousarray(to_torch_gates(target.value[d], op))]
-            for block in blocks:
-                if not target.is_float or degenerate(block):
-                    return  # zeros tell nothing of where they came from
-                found = [n for n in ctx.lookup(block) if ctx.infos[n].shape == block.shape]
-                if not found:
-                    return
+            rows = np.split(target.value[d], len(roles))
+            for row in rows:
+                block = np.ascontiguousarray(to_torch_gates(row, op))
+                # All-alike blocks (biases initialised to zero) say nothing by value; the names
+                # of the other blocks, or of the node's W, say which tensor they are.
+                found = [] if degenerate(block) else [n for n in ctx.lookup(block) if ctx.infos[n].shape == block.shape]
                 per_block.append(found)
-        # Usually one candidate per block; equal blocks (a tie in BASE) multiply the candidates.
-        for combo in _product(per_block, limit=16):
+                families.update(f for n in found if (f := _rnn_family(n)) is not None)
+        if use.index != 1:
+            for sibling in ctx.proven_for_input(use.node, 1):
+                families.update(f for n in sibling.sources if (f := _rnn_family(n)) is not None)
+        candidates: list[list[str]] = []
+        if all(per_block):
+            candidates.extend(_product(per_block, limit=16))  # equal blocks (a tie in BASE) multiply these
+        for prefix, layer in sorted(families):
+            names = [f"{prefix}{role}_l{layer}{'_reverse' if d else ''}" for d, role in slots]
+            if all(ctx.base_info(n) is not None for n in names):
+                candidates.append(names)
+        for combo in candidates:
             yield cls(target, op, tuple(combo), tuple(ctx.infos[n] for n in combo))
 
     def compute(self, read: Reader) -> np.ndarray:
@@ -378,6 +388,15 @@ class RnnPacked(Derivation):
         src = self.infos[0].dtype
         cast_note = "" if src == self.target.info.dtype else f", cast {src.name} -> {self.target.info.dtype.name}"
         return f"{self.op} gates {order}, packed from {_names(self.sources)}{cast_note}"
+
+
+_RNN_NAME = re.compile(r"^(.*)(?:weight|bias)_(?:ih|hh)_l(\d+)(?:_reverse)?$")
+
+
+def _rnn_family(name: str) -> tuple[str, str] | None:
+    """``("rnn.", "0")`` for ``rnn.weight_ih_l0_reverse``: the module and layer of a PyTorch recurrent weight."""
+    m = _RNN_NAME.match(name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def _product(choices: list[list[str]], limit: int) -> Iterator[list[str]]:
@@ -497,13 +516,27 @@ class BatchNormFolded(Derivation):
                 candidates.append((name, False))
             elif len(info.shape) == 2 and info.shape == target.shape[::-1]:
                 candidates.append((name, True))
+        if not candidates:
+            return
+        # Per output channel, the model's largest element; the ratio there to the raw weight's must
+        # be the BatchNorm's scale. A cheap filter, before proving the whole tensor.
+        value = np.moveaxis(np.asarray(target.value, np.float64), axis, 0).reshape(target.shape[axis], -1)
+        pick = np.abs(value).argmax(axis=1)
+        rows = np.arange(value.shape[0])
+        scales = {
+            (g, eps): np.asarray(bn_scale(ctx.read, g, eps, np.dtype(np.float64))) for g in groups for eps in EPSILONS
+        }
         for name, transposed in candidates:
             raw = ctx.read(name)
+            raw = np.moveaxis(raw.T if transposed else raw, axis, 0).reshape(value.shape[0], -1)
+            known = raw[rows, pick] != 0
+            if not known.any():
+                continue
+            ratio = value[rows, pick][known] / np.asarray(raw[rows, pick][known], np.float64)
             for group in groups:
-                if not _ratio_plausible(raw, transposed, target.value, axis, group, ctx):
-                    continue
                 for eps in EPSILONS:
-                    yield cls(target, name, ctx.infos[name], group, eps, axis, transposed)
+                    if np.allclose(ratio, scales[group, eps][known], rtol=1e-4, atol=0):
+                        yield cls(target, name, ctx.infos[name], group, eps, axis, transposed)
 
     def compute(self, read: Reader) -> np.ndarray:
         dtype = self.target.dtype
@@ -520,25 +553,6 @@ class BatchNormFolded(Derivation):
         return f"{w} with BatchNorm {self.group.label} folded in (eps {self.eps:g})" + _changes(
             self.source_info, self.target.info, self.target.shape
         )
-
-
-def _ratio_plausible(
-    raw: np.ndarray, transposed: bool, value: np.ndarray, axis: int, group: BatchNormGroup, ctx: Context
-) -> bool:
-    """A cheap filter before proving: per channel, the folded weight over the raw one is about the BatchNorm scale."""
-    w = np.asarray(raw.T if transposed else raw, np.float64)
-    v = np.asarray(value, np.float64)
-    s = np.asarray(bn_scale(ctx.read, group, 1e-5, np.dtype(np.float64)))
-    w2 = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-    v2 = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
-    pick = np.abs(w2).argmax(axis=1)
-    rows = np.arange(w2.shape[0])
-    wk, vk = w2[rows, pick], v2[rows, pick]
-    ok = wk != 0
-    if not ok.any():
-        return False
-    ratio = vk[ok] / wk[ok]
-    return bool(np.allclose(ratio, s[ok], rtol=1e-2, atol=1e-6))
 
 
 class BatchNormFoldedBias(Derivation):
@@ -624,7 +638,7 @@ class Scaled(Derivation):
 
     @classmethod
     def propose(cls, target: Target, ctx: Context) -> Iterator[Derivation]:
-        if not target.value_is_evidence() or target.value is None:
+        if not target.value_is_evidence() or not target.read_as_weight() or target.value is None:
             return
         value = np.asarray(target.value, np.float64)
         for inner in _unscaled(target, ctx):

@@ -27,8 +27,8 @@ from ckptkit.core.model import Checkpoint, TensorInfo
 
 from ..reader import OnnxCheckpoint
 from .graphview import GraphView, Node, Use
-from .kinds import KINDS, BatchNormGroup, Derivation, Reader, Target, castable
-from .values import digest
+from .kinds import KINDS, BatchNormGroup, Copy, Derivation, Reader, Target, Transposed, castable
+from .values import fingerprint
 
 _SHOWN = 6
 UNUSED_SUFFIX = "num_batches_tracked"
@@ -79,7 +79,7 @@ class Context:
         return self.infos.get(self.base.aliases.get(name, name))
 
     def lookup(self, value: np.ndarray) -> list[str]:
-        """BASE tensors whose values, in ``value``'s type, have the same bytes (any shape)."""
+        """BASE tensors that may hold ``value`` (any shape, cast to its type); proving tells which do."""
         key = value.dtype.str
         index = self._index.get(key)
         if index is None:
@@ -90,8 +90,8 @@ class Context:
                 if info.dtype.numpy != value.dtype and not castable(info, _info_of(value)):
                     continue
                 data = self.read(name)
-                index.setdefault(digest(_as(data, value.dtype).reshape(-1)), []).append(name)
-        return index.get(digest(np.ascontiguousarray(value).reshape(-1)), [])
+                index.setdefault(fingerprint(data, value.dtype), []).append(name)
+        return index.get(fingerprint(value), [])
 
     def larger_along_one_axis(
         self, shape: tuple[int, ...], target: TensorInfo
@@ -122,10 +122,6 @@ def _info_of(value: np.ndarray) -> TensorInfo:
     from ckptkit.core.dtypes import from_numpy
 
     return TensorInfo("", from_numpy(value.dtype), tuple(value.shape))
-
-
-def _as(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return np.ascontiguousarray(a if a.dtype == dtype else a.astype(dtype))
 
 
 def _batchnorm_groups(infos: Mapping[str, TensorInfo]) -> list[BatchNormGroup]:
@@ -192,7 +188,12 @@ class Planner:
         target = self.targets[name]
         if target.value is None:
             target.value = self.value(target)
-        result: list[Derivation] = []
+        # A tensor of BASE with the target's name, as it is or transposed: when that proves, the
+        # name-preference below would keep only it, so the searches by value are skipped.
+        result = [d for d in self._named(target) if self._proves(d, target)]
+        if result:
+            self.memo[name] = result
+            return result
         for tier in sorted({k.tier for k in KINDS}):
             proven: list[Derivation] = []
             seen: set[tuple[object, ...]] = set()
@@ -202,11 +203,7 @@ class Planner:
                     if key in seen:
                         continue
                     seen.add(key)
-                    try:
-                        ok = candidate.prove(self.ctx.read, target.value, self.ctx)
-                    except (ValueError, IndexError):  # a candidate whose shapes do not line up
-                        ok = False
-                    if ok:
+                    if self._proves(candidate, target):
                         proven.append(candidate)
             if proven:
                 named = [d for d in proven if target.name in d.sources]
@@ -214,6 +211,22 @@ class Planner:
                 break
         self.memo[name] = result
         return result
+
+    def _named(self, target: Target) -> list[Derivation]:
+        info = self.ctx.base_info(target.name)
+        if info is None or not castable(info, target.info) or info.numel != target.info.numel:
+            return []
+        named: list[Derivation] = [Copy(target, target.name, info)]
+        if len(info.shape) == 2 and info.shape[::-1] == target.shape:
+            named.append(Transposed(target, target.name, info))
+        return named
+
+    def _proves(self, candidate: Derivation, target: Target) -> bool:
+        assert target.value is not None
+        try:
+            return candidate.prove(self.ctx.read, target.value, self.ctx)
+        except (ValueError, IndexError):  # a candidate whose shapes do not line up
+            return False
 
     def plan(self, new: Checkpoint, allow_partial: bool) -> Plan:
         """Prove every target, check NEW against the proofs, and say what to write (or refuse)."""
@@ -255,10 +268,16 @@ class Planner:
                 continue
             absent = sorted({s for d in proofs for s in d.sources if s not in new_names})
             if absent:
-                if allow_partial and all(s not in new_names for d in proofs for s in d.sources):
-                    kept_partial.append(name)
-                    continue
-                problems.append(f"{name!r} derives from {some(absent)}, which NEW lacks")
+                if all(s not in new_names for d in proofs for s in d.sources):
+                    if allow_partial:
+                        kept_partial.append(name)
+                        continue
+                    problems.append(
+                        f"{name!r} derives from {some(absent)}, which NEW lacks (left out, or not in it); pass "
+                        "--allow-partial to keep the model's value"
+                    )
+                else:
+                    problems.append(f"{name!r} derives from {some(absent)}, which NEW lacks, and from tensors NEW has")
                 continue
             first = proofs[0]
             if len(proofs) > 1:
@@ -298,12 +317,19 @@ class Planner:
                     "merged them); NEW gives them different values, which this graph cannot hold: export "
                     f"the template from NEW, or leave {name!r} out with --exclude if the model does not use it"
                 )
-        if homeless:
+        if homeless and unproven_weights and not allow_partial:
+            problems.append(
+                f"cannot prove how {len(unproven_weights)} model tensor(s) read as weights derive from BASE "
+                f"({some(unproven_weights)}), and {len(homeless)} tensor(s) of NEW land nowhere "
+                f"({some(homeless)}): ckptkit knows no derivation from the ones to the others. Leave NEW's "
+                "out with --exclude and keep the model's values with --allow-partial if the model does not use them"
+            )
+        elif homeless:
             problems.append(
                 f"{len(homeless)} tensor(s) of NEW have no place in the model ({some(homeless)}): no template "
                 "tensor derives from them; leave them out with --exclude if the model does not use them"
             )
-        if unproven_weights and not allow_partial:
+        elif unproven_weights and not allow_partial:
             problems.append(
                 f"{len(unproven_weights)} model tensor(s) read as weights derive from no tensor of BASE "
                 f"({some(unproven_weights)}); pass --allow-partial to keep their values"
