@@ -100,8 +100,11 @@ def test_float16_export_of_a_float32_checkpoint_is_cast_and_transposed(tmp_path)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)  # float16 arithmetic on both sides
 
 
-def _scaled_attention_graph(tmp_path, w_in: np.ndarray, name: str):
-    """q = x @ (W_q^T * 0.25), k = x @ W_k^T, as an optimizer that folds attention's scale leaves them."""
+def _scaled_attention_graph(tmp_path, w_in: np.ndarray, name: str, factor: float):
+    """q = x @ (W_q^T * factor), k = x @ W_k^T, as an optimizer that folds attention's scale leaves them.
+
+    The product is taken in float64 and rounded once, as a folding that keeps the factor in double does.
+    """
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])
     nodes = [
@@ -111,26 +114,27 @@ def _scaled_attention_graph(tmp_path, w_in: np.ndarray, name: str):
         helper.make_node("MatMul", ["q", "kt"], ["y"]),
     ]
     inits = {
-        "q_scaled": (w_in[:8].T * np.float32(0.25)).astype(np.float32),
+        "q_scaled": (w_in[:8].T.astype(np.float64) * factor).astype(np.float32),
         "k_t": np.ascontiguousarray(w_in[8:16].T),
     }
     save_model(tmp_path / name, nodes, [x], [y], inits)
     return tmp_path / name
 
 
-def test_scale_folded_into_a_chunk_of_a_packed_projection(tmp_path):
+@pytest.mark.parametrize("factor", [0.25, 8**-0.5], ids=["exact", "rounded"])
+def test_scale_folded_into_a_chunk_of_a_packed_projection(tmp_path, factor):
     rng = np.random.default_rng(0)
     base = {"attn.in_proj_weight": rng.standard_normal((16, 8)).astype(np.float32)}
     new = {"attn.in_proj_weight": rng.standard_normal((16, 8)).astype(np.float32)}
-    model = _scaled_attention_graph(tmp_path, base["attn.in_proj_weight"], "model.onnx")
+    model = _scaled_attention_graph(tmp_path, base["attn.in_proj_weight"], "model.onnx", factor)
     ckptkit.save(base, tmp_path / "base.safetensors")
     ckptkit.save(new, tmp_path / "new.safetensors")
     out, receipt = convert(tmp_path, model, tmp_path / "base.safetensors", tmp_path / "new.safetensors")
-    assert receipt.transformed["q_scaled"].startswith("attn.in_proj_weight[0:8, :] transposed, times 0.25 (")
+    assert receipt.transformed["q_scaled"].startswith(f"attn.in_proj_weight[0:8, :] transposed, times {factor:.6}")
     assert receipt.transformed["k_t"] == "attn.in_proj_weight[8:16, :] transposed"
     w = new["attn.in_proj_weight"]
     x = rng.standard_normal((3, 8)).astype(np.float32)
-    want = (x @ (w[:8].T * np.float32(0.25))) @ (x @ w[8:16].T).T
+    want = (x @ (w[:8].T * np.float32(factor))) @ (x @ w[8:16].T).T
     np.testing.assert_allclose(session(out).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
 
 

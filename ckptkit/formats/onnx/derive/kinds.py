@@ -651,7 +651,17 @@ class Scaled(Derivation):
                 continue
             if not np.allclose(raw * factor, value, rtol=1e-3, atol=1e-6 * abs(factor)):
                 continue
-            yield cls(target, inner, factor)
+            # One element's ratio may miss the factor by an ulp: of it and its neighbours, the one
+            # closest to the model's value over all elements.
+            near = np.asarray(factor, target.dtype)
+            options = [
+                np.nextafter(near, np.asarray(-np.inf, target.dtype)),
+                near,
+                np.nextafter(near, np.asarray(np.inf, target.dtype)),
+            ]
+            scaled = [cls(target, inner, float(f)) for f in options]
+            want = target.value
+            yield min(scaled, key=lambda d: ulp_distance(d.compute(ctx.read), want))
 
     def compute(self, read: Reader) -> np.ndarray:
         base = self.inner.compute(read)
