@@ -40,7 +40,8 @@ def cell(code: Path, exported, way: str, out: Path) -> str:
     args = [a.format(base=exported.base) for a in WAYS[way]]
     cmd = [sys.executable, "-m", "ckptkit", "convert", str(exported.new), str(out), "--template", str(exported.onnx)]
     env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.run([*cmd, *args, "--force"], capture_output=True, text=True, env=env)
+    # From the checkout's folder: ``python -m`` puts the working directory first on sys.path.
+    proc = subprocess.run([*cmd, *args, "--force"], capture_output=True, text=True, env=env, cwd=code)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         return "refused: " + (lines[-1] if lines else f"exit {proc.returncode}")
