@@ -55,7 +55,7 @@ FORMAT = Format(
     write=write_onnx,
     read_options=(OptionSpec("no_constants", "ONNX: leave out tensors held by Constant nodes.", kind="flag"),),
     write_options=(
-        TEMPLATE_OPTION,  # ONNX: initializers and Constant values replaced by name, shape and dtype checked
+        TEMPLATE_OPTION,  # ONNX: initializers and Constant values replaced by name (or as --base proves), checked
         OptionSpec(
             "rename",
             "ONNX --template: CKPT_NAME=MODEL_NAME, or a file of such lines or a JSON object; repeatable.",
