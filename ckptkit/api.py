@@ -323,6 +323,7 @@ def _write(
         ctx = WriteContext(output=out, options=opts, progress=progress)
         fmt.write(ckpt, ctx)
         receipt.notes.extend(ctx.notes)
+        receipt.transformed.update(ctx.transformed)
         staged = [out.temp_for(f) for f in out.files]
         receipt.bytes_written = sum(p.stat().st_size for p in staged if p.is_file())
         receipt.files = [str(f) for f in out.files]

@@ -169,12 +169,17 @@ def test_partial_update_refused_naming_both_sides_then_allowed(tmp_path):
     ckptkit.save({"W": new_w, "extra.weight": f32(2)}, src)
     out = tmp_path / "out.onnx"
     result = run_cli("convert", src, out, "--template", model)
-    assert_one_line_error(result, "gemm.onnx", "partial update", "(B)", "(extra.weight)", "--allow-partial")
-    assert not out.exists() and not list(tmp_path.glob(".ckptkit-tmp-*"))
+    assert_one_line_error(result, "gemm.onnx", "no place in the model (extra.weight)", "(B)", "--base", "--exclude")
+    # --allow-partial keeps model initializers; it never drops a checkpoint tensor silently.
     result = run_cli("convert", src, out, "--template", model, "--allow-partial")
+    assert_one_line_error(result, "gemm.onnx", "no place in the model (extra.weight)", "--exclude")
+    assert not out.exists() and not list(tmp_path.glob(".ckptkit-tmp-*"))
+    with pytest.raises(ckptkit.CkptkitError, match=r"partial update: .*\(B\)\. Pass --allow-partial"):
+        ckptkit.convert(src, out, exclude=["extra.weight"], options={"template": model})
+    result = run_cli("convert", src, out, "--template", model, "--allow-partial", "--exclude", "extra.weight")
     assert result.code == 0, result.stderr
     assert "initializers kept from the model (1): B" in result.stdout
-    assert "checkpoint tensors left out (1): extra.weight" in result.stdout
+    assert "dropped (1): extra.weight" in result.stdout
     with ckptkit.load(out) as back:
         assert_same_tensors({"W": new_w, "B": old_b}, back)
 

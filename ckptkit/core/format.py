@@ -40,6 +40,7 @@ class WriteContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     progress: ProgressFn | None = None
     notes: list[str] = field(default_factory=list)  # the writer's receipt lines
+    transformed: dict[str, str] = field(default_factory=dict)  # written name -> how the writer derived it
     # A writer that renames or re-lays tensors sets what the written file should read back as,
     # for the check after writing; by default that is the checkpoint it was given.
     expected: Checkpoint | None = None

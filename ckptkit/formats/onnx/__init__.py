@@ -38,7 +38,7 @@ def write_onnx(ckpt: Checkpoint, ctx: WriteContext) -> None:
 
         write_into_template(ckpt, ctx)
         return
-    for opt in ("rename", "allow_partial"):
+    for opt in ("rename", "allow_partial", "base"):
         if ctx.options.get(opt):
             raise UsageError(f"--{opt.replace('_', '-')} needs --template MODEL.onnx")
     from .weights import write_weights
@@ -55,16 +55,23 @@ FORMAT = Format(
     write=write_onnx,
     read_options=(OptionSpec("no_constants", "ONNX: leave out tensors held by Constant nodes.", kind="flag"),),
     write_options=(
-        TEMPLATE_OPTION,  # ONNX: initializers and Constant values replaced by name, shape and dtype checked
+        TEMPLATE_OPTION,  # ONNX: initializers and Constant values replaced by name (or as --base proves), checked
         OptionSpec(
             "rename",
             "ONNX --template: CKPT_NAME=MODEL_NAME, or a file of such lines or a JSON object; repeatable.",
             multiple=True,
         ),
         OptionSpec(
+            "base",
+            "ONNX --template: the checkpoint MODEL.onnx was exported from. ckptkit proves from it how the "
+            "exporter made each initializer (renamed, transposed, gates packed, BatchNorm folded...) and "
+            "makes the same from the new checkpoint.",
+            kind="path",
+        ),
+        OptionSpec(
             "allow_partial",
-            "ONNX --template: keep the model's own values where the checkpoint has no tensor, and skip "
-            "checkpoint tensors the model lacks.",
+            "ONNX --template: keep the model's own values where the checkpoint has no tensor (a checkpoint "
+            "tensor with no place in the model is still an error: --exclude it).",
             kind="flag",
         ),
         OptionSpec(
