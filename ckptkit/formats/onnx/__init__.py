@@ -3,7 +3,7 @@
 Reading lists every initializer of the main graph and of subgraphs, and the values of Constant
 nodes (named by the node's output; ``no_constants`` leaves them out). Writing makes a standalone
 weights model, or with ``template`` replaces the tensors of an existing model. Neither needs the
-onnx package: the protobuf is walked and written directly (see :mod:`.wire` for why).
+onnx package: the protobuf is walked and written directly (see :mod:`ckptkit.io.protowire` for why).
 """
 
 from __future__ import annotations

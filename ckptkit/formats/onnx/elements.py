@@ -13,8 +13,7 @@ import numpy as np
 
 from ckptkit.core.dtypes import DType, by_onnx
 from ckptkit.core.errors import CorruptCheckpointError
-
-from .wire import Buffer, Field, repeated
+from ckptkit.io.protowire import Buffer, Field, repeated
 
 # TensorProto field numbers of the typed value fields.
 FLOAT_DATA, INT32_DATA, STRING_DATA, INT64_DATA, DOUBLE_DATA, UINT64_DATA = 4, 5, 6, 7, 10, 11

@@ -11,11 +11,11 @@ from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UnsupportedError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
+from ckptkit.io.protowire import bytes_field, len_field_size, len_prefix, string_field, varint_field
 from ckptkit.io.streaming import TensorCopier
 
 from .elements import is_packed, pack, stored_nbytes
 from .graph import EXTERNAL, T_DATA_LOCATION, T_DATA_TYPE, T_DIMS, T_EXTERNAL_DATA, T_NAME, T_RAW_DATA
-from .wire import bytes_field, len_field_size, len_prefix, string_field, varint_field
 
 PAGE = 4096
 # Tensors smaller than this stay inline when writing external data, as onnx's own save does.

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.io.protowire import I32, LEN, VARINT, Buffer, Field, expect, fields, read_varint, repeated, signed, text
 
 from .elements import TYPED_FIELDS, element_name
-from .wire import I32, LEN, VARINT, Buffer, Field, expect, fields, read_varint, repeated, signed, text
 
 # ModelProto
 M_IR_VERSION, M_PRODUCER_NAME, M_PRODUCER_VERSION, M_GRAPH, M_OPSET_IMPORT, M_METADATA_PROPS = 1, 2, 3, 7, 8, 14

@@ -1,6 +1,6 @@
 """Reading an ONNX model's tensors lazily: the graph is walked, payloads stay in their files.
 
-The model file is memory-mapped and walked with :mod:`.wire`, so inline ``raw_data`` is never
+The model file is memory-mapped and walked with :mod:`ckptkit.io.protowire`, so inline ``raw_data`` is never
 copied while listing tensors and each tensor is a view of the map when read. External data files
 are checked (inside the model's folder, present, long enough) when the model is opened, and
 mapped only when one of their tensors is read.
@@ -24,10 +24,10 @@ from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io.paths import resolve_inside
+from ckptkit.io.protowire import Buffer, repeated
 
 from .elements import TYPED_FIELD_NAMES, decode_typed, element_name, is_packed, stored_nbytes, unpack
 from .graph import ModelInfo, Slot, TensorRecord, scan_model
-from .wire import Buffer, repeated
 
 _SCALAR_ATTRS = {
     "value_float": ("float32", "<f4", True),

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ckptkit.core.model import RawExtent
+from ckptkit.io.protowire import LEN, Field, len_field_size, len_prefix
 from ckptkit.io.streaming import TensorCopier
-
-from .wire import LEN, Field, len_field_size, len_prefix
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ckptkit.core.compare import arrays_identical
 from ckptkit.core.errors import CkptkitError, UnsupportedError, UsageError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent, TensorInfo
+from ckptkit.io.protowire import I32, Buffer, fields, key, len_prefix, string_field, varint, varint_field
 from ckptkit.io.streaming import TensorCopier
 
 from .derive import derive_plan
@@ -31,7 +32,6 @@ from .emit import EXTERNAL_THRESHOLD, PROTOBUF_LIMIT, ExternalData, inline_data_
 from .graph import A_F, A_FLOATS, A_I, A_INTS, A_NAME, A_T, N_ATTRIBUTE, N_NAME, N_OP_TYPE, N_OUTPUT, Slot
 from .reader import OnnxCheckpoint
 from .splice import Replacement, Splice
-from .wire import I32, Buffer, fields, key, len_prefix, string_field, varint, varint_field
 
 _SHOWN = 8  # names listed in a message before "and N more"
 

@@ -19,6 +19,7 @@ from ckptkit.core.errors import UnsupportedError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.metadata import checkpoint_metadata
 from ckptkit.core.model import Checkpoint, TensorInfo
+from ckptkit.io.protowire import bytes_field, len_field_size, len_prefix, string_field, varint_field
 from ckptkit.io.streaming import TensorCopier
 
 from .elements import COMPLEX64, COMPLEX128, IR_FOR_TYPE, stored_nbytes
@@ -43,7 +44,6 @@ from .graph import (
     M_PRODUCER_NAME,
     M_PRODUCER_VERSION,
 )
-from .wire import bytes_field, len_field_size, len_prefix, string_field, varint_field
 
 IR_VERSION = 10
 OPSET = 21

@@ -1,6 +1,6 @@
 """The nodes of an ONNX graph, as far as deriving its weights needs: who consumes each value, and how.
 
-Walks the protobuf with :mod:`..wire` like the reader does: every node of the main graph and of
+Walks the protobuf with :mod:`ckptkit.io.protowire` like the reader does: every node of the main graph and of
 subgraphs, with its operator, inputs, outputs and scalar attributes (``transB``, ``epsilon``,
 ``direction``...), and the fields that enclose it so that a writer can replace the node.
 """
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.io.protowire import I32, LEN, VARINT, Buffer, Field, expect, fields, signed, text
 
 from ..graph import (
     A_F,
@@ -28,7 +29,6 @@ from ..graph import (
     N_OP_TYPE,
     N_OUTPUT,
 )
-from ..wire import I32, LEN, VARINT, Buffer, Field, expect, fields, signed, text
 
 N_INPUT = 1
 A_S = 4

@@ -1,8 +1,10 @@
-"""The protobuf wire format, just enough to walk an ONNX file and to write one field by field.
+"""The protobuf wire format, just enough to walk a message field by field and to write one.
 
-Spec: https://protobuf.dev/programming-guides/encoding/. Walking the bytes ourselves, instead of
-parsing the file with the onnx package, lets a reader skip over tensor payloads (they stay in the
-file, memory-mapped) and lets a writer stream them, with no 2 GB message limit and no onnx import.
+Spec: https://protobuf.dev/programming-guides/encoding/. ONNX models and TensorFlow checkpoint
+indexes are protobuf messages; walking the bytes ourselves, instead of parsing them with generated
+classes, lets a reader skip over tensor payloads (they stay in the file, memory-mapped) and lets a
+writer stream them, with no 2 GB message limit and no framework import. Every length and number is
+checked against the bytes it claims, so hostile input raises :class:`CorruptCheckpointError`.
 """
 
 from __future__ import annotations
@@ -188,8 +190,9 @@ def bytes_field(number: int, payload: bytes) -> bytes:
     return len_prefix(number, len(payload)) + payload
 
 
-def string_field(number: int, value: str) -> bytes:
-    return bytes_field(number, utf8_text(value, "ONNX", "text"))
+def string_field(number: int, value: str, where: str = "a protobuf message") -> bytes:
+    """A string field; ``where`` names the format in the error for text that is not UTF-8."""
+    return bytes_field(number, utf8_text(value, where, "text"))
 
 
 def varint_field(number: int, value: int) -> bytes:
