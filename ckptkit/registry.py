@@ -48,6 +48,7 @@ __all__ = [
     "for_output",
     "formats",
     "get",
+    "locate",
     "open_as",
     "open_checkpoint",
     "register",
@@ -61,6 +62,7 @@ _BUILTIN_MODULES = (
     "ckptkit.formats.safetensors",
     "ckptkit.formats.torch.dcp",  # before torch: each piece of a .distcp file is a torch.save archive
     "ckptkit.formats.torch",
+    "ckptkit.formats.tensorflow",  # before onnx, which would claim a SavedModel's saved_model.pb
     "ckptkit.formats.onnx",
     "ckptkit.formats.keras.v3",
     "ckptkit.formats.keras.legacy",
@@ -161,6 +163,19 @@ def read_head(path: Path) -> bytes:
         return f.read(SNIFF_BYTES)
 
 
+def locate(path: Path) -> Path:
+    """``path`` if it exists; else the file a format finds for the checkpoint it names (a TensorFlow
+    prefix ``ckpt-1`` is ``ckpt-1.index``); else ``path`` unchanged."""
+    if path.exists() or path.is_symlink():
+        return path
+    for fmt in _load().values():
+        if fmt.locate is not None:
+            found = fmt.locate(path)
+            if found is not None:
+                return found
+    return path
+
+
 def require_exists(path: Path) -> None:
     """Refuse a path that names nothing (:class:`NoSuchFileError`)."""
     if not path.exists():
@@ -202,8 +217,10 @@ def detect(path: Path, head: bytes | None = None) -> Format:
     """The format of an existing file or directory: by content first, then by extension.
 
     ``head`` is what :func:`check_input` returned, for a caller that has checked the input already.
+    A name that is no file is first looked up with :func:`locate` (a TensorFlow prefix).
     """
     if head is None:
+        path = locate(path)
         head = check_input(path)
     for fmt in _load().values():
         if fmt.can_read and _sniff(fmt, head, path):
@@ -254,14 +271,15 @@ def open_checkpoint(
     """Open a checkpoint for reading, detecting its format unless ``format`` is given.
 
     ``path`` may be a URL (``s3://``, ``hf://``, ``https://``, ...: see :mod:`ckptkit.io.source`),
-    read by range requests by the formats that can (:attr:`Format.open_remote`).
+    read by range requests by the formats that can (:attr:`Format.open_remote`). A local name that
+    is no file is looked up with :func:`locate` (a TensorFlow prefix).
     """
     if is_url(path):
         source = open_source(path)
         if source.remote:
             return _open_remote(source, format, options)
         path = str(source.local_path)
-    p = Path(path)
+    p = locate(Path(path))
     if format:
         fmt = get(format)
         check_input(p)

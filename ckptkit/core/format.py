@@ -74,6 +74,7 @@ TEMPLATE_OPTION = OptionSpec(
 
 
 Sniffer = Callable[[bytes, Path], bool]
+Locator = Callable[[Path], "Path | None"]
 Opener = Callable[[Path, Mapping[str, Any]], Checkpoint]
 Writer = Callable[[Checkpoint, WriteContext], None]
 
@@ -90,6 +91,8 @@ class Format:
     format's structure check: ``function(path) -> list[ckptkit.core.findings.Finding]``,
     reporting every fault it finds without stopping at the first. Formats that read
     directories are asked with an empty ``head`` for them.
+    ``locate(path)``, for a path that does not exist, returns the file that holds the checkpoint it
+    names (a TensorFlow prefix ``ckpt-1`` is held by ``ckpt-1.index``), or ``None``.
     """
 
     name: str
@@ -106,6 +109,7 @@ class Format:
     # Reads a remote file (a ckptkit.io.source.Source at a URL) by range requests; formats without
     # it read local files only.
     open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
+    locate: Locator | None = None
 
     @property
     def folder_file_name(self) -> str:

@@ -147,7 +147,7 @@ class HashJob:
 
     def __init__(self, path: str | Path, format: str | None = None) -> None:
         self.url = str(path) if is_url(path) else None
-        self.path = Path(path)
+        self.path = Path(path) if self.url is not None else registry.locate(Path(path))
         self.format = format
         if self.url is not None:
             self.source: Source | None = open_source(self.url)

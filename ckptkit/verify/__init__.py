@@ -17,7 +17,7 @@ from ckptkit.core.findings import ERROR, WARNING, Finding, Report, TargetReport
 from ckptkit.core.model import ProgressFn
 from ckptkit.hashing.manifest import Manifest
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
-from ckptkit.registry import require_exists
+from ckptkit.registry import locate, require_exists
 from ckptkit.verify.expect import compare_manifest, compare_schema, load_schema
 from ckptkit.verify.shards import check_sharded
 from ckptkit.verify.single import Settings, check_file
@@ -58,7 +58,7 @@ class Verification:
 
     def __init__(self, paths: Sequence[str | Path], options: VerifyOptions | None = None) -> None:
         self.options = options or VerifyOptions()
-        targets = [Path(p) for p in paths]
+        targets = [locate(Path(p)) for p in paths]
         if not targets:
             raise UsageError("name at least one checkpoint to verify")
         for p in targets:

@@ -1,0 +1,87 @@
+"""TensorFlow checkpoints (tensor bundles): ``tf.train.Checkpoint``, TF1 ``Saver``, SavedModel variables.
+
+Read and written without TensorFlow. A checkpoint is named by its prefix (``ckpt-1``), its
+``.index`` or data file, a folder with a ``checkpoint`` file, or a SavedModel folder (see
+:mod:`.paths`). Reading is lazy (:mod:`.read`); TF2 object-based checkpoints get Keras-style names
+from their object graph (:mod:`.names`). Writing (:mod:`.write`) makes a bundle TensorFlow reads,
+object-based when the object graph is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.core.format import Format, OptionSpec, WriteContext
+from ckptkit.core.model import Checkpoint
+
+from .paths import INDEX_SUFFIX, STATE_FILE, folder_index, index_path, locate, looks_like_table, prefix_of
+
+
+def sniff(head: bytes, path: Path) -> bool:
+    """An index (a table whose first entry is the bundle header), one of its data files, a
+    ``checkpoint`` state file, or a folder holding a checkpoint."""
+    if path.is_dir():
+        try:
+            return folder_index(path) is not None
+        except Exception:  # a folder with a damaged 'checkpoint' file is still ours to report on
+            return (path / STATE_FILE).is_file()
+    if path.name == STATE_FILE:
+        return head.lstrip().startswith(b"model_checkpoint_path")
+    if path.name == "saved_model.pb":
+        return looks_like_table(index_path(path.parent / "variables" / "variables"))
+    prefix = prefix_of(path)
+    if prefix is None:
+        return False
+    if path.name.endswith(INDEX_SUFFIX):
+        # The header entry comes first: key "" (shared 0, length 0), then its value's length.
+        return head[:2] == b"\x00\x00" and looks_like_table(path)
+    return looks_like_table(index_path(prefix))
+
+
+def find_index(path: Path) -> Path | None:
+    """For a prefix that is no file itself (``ckpt-1``), its index file."""
+    index = index_path(path)
+    return index if looks_like_table(index) else None
+
+
+def open_tensorflow(path: Path, options: Mapping[str, Any]) -> Checkpoint:
+    from .read import TensorFlowCheckpoint
+
+    return TensorFlowCheckpoint(locate(path, options.get("checkpoint")))
+
+
+def write_tensorflow(ckpt: Checkpoint, ctx: WriteContext) -> None:
+    from .write import write_bundle
+
+    write_bundle(ckpt, ctx)
+
+
+FORMAT = Format(
+    name="tensorflow",
+    description="TensorFlow checkpoint (PREFIX.index + data files; tf.train.Checkpoint, Saver, SavedModel variables)",
+    extensions=(INDEX_SUFFIX,),
+    sniff=sniff,
+    open=open_tensorflow,
+    write=write_tensorflow,
+    read_options=(
+        OptionSpec(
+            "checkpoint",
+            "TensorFlow: in a folder with a 'checkpoint' file, read this kept checkpoint (its name, such as "
+            "ckpt-2, or its number) instead of the latest.",
+        ),
+    ),
+    write_options=(
+        OptionSpec(
+            "template",
+            "TensorFlow: an object-based checkpoint of the model (TensorFlow wrote it): write an object-based "
+            "checkpoint with its object graph, tensors matched by name.",
+            kind="path",
+        ),
+    ),
+    default_extension=INDEX_SUFFIX,
+    weights_name="ckpt",
+    verify="ckptkit.formats.tensorflow.verify:check_structure",
+    locate=find_index,
+)
