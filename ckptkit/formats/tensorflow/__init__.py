@@ -35,8 +35,7 @@ def sniff(head: bytes, path: Path) -> bool:
     if prefix is None:
         return False
     if path.name.endswith(INDEX_SUFFIX):
-        # The header entry comes first: key "" (shared 0, length 0), then its value's length.
-        return head[:2] == b"\x00\x00" and looks_like_table(path)
+        return looks_like_table(path)
     return looks_like_table(index_path(prefix))
 
 

@@ -38,6 +38,7 @@ class Naming:
     """For each checkpoint key: the name to show, and what kind of value it is."""
 
     names: dict[str, str] = field(default_factory=dict)  # key -> name
+    order: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # key -> where it is listed
     extras: dict[str, str] = field(default_factory=dict)  # key -> extra's name
     optimizer: set[str] = field(default_factory=set)  # names of optimizer state
 
@@ -111,11 +112,14 @@ def name_variables(nodes: list[Node], keys: Collection[str], scalars: Collection
             continue
         model[key] = path
         full[key] = full_name
+    # A full name with a scope (dense/kernel) names a Keras layer's variable; a bare one (kernel,
+    # Variable) says less than the object path does.
     counts = Counter(full.values())
-    unique = {k: n for k, n in full.items() if n and counts[n] == 1}
-    chosen = _drop_model_name(unique) if len(unique) == len(full) else unique
+    scoped = {k: n for k, n in full.items() if "/" in n and counts[n] == 1}
+    chosen = _drop_model_name(scoped) if len(scoped) == len(full) else scoped
     for key, path in model.items():
         naming.names[key] = chosen.get(key) or _path_name(path)
+        naming.order[key] = (0, owner[key][0], "")
 
     for o, prefix in prefixes.items():
         members = _paths(nodes, {o: []}, ())
@@ -126,8 +130,10 @@ def name_variables(nodes: list[Node], keys: Collection[str], scalars: Collection
                 continue
             if node in listed and listed[node].isdigit():
                 naming.names[key] = f"{prefix}/vars/{listed[node]}"
+                naming.order[key] = (1, int(listed[node]), "")
             else:
                 naming.names[key] = f"{prefix}/{_path_name([prefix, *members[node]])}"
+                naming.order[key] = (1, (1 << 40) + node, "")
             naming.optimizer.add(naming.names[key])
     by_node = {node: key for key, (node, _full) in owner.items()}
     for key, (node, _full) in owner.items():
@@ -135,6 +141,7 @@ def name_variables(nodes: list[Node], keys: Collection[str], scalars: Collection
             original, slot_name, o = slots[node]
             base = naming.names.get(by_node.get(original, ""), "") or plain_name(by_node.get(original, key))
             naming.names[key] = f"{prefixes.get(o, OPTIMIZER)}/{base}/{slot_name}"
+            naming.order[key] = (2, original, slot_name)
             naming.optimizer.add(naming.names[key])
 
     for key in keys:

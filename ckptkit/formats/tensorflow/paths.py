@@ -125,16 +125,18 @@ def _in_folder(folder: Path, name: str, state_file: Path) -> Path:
 
 
 def choose(state: State, wanted: str | None, state_file: Path) -> str:
-    """The entry of ``state`` to read: the latest, or the kept one ``wanted`` names (its name or its step)."""
+    """The checkpoint to read: the latest, or the one ``wanted`` names (its prefix or its number)
+    among those the ``checkpoint`` file keeps and the others in its folder."""
     if not wanted:
         return state.latest
-    names = list(dict.fromkeys([*state.kept, state.latest]))
+    in_folder = sorted(p.name[: -len(INDEX_SUFFIX)] for p in state_file.parent.glob("*" + INDEX_SUFFIX))
+    names = list(dict.fromkeys([*state.kept, state.latest, *in_folder]))
     for name in names:
         base = name.replace("\\", "/").rsplit("/", 1)[-1]
-        if wanted in (name, base) or (wanted.isdigit() and re.search(rf"-{int(wanted)}$", base)):
+        if wanted in (name, base) or (wanted.isdigit() and re.search(rf"-0*{int(wanted)}$", base)):
             return name
-    listed = ", ".join(n.replace("\\", "/").rsplit("/", 1)[-1] for n in names)
-    raise UsageError(f"--checkpoint {wanted!r} is not one the 'checkpoint' file keeps ({listed})", state_file)
+    listed = ", ".join(dict.fromkeys(n.replace("\\", "/").rsplit("/", 1)[-1] for n in names))
+    raise UsageError(f"--checkpoint {wanted!r} is not a checkpoint of this folder ({listed})", state_file)
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,8 @@ class TensorFlowCheckpoint(Checkpoint):
             self.metadata[KIND_META] = "saved_model" if self.location.kind == "saved_model" else "name-based"
         renamed: dict[str, str] = {}
         extras_keys: dict[str, list[str]] = {}
-        for text, (key, entry) in keys.items():
+        position = {text: (3, i, "") for i, text in enumerate(keys)}
+        for text, (key, entry) in sorted(keys.items(), key=lambda kv: naming.order.get(kv[0], position[kv[0]])):
             if text in naming.extras:
                 name = naming.extras[text]
                 dtype = dtypes.to_ckptkit(entry.dtype)

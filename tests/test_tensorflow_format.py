@@ -1,0 +1,349 @@
+"""TensorFlow checkpoints: what TensorFlow writes is read exactly, and what ckptkit writes TensorFlow reads.
+
+TensorFlow itself runs only in subprocesses (tests/tf_reference.py): once per session to write the
+reference checkpoints and dump what it reads from them, and once to load what ckptkit wrote.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptkit
+from ckptkit.core.dtypes import by_name
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError, UsageError
+from ckptkit.formats.tensorflow.read import KEYS_META, TensorFlowCheckpoint
+from ckptkit.formats.tensorflow.table import Table, TableBuilder
+from ckptkit.io import crc32c
+from ckptkit.verify import verify
+from tests.conftest import REPO, assert_one_line_error
+from tests.helpers import sample_array
+from tests.tf_bundles import write_bundle
+
+HAVE_TF = importlib.util.find_spec("tensorflow") is not None
+needs_tf = pytest.mark.skipif(not HAVE_TF, reason="tensorflow-cpu is not installed (pip install -e '.[test]')")
+REFERENCE = REPO / "tests" / "tf_reference.py"
+
+
+def _run_tf(*args: str) -> str:
+    proc = subprocess.run([sys.executable, str(REFERENCE), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tf_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoints TensorFlow wrote, and what TensorFlow reads from each (tests/tf_reference.py)."""
+    if not HAVE_TF:
+        pytest.skip("tensorflow-cpu is not installed (pip install -e '.[test]')")
+    root = tmp_path_factory.mktemp("tf")
+    _run_tf("make", str(root))
+    return root
+
+
+def dumped(folder: Path, name: str) -> dict[str, np.ndarray]:
+    """What TensorFlow read from a checkpoint, by checkpoint key (string tensors left out)."""
+    meta = json.loads((folder / f"{name}.json").read_text())
+    raw = np.load(folder / f"{name}.npz")
+    out = {}
+    for key, m in meta.items():
+        if m["dtype"] != "string":
+            out[key] = raw[f"t{m['index']}"].view(by_name(m["dtype"]).numpy).reshape(m["shape"])
+    return out
+
+
+def expected(tf_files: Path, name: str) -> dict[str, np.ndarray]:
+    """What TensorFlow read from the reference checkpoint ``name``."""
+    return dumped(tf_files / "expected", name)
+
+
+def by_key(ckpt: ckptkit.Checkpoint) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors by the key TensorFlow stores them under (names map back through metadata)."""
+    keys = json.loads(ckpt.metadata.get(KEYS_META, "{}"))
+    return {keys.get(n, n): np.array(ckpt.read_tensor(n)) for n in ckpt.names()}
+
+
+def assert_exact(want: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype, (key, got[key].dtype, value.dtype)
+        assert got[key].shape == value.shape, (key, got[key].shape, value.shape)
+        assert got[key].tobytes() == value.tobytes(), key
+
+
+# --- What TensorFlow writes ----------------------------------------------------------------------
+
+
+@needs_tf
+def test_keras_checkpoint_with_optimizer_state_reads_exactly_under_keras_names(tf_files):
+    with ckptkit.load(tf_files / "keras") as ckpt:  # the folder: its 'checkpoint' file names ckpt-2
+        assert ckpt.format_name == "tensorflow" and Path(str(ckpt.path)).name == "ckpt-2.index"
+        assert ckpt.names()[:4] == ["dense/kernel", "dense/bias", "out/kernel", "out/bias"]
+        assert ckpt.names()[4:] == [f"optimizer/vars/{i}" for i in range(10)]
+        assert ckpt.extras == {"save_counter": 2}
+        assert [s["title"] for s in ckpt.structure()["sections"]] == ["variables", "optimizer state"]
+        want = expected(tf_files, "keras_2")
+        assert want.pop("save_counter/.ATTRIBUTES/VARIABLE_VALUE") == 2
+        assert_exact(want, by_key(ckpt))
+
+
+@needs_tf
+def test_a_kept_checkpoint_is_chosen_by_name_or_number(tf_files):
+    want = expected(tf_files, "keras_1")
+    want.pop("save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    for choice in ("ckpt-1", "1"):
+        with ckptkit.load(tf_files / "keras", checkpoint=choice) as ckpt:
+            assert ckpt.extras == {"save_counter": 1}
+            assert_exact(want, by_key(ckpt))
+    with pytest.raises(UsageError, match=r"ckpt-2, ckpt-1"):
+        ckptkit.load(tf_files / "keras", checkpoint="ckpt-9")
+
+
+@needs_tf
+def test_every_path_tensorflow_names_opens_the_same_checkpoint(tf_files):
+    keras = tf_files / "keras"
+    for path in (keras, keras / "ckpt-2", keras / "ckpt-2.index", keras / "ckpt-2.data-00000-of-00001",
+                 keras / "checkpoint"):  # fmt: skip
+        with ckptkit.load(path) as ckpt:
+            assert Path(str(ckpt.path)) == keras / "ckpt-2.index", path
+    for path in (tf_files / "saved_model", tf_files / "saved_model" / "saved_model.pb"):
+        with ckptkit.load(path) as ckpt:
+            assert ckpt.names() == ["v"]
+            assert_exact(expected(tf_files, "saved_model"), by_key(ckpt))
+
+
+@needs_tf
+def test_tf1_saver_half_bfloat16_int64_partitioned_and_two_data_files(tf_files):
+    with ckptkit.load(tf_files / "tf1") as ckpt:
+        assert len(ckpt.data_files()) == 2 and ckpt.metadata["tensorflow:kind"] == "name-based"
+        assert ckpt.info("part/w").location == "3 slices"
+        assert ckpt.info("bert/embeddings/wbf16").dtype.name == "bfloat16"
+        assert ckpt.raw_extent("part/w") is None and ckpt.raw_extent("bert/ids") is not None
+        assert_exact(expected(tf_files, "tf1"), by_key(ckpt))
+
+
+@needs_tf
+def test_optimizer_slots_and_step_of_an_object_based_checkpoint(tf_files):
+    with ckptkit.load(tf_files / "slots") as ckpt:
+        assert ckpt.names() == ["dense/kernel", "optimizer/beta1_power", "optimizer/beta2_power",
+                                "optimizer/dense/kernel/m", "optimizer/dense/kernel/v"]  # fmt: skip
+        assert ckpt.extras == {"save_counter": 1, "step": 5}
+        want = expected(tf_files, "slots")
+        for key in ("save_counter/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATTRIBUTES/VARIABLE_VALUE"):
+            want.pop(key)
+        assert_exact(want, by_key(ckpt))
+
+
+@needs_tf
+def test_every_numeric_dtype_exactly_and_string_tensors_listed_as_not_read(tf_files, tmp_path):
+    with ckptkit.load(tf_files / "dtypes" / "ckpt") as ckpt:
+        assert "DT_STRING" in ckpt.unsupported["dt/text"]
+        assert_exact(expected(tf_files, "dtypes"), by_key(ckpt))
+    with pytest.raises(UnsupportedError, match="--exclude 'dt/text'"):
+        ckptkit.convert(tf_files / "dtypes" / "ckpt", tmp_path / "x.safetensors")
+
+
+@needs_tf
+def test_hashes_and_names_agree_with_the_keras_weights_file_of_the_same_model(tf_files, cli):
+    manifests = {}
+    for name, path in (("tf", tf_files / "cnn" / "ckpt"), ("keras", tf_files / "cnn.weights.h5")):
+        result = cli("hash", path, "--exclude", "optimizer/*", "--no-file-hashes")
+        assert result.code == 0, result.stderr
+        manifests[name] = json.loads(result.stdout)
+    tf_tensors, keras_tensors = manifests["tf"]["tensors"], manifests["keras"]["tensors"]
+    assert tf_tensors == keras_tensors and manifests["tf"]["root"] == manifests["keras"]["root"]
+    result = cli("diff", tf_files / "cnn" / "ckpt", tf_files / "cnn.weights.h5", "--fail-on", "max_abs>0,shape", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["a"]["format"], report["b"]["format"]) == ("tensorflow", "keras")
+
+
+@needs_tf
+def test_layout_torch_translates_keras_kernels(tf_files, tmp_path):
+    out = tmp_path / "cnn.safetensors"
+    ckptkit.convert(tf_files / "cnn", out, layout="torch", layout_hints=["head=flatten:4x4x4"], exclude=["optimizer/*"])
+    with ckptkit.load(tf_files / "cnn") as src, ckptkit.load(out) as dst:
+        kernel = src.read_tensor("conv/kernel")
+        assert np.array_equal(dst.read_tensor("conv.weight"), kernel.transpose(3, 2, 0, 1))
+        head = src.read_tensor("head/kernel").reshape(4, 4, 4, 3).transpose(3, 2, 0, 1).reshape(3, 64)
+        assert np.array_equal(dst.read_tensor("head.weight"), head)
+
+
+# --- What ckptkit writes, read by TensorFlow -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def written(tf_files: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Checkpoints ckptkit wrote from the reference ones, and TensorFlow's verdict on each."""
+    out = tmp_path_factory.mktemp("tf-written")
+    exp = tf_files / "expected"
+    ckptkit.convert(tf_files / "tf1", out / "tf1.safetensors")
+    ckptkit.convert(out / "tf1.safetensors", out / "tf1_back", to_format="tensorflow")  # name-based
+    ckptkit.convert(tf_files / "dtypes" / "ckpt", out / "dtypes.index", exclude=["dt/text"])
+    ckptkit.convert(tf_files / "keras", out / "keras.safetensors")
+    ckptkit.convert(out / "keras.safetensors", out / "keras_back.index")  # object-based: graph in metadata
+    ckptkit.convert(tf_files / "keras", out / "keras_model_only.index", exclude=["optimizer/*"])
+    ckptkit.convert(tf_files / "cnn.weights.h5", out / "cnn_from_keras", to_format="tensorflow",
+                    options={"template": tf_files / "cnn_template"}, exclude=["optimizer/*"])  # fmt: skip
+    requests = [
+        {"name": "tf1", "prefix": str(out / "tf1_back"), "dump": str(out / "dump" / "tf1")},
+        {"name": "dtypes", "prefix": str(out / "dtypes"), "dump": str(out / "dump" / "dtypes")},
+        {"name": "keras", "prefix": str(out / "keras_back"), "dump": str(out / "dump" / "keras"), "restore": "dense",
+         "x": str(exp / "keras_x.npy"), "predictions": str(exp / "keras_pred_2.npy")},
+        {"name": "keras_model_only", "prefix": str(out / "keras_model_only"), "restore": "dense",
+         "x": str(exp / "keras_x.npy"), "predictions": str(exp / "keras_pred_2.npy")},
+        {"name": "cnn", "prefix": str(out / "cnn_from_keras"), "restore": "cnn", "x": str(exp / "cnn_x.npy"),
+         "predictions": str(exp / "cnn_pred.npy")},
+    ]  # fmt: skip
+    (out / "requests.json").write_text(json.dumps(requests))
+    return out, json.loads(_run_tf("check", str(out / "requests.json")))
+
+
+@needs_tf
+def test_name_based_checkpoints_ckptkit_writes_read_bit_exactly_by_tensorflow(tf_files, written):
+    out, verdicts = written
+    for name, source in (("tf1", "tf1"), ("dtypes", "dtypes")):
+        assert "error" not in verdicts[name], verdicts[name]
+        want = expected(tf_files, source)
+        want.pop("dt/text", None)
+        assert_exact(want, dumped(out / "dump", name))
+
+
+@needs_tf
+def test_object_based_checkpoints_restore_into_the_keras_model_with_equal_predictions(tf_files, written):
+    out, verdicts = written
+    for name in ("keras", "keras_model_only", "cnn"):
+        assert "error" not in verdicts[name] and verdicts[name].get("predictions_equal") is True, (name, verdicts[name])
+    want = expected(tf_files, "keras_2")
+    got = dumped(out / "dump", "keras")
+    want.pop("_CHECKPOINTABLE_OBJECT_GRAPH", None)
+    assert_exact(want, got)
+
+
+@needs_tf
+def test_an_index_ckptkit_writes_is_the_one_tensorflow_writes(tf_files):
+    for index in (tf_files / "tf1" / "model.ckpt-7.index", tf_files / "keras" / "ckpt-2.index"):
+        data = index.read_bytes()
+        import io
+
+        buf = io.BytesIO()
+        builder = TableBuilder(buf)
+        for key, value in Table(data).items():
+            builder.add(key, value)
+        builder.finish()
+        assert buf.getvalue() == data
+
+
+@needs_tf
+def test_verify_names_changed_truncated_and_missing_data(tf_files, tmp_path, cli):
+    folder = tmp_path / "tf1"
+    shutil.copytree(tf_files / "tf1", folder)
+    assert cli("verify", folder).code == 0
+    shard0 = folder / "model.ckpt-7.data-00000-of-00002"
+    with ckptkit.load(folder) as ckpt:
+        extent = ckpt.raw_extent("bert/ids")
+    data = bytearray(shard0.read_bytes())
+    data[extent.offset] ^= 0xFF
+    shard0.write_bytes(bytes(data))
+    report = verify([folder])
+    crc = [f for f in report.findings if f.check == "tensorflow.crc"]
+    assert [f.tensor for f in crc] == ["bert/ids"] and report.exit_code == 1
+    shard0.write_bytes(bytes(data[:30]))
+    checks = {f.check for f in verify([folder]).findings}
+    assert "tensorflow.truncated" in checks
+    shard0.unlink()
+    result = cli("verify", folder, "--json")
+    assert result.code == 1
+    findings = json.loads(result.stdout)["findings"]
+    assert any(f["check"] == "tensorflow.shard-missing" and "00000-of-00002" in f["message"] for f in findings)
+
+
+# --- Without TensorFlow ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int64", "complex128", "bool", "uint16", "int4"])
+def test_round_trip_every_dtype_through_ckptkit_alone(tmp_path, dtype):
+    arrays = {"layer/w": sample_array(dtype), "scalar": sample_array(dtype, ())}
+    ckptkit.save(arrays, tmp_path / "ckpt-3", "tensorflow")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+    with ckptkit.load(tmp_path / "ckpt-3") as ckpt:
+        for name, want in arrays.items():
+            got = ckpt.read_tensor(name)
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    assert verify([tmp_path / "ckpt-3"]).findings == [] or all(
+        f.severity == "warning" for f in verify([tmp_path / "ckpt-3"]).findings
+    )
+
+
+def test_big_endian_snappy_blocks_partitioned_and_sharded_bundles(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((7, 4)).astype(np.float32)
+    tensors = {f"layer_{i:03d}/kernel": rng.standard_normal((3,)).astype(np.float16) for i in range(60)}
+    partitioned = {"emb": (w, [[(0, 3), (0, -1)], [(3, 4), (0, 2)], [(3, 4), (2, 2)]])}
+    for big, snappy in ((True, False), (False, True), (True, True)):
+        prefix = tmp_path / f"b{big:d}{snappy:d}" / "ckpt"
+        prefix.parent.mkdir()
+        write_bundle(prefix, tensors, partitioned=partitioned, big_endian=big, snappy=snappy, block_size=256, shards=3)
+        with ckptkit.load(prefix) as ckpt:
+            assert np.array_equal(ckpt.read_tensor("emb"), w)
+            for name, value in tensors.items():
+                assert ckpt.read_tensor(name).tobytes() == value.tobytes()
+            assert (ckpt.raw_extent("layer_000/kernel") is None) == big
+        assert not [f for f in verify([prefix]).findings if f.severity == "error"]
+
+
+def test_partitioned_variables_with_gaps_or_overlaps_are_refused(tmp_path):
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for name, pieces in (("gap", [[(0, 2), (0, -1)]]), ("overlap", [[(0, 3), (0, -1)], [(2, 2), (0, -1)]])):
+        prefix = tmp_path / name
+        write_bundle(prefix, {}, partitioned={"w": (w, pieces)})
+        with pytest.raises(CorruptCheckpointError, match="elements|overlap"):
+            ckptkit.load(prefix)
+        assert any(f.check == "tensorflow.slice" for f in verify([prefix]).findings)
+
+
+def test_object_graph_written_back_when_tensors_are_left_out(tmp_path):
+    arrays = {"a": np.ones(3, np.float32), "b": np.zeros(2, np.float32)}
+    ckptkit.save(arrays, tmp_path / "plain", "tensorflow")
+    with ckptkit.load(tmp_path / "plain") as ckpt:
+        assert ckpt.metadata["tensorflow:kind"] == "name-based" and ckpt.names() == ["a", "b"]
+
+
+def test_crc32c_without_the_compiled_package_gives_the_same_values():
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 3 * 4096 * 7 + 11, dtype=np.uint8)
+    assert crc32c._extend_numpy(0, data) == crc32c.value(data)
+    assert crc32c.value(b"123456789") == 0xE3069283
+    assert crc32c.unmask(crc32c.mask(0xDEADBEEF)) == 0xDEADBEEF
+
+
+def test_cli_errors_name_the_missing_piece(tmp_path, cli):
+    ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "ckpt-1", "tensorflow")
+    (tmp_path / "ckpt-1.data-00000-of-00001").unlink()
+    assert_one_line_error(cli("inspect", tmp_path / "ckpt-1"), "ckpt-1.data-00000-of-00001", "missing")
+    assert_one_line_error(cli("inspect", tmp_path / "ckpt-9"), "no such file")
+    result = cli("convert", tmp_path / "ckpt-1.index", tmp_path / "o.safetensors", "--checkpoint", "3")
+    assert_one_line_error(result, "--checkpoint")
+
+
+def test_writing_refuses_what_tensorflow_cannot_hold_and_keeps_outputs_atomic(tmp_path):
+    ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "ckpt-1", "tensorflow")
+    with pytest.raises(ckptkit.CkptkitError, match="exists already"):
+        ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "ckpt-1", "tensorflow")
+    odd = sample_array("float8_e8m0fnu")
+    with pytest.raises(UnsupportedError, match="TensorFlow checkpoints cannot hold"):
+        ckptkit.save({"odd": odd}, tmp_path / "ckpt-2", "tensorflow")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+
+
+def test_a_tensorflow_checkpoint_reads_with_the_class_ckptkit_registers(tmp_path):
+    ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "ckpt-1", "tensorflow")
+    with ckptkit.load(tmp_path) as ckpt:
+        assert isinstance(ckpt, TensorFlowCheckpoint)
