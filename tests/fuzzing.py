@@ -171,7 +171,7 @@ def run_input(target: str, data: bytes, work: Path, side_files: dict[str, bytes]
 
 
 SUFFIXES = {"safetensors": ".safetensors", "torch_zip": ".pt", "torch_legacy": ".pt", "onnx": ".onnx",
-            "keras_h5": ".weights.h5", "keras_zip": ".keras"}  # fmt: skip
+            "keras_h5": ".weights.h5", "keras_zip": ".keras", "tensorflow": ".index"}  # fmt: skip
 
 
 # --- Mutations that know nothing of the format ---------------------------------------------------
@@ -481,6 +481,109 @@ def keras_zip_edits(draw: st.DrawFn, data: bytes) -> bytes:
         content = draw(byte_mutations(content))
     members[i] = (name, content)
     return rezip(members)
+
+
+# --- TensorFlow checkpoint indexes: tables of protobuf entries -------------------------------------
+
+
+def _table_entries(data: bytes) -> list[tuple[bytes, bytes]]:
+    from ckptkit.formats.tensorflow.table import Table
+
+    return list(Table(data).items())
+
+
+def _build_table(entries: list[tuple[bytes, bytes]], block_size: int) -> bytes:
+    from ckptkit.formats.tensorflow.table import TableBuilder
+
+    buf = io.BytesIO()
+    builder = TableBuilder(buf, block_size=block_size)
+    for key, value in sorted(dict(entries).items()):
+        builder.add(key, value)
+    builder.finish()
+    return buf.getvalue()
+
+
+_TF_INTS = st.one_of(st.sampled_from(INTERESTING_INTS), st.integers(-4, 64))
+
+
+@st.composite
+def _entry_edit(draw: st.DrawFn, value: bytes) -> bytes:
+    """A BundleEntryProto with a field set to an edge value (sizes, offsets, shapes, slices, dtype)."""
+    from dataclasses import replace
+
+    from ckptkit.formats.tensorflow.protos import Slice, parse_entry
+
+    try:
+        entry = parse_entry(value)
+    except CkptkitError:
+        return value
+    field_name = draw(st.sampled_from(["dtype", "shape", "shard_id", "offset", "size", "crc32c", "slices"]))
+    if field_name == "shape":
+        new: Any = tuple(draw(st.lists(_TF_INTS, max_size=4)))
+    elif field_name == "slices":
+        extents = st.lists(st.tuples(_TF_INTS, _TF_INTS), max_size=3).map(tuple).map(Slice)
+        new = tuple(draw(st.lists(extents, max_size=3)))
+    elif field_name == "crc32c":
+        new = draw(st.integers(0, 2**32 - 1))
+    else:
+        new = draw(_TF_INTS)
+    entry = replace(entry, **{field_name: new})
+    try:
+        return entry.encode()
+    except (ValueError, OverflowError, struct.error):
+        return value
+
+
+@st.composite
+def tensorflow_edits(draw: st.DrawFn, data: bytes) -> bytes:
+    """A TensorFlow index with an entry's fields changed (re-tabled with valid checksums), a block's
+    restart array or entry lengths forged (its checksum rewritten), or the footer's handles forged."""
+    from ckptkit.formats.tensorflow.table import BLOCK_TRAILER, FOOTER_SIZE, Table, _varint
+
+    kind = draw(st.sampled_from(["entry", "entry", "key", "block", "footer"]))
+    try:
+        table = Table(data)
+    except CkptkitError:
+        return draw(byte_mutations(data))
+    if kind in ("entry", "key"):
+        entries = _table_entries(data)
+        i = draw(st.integers(0, len(entries) - 1))
+        key, value = entries[i]
+        if kind == "entry":
+            entries[i] = (key, draw(_entry_edit(value)))
+        else:
+            entries[i] = (draw(st.sampled_from([b"", b"\x00", key + b"\x00\x01\x01\x02\x80\x84", key[:-1]])), value)
+        return _build_table(entries, draw(st.sampled_from([64, 256, 262144])))
+    buf = bytearray(data)
+    if kind == "footer":
+        offset, size = draw(_TF_INTS.map(abs)), draw(_TF_INTS.map(abs))
+        handles = (_varint(offset) + _varint(size) + _varint(offset) + _varint(size))[:40]
+        start = len(buf) - FOOTER_SIZE + draw(st.sampled_from([0, 20]))
+        buf[start : start + len(handles) // 2] = handles[: len(handles) // 2]
+        return bytes(buf)
+    handles = [h for _k, h in table.blocks] + [table.footer.index, table.footer.metaindex]
+    handle = draw(st.sampled_from(handles))
+    if handle.size < 4:
+        return bytes(buf)
+    end = handle.offset + handle.size
+    edit = draw(st.sampled_from(["restart_count", "restart", "varint_bomb", "byte"]))
+    if edit == "restart_count":
+        buf[end - 4 : end] = struct.pack("<I", draw(_TF_INTS.map(lambda v: v % 2**32)))
+    elif edit == "restart":
+        (count,) = struct.unpack_from("<I", buf, end - 4)
+        slot = end - 4 - 4 * draw(st.integers(1, max(1, min(count, (handle.size - 4) // 4))))
+        buf[slot : slot + 4] = struct.pack("<I", draw(_TF_INTS.map(lambda v: v % 2**32)))
+    else:
+        pos = handle.offset + draw(st.integers(0, handle.size - 1))
+        run = draw(st.integers(1, 12)) if edit == "varint_bomb" else 1
+        buf[pos : min(pos + run, end)] = (
+            b"\xff" if edit == "varint_bomb" else bytes([draw(st.integers(0, 255))])
+        ) * min(run, end - pos)
+    from tests.tf_bundles import rewrite_block_crc
+
+    if end + BLOCK_TRAILER <= len(buf):
+        rewrite_block_crc(buf, handle.offset, handle.size)
+    return bytes(buf)
 
 
 Mutator = Callable[[bytes], st.SearchStrategy[bytes]]

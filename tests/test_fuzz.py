@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import ckptkit
 from ckptkit.core.dtypes import by_name
+from ckptkit.core.model import MemoryCheckpoint
 from tests import fuzzing
 from tests.conftest import FIXTURES, realworld_files
 from tests.helpers import print_to_terminal
@@ -66,6 +67,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> None:
                                                  "if_loop_subgraphs_and_constants.onnx")))  # fmt: skip
     SEEDS.update(
         {
+            "tensorflow": _tensorflow_seeds(made),
             "safetensors": files(
                 FIXTURES / "mlp_fp32.safetensors", made / "tied.safetensors", made / "training.safetensors"
             ),
@@ -94,6 +96,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 STRUCTURED = {
+    "tensorflow": fuzzing.tensorflow_edits,
     "safetensors": fuzzing.safetensors_header_edits,
     "torch_zip": fuzzing.torch_zip_edits,
     "torch_legacy": fuzzing.torch_legacy_edits,
@@ -101,6 +104,51 @@ STRUCTURED = {
     "keras_h5": fuzzing.keras_h5_edits,
     "keras_zip": fuzzing.keras_zip_edits,
 }
+
+
+def _tensorflow_seeds(made: Path) -> list[tuple[bytes, dict[str, bytes]]]:
+    """TensorFlow indexes with their data files: several dtypes; a partitioned variable over two data
+    files in many small snappy blocks; an object-based checkpoint with an optimizer and a save counter."""
+    import base64
+
+    from ckptkit.formats.tensorflow.protos import Attribute, Child, Node, encode_object_graph
+    from tests.tf_bundles import write_bundle
+
+    rng = np.random.default_rng(5)
+    seeds = []
+    folder = made / "tensorflow"
+    folder.mkdir()
+    write_bundle(folder / "a", {"w": rng.standard_normal((3, 2)).astype(np.float32), "step": np.int64(4),
+                                "h": np.ones(5, np.float16), "c": np.ones(2, np.complex64)})  # fmt: skip
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    write_bundle(folder / "b", {f"layer_{i}/b": np.full(2, i, np.int32) for i in range(12)},
+                 partitioned={"emb": (w, [[(0, 4), (0, -1)], [(4, 2), (0, -1)]])}, snappy=True, block_size=64,
+                 shards=2)  # fmt: skip
+    value = "/.ATTRIBUTES/VARIABLE_VALUE"
+    nodes = [
+        Node(children=[Child(1, "model"), Child(2, "optimizer"), Child(3, "save_counter")]),
+        Node(children=[Child(4, "kernel")]),
+        Node(children=[Child(5, "iter")]),
+        Node(attributes=[Attribute("VARIABLE_VALUE", "save_counter", "save_counter" + value)]),
+        Node(attributes=[Attribute("VARIABLE_VALUE", "dense/kernel", "model/kernel" + value)]),
+        Node(attributes=[Attribute("VARIABLE_VALUE", "iter", "optimizer/iter" + value)]),
+    ]
+    meta = {
+        "tensorflow:object_graph": base64.b64encode(encode_object_graph(nodes)).decode(),
+        "tensorflow:keys": json.dumps(
+            {"dense/kernel": "model/kernel" + value, "optimizer/iter": "optimizer/iter" + value}
+        ),
+        "tensorflow:extras": json.dumps({"save_counter": ["save_counter" + value, "int64"]}),
+    }
+    ckpt = MemoryCheckpoint({"dense/kernel": w, "optimizer/iter": np.int64(3)}, meta)
+    ckpt.extras["save_counter"] = 2
+    ckptkit.save(ckpt, folder / "c", "tensorflow")
+    for prefix in ("a", "b", "c"):
+        side = {}
+        for data in sorted(folder.glob(f"{prefix}.data-*")):
+            side[data.name.replace(prefix, "input", 1)] = data.read_bytes()
+        seeds.append(((folder / f"{prefix}.index").read_bytes(), side))
+    return seeds
 
 
 def _dense_layers() -> dict[str, np.ndarray]:

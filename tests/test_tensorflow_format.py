@@ -32,19 +32,46 @@ needs_tf = pytest.mark.skipif(not HAVE_TF, reason="tensorflow-cpu is not install
 REFERENCE = REPO / "tests" / "tf_reference.py"
 
 
-def _run_tf(*args: str) -> str:
-    proc = subprocess.run([sys.executable, str(REFERENCE), *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+class TensorFlowProcess:
+    """tests/tf_reference.py in a subprocess: TensorFlow imported once, asked one JSON line at a time."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._stderr = open(log, "w")  # noqa: SIM115 - TensorFlow logs a lot; a pipe could fill and block it
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REFERENCE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            text=True,
+        )  # fmt: skip
+
+    def ask(self, request: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, self.log.read_text()[-3000:]
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self._stderr.close()
 
 
 @pytest.fixture(scope="session")
-def tf_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Checkpoints TensorFlow wrote, and what TensorFlow reads from each (tests/tf_reference.py)."""
+def tensorflow(tmp_path_factory: pytest.TempPathFactory):
     if not HAVE_TF:
         pytest.skip("tensorflow-cpu is not installed (pip install -e '.[test]')")
+    process = TensorFlowProcess(tmp_path_factory.mktemp("tf-log") / "stderr.txt")
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="session")
+def tf_files(tensorflow: TensorFlowProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoints TensorFlow wrote, and what TensorFlow reads from each (tests/tf_reference.py)."""
     root = tmp_path_factory.mktemp("tf")
-    _run_tf("make", str(root))
+    tensorflow.ask({"make": str(root)})
     return root
 
 
@@ -159,7 +186,9 @@ def test_hashes_and_names_agree_with_the_keras_weights_file_of_the_same_model(tf
         manifests[name] = json.loads(result.stdout)
     tf_tensors, keras_tensors = manifests["tf"]["tensors"], manifests["keras"]["tensors"]
     assert tf_tensors == keras_tensors and manifests["tf"]["root"] == manifests["keras"]["root"]
-    result = cli("diff", tf_files / "cnn" / "ckpt", tf_files / "cnn.weights.h5", "--fail-on", "max_abs>0,shape", "--json")
+    result = cli(
+        "diff", tf_files / "cnn" / "ckpt", tf_files / "cnn.weights.h5", "--fail-on", "max_abs>0,shape", "--json"
+    )
     assert result.code == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert (report["a"]["format"], report["b"]["format"]) == ("tensorflow", "keras")
@@ -180,7 +209,9 @@ def test_layout_torch_translates_keras_kernels(tf_files, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def written(tf_files: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def written(
+    tensorflow: TensorFlowProcess, tf_files: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
     """Checkpoints ckptkit wrote from the reference ones, and TensorFlow's verdict on each."""
     out = tmp_path_factory.mktemp("tf-written")
     exp = tf_files / "expected"
@@ -202,8 +233,7 @@ def written(tf_files: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         {"name": "cnn", "prefix": str(out / "cnn_from_keras"), "restore": "cnn", "x": str(exp / "cnn_x.npy"),
          "predictions": str(exp / "cnn_pred.npy")},
     ]  # fmt: skip
-    (out / "requests.json").write_text(json.dumps(requests))
-    return out, json.loads(_run_tf("check", str(out / "requests.json")))
+    return out, tensorflow.ask({"check": requests})
 
 
 @needs_tf
@@ -304,7 +334,7 @@ def test_partitioned_variables_with_gaps_or_overlaps_are_refused(tmp_path):
     for name, pieces in (("gap", [[(0, 2), (0, -1)]]), ("overlap", [[(0, 3), (0, -1)], [(2, 2), (0, -1)]])):
         prefix = tmp_path / name
         write_bundle(prefix, {}, partitioned={"w": (w, pieces)})
-        with pytest.raises(CorruptCheckpointError, match="elements|overlap"):
+        with pytest.raises(CorruptCheckpointError, match=r"elements|overlap"):
             ckptkit.load(prefix)
         assert any(f.check == "tensorflow.slice" for f in verify([prefix]).findings)
 
@@ -347,3 +377,54 @@ def test_a_tensorflow_checkpoint_reads_with_the_class_ckptkit_registers(tmp_path
     ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "ckpt-1", "tensorflow")
     with ckptkit.load(tmp_path) as ckpt:
         assert isinstance(ckpt, TensorFlowCheckpoint)
+
+
+def _hostile(tmp_path: Path, edit, fix_crc: bool) -> Path:
+    """A valid one-block index with ``edit(buf, block_offset, block_size)`` applied, and its data
+    block's checksum rewritten when ``fix_crc``."""
+    from ckptkit.formats.tensorflow.table import Table
+    from tests.tf_bundles import rewrite_block_crc
+
+    prefix = tmp_path / "ckpt"
+    write_bundle(prefix, {"w": np.arange(6, dtype=np.float32)})
+    index = prefix.with_name("ckpt.index")
+    buf = bytearray(index.read_bytes())
+    handle = Table(bytes(buf)).blocks[0][1]
+    edit(buf, handle.offset, handle.size)
+    if fix_crc:
+        rewrite_block_crc(buf, handle.offset, handle.size)
+    index.write_bytes(bytes(buf))
+    return prefix
+
+
+def _set_u32(buf: bytearray, at: int, value: int) -> None:
+    buf[at : at + 4] = value.to_bytes(4, "little")
+
+
+def _index_handle_past_end(buf: bytearray, _offset: int, _size: int) -> None:
+    from ckptkit.formats.tensorflow.table import BlockHandle, read_footer
+
+    footer = read_footer(bytes(buf))
+    handles = footer.metaindex.encode() + BlockHandle(10**6, 10).encode()
+    buf[len(buf) - 48 : len(buf) - 8] = handles.ljust(40, b"\0")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fix_crc", "message"),
+    [
+        (lambda b, off, n: _set_u32(b, off + n - 4, 2**31), True, "restart array is out of bounds"),
+        (lambda b, off, n: _set_u32(b, off + n - 8, n + 100), True, "restart point"),
+        (lambda b, off, n: b.__setitem__(slice(off, off + 6), b"\xff" * 6), True, "longer than 5 bytes"),
+        (lambda b, off, n: b.__setitem__(slice(off + 2, off + 3), b"\x7f"), True, "runs past the block"),
+        (_index_handle_past_end, False, "runs past the table's blocks"),
+        (lambda b, off, n: b.__setitem__(off + 3, b[off + 3] ^ 1), False, "does not match its checksum"),
+    ],
+    ids=["restart-count", "restart-offset", "varint-bomb", "entry-length", "handle-past-end", "crc"],
+)
+def test_hostile_tables_are_refused_with_the_fault_named(tmp_path, edit, fix_crc, message, cli):
+    prefix = _hostile(tmp_path, edit, fix_crc)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        ckptkit.load(prefix)
+    assert_one_line_error(cli("inspect", prefix), message)
+    findings = verify([prefix]).findings
+    assert any(f.check == "tensorflow.index" and message in f.message for f in findings), findings

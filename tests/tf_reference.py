@@ -1,11 +1,14 @@
 """TensorFlow's side of the TensorFlow checkpoint tests, run in a subprocess of its own.
 
-``python tests/tf_reference.py make OUT`` writes checkpoints with TensorFlow 2 (Keras 3 on the
-TensorFlow backend) into OUT, and what TensorFlow reads back from each into OUT/expected/ (every
-tensor's bytes, dtype and shape by checkpoint key, plus model inputs and predictions).
-``python tests/tf_reference.py check REQUESTS.json`` loads checkpoints ckptkit wrote, with
-``tf.train.load_checkpoint`` and by restoring them into the Keras models, and prints a JSON
-verdict. TensorFlow is imported only here, so the test process never loads it beside torch.
+``python tests/tf_reference.py`` reads one JSON request per line on stdin and answers each with one
+JSON line, so that TensorFlow is imported once per test session, and never in the test process
+beside torch:
+
+- ``{"make": OUT}`` writes checkpoints with TensorFlow 2 (Keras 3 on the TensorFlow backend) into
+  OUT, and what TensorFlow reads back from each into OUT/expected/ (every tensor's bytes, dtype and
+  shape by checkpoint key, plus model inputs and predictions);
+- ``{"check": [...]}`` loads checkpoints ckptkit wrote, with ``tf.train.load_checkpoint`` and by
+  restoring them into the Keras models, and answers with a verdict per checkpoint.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras  # noqa: E402
+import keras
+import ml_dtypes
+import numpy as np
+import tensorflow as tf
 
 SEED = 7
 
@@ -49,7 +51,7 @@ def dump(prefix: str, out: Path) -> None:
     meta, arrays = {}, {}
     for i, (key, _shape) in enumerate(sorted(tf.train.list_variables(prefix))):
         value = reader.get_tensor(key)
-        if isinstance(value, bytes) or getattr(value, "dtype", None) == object:
+        if isinstance(value, bytes) or getattr(value, "dtype", None) is np.dtype(object):
             meta[key] = {"dtype": "string"}
             continue
         value = np.asarray(value)
@@ -138,8 +140,9 @@ def make(root: Path) -> None:
     from tensorflow.python.framework import dtypes as tf_dtypes
 
     values = {}
-    for name in ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                 "uint32", "uint64", "complex64", "complex128", "bool", "float8_e4m3fn", "float8_e5m2", "int4"):  # fmt: skip
+    names = ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
+             "uint32", "uint64", "complex64", "complex128", "bool", "float8_e4m3fn", "float8_e5m2", "int4")  # fmt: skip
+    for name in names:
         dtype = getattr(tf_dtypes, name)
         raw = rng.standard_normal((2, 3)) * 3
         if name.startswith("complex"):
@@ -186,7 +189,11 @@ def check(requests: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "make":
-        make(Path(sys.argv[2]))
-    else:
-        print(json.dumps(check(json.loads(Path(sys.argv[2]).read_text()))))
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "make" in request:
+            make(Path(request["make"]))
+            answer: dict = {"made": request["make"]}
+        else:
+            answer = check(request["check"])
+        print(json.dumps(answer), flush=True)

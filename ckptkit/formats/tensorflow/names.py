@@ -86,8 +86,8 @@ def name_variables(nodes: list[Node], keys: Collection[str], scalars: Collection
     if not nodes:
         return naming
     owner: dict[str, tuple[int, str]] = {}  # key -> (node, full_name)
-    for i, node in enumerate(nodes):
-        for attr in node.attributes:
+    for i, obj in enumerate(nodes):
+        for attr in obj.attributes:
             if attr.name == VARIABLE_VALUE and attr.checkpoint_key in keys:
                 owner.setdefault(attr.checkpoint_key, (i, attr.full_name))
     slots = {s.slot_variable_node_id: (s.original_variable_node_id, s.slot_name, i)

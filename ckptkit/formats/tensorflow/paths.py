@@ -93,7 +93,7 @@ def read_state(path: Path) -> State:
         if match["text"] is None:
             continue  # timestamps
         try:
-            name = codecs.escape_decode(match["text"].encode("utf-8"))[0].decode("utf-8")  # type: ignore[attr-defined]
+            name = codecs.escape_decode(match["text"].encode("utf-8"))[0].decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             raise CorruptCheckpointError(
                 f"line {number} of the 'checkpoint' state file has a bad escape", path

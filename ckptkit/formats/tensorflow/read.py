@@ -158,7 +158,9 @@ def check_header(header: Header) -> None:
         )
 
 
-def entry_problem(what: str, entry: Entry, nbytes: int | None, shards: int, sizes: dict[int, int | None]) -> tuple[str, str] | None:
+def entry_problem(
+    what: str, entry: Entry, nbytes: int | None, shards: int, sizes: dict[int, int | None]
+) -> tuple[str, str] | None:
     """What is wrong with a stored tensor's location, as (check, message), or ``None``.
 
     ``nbytes`` is the size its dtype and shape call for (``None`` for string tensors, whose size

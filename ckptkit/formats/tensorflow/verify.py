@@ -118,7 +118,9 @@ class _Checker:
         if entry.shard_id not in self.maps:
             path = data_path(self.location.prefix, entry.shard_id, len(self.sizes))
             with open(path, "rb") as f:
-                self.maps[entry.shard_id] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.sizes[entry.shard_id] else None
+                self.maps[entry.shard_id] = (
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.sizes[entry.shard_id] else None
+                )
         data = self.maps[entry.shard_id]
         if data is None or entry.size == 0:
             return np.zeros(0, np.uint8)
@@ -180,7 +182,11 @@ class _Checker:
             return
         try:
             entry = parse_entry(raw)
-            if entry.dtype != dtypes.DT_STRING or entry.shape or entry_problem("", entry, None, header.num_shards, self.sizes):
+            if (
+                entry.dtype != dtypes.DT_STRING
+                or entry.shape
+                or entry_problem("", entry, None, header.num_shards, self.sizes)
+            ):
                 return  # the entry checks above report it
             view = self._view(entry)
             assert view is not None
@@ -189,7 +195,9 @@ class _Checker:
         except CorruptCheckpointError as err:
             self.add("tensorflow.object-graph", f"the object graph cannot be read: {err.message}")
             return
-        missing = sorted({a.checkpoint_key for n in nodes for a in n.attributes} - {k.decode("utf-8", "replace") for k in entries})
+        missing = sorted(
+            {a.checkpoint_key for n in nodes for a in n.attributes} - {k.decode("utf-8", "replace") for k in entries}
+        )
         if missing:
             shown = ", ".join(repr(k) for k in missing[:5])
             self.add("tensorflow.object-graph", f"the object graph names {len(missing)} keys the index lacks: {shown}")

@@ -273,7 +273,7 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
                     offset = out.tell()
                     data = np.ascontiguousarray(ckpt.read_tensor(item.name))
                     raw = data.reshape(-1).view(np.uint8) if data.size else np.zeros(0, np.uint8)
-                    out.write(memoryview(raw))
+                    out.write(raw.data)
                     entries[item.key] = Entry(code, item.shape, 0, offset, raw.size, crc32c.mask(crc32c.value(raw)))
                     if progress:
                         progress(raw.size)
@@ -283,9 +283,9 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
                 if pad:
                     out.write(bytes(pad))
                     offset += pad
-                crc = pool.submit(crc32c.value, pages.view(extent))
+                checksum = pool.submit(crc32c.value, pages.view(extent))
                 copier.copy_extent(extent, out, progress)
-                pending.append((item.key, Entry(code, item.shape, 0, offset, extent.nbytes), crc))
+                pending.append((item.key, Entry(code, item.shape, 0, offset, extent.nbytes), checksum))
         finally:
             for *_rest, fut in pending:
                 fut.cancel()
