@@ -105,9 +105,22 @@ def _size_of(path: Path) -> int:
     return path.stat().st_size
 
 
+def _with_data(path: Path) -> list[Path]:
+    """A checkpoint's files: a TensorFlow index with the one data file ckptkit writes beside it."""
+    if path.name.endswith(".index"):
+        return [path, path.with_name(path.name.removesuffix(".index") + ".data-00000-of-00001")]
+    return [path]
+
+
 def _remove(path: Path | None) -> None:
-    """Delete a file, or empty a folder (a sharded output's folder stays for the next write)."""
-    if path is None or not path.exists():
+    """Delete a file, or empty a folder (a sharded output's folder stays for the next write); a
+    TensorFlow index goes with its data files."""
+    if path is None:
+        return
+    if path.name.endswith(".index"):
+        for data in path.parent.glob(path.name.removesuffix(".index") + ".data-*"):
+            data.unlink()
+    if not path.exists():
         return
     if path.is_dir():
         for child in path.iterdir():
@@ -165,13 +178,16 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
                 else:
                     naive_out = work / ("naive" + (".safetensors" if dst_name == "safetensors" else ".pt"))
                     naive = _naive("naive_convert.py", src, naive_out)
-            data = [src.parent] if src_name == SHARDED else [src]  # a shard index counts its shards' bytes
+            data = [src.parent] if src_name == SHARDED else _with_data(src)  # an index counts its shards' bytes
             argv = _ckptkit("convert", src, dst, *to, *extra)
             ops.append(Op(label, argv, data, cleanup, naive, naive_out, keep))
             if keep:
                 sources[dst_name] = dst
     if torch_fmt is None:
         ops.append(Op("convert safetensors -> torch", None, [st]))
+    if "tensorflow" in sources:  # header-only inspect of the TensorFlow checkpoint written above
+        tf_index = sources["tensorflow"]
+        ops.append(Op("inspect tensorflow", _ckptkit("inspect", tf_index, "--json"), _with_data(tf_index)))
     has_dcp = "dcp" in caps.get("readable", [])
     ops.append(Op("inspect dcp", _ckptkit("inspect", dcp, "--json") if has_dcp else None, [dcp]))
     st_out = scratch / "converted.safetensors"
