@@ -428,3 +428,18 @@ def test_hostile_tables_are_refused_with_the_fault_named(tmp_path, edit, fix_crc
     assert_one_line_error(cli("inspect", prefix), message)
     findings = verify([prefix]).findings
     assert any(f.check == "tensorflow.index" and message in f.message for f in findings), findings
+
+
+def test_large_tensors_copy_in_step_with_the_source_and_carry_their_checksums(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = {f"block_{i}/w": rng.standard_normal((300 + i, 257)).astype(np.float32) for i in range(6)}
+    arrays["tiny"] = np.arange(5, dtype=np.int16)
+    ckptkit.save(arrays, tmp_path / "src.safetensors")
+    ckptkit.convert(tmp_path / "src.safetensors", tmp_path / "ckpt-1.index")
+    with ckptkit.load(tmp_path / "src.safetensors") as src, ckptkit.load(tmp_path / "ckpt-1") as out:
+        for name in arrays:
+            a, b = src.raw_extent(name), out.raw_extent(name)
+            assert out.read_tensor(name).tobytes() == arrays[name].tobytes()
+            if a.nbytes >= 64 * 1024:
+                assert (a.offset - b.offset) % 4096 == 0, name
+    assert [f for f in verify([tmp_path / "ckpt-1"]).findings if f.severity == "error"] == []

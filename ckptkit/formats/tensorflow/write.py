@@ -286,9 +286,10 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
                 checksum = pool.submit(crc32c.value, pages.view(extent))
                 copier.copy_extent(extent, out, progress)
                 pending.append((item.key, Entry(code, item.shape, 0, offset, extent.nbytes), checksum))
-        finally:
-            for *_rest, fut in pending:
+        except BaseException:
+            for *_rest, fut in pending:  # checksums not yet begun are not worth waiting for
                 fut.cancel()
+            raise
     for key, entry, fut in pending:
         entries[key] = Entry(entry.dtype, entry.shape, 0, entry.offset, entry.size, crc32c.mask(fut.result()))
     pages.close()
