@@ -443,3 +443,53 @@ def test_large_tensors_copy_in_step_with_the_source_and_carry_their_checksums(tm
             if a.nbytes >= 64 * 1024:
                 assert (a.offset - b.offset) % 4096 == 0, name
     assert [f for f in verify([tmp_path / "ckpt-1"]).findings if f.severity == "error"] == []
+
+
+def _graph(edges: dict[int, list[tuple[int, str]]], variables: dict[int, tuple[str, str]], slots=()):
+    from ckptkit.formats.tensorflow.protos import Attribute, Child, Node, SlotRef
+
+    size = max([*edges, *variables, *(c for cs in edges.values() for c, _ in cs)]) + 1
+    nodes = [Node() for _ in range(size)]
+    for parent, children in edges.items():
+        nodes[parent].children = [Child(c, name) for c, name in children]
+    for node, (full_name, key) in variables.items():
+        nodes[node].attributes = [Attribute("VARIABLE_VALUE", full_name, key)]
+    for opt, original, slot_name, slot_node in slots:
+        nodes[opt].slot_variables.append(SlotRef(original, slot_name, slot_node))
+    return nodes
+
+
+def test_names_from_object_graphs_keras2_slots_two_models_and_bare_names():
+    from ckptkit.formats.tensorflow.names import name_variables
+
+    v = "/.ATTRIBUTES/VARIABLE_VALUE"
+    # Keras 2: layer_with_weights-N paths, scoped full names, an optimizer with slots and an iteration count.
+    nodes = _graph(
+        {0: [(1, "model"), (2, "optimizer"), (3, "save_counter")], 1: [(4, "layer_with_weights-0")],
+         4: [(5, "kernel")], 2: [(6, "iter")]},
+        {5: ("dense/kernel", "model/layer_with_weights-0/kernel" + v), 6: ("Adam/iter", "optimizer/iter" + v),
+         3: ("save_counter", "save_counter" + v),
+         7: ("dense/kernel/m", "model/layer_with_weights-0/kernel/.OPTIMIZER_SLOT/optimizer/m" + v)},
+        slots=[(2, 5, "m", 7)],
+    )  # fmt: skip
+    keys = [a.checkpoint_key for n in nodes for a in n.attributes]
+    naming = name_variables(nodes, keys, {"save_counter" + v})
+    assert sorted(naming.names.values()) == ["dense/kernel", "optimizer/dense/kernel/m", "optimizer/iter"]
+    assert naming.extras == {"save_counter" + v: "save_counter"}
+    assert naming.optimizer == {"optimizer/dense/kernel/m", "optimizer/iter"}
+    # Two models under one checkpoint, variables named bare ("kernel"): their object paths name them.
+    nodes = _graph(
+        {0: [(1, "encoder"), (2, "decoder")], 1: [(3, "_kernel")], 2: [(4, "_kernel")]},
+        {3: ("kernel", "encoder/_kernel" + v), 4: ("kernel", "decoder/_kernel" + v)},
+    )
+    naming = name_variables(nodes, ["encoder/_kernel" + v, "decoder/_kernel" + v], set())
+    assert sorted(naming.names.values()) == ["decoder/kernel", "encoder/kernel"]
+    # Keras 3 Sequential: the model's own name, first in every full name, is dropped.
+    nodes = _graph(
+        {0: [(1, "model")], 1: [(2, "_functional")], 2: [(3, "_operations")], 3: [(4, "1")],
+         4: [(5, "_kernel"), (6, "bias")]},
+        {5: ("sequential/dense/kernel", "model/_functional/_operations/1/_kernel" + v),
+         6: ("sequential/dense/bias", "model/_functional/_operations/1/bias" + v)},
+    )  # fmt: skip
+    naming = name_variables(nodes, [a.checkpoint_key for n in nodes for a in n.attributes], set())
+    assert list(naming.names.values()) == ["dense/kernel", "dense/bias"]

@@ -71,9 +71,10 @@ def _drop_model_name(full_names: dict[str, str]) -> dict[str, str]:
     return full_names
 
 
-def _path_name(path: list[str]) -> str:
-    """``model/a/_kernel`` -> ``a/kernel``: the attribute path below the root's child, private marks dropped."""
-    parts = path[1:] if len(path) > 1 else path
+def _path_name(path: list[str], drop_root: bool = True) -> str:
+    """``model/a/_kernel`` -> ``a/kernel``: the attribute path (below the root's child when
+    ``drop_root``), the private mark of the variable's attribute dropped."""
+    parts = path[1:] if drop_root and len(path) > 1 else path
     return "/".join([*parts[:-1], parts[-1].lstrip("_") or parts[-1]])
 
 
@@ -117,8 +118,9 @@ def name_variables(nodes: list[Node], keys: Collection[str], scalars: Collection
     counts = Counter(full.values())
     scoped = {k: n for k, n in full.items() if "/" in n and counts[n] == 1}
     chosen = _drop_model_name(scoped) if len(scoped) == len(full) else scoped
+    one_root = len({path[0] for path in model.values()}) == 1  # tf.train.Checkpoint(model=...) alone
     for key, path in model.items():
-        naming.names[key] = chosen.get(key) or _path_name(path)
+        naming.names[key] = chosen.get(key) or _path_name(path, one_root)
         naming.order[key] = (0, owner[key][0], "")
 
     for o, prefix in prefixes.items():

@@ -145,7 +145,6 @@ class Location:
 
     prefix: Path
     index: Path
-    kind: str  # "prefix", "folder", "saved_model"
 
 
 def folder_index(folder: Path, wanted: str | None = None) -> Location | None:
@@ -160,12 +159,12 @@ def folder_index(folder: Path, wanted: str | None = None) -> Location | None:
             raise CorruptCheckpointError(
                 f"the 'checkpoint' state file names {prefix.name}, but {index.name} is not in the folder", state_file
             )
-        return Location(prefix, index, "folder")
+        return Location(prefix, index)
     if wanted:
         raise UsageError(f"--checkpoint needs a folder with a 'checkpoint' state file; {folder} has none")
-    for prefix, kind in ((folder / SAVED_MODEL_VARIABLES, "saved_model"), (folder / "variables", "saved_model")):
+    for prefix in (folder / SAVED_MODEL_VARIABLES, folder / "variables"):
         if looks_like_table(index_path(prefix)):
-            return Location(prefix, index_path(prefix), kind)
+            return Location(prefix, index_path(prefix))
     tables = sorted(p for p in folder.glob("*" + INDEX_SUFFIX) if not p.name.startswith(".") and looks_like_table(p))
     if len(tables) > 1:
         shown = ", ".join(p.name for p in tables[:8])
@@ -173,7 +172,7 @@ def folder_index(folder: Path, wanted: str | None = None) -> Location | None:
             f"this folder holds several TensorFlow checkpoints ({shown}) and no 'checkpoint' file; name one"
         )
     if tables:
-        return Location(tables[0].with_name(tables[0].name[: -len(INDEX_SUFFIX)]), tables[0], "folder")
+        return Location(tables[0].with_name(tables[0].name[: -len(INDEX_SUFFIX)]), tables[0])
     return None
 
 
@@ -202,4 +201,4 @@ def locate(path: Path, wanted: str | None = None) -> Location:
     index = index_path(prefix)
     if not index.is_file():
         raise CorruptCheckpointError(f"the checkpoint's index {index.name} is missing", index)
-    return Location(prefix, index, "prefix")
+    return Location(prefix, index)

@@ -77,6 +77,7 @@ def _signed(n: int) -> bytes:
 
 def read_strings(data: Any, offset: int, size: int, count: int) -> tuple[list[bytes], int]:
     """A string tensor's elements (varint lengths, their masked CRC-32C, the bytes) and the CRC over all."""
+    limits.check("a string tensor", size, "member_bytes")
     buf = bytes(data[offset : offset + size])
     lengths = []
     pos = 0
@@ -216,6 +217,7 @@ class TensorFlowCheckpoint(Checkpoint):
             entry = parse_entry(value)
             text = key.decode("utf-8", "surrogateescape")
             if text == OBJECT_GRAPH_KEY and entry.dtype == dtypes.DT_STRING and not entry.shape:
+                limits.check("the object graph", entry.size, "header_bytes")
                 graph_bytes = self._strings(key, entry)[0]
                 continue
             if dtypes.to_ckptkit(entry.dtype) is None:
@@ -231,7 +233,7 @@ class TensorFlowCheckpoint(Checkpoint):
             self.metadata[GRAPH_META] = base64.b64encode(graph_bytes).decode("ascii")
             self.metadata[KIND_META] = "object-based"
         else:
-            self.metadata[KIND_META] = "saved_model" if self.location.kind == "saved_model" else "name-based"
+            self.metadata[KIND_META] = "name-based"
         renamed: dict[str, str] = {}
         extras_keys: dict[str, list[str]] = {}
         position = {text: (3, i, "") for i, text in enumerate(keys)}
