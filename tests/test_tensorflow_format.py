@@ -493,3 +493,24 @@ def test_names_from_object_graphs_keras2_slots_two_models_and_bare_names():
     )  # fmt: skip
     naming = name_variables(nodes, [a.checkpoint_key for n in nodes for a in n.attributes], set())
     assert list(naming.names.values()) == ["dense/kernel", "dense/bias"]
+
+
+def test_template_must_be_an_object_based_tensorflow_checkpoint(tmp_path):
+    arrays = {"w": np.ones(2, np.float32)}
+    ckptkit.save(arrays, tmp_path / "plain", "tensorflow")
+    ckptkit.save(arrays, tmp_path / "w.safetensors")
+    cases = [(tmp_path / "nothing", "does not exist"), (tmp_path / "w.safetensors", "safetensors file"),
+             (tmp_path / "plain", "no object graph")]  # fmt: skip
+    for template, message in cases:
+        with pytest.raises(UsageError, match=message):
+            ckptkit.convert(tmp_path / "w.safetensors", tmp_path / "out.index", options={"template": template})
+    assert not (tmp_path / "out.index").exists()
+
+
+@needs_tf
+def test_timeline_orders_a_training_folders_checkpoints_by_save_counter(tf_files, cli):
+    result = cli("timeline", str(tf_files / "keras" / "ckpt-*.index"), "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [s["step"] for s in report["snapshots"]] == [1, 2]
+    assert report["order"] == "metadata save_counter"

@@ -67,8 +67,9 @@ class OptionSpec:
 # Declared once because two formats take it (ONNX and Keras) and the CLI has one --template.
 TEMPLATE_OPTION = OptionSpec(
     "template",
-    "Write into this model (.onnx, or Keras .keras, .h5, .weights.h5): the output is a complete model laid "
-    "out like it, its weights replaced by the checkpoint's tensors, every shape checked.",
+    "Write into this model (.onnx, Keras .keras, .h5, .weights.h5, or a TensorFlow object-based checkpoint "
+    "of the model): the output is a complete model laid out like it, its weights replaced by the "
+    "checkpoint's tensors, every shape checked.",
     kind="path",
 )
 

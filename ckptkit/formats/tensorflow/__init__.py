@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.format import Format, OptionSpec, WriteContext
+from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
 
 from .paths import INDEX_SUFFIX, STATE_FILE, folder_index, index_path, locate, looks_like_table, prefix_of
@@ -71,14 +71,7 @@ FORMAT = Format(
             "ckpt-2, or its number) instead of the latest.",
         ),
     ),
-    write_options=(
-        OptionSpec(
-            "template",
-            "TensorFlow: an object-based checkpoint of the model (TensorFlow wrote it): write an object-based "
-            "checkpoint with its object graph, tensors matched by name.",
-            kind="path",
-        ),
-    ),
+    write_options=(TEMPLATE_OPTION,),
     default_extension=INDEX_SUFFIX,
     weights_name="ckpt",
     verify="ckptkit.formats.tensorflow.verify:check_structure",

@@ -122,11 +122,22 @@ def _from_template(ckpt: Checkpoint, template: Path, notes: list[str]) -> tuple[
 
     from .read import TensorFlowCheckpoint
 
-    with registry.open_checkpoint(template) as tpl:
+    located = registry.locate(template)
+    if not located.exists():
+        raise UsageError("the --template checkpoint does not exist", template)
+    kind = registry.detect(located).name
+    if kind != "tensorflow":
+        raise UsageError(
+            f"the --template is a {kind} file, not a TensorFlow checkpoint; a TensorFlow checkpoint of the model "
+            "gives the object graph to write (tf.train.Checkpoint(model=model).write(PREFIX) writes one)",
+            template,
+        )
+    with registry.open_checkpoint(located) as tpl:
         if not isinstance(tpl, TensorFlowCheckpoint) or GRAPH_META not in tpl.metadata:
             raise UsageError(
-                f"the template {template} is not an object-based TensorFlow checkpoint; give one TensorFlow wrote for "
-                "the model (tf.train.Checkpoint(model=model).write(PREFIX) writes one)"
+                "the --template is a name-based TensorFlow checkpoint, with no object graph to write; give an "
+                "object-based one (tf.train.Checkpoint(model=model).write(PREFIX) writes one)",
+                template,
             )
         graph, keys = _from_metadata(tpl)
         wanted = {ti.name: ti for ti in tpl.tensor_infos()}
