@@ -23,7 +23,7 @@ import base64
 import binascii
 import json
 import mmap
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +37,7 @@ from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent
 from ckptkit.core.names import utf8_text
 from ckptkit.io import crc32c
 from ckptkit.io.streaming import TensorCopier
+from ckptkit.io.workers import default_executor
 
 from . import dtypes
 from .names import VARIABLE_VALUE
@@ -270,37 +271,33 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
     entries: dict[str, Entry] = {}
     pages = _SourcePages()
     pending: list[tuple[str, Entry, Future[int]]] = []
-    with open(path, "wb") as out, TensorCopier() as copier, ThreadPoolExecutor(1, "ckptkit-crc") as pool:
-        try:
-            for item in items:
-                code = item.code
-                if item.value is not None:
-                    offset, size, crc = _write_value(item, out)
-                    entries[item.key] = Entry(code, item.shape, 0, offset, size, crc32c.mask(crc))
-                    continue
-                assert item.name is not None
-                extent = ckpt.raw_extent(item.name)
-                if extent is None or extent.nbytes < _ALIGN_FROM:
-                    offset = out.tell()
-                    data = np.ascontiguousarray(ckpt.read_tensor(item.name))
-                    raw = data.reshape(-1).view(np.uint8) if data.size else np.zeros(0, np.uint8)
-                    out.write(raw.data)
-                    entries[item.key] = Entry(code, item.shape, 0, offset, raw.size, crc32c.mask(crc32c.value(raw)))
-                    if progress:
-                        progress(raw.size)
-                    continue
+    # The CRC of a tensor copied in the kernel is computed from the source's pages on a worker
+    # thread meanwhile; leaving the stream waits for every checksum.
+    with open(path, "wb") as out, TensorCopier() as copier, default_executor().stream() as checksums:
+        for item in items:
+            if item.value is not None:
+                offset, size, crc = _write_value(item, out)
+                entries[item.key] = Entry(item.code, item.shape, 0, offset, size, crc32c.mask(crc))
+                continue
+            assert item.name is not None
+            extent = ckpt.raw_extent(item.name)
+            if extent is None or extent.nbytes < _ALIGN_FROM:
                 offset = out.tell()
-                pad = (extent.offset - offset) % _PAGE
-                if pad:
-                    out.write(bytes(pad))
-                    offset += pad
-                checksum = pool.submit(crc32c.value, pages.view(extent))
-                copier.copy_extent(extent, out, progress)
-                pending.append((item.key, Entry(code, item.shape, 0, offset, extent.nbytes), checksum))
-        except BaseException:
-            for *_rest, fut in pending:  # checksums not yet begun are not worth waiting for
-                fut.cancel()
-            raise
+                data = np.ascontiguousarray(ckpt.read_tensor(item.name))
+                raw = data.reshape(-1).view(np.uint8) if data.size else np.zeros(0, np.uint8)
+                out.write(raw.data)
+                entries[item.key] = Entry(item.code, item.shape, 0, offset, raw.size, crc32c.mask(crc32c.value(raw)))
+                if progress:
+                    progress(raw.size)
+                continue
+            offset = out.tell()
+            pad = (extent.offset - offset) % _PAGE
+            if pad:
+                out.write(bytes(pad))
+                offset += pad
+            checksum = checksums.submit(crc32c.value, pages.view(extent))
+            copier.copy_extent(extent, out, progress)
+            pending.append((item.key, Entry(item.code, item.shape, 0, offset, extent.nbytes), checksum))
     for key, entry, fut in pending:
         entries[key] = Entry(entry.dtype, entry.shape, 0, entry.offset, entry.size, crc32c.mask(fut.result()))
     pages.close()
