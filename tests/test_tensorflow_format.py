@@ -149,7 +149,7 @@ def test_every_path_tensorflow_names_opens_the_same_checkpoint(tf_files):
 @needs_tf
 def test_tf1_saver_half_bfloat16_int64_partitioned_and_two_data_files(tf_files):
     with ckptkit.load(tf_files / "tf1") as ckpt:
-        assert len(ckpt.data_files()) == 2 and ckpt.metadata["tensorflow:kind"] == "name-based"
+        assert len(ckpt.data_files()) == 2 and ckpt.metadata == {}  # name-based: nothing to keep
         assert ckpt.info("part/w").location == "3 slices"
         assert ckpt.info("bert/embeddings/wbf16").dtype.name == "bfloat16"
         assert ckpt.raw_extent("part/w") is None and ckpt.raw_extent("bert/ids") is not None
@@ -339,11 +339,33 @@ def test_partitioned_variables_with_gaps_or_overlaps_are_refused(tmp_path):
         assert any(f.check == "tensorflow.slice" for f in verify([prefix]).findings)
 
 
-def test_object_graph_written_back_when_tensors_are_left_out(tmp_path):
-    arrays = {"a": np.ones(3, np.float32), "b": np.zeros(2, np.float32)}
-    ckptkit.save(arrays, tmp_path / "plain", "tensorflow")
-    with ckptkit.load(tmp_path / "plain") as ckpt:
-        assert ckpt.metadata["tensorflow:kind"] == "name-based" and ckpt.names() == ["a", "b"]
+def test_object_graph_written_back_without_the_tensors_left_out(tmp_path):
+    import base64
+
+    from ckptkit.core.model import MemoryCheckpoint
+    from ckptkit.formats.tensorflow.protos import Attribute, Child, Node, encode_object_graph, parse_object_graph
+
+    v = "/.ATTRIBUTES/VARIABLE_VALUE"
+    nodes = [
+        Node(children=[Child(1, "model"), Child(2, "optimizer")]),
+        Node(children=[Child(3, "kernel")]),
+        Node(children=[Child(4, "iter")]),
+        Node(attributes=[Attribute("VARIABLE_VALUE", "dense/kernel", "model/kernel" + v)]),
+        Node(attributes=[Attribute("VARIABLE_VALUE", "iter", "optimizer/iter" + v)]),
+    ]
+    meta = {
+        "tensorflow:object_graph": base64.b64encode(encode_object_graph(nodes)).decode(),
+        "tensorflow:keys": json.dumps({"dense/kernel": "model/kernel" + v, "optimizer/iter": "optimizer/iter" + v}),
+    }
+    ckpt = MemoryCheckpoint({"dense/kernel": np.ones((2, 2), np.float32), "optimizer/iter": np.int64(3)}, meta)
+    ckptkit.save(ckpt, tmp_path / "full.safetensors")
+    receipt = ckptkit.convert(tmp_path / "full.safetensors", tmp_path / "ckpt-1.index", exclude=["optimizer/*"])
+    assert any("1 variables of the object graph are not in the checkpoint" in n for n in receipt.notes)
+    with ckptkit.load(tmp_path / "ckpt-1") as out:
+        assert out.names() == ["dense/kernel"]
+        assert json.loads(out.metadata["tensorflow:keys"]) == {"dense/kernel": "model/kernel" + v}
+        graph = parse_object_graph(base64.b64decode(out.metadata["tensorflow:object_graph"]))
+    assert [a.checkpoint_key for n in graph for a in n.attributes] == ["model/kernel" + v]
 
 
 def test_crc32c_without_the_compiled_package_gives_the_same_values():

@@ -42,7 +42,6 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 KEYS_META = "tensorflow:keys"
 GRAPH_META = "tensorflow:object_graph"
 EXTRAS_META = "tensorflow:extras"
-KIND_META = "tensorflow:kind"
 _MAX_SHARDS = 1 << 20
 
 
@@ -231,9 +230,6 @@ class TensorFlowCheckpoint(Checkpoint):
             scalars = {k for k, (_, e) in keys.items() if not e.shape and e.dtype in (3, 9)}
             naming = name_variables(nodes, list(keys), scalars)
             self.metadata[GRAPH_META] = base64.b64encode(graph_bytes).decode("ascii")
-            self.metadata[KIND_META] = "object-based"
-        else:
-            self.metadata[KIND_META] = "name-based"
         renamed: dict[str, str] = {}
         extras_keys: dict[str, list[str]] = {}
         position = {text: (3, i, "") for i, text in enumerate(keys)}
