@@ -90,6 +90,10 @@ class Format:
     format's structure check: ``function(path) -> list[ckptkit.core.findings.Finding]``,
     reporting every fault it finds without stopping at the first. Formats that read
     directories are asked with an empty ``head`` for them.
+    ``dtypes`` is the format's dtype column: the ckptkit dtype names (:mod:`ckptkit.core.dtypes`)
+    a checkpoint of this format holds. Its writer accepts exactly these (and refuses the others
+    with :class:`~ckptkit.core.errors.UnsupportedError`), its reader returns them bit for bit;
+    the format contract (:mod:`ckptkit.testing`) checks both.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Format:
     # Reads a remote file (a ckptkit.io.source.Source at a URL) by range requests; formats without
     # it read local files only.
     open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
+    dtypes: frozenset[str] = frozenset()
 
     @property
     def folder_file_name(self) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import UnknownFormatError
 from ckptkit.core.format import TEMPLATE_OPTION, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
@@ -18,6 +19,10 @@ from ckptkit.formats.keras.hdf5 import DataReader, hdf5_errors
 from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read_legacy
 from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
+
+# HDF5 holds every ckptkit dtype: numpy's natively, the ml_dtypes ones (bfloat16, float8, int4, ...)
+# as opaque elements of their width plus a dtype attribute (see h5write.storage_dtype).
+DTYPES_HELD = frozenset(dtype_names())
 
 WRITE_OPTIONS = (
     TEMPLATE_OPTION,  # Keras: the template's variables filled by name or order, every shape checked

@@ -12,7 +12,7 @@ from typing import Any
 
 from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
-from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, write_with
+from ckptkit.formats.keras.files import DTYPES_HELD, WRITE_OPTIONS, open_file, write_with
 from ckptkit.formats.keras.hdf5 import signature_offset
 from ckptkit.formats.keras.write_legacy import legacy_spec
 
@@ -39,4 +39,5 @@ FORMAT = Format(
     write_options=WRITE_OPTIONS,
     default_extension=".h5",
     verify="ckptkit.formats.keras.verify:check_structure",
+    dtypes=DTYPES_HELD,
 )

@@ -16,7 +16,7 @@ from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
 from ckptkit.core.views import TransformedCheckpoint
 from ckptkit.formats.keras import archive, structure
-from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, prepare
+from ckptkit.formats.keras.files import DTYPES_HELD, WRITE_OPTIONS, open_file, prepare
 from ckptkit.formats.keras.h5write import write_hdf5
 from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
 from ckptkit.formats.keras.read_legacy import is_legacy
@@ -79,4 +79,5 @@ FORMAT = Format(
     write_options=WRITE_OPTIONS,
     default_extension=".weights.h5",
     verify="ckptkit.formats.keras.verify:check_structure",
+    dtypes=DTYPES_HELD,
 )

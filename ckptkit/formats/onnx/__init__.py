@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.errors import UsageError
 from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
@@ -83,4 +84,5 @@ FORMAT = Format(
     ),
     default_extension=".onnx",
     verify="ckptkit.formats.onnx.verify:check_structure",
+    dtypes=frozenset(d.name for d in DTYPES if d.onnx is not None),
 )

@@ -8,6 +8,7 @@ https://github.com/huggingface/safetensors#format.
 
 from __future__ import annotations
 
+from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.format import Format
 from ckptkit.formats.safetensors.header import sniff
 from ckptkit.formats.safetensors.read import SafetensorsCheckpoint, open_remote_safetensors, open_safetensors
@@ -27,4 +28,5 @@ FORMAT = Format(
     write_options=(SHARD_SIZE_OPTION,),
     default_extension=".safetensors",
     verify="ckptkit.formats.safetensors.verify:check_structure",
+    dtypes=frozenset(d.name for d in DTYPES if d.safetensors),
 )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ckptkit import registry
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
@@ -201,4 +202,5 @@ FORMAT = Format(
     extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
     sniff=sniff,
     open=open_sharded,
+    dtypes=frozenset(dtype_names()),  # whatever its shards hold, in whichever formats ckptkit reads them
 )

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, ClassVar, cast
 
 import numpy as np
 
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
@@ -35,6 +36,7 @@ from ckptkit.formats.torch.archive import ZIP_MAGIC, read_zip
 from ckptkit.formats.torch.reader import check_bounds, record_array
 from ckptkit.formats.torch.structure import flatten, unsupported_reason
 from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
+from ckptkit.formats.torch.writer import NOT_IN_TORCH
 from ckptkit.io.paths import check_relative_name
 
 METADATA_NAME = ".metadata"
@@ -401,6 +403,7 @@ FORMAT = Format(
     extensions=(DATA_SUFFIX,),
     sniff=sniff,
     open=open_dcp,
+    dtypes=frozenset(dtype_names()) - NOT_IN_TORCH,  # each chunk is a torch.save archive
 )
 
 __all__ = ["FORMAT", "DcpCheckpoint", "MetadataUnpickler", "Record"]
