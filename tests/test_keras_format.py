@@ -345,6 +345,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cli):
         ckptkit.load(tmp_path / "cut.h5")
 
 
+def test_each_keras_format_claims_its_own_layout_whatever_the_name(tmp_path, cli):
+    # Keras 2 wrote legacy files under Keras 3's name too: content decides, not the name.
+    legacy = tmp_path / "old.weights.h5"
+    write_keras2(legacy, [("dense", [("dense/kernel:0", np.ones((2, 2), np.float32))])])
+    with ckptkit.load(legacy) as ckpt:
+        assert ckpt.format_name == "keras-h5" and ckpt.names() == ["dense/kernel"]
+    v3 = tmp_path / "new.weights.h5"
+    ckptkit.save({"dense/kernel": np.ones((2, 2), np.float32)}, v3)
+    with ckptkit.load(v3) as ckpt:
+        assert ckpt.format_name == "keras"
+    assert_one_line_error(cli("inspect", "--from", "keras", legacy), "old.weights.h5", "legacy", "--from keras-h5")
+    assert_one_line_error(cli("inspect", "--from", "keras-h5", v3), "new.weights.h5", "Keras 3", "--from keras")
+    with pytest.raises(UnknownFormatError, match="read it as keras-h5"):
+        ckptkit.load(legacy, "keras")
+
+
 @pytest.mark.parametrize("ext", [".h5", ".weights.h5"])
 def test_an_empty_checkpoint_round_trips(tmp_path, ext):
     write_read({}, tmp_path / f"empty{ext}")

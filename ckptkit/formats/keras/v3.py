@@ -31,8 +31,8 @@ def sniff(head: bytes, path: Path) -> bool:
         return path.name.lower().endswith(".keras") or archive.is_archive(path)
     if signature_offset(head) is None:
         return False
-    if path.name.lower().endswith(".weights.h5"):
-        return True
+    # By content, whatever the name: Keras 2 wrote legacy files named .weights.h5 too, and those
+    # (and HDF5 files h5py cannot open) are the keras-h5 format's to read or to report.
     with contextlib.suppress(Exception), h5py_module().File(path, "r", locking=False) as h5:
         return is_v3(h5) and not is_legacy(h5)
     return False
@@ -41,7 +41,7 @@ def sniff(head: bytes, path: Path) -> bool:
 def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     with open(path, "rb") as f:
         zipped = f.read(4) == LOCAL_HEADER_MAGIC
-    return open_file(path, archive=zipped)
+    return open_file(path, archive=zipped, expect="keras")
 
 
 def write_keras(ckpt: Checkpoint, ctx: WriteContext) -> None:
