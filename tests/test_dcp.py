@@ -209,3 +209,16 @@ def test_a_tensor_of_a_dtype_ckptkit_cannot_hold_is_listed_apart(tmp_path):
         ckptkit.convert(folder, tmp_path / "out.safetensors")
     receipt = ckptkit.convert(folder, tmp_path / "out.safetensors", exclude=["z"])
     assert receipt.verified and receipt.dropped == ["z"]
+
+
+def test_a_dcp_folder_is_not_a_folder_holding_a_checkpoint(tmp_path, cli):
+    from ckptkit import registry
+
+    sharded = registry.get("sharded")
+    assert not sharded.sniff(b"", TWO_RANKS)
+    assert registry.detect(TWO_RANKS).name == "dcp"
+    assert_one_line_error(cli("inspect", "--from", "sharded", TWO_RANKS), "dcp_two_ranks", "folder")
+    holder = tmp_path / "holder"  # a folder holding a checkpoint file stays the sharded format's
+    holder.mkdir()
+    ckptkit.save({"w": np.ones(2, np.float32)}, holder / "model.safetensors")
+    assert sharded.sniff(b"", holder) and registry.detect(holder).name == "sharded"
