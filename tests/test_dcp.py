@@ -222,3 +222,19 @@ def test_a_dcp_folder_is_not_a_folder_holding_a_checkpoint(tmp_path, cli):
     holder.mkdir()
     ckptkit.save({"w": np.ones(2, np.float32)}, holder / "model.safetensors")
     assert sharded.sniff(b"", holder) and registry.detect(holder).name == "sharded"
+
+
+def test_verify_checks_every_chunk_against_its_crc(tmp_path, cli):
+    folder = _copy_two_ranks(tmp_path)
+    assert cli("verify", folder).code == 0
+    with ckptkit.load(folder) as ckpt:
+        extent = ckpt.raw_extent("model.replicated")
+    with open(folder / extent.path.name, "r+b") as f:
+        f.seek(extent.offset)
+        byte = f.read(1)[0]
+        f.seek(extent.offset)
+        f.write(bytes([byte ^ 0x01]))
+    result = cli("verify", "--json", folder)
+    assert result.code == 1
+    found = [(f["check"], f["tensor"]) for f in json.loads(result.stdout)["findings"]]
+    assert found == [("torch.crc", "model.replicated")]

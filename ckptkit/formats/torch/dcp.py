@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
@@ -242,7 +242,7 @@ class DcpCheckpoint(Checkpoint):
         return buf
 
     def _archive(self, fqn: str, chunk: Chunk) -> Any:
-        region = _Region(self._maps[chunk.file], chunk.start, chunk.length)
+        region = Region(self._maps[chunk.file], chunk.start, chunk.length)
         if region.read(4) != ZIP_MAGIC:
             raise CorruptCheckpointError(f"entry {fqn!r} at {chunk.file} +{chunk.start} is not a torch.save archive")
         region.seek(0)
@@ -284,6 +284,12 @@ class DcpCheckpoint(Checkpoint):
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
 
+    def chunk_archives(self) -> Iterator[tuple[str, Chunk, mmap.mmap]]:
+        """Every tensor chunk, with the map of the file that holds its ``torch.save`` archive."""
+        for fqn, chunks in self._chunks.items():
+            for chunk in chunks:
+                yield fqn, chunk, self._maps[chunk.file]
+
     def read_tensor(self, name: str) -> np.ndarray:
         chunks = self._chunks[name]
         info = self.info(name)
@@ -315,7 +321,7 @@ class DcpCheckpoint(Checkpoint):
         self._files = []
 
 
-class _Region:
+class Region:
     """A read-only file object over ``length`` bytes of a map from ``start``: one chunk's archive."""
 
     def __init__(self, buf: mmap.mmap, start: int, length: int) -> None:
@@ -403,6 +409,7 @@ FORMAT = Format(
     extensions=(DATA_SUFFIX,),
     sniff=sniff,
     open=open_dcp,
+    verify="ckptkit.formats.torch.verify:check_dcp",
     dtypes=frozenset(dtype_names()) - NOT_IN_TORCH,  # each chunk is a torch.save archive
 )
 
