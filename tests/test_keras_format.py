@@ -7,7 +7,7 @@ import pytest
 
 import ckptkit
 from ckptkit.core.dtypes import DTYPES
-from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError, UnsupportedError, UsageError
 from tests.conftest import assert_one_line_error, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 from tests.keras2_files import sequential_config, write_keras2
@@ -368,7 +368,7 @@ def test_an_empty_checkpoint_round_trips(tmp_path, ext):
 
 def test_weights_h5_needs_layer_classes(tmp_path):
     ckptkit.save({"encoder/w": np.ones(2, np.float32)}, tmp_path / "x.h5")
-    with pytest.raises(Exception, match="cannot tell the Keras class of layer 'encoder'"):
+    with pytest.raises(UnsupportedError, match="cannot tell the Keras class of layer 'encoder'"):
         ckptkit.convert(tmp_path / "x.h5", tmp_path / "x.weights.h5")
     assert not (tmp_path / "x.weights.h5").exists()
 
@@ -414,7 +414,7 @@ def test_datasets_pointing_into_other_files_are_refused(tmp_path):
         g = f.create_group("d")
         g.attrs["weight_names"] = [b"d/kernel"]
         g.create_dataset("d/kernel", shape=(4,), dtype="f4", external=[(str(tmp_path / "secret.bin"), 0, 16)])
-    with pytest.raises(Exception, match="keeps its data in other files"):
+    with pytest.raises(UnsupportedError, match="keeps its data in other files"):
         ckptkit.load(tmp_path / "ext.h5")
 
 
