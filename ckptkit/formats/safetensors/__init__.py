@@ -4,6 +4,8 @@ The format parses its header itself (:mod:`.header`, one parser for reading and 
 reads lazily from a memory map (:mod:`.read`) and writes tensor by tensor in the library's own
 layout (:mod:`.write`); :mod:`.verify` reports every structural fault. Spec:
 https://github.com/huggingface/safetensors#format.
+
+The dtype column is every dtype that has a safetensors code in :mod:`ckptkit.core.dtypes`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ A folder is accepted wherever a file is: ckptkit reads the shard index or checkp
 preferring what ``transformers`` would load (``model.safetensors``, then its index, then
 ``pytorch_model.bin``, then its index). Formats that are folders themselves (torch.distributed.checkpoint) are
 registered before this one and claim theirs first; this format does not claim such a folder.
+
+Reading only: a format writes shards by wrapping its single-file writer with
+:func:`ckptkit.io.shards.write.shardable`. Index parsing lives in :mod:`ckptkit.io.shards.index`
+and the index checks of ``ckptkit verify`` in :mod:`ckptkit.verify.shards`. The dtype column is
+every dtype: an index holds whatever its shards' formats hold.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@
 Reading parses the pickle with an allow-listed unpickler (:mod:`.unpickler`) that never runs the
 file's code, names every tensor by its dotted path (:mod:`.structure`) and maps the file to read
 one tensor at a time (:mod:`.reader`), from the zip format or the legacy one (:mod:`.archive`).
-Writing (:mod:`.writer`) produces the zip format of torch 2.x for a flat state dict.
+Writing (:mod:`.writer`, :mod:`.zipwriter`) produces the zip format of torch 2.x for a flat state
+dict. :mod:`.verify` holds the structure and pickle-safety checks. The folder also holds the
+``dcp`` format (:mod:`.dcp`: torch.distributed.checkpoint folders, whose chunks are ``torch.save``
+archives read by the same code). The dtype column is every dtype but the sub-byte ones torch
+cannot make tensors of (``writer.NOT_IN_TORCH``).
 """
 
 from __future__ import annotations
