@@ -31,7 +31,8 @@ format without a writer skips the writing checks, one without a reader the readi
   (:attr:`FormatContract.detects_flipped_data`); elsewhere ``ckptkit verify --manifest`` with a
   manifest from ``ckptkit hash`` finds it, and plain ``verify`` is checked not to.
 - A write that fails midway leaves no file under the destination name, no staging folder, and an
-  existing destination as it was.
+  existing destination as it was. A format whose writer takes ``--shard-size`` also writes the
+  checkpoint as shards with an index that reads back alike, and leaves nothing when that fails.
 
 Samples are small: one tensor of each dtype (4 x 6), plus one float32 tensor of a few MB (the
 *victim*, large enough that reading it cannot hide among a header's reads) that the listing,
@@ -68,17 +69,25 @@ from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, Unsupporte
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, MemoryCheckpoint
 from ckptkit.io.atomic import STAGING_PREFIX
+from ckptkit.io.shards.index import INDEX_SUFFIX
+from ckptkit.io.shards.write import SHARD_SIZE_OPTION
 
 __all__ = [
+    "BUILTIN_PRODUCERS",
     "CliOutcome",
     "DataReads",
     "FormatContract",
     "Sample",
+    "assert_clean_error",
     "assert_same_tensors",
     "contract_for",
+    "dtype_batch",
+    "fault_block",
     "run_cli",
     "sample_array",
+    "sample_of",
     "snapshot",
+    "write_with_format",
 ]
 
 # --- Values -----------------------------------------------------------------------------------
@@ -397,6 +406,26 @@ def _sharded_producer(arrays: Mapping[str, np.ndarray], aliases: Mapping[str, st
 
 BUILTIN_PRODUCERS: dict[str, Producer] = {"dcp": _dcp_producer, "sharded": _sharded_producer}
 
+
+def write_with_format(
+    format_name: str,
+    arrays: Mapping[str, np.ndarray],
+    aliases: Mapping[str, str],
+    folder: Path,
+    options: Mapping[str, Any] | None = None,
+) -> Path:
+    """A sample written by the format's own writer, or by its producer in :data:`BUILTIN_PRODUCERS`."""
+    producer = BUILTIN_PRODUCERS.get(format_name)
+    if producer is not None:
+        return producer(arrays, aliases, folder)
+    fmt = registry.get(format_name)
+    if not fmt.can_write:
+        pytest.fail(f"{fmt.name} has no writer: override write_sample to make samples with the software that does")
+    path = folder / ("sample" + fmt.default_extension)
+    ckptkit.save(MemoryCheckpoint(arrays, aliases=aliases), path, fmt.name, **(options or {}))
+    return path
+
+
 _CONTRACTS: dict[str, type[FormatContract]] = {}
 _SAMPLES: dict[tuple[str, str], Sample] = {}
 
@@ -410,18 +439,18 @@ def sample_of(format_name: str, factory: pytest.TempPathFactory) -> Sample:
     """The session's sample of a registered format, made on first use."""
     key = (str(factory.getbasetemp()), format_name)
     if key not in _SAMPLES:
-        contract = contract_for(format_name)
-        if contract is None:
-            fmt = registry.get(format_name)
-            if not fmt.can_write and format_name not in BUILTIN_PRODUCERS:
-                pytest.skip(f"no contract test of {format_name!r} is loaded to make its sample, and it has no writer")
-            contract = type(f"Contract_{format_name}", (FormatContract,), {"format_name": format_name})
         fmt = registry.get(format_name)
+        contract = contract_for(format_name)
+        if contract is None and not fmt.can_write and format_name not in BUILTIN_PRODUCERS:
+            pytest.skip(f"no contract test of {format_name!r} is loaded to make its sample, and it has no writer")
         arrays, aliases = dtype_batch(fmt)
         victim, data = _victim(fmt, len(arrays) + len(aliases) + 1)
         arrays[victim] = data
         folder = factory.mktemp(f"sample-{format_name}")
-        path = contract().write_sample(arrays, aliases, folder)
+        if contract is not None:
+            path = contract().write_sample(arrays, aliases, folder)
+        else:
+            path = write_with_format(format_name, arrays, aliases, folder)
         _SAMPLES[key] = Sample(format_name, folder, path, arrays, aliases, victim)
     return _SAMPLES[key]
 
@@ -490,15 +519,7 @@ class FormatContract:
 
     def write_sample(self, arrays: Mapping[str, np.ndarray], aliases: Mapping[str, str], folder: Path) -> Path:
         """Write a checkpoint of ``arrays`` with ``aliases`` into the empty ``folder``; return what to open."""
-        producer = BUILTIN_PRODUCERS.get(self.format_name)
-        if producer is not None:
-            return producer(arrays, aliases, folder)
-        fmt = registry.get(self.format_name)
-        if not fmt.can_write:
-            pytest.fail(f"{fmt.name} has no writer: override write_sample to make samples with the software that does")
-        path = folder / ("sample" + fmt.default_extension)
-        ckptkit.save(MemoryCheckpoint(arrays, aliases=aliases), path, fmt.name, **self.write_options)
-        return path
+        return write_with_format(self.format_name, arrays, aliases, folder, self.write_options)
 
     # What the checks share (plain methods rather than fixtures, so any pytest runs them alike).
 
@@ -673,6 +694,26 @@ class FormatContract:
         assert against.code == 1, "verify --manifest missed a changed byte"
         found = {(f["check"], f["tensor"]) for f in _findings(against)}
         assert ("manifest.hash", sample.victim) in found, found
+
+    def test_shards_round_trip_and_fail_atomically(self, tmp_path: Path) -> None:
+        fmt = self._need(write=True)
+        if SHARD_SIZE_OPTION not in fmt.write_options:
+            pytest.skip(f"{fmt.name} writes no shards")
+        arrays, aliases = dtype_batch(fmt)
+        index = tmp_path / "written" / f"model{fmt.default_extension}{INDEX_SUFFIX}"
+        index.parent.mkdir()
+        options = {**self.write_options, "shard_size": "1KB"}  # a few tensors per shard
+        receipt = ckptkit.save(MemoryCheckpoint(arrays, aliases=aliases), index, fmt.name, **options)
+        assert len(receipt.files) > 2, receipt.files  # shards and their index
+        with ckptkit.load(index) as ckpt:
+            assert_same_tensors({**arrays, **{a: arrays[t] for a, t in aliases.items()}}, ckpt)
+        failed = tmp_path / "failed"
+        failed.mkdir()
+        with pytest.raises(CorruptCheckpointError, match="simulated failure"):
+            ckptkit.save(
+                _FailingMidway(arrays, aliases, len(arrays) // 2 + 1), failed / index.name, fmt.name, **options
+            )
+        assert sorted(os.listdir(failed)) == [], "a sharded write that failed midway left files behind"
 
     def test_failed_write_leaves_nothing(self, tmp_path: Path) -> None:
         fmt = self._need(write=True)
