@@ -78,10 +78,12 @@ class Op:
 def probe() -> dict:
     """Which commands and read-write formats the ckptkit in this tree has."""
     code = (
-        "import json; from ckptkit.cli import cli; from ckptkit import registry\n"
+        "import json, click; from ckptkit.cli import cli; from ckptkit import registry\n"
         "fmts = {f.name: f.default_extension for f in registry.formats() if f.can_read and f.can_write}\n"
         "readable = [f.name for f in registry.formats() if f.can_read]\n"
-        "print(json.dumps({'commands': sorted(cli.commands), 'formats': fmts, 'readable': readable}))"
+        # The group loads subcommands on demand: ask it for their names, not for those loaded so far.
+        "commands = sorted(cli.list_commands(click.Context(cli)))\n"
+        "print(json.dumps({'commands': commands, 'formats': fmts, 'readable': readable}))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     return json.loads(out.stdout)

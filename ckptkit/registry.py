@@ -1,9 +1,11 @@
 """The registry of checkpoint formats, and detection of a file's format from its bytes.
 
-Each format lives in one module that defines ``FORMAT``, a :class:`Format`. Format modules import
-their heavy libraries (h5py, onnx, ...) inside their functions, so listing formats or detecting a
-file loads no framework. Other packages add formats through the ``ckptkit.formats`` entry-point
-group, whose entries point at a :class:`Format` object.
+Each built-in format is a folder under :mod:`ckptkit.formats` whose module, named by one line of
+``_BUILTIN_MODULES``, ends by declaring ``FORMAT``, a :class:`Format` (with its dtype column).
+Format modules import their heavy libraries (h5py, onnx, ...) inside their functions, so listing
+formats or detecting a file loads no framework. Other packages add formats through the
+``ckptkit.formats`` entry-point group, whose entries point at a :class:`Format` object; either
+kind proves itself with a test subclassing :class:`ckptkit.testing.FormatContract`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The round-trip helper every format's tests use."""
+"""The round-trip helper every format's tests use; the value helpers are ckptkit.testing's, which
+format plug-ins use too."""
 
 from __future__ import annotations
 
@@ -7,26 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 import ckptkit
-from ckptkit.core.model import Checkpoint
+from ckptkit.testing import assert_same_tensors, sample_array, snapshot
 
-
-def snapshot(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
-    return {k: np.ascontiguousarray(v).tobytes() for k, v in arrays.items()}
-
-
-def assert_same_tensors(expected: Mapping[str, np.ndarray], ckpt: Checkpoint) -> None:
-    """Every expected tensor is in ``ckpt`` with the same dtype, shape and bytes (aliases count)."""
-    names = set(ckpt.names()) | set(ckpt.aliases)
-    assert names == set(expected), sorted(names ^ set(expected))
-    for name, want in expected.items():
-        got = ckpt.read_tensor(ckpt.aliases.get(name, name))
-        assert got.dtype == want.dtype, (name, got.dtype, want.dtype)
-        assert got.shape == want.shape, (name, got.shape, want.shape)
-        assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes(), name
+__all__ = ["assert_same_tensors", "print_to_terminal", "sample_array", "snapshot", "write_read"]
 
 
 def write_read(
@@ -39,36 +26,6 @@ def write_read(
     with ckptkit.load(path) as ckpt:
         assert_same_tensors(arrays, ckpt)
         return {n: np.array(ckpt.read_tensor(ckpt.aliases.get(n, n))) for n in arrays}
-
-
-def sample_array(dtype_name: str, shape: tuple[int, ...] = (3, 5), seed: int = 0) -> np.ndarray:
-    """Seeded values of any ckptkit dtype, with NaN and Inf among floats where the type has them."""
-    from ckptkit.core.dtypes import by_name
-
-    dt = by_name(dtype_name)
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(shape))
-    if dt.kind == "b":
-        return (rng.integers(0, 2, n) == 1).reshape(shape)
-    if dt.kind in "iu":
-        info = ml_dtypes.iinfo(dt.numpy)  # numpy's iinfo does not know int4 and friends
-        carrier = dt.numpy if dt.numpy.kind in "iu" else np.int8
-        values = rng.integers(int(info.min), int(info.max), n, dtype=carrier, endpoint=True)
-        return values.astype(dt.numpy).reshape(shape)
-    if dt.kind == "c":
-        return (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(dt.numpy).reshape(shape)
-    values = (rng.standard_normal(n) * 4).astype(np.float32)
-    if dt.name == "float8_e8m0fnu":  # powers of two only: no sign, no zero
-        values = np.abs(values) + 0.5
-    if n >= 3 and dt.name not in _NO_INF:
-        values[1] = np.inf
-    if n >= 3 and dt.name not in _NO_NAN:
-        values[2] = np.nan
-    return values.astype(dt.numpy).reshape(shape)
-
-
-_NO_NAN = {"float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn"}
-_NO_INF = {"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", *_NO_NAN}
 
 
 def print_to_terminal(request: Any, lines: list[str]) -> None:

@@ -62,6 +62,8 @@ def test_formats_lists_safetensors_as_read_write(cli):
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["safetensors"]["read"] and rows["safetensors"]["write"]
     assert ".safetensors" in rows["safetensors"]["extensions"]
+    assert "bfloat16" in rows["safetensors"]["dtypes"] and "int4" not in rows["safetensors"]["dtypes"]
+    assert rows["onnx"]["dtypes"][:2] == ["float64", "float32"]  # in ckptkit's dtype table order
 
 
 def test_inspect_json_matches_the_file(cli):

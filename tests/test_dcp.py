@@ -209,3 +209,32 @@ def test_a_tensor_of_a_dtype_ckptkit_cannot_hold_is_listed_apart(tmp_path):
         ckptkit.convert(folder, tmp_path / "out.safetensors")
     receipt = ckptkit.convert(folder, tmp_path / "out.safetensors", exclude=["z"])
     assert receipt.verified and receipt.dropped == ["z"]
+
+
+def test_a_dcp_folder_is_not_a_folder_holding_a_checkpoint(tmp_path, cli):
+    from ckptkit import registry
+
+    sharded = registry.get("sharded")
+    assert not sharded.sniff(b"", TWO_RANKS)
+    assert registry.detect(TWO_RANKS).name == "dcp"
+    assert_one_line_error(cli("inspect", "--from", "sharded", TWO_RANKS), "dcp_two_ranks", "folder")
+    holder = tmp_path / "holder"  # a folder holding a checkpoint file stays the sharded format's
+    holder.mkdir()
+    ckptkit.save({"w": np.ones(2, np.float32)}, holder / "model.safetensors")
+    assert sharded.sniff(b"", holder) and registry.detect(holder).name == "sharded"
+
+
+def test_verify_checks_every_chunk_against_its_crc(tmp_path, cli):
+    folder = _copy_two_ranks(tmp_path)
+    assert cli("verify", folder).code == 0
+    with ckptkit.load(folder) as ckpt:
+        extent = ckpt.raw_extent("model.replicated")
+    with open(folder / extent.path.name, "r+b") as f:
+        f.seek(extent.offset)
+        byte = f.read(1)[0]
+        f.seek(extent.offset)
+        f.write(bytes([byte ^ 0x01]))
+    result = cli("verify", "--json", folder)
+    assert result.code == 1
+    found = [(f["check"], f["tensor"]) for f in json.loads(result.stdout)["findings"]]
+    assert found == [("torch.crc", "model.replicated")]

@@ -7,7 +7,7 @@ import pytest
 
 import ckptkit
 from ckptkit.core.dtypes import DTYPES
-from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError, UsageError
+from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError, UnsupportedError, UsageError
 from tests.conftest import assert_one_line_error, realworld_files
 from tests.helpers import assert_same_tensors, sample_array, write_read
 from tests.keras2_files import sequential_config, write_keras2
@@ -345,6 +345,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cli):
         ckptkit.load(tmp_path / "cut.h5")
 
 
+def test_each_keras_format_claims_its_own_layout_whatever_the_name(tmp_path, cli):
+    # Keras 2 wrote legacy files under Keras 3's name too: content decides, not the name.
+    legacy = tmp_path / "old.weights.h5"
+    write_keras2(legacy, [("dense", [("dense/kernel:0", np.ones((2, 2), np.float32))])])
+    with ckptkit.load(legacy) as ckpt:
+        assert ckpt.format_name == "keras-h5" and ckpt.names() == ["dense/kernel"]
+    v3 = tmp_path / "new.weights.h5"
+    ckptkit.save({"dense/kernel": np.ones((2, 2), np.float32)}, v3)
+    with ckptkit.load(v3) as ckpt:
+        assert ckpt.format_name == "keras"
+    assert_one_line_error(cli("inspect", "--from", "keras", legacy), "old.weights.h5", "legacy", "--from keras-h5")
+    assert_one_line_error(cli("inspect", "--from", "keras-h5", v3), "new.weights.h5", "Keras 3", "--from keras")
+    with pytest.raises(UnknownFormatError, match="read it as keras-h5"):
+        ckptkit.load(legacy, "keras")
+
+
 @pytest.mark.parametrize("ext", [".h5", ".weights.h5"])
 def test_an_empty_checkpoint_round_trips(tmp_path, ext):
     write_read({}, tmp_path / f"empty{ext}")
@@ -352,7 +368,7 @@ def test_an_empty_checkpoint_round_trips(tmp_path, ext):
 
 def test_weights_h5_needs_layer_classes(tmp_path):
     ckptkit.save({"encoder/w": np.ones(2, np.float32)}, tmp_path / "x.h5")
-    with pytest.raises(Exception, match="cannot tell the Keras class of layer 'encoder'"):
+    with pytest.raises(UnsupportedError, match="cannot tell the Keras class of layer 'encoder'"):
         ckptkit.convert(tmp_path / "x.h5", tmp_path / "x.weights.h5")
     assert not (tmp_path / "x.weights.h5").exists()
 
@@ -398,7 +414,7 @@ def test_datasets_pointing_into_other_files_are_refused(tmp_path):
         g = f.create_group("d")
         g.attrs["weight_names"] = [b"d/kernel"]
         g.create_dataset("d/kernel", shape=(4,), dtype="f4", external=[(str(tmp_path / "secret.bin"), 0, 16)])
-    with pytest.raises(Exception, match="keeps its data in other files"):
+    with pytest.raises(UnsupportedError, match="keeps its data in other files"):
         ckptkit.load(tmp_path / "ext.h5")
 
 

@@ -1,16 +1,19 @@
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import onnx
 import pytest
 import safetensors
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 import ckptkit
 from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.onnx import weights
+from ckptkit.verify import verify
 from tests.conftest import FIXTURES, assert_one_line_error, realworld_files, run_cli
 from tests.helpers import assert_same_tensors, sample_array, write_read
 from tests.onnx_util import check_and_run, onnx_bytes, save_model, session
@@ -19,22 +22,40 @@ ONNX_FIXTURES = sorted((FIXTURES / "onnx").glob("*.onnx"))
 ORT_LOADABLE = [d.name for d in DTYPES if not d.name.startswith("float6")]  # float6 needs IR 14
 
 
-def onnx_reference(path):
-    """Every initializer and Constant value as the onnx package reads them, by (scope-free) name."""
-    model = onnx.load(str(path))
-    found = {}
+def _subgraphs(attr):
+    # By the fields present, not by attr.type: a damaged file may say one and hold the other.
+    return ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+
+
+def tensor_protos(model):
+    """(name, TensorProto) of every initializer and Constant value, in every graph of the model."""
+    found = []
 
     def walk(graph):
-        for t in graph.initializer:
-            found.setdefault(t.name, []).append(numpy_helper.to_array(t, base_dir=str(path.parent)))
+        found.extend((t.name, t) for t in graph.initializer)
         for node in graph.node:
             for attr in node.attribute:
                 if node.op_type == "Constant" and attr.name == "value":
-                    found.setdefault(node.output[0], []).append(numpy_helper.to_array(attr.t, str(path.parent)))
-                for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    found.append((node.output[0] if node.output else node.name, attr.t))
+                for g in _subgraphs(attr):
                     walk(g)
 
     walk(model.graph)
+    return found
+
+
+def onnx_reference(path):
+    """Every initializer and Constant value as the onnx package reads them, by (scope-free) name.
+
+    Tensors the onnx package cannot turn into arrays (an unknown data type) are left out.
+    """
+    found = {}
+    for name, t in tensor_protos(onnx.load(str(path))):
+        try:
+            array = numpy_helper.to_array(t, base_dir=str(path.parent))
+        except (KeyError, ValueError, TypeError):
+            continue
+        found.setdefault(name, []).append(array)
     return found
 
 
@@ -383,19 +404,93 @@ def test_kernel_copy_refused_across_file_systems_falls_back_to_the_buffer(tmp_pa
         assert_same_tensors(arrays, ckpt)
 
 
+SUB_BYTE = {TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2, TensorProto.FLOAT4E2M1,
+            TensorProto.FLOAT6E2M3, TensorProto.FLOAT6E3M2}  # fmt: skip
+
+
+def byte_regions(original: bytes) -> tuple[set[int], set[int]]:
+    """Where tensors lie in a model, found with the onnx package: the bytes of raw_data payloads
+    (any value is a valid element there), and every other byte of the tensors' own messages."""
+    payload: set[int] = set()
+    fields: set[int] = set()
+    for name, t in tensor_protos(onnx.ModelProto.FromString(original)):
+        encoded = t.SerializeToString()
+        at = original.find(encoded)
+        assert at >= 0 and original.find(encoded, at + 1) < 0, name
+        whole = set(range(at, at + len(encoded)))
+        data: set[int] = set()
+        if t.raw_data and t.data_type not in SUB_BYTE:  # packed sub-byte values have spare bits
+            start = original.find(t.raw_data, at, at + len(encoded))
+            data = set(range(start, start + len(t.raw_data)))
+        payload |= data
+        fields |= whole - data
+    return payload, fields
+
+
+def _read_with_ckptkit(path):
+    try:
+        with ckptkit.load(path, format="onnx") as ckpt:
+            return {ti.name: (ti.location, np.array(ckpt.read_tensor(ti.name))) for ti in ckpt.tensor_infos()}
+    except ckptkit.CkptkitError:
+        return None
+
+
+def _protobuf_parses(data: bytes) -> bool:
+    try:
+        onnx.ModelProto.FromString(data)
+    except DecodeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("name", ["if_loop_subgraphs_and_constants.onnx", "every_dtype_raw_and_typed.onnx"])
-def test_corrupted_bytes_give_ckptkit_errors_only(tmp_path, name):
+def test_corrupted_bytes_are_refused_or_read_as_the_onnx_package_reads_them(tmp_path, name):
+    """300 seeded edits of 1-3 bytes, judged by where they land and whether protobuf still parses the file.
+
+    - Only inside raw_data payloads: read, with the changed values (as the onnx package reads them).
+    - Inside the tensors' own messages, and protobuf cannot parse the file: refused with a ckptkit error.
+    - Protobuf parses the file: refused, or read with every tensor as the onnx package reads it.
+    - Elsewhere, and protobuf cannot parse it: refused; or, where the damage lies in parts a lazy
+      reader skips (a subgraph's input types, a node's other attributes), read, and then
+      ``ckptkit verify`` reports the model (onnx.checker cannot parse it).
+    Any other exception fails the test where it is raised.
+    """
     original = (FIXTURES / "onnx" / name).read_bytes()
+    payload, tensor_fields = byte_regions(original)
     rng = np.random.default_rng(11)
     path = tmp_path / "fuzzed.onnx"
-    for _ in range(300):
+    outcomes = Counter()
+    for number in range(300):
         data = bytearray(original)
+        where = set()
         for _ in range(rng.integers(1, 4)):
-            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+            at = int(rng.integers(0, len(data)))
+            data[at] = rng.integers(0, 256)
+            where.add(at)
         path.write_bytes(data)
-        try:
-            with ckptkit.load(path, format="onnx") as ckpt:
-                for n in ckpt.names():
-                    ckpt.read_tensor(n)
-        except ckptkit.CkptkitError:
-            pass
+        region = "payload" if where <= payload else "tensor" if where <= payload | tensor_fields else "other"
+        parses = _protobuf_parses(bytes(data))
+        got = _read_with_ckptkit(path)
+        outcomes[region, parses, "read" if got is not None else "refused"] += 1
+        edit = f"edit {number} at bytes {sorted(where)}"
+        if region == "payload":
+            assert got is not None, f"{edit}: only tensor values changed, yet the model was refused"
+        if region == "tensor" and not parses:
+            assert got is None, f"{edit}: a tensor message protobuf cannot parse was read"
+        if got is None:
+            continue
+        if parses:
+            reference = onnx_reference(path)
+            for tensor, (location, array) in got.items():
+                candidates = reference.get(tensor.rsplit("/", 1)[-1])
+                if candidates is None:  # value_float / value_ints Constants: no TensorProto to compare with
+                    assert "Constant" in location, (edit, tensor)
+                    continue
+                assert any(c.dtype == array.dtype and c.tobytes() == array.tobytes() for c in candidates), (
+                    f"{edit}: tensor {tensor!r} reads otherwise than the onnx package reads it"
+                )
+        else:
+            assert verify([path]).exit_code == 1, f"{edit}: neither reading nor verify noticed the damage"
+    # Both answers occur, so a reader that refused every file, or read every one, fails above.
+    assert outcomes["payload", True, "read"] > 0
+    assert outcomes["tensor", False, "refused"] > 0

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ckptkit import registry
 from ckptkit.cli._output import print_json, stdout_console
+from ckptkit.core.dtypes import dtype_names
 
 
 @click.command("formats")
@@ -24,6 +25,7 @@ def command(as_json: bool) -> None:
             "description": f.description,
             "read_options": [o.flag for o in f.read_options],
             "write_options": [o.flag for o in f.write_options],
+            "dtypes": [d for d in dtype_names() if d in f.dtypes],
         }
         for f in registry.formats()
     ]

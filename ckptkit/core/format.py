@@ -94,6 +94,10 @@ class Format:
     directories are asked with an empty ``head`` for them.
     ``locate(path)``, for a path that does not exist, returns the file that holds the checkpoint it
     names (a TensorFlow prefix ``ckpt-1`` is held by ``ckpt-1.index``), or ``None``.
+    ``dtypes`` is the format's dtype column: the ckptkit dtype names (:mod:`ckptkit.core.dtypes`)
+    a checkpoint of this format holds. Its writer accepts exactly these (and refuses the others
+    with :class:`~ckptkit.core.errors.UnsupportedError`), its reader returns them bit for bit;
+    the format contract (:mod:`ckptkit.testing`) checks both.
     """
 
     name: str
@@ -111,6 +115,7 @@ class Format:
     # it read local files only.
     open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
     locate: Locator | None = None
+    dtypes: frozenset[str] = frozenset()
 
     @property
     def folder_file_name(self) -> str:

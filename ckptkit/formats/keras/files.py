@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import UnknownFormatError
 from ckptkit.core.format import TEMPLATE_OPTION, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
@@ -19,6 +20,10 @@ from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read
 from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
 
+# HDF5 holds every ckptkit dtype: numpy's natively, the ml_dtypes ones (bfloat16, float8, int4, ...)
+# as opaque elements of their width plus a dtype attribute (see h5write.storage_dtype).
+DTYPES_HELD = frozenset(dtype_names())
+
 WRITE_OPTIONS = (
     TEMPLATE_OPTION,  # Keras: the template's variables filled by name or order, every shape checked
     OptionSpec(
@@ -28,10 +33,13 @@ WRITE_OPTIONS = (
 )
 
 
-def open_file(path: Path, archive: bool, names_hint: Mapping[str, str] | None = None) -> KerasCheckpoint:
+def open_file(
+    path: Path, archive: bool, names_hint: Mapping[str, str] | None = None, expect: str | None = None
+) -> KerasCheckpoint:
     """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has.
 
-    ``names_hint`` names objects (by HDF5 group path) whose name the file leaves out.
+    ``names_hint`` names objects (by HDF5 group path) whose name the file leaves out. ``expect``
+    ("keras" or "keras-h5") refuses a file of the other layout, as reading with ``--from`` must.
     """
     reader: DataReader = ArchiveReader(path) if archive else DataReader(path)
     try:
@@ -42,12 +50,26 @@ def open_file(path: Path, archive: bool, names_hint: Mapping[str, str] | None = 
         raise
     try:
         with hdf5_errors():
+            if expect is not None:
+                _refuse_other_layout(path, h5, archive, expect)
             return _read(reader, h5, names_hint or {})
     except BaseException:
         with contextlib.suppress(Exception):
             h5.close()
         reader.close()
         raise
+
+
+_LAYOUTS = {"keras": "a Keras 3 weights file", "keras-h5": "a legacy Keras HDF5 file"}
+
+
+def _refuse_other_layout(path: Path, h5: Any, archive: bool, expect: str) -> None:
+    found = "keras" if archive or (not is_legacy(h5) and is_v3(h5)) else "keras-h5" if is_legacy(h5) else None
+    if found is not None and found != expect:
+        raise UnknownFormatError(
+            f"this is {_LAYOUTS[found]}, not {expect}; read it as {found} (leave out --from, or pass --from {found})",
+            path,
+        )
 
 
 def _read(reader: DataReader, h5: Any, names_hint: Mapping[str, str]) -> KerasCheckpoint:

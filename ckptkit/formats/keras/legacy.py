@@ -1,7 +1,8 @@
 """The ``keras-h5`` format: legacy Keras HDF5 files (``model.save('x.h5')``, ``save_weights('x.h5')``).
 
 Any HDF5 file that the ``keras`` format does not claim comes here, so that an HDF5 file which is
-not a Keras file gets a message saying so rather than "unknown format".
+not a Keras file gets a message saying so rather than "unknown format". A Keras 3 weights file is
+the ``keras`` format's: this one neither claims nor reads it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ from typing import Any
 
 from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
-from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, write_with
+from ckptkit.formats.keras import v3
+from ckptkit.formats.keras.files import DTYPES_HELD, WRITE_OPTIONS, open_file, write_with
 from ckptkit.formats.keras.hdf5 import signature_offset
 from ckptkit.formats.keras.write_legacy import legacy_spec
 
 
 def sniff(head: bytes, path: Path) -> bool:
-    return signature_offset(head) is not None
+    return signature_offset(head) is not None and not v3.sniff(head, path)
 
 
 def open_legacy(path: Path, options: Mapping[str, Any]) -> Checkpoint:
-    return open_file(path, archive=False)
+    return open_file(path, archive=False, expect="keras-h5")
 
 
 def write_legacy(ckpt: Checkpoint, ctx: WriteContext) -> None:
@@ -39,4 +41,5 @@ FORMAT = Format(
     write_options=WRITE_OPTIONS,
     default_extension=".h5",
     verify="ckptkit.formats.keras.verify:check_structure",
+    dtypes=DTYPES_HELD,
 )

@@ -16,7 +16,7 @@ from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
 from ckptkit.core.views import TransformedCheckpoint
 from ckptkit.formats.keras import archive, structure
-from ckptkit.formats.keras.files import WRITE_OPTIONS, open_file, prepare
+from ckptkit.formats.keras.files import DTYPES_HELD, WRITE_OPTIONS, open_file, prepare
 from ckptkit.formats.keras.h5write import write_hdf5
 from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
 from ckptkit.formats.keras.read_legacy import is_legacy
@@ -31,8 +31,8 @@ def sniff(head: bytes, path: Path) -> bool:
         return path.name.lower().endswith(".keras") or archive.is_archive(path)
     if signature_offset(head) is None:
         return False
-    if path.name.lower().endswith(".weights.h5"):
-        return True
+    # By content, whatever the name: Keras 2 wrote legacy files named .weights.h5 too, and those
+    # (and HDF5 files h5py cannot open) are the keras-h5 format's to read or to report.
     with contextlib.suppress(Exception), h5py_module().File(path, "r", locking=False) as h5:
         return is_v3(h5) and not is_legacy(h5)
     return False
@@ -41,7 +41,7 @@ def sniff(head: bytes, path: Path) -> bool:
 def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     with open(path, "rb") as f:
         zipped = f.read(4) == LOCAL_HEADER_MAGIC
-    return open_file(path, archive=zipped)
+    return open_file(path, archive=zipped, expect="keras")
 
 
 def write_keras(ckpt: Checkpoint, ctx: WriteContext) -> None:
@@ -79,4 +79,5 @@ FORMAT = Format(
     write_options=WRITE_OPTIONS,
     default_extension=".weights.h5",
     verify="ckptkit.formats.keras.verify:check_structure",
+    dtypes=DTYPES_HELD,
 )

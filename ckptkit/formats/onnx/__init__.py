@@ -4,6 +4,13 @@ Reading lists every initializer of the main graph and of subgraphs, and the valu
 nodes (named by the node's output; ``no_constants`` leaves them out). Writing makes a standalone
 weights model, or with ``template`` replaces the tensors of an existing model. Neither needs the
 onnx package: the protobuf is walked and written directly (see :mod:`ckptkit.io.protowire` for why).
+
+The folder: :mod:`.graph` (where tensors lie in a model),
+:mod:`.elements` (element types, packed sub-byte values), :mod:`.reader`, :mod:`.weights` and
+:mod:`.emit` (a standalone weights model), :mod:`.template` and :mod:`.splice` (writing into a
+``--template``), :mod:`.derive` (``--template`` with ``--base``: how an exporter made each tensor),
+:mod:`.verify` (structure checks). Every ckptkit dtype has an ONNX type, so the
+dtype column is all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.errors import UsageError
 from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
@@ -83,4 +91,5 @@ FORMAT = Format(
     ),
     default_extension=".onnx",
     verify="ckptkit.formats.onnx.verify:check_structure",
+    dtypes=frozenset(d.name for d in DTYPES if d.onnx is not None),
 )

@@ -4,10 +4,13 @@ The format parses its header itself (:mod:`.header`, one parser for reading and 
 reads lazily from a memory map (:mod:`.read`) and writes tensor by tensor in the library's own
 layout (:mod:`.write`); :mod:`.verify` reports every structural fault. Spec:
 https://github.com/huggingface/safetensors#format.
+
+The dtype column is every dtype that has a safetensors code in :mod:`ckptkit.core.dtypes`.
 """
 
 from __future__ import annotations
 
+from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.format import Format
 from ckptkit.formats.safetensors.header import sniff
 from ckptkit.formats.safetensors.read import SafetensorsCheckpoint, open_remote_safetensors, open_safetensors
@@ -27,4 +30,5 @@ FORMAT = Format(
     write_options=(SHARD_SIZE_OPTION,),
     default_extension=".safetensors",
     verify="ckptkit.formats.safetensors.verify:check_structure",
+    dtypes=frozenset(d.name for d in DTYPES if d.safetensors),
 )

@@ -10,7 +10,12 @@ exactly one shard, the one the index names.
 A folder is accepted wherever a file is: ckptkit reads the shard index or checkpoint file in it,
 preferring what ``transformers`` would load (``model.safetensors``, then its index, then
 ``pytorch_model.bin``, then its index). Formats that are folders themselves (torch.distributed.checkpoint) are
-registered before this one and claim theirs first.
+registered before this one and claim theirs first; this format does not claim such a folder.
+
+Reading only: a format writes shards by wrapping its single-file writer with
+:func:`ckptkit.io.shards.write.shardable`. Index parsing lives in :mod:`ckptkit.io.shards.index`
+and the index checks of ``ckptkit verify`` in :mod:`ckptkit.verify.shards`. The dtype column is
+every dtype: an index holds whatever its shards' formats hold.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ckptkit import registry
-from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.core.dtypes import dtype_names
+from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError
 from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
@@ -43,7 +49,17 @@ def is_index(head: bytes, path: Path) -> bool:
 
 
 def sniff(head: bytes, path: Path) -> bool:
-    return path.is_dir() or is_index(head, path)
+    """An index file, or a folder that is not itself a checkpoint of another format (a DCP folder)."""
+    if path.is_dir():
+        return not any(_claims(fmt, path) for fmt in registry.formats() if fmt.name != FORMAT_NAME and fmt.can_read)
+    return is_index(head, path)
+
+
+def _claims(fmt: Format, folder: Path) -> bool:
+    try:
+        return fmt.sniff(b"", folder)
+    except READ_ERRORS:  # a sniffer that chokes on a folder has not recognised it
+        return False
 
 
 class ShardedCheckpoint(Checkpoint):
@@ -201,4 +217,5 @@ FORMAT = Format(
     extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
     sniff=sniff,
     open=open_sharded,
+    dtypes=frozenset(dtype_names()),  # whatever its shards hold, in whichever formats ckptkit reads them
 )

@@ -16,6 +16,7 @@ from typing import Any
 from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
 
+from . import dtypes as tf_dtypes
 from .paths import INDEX_SUFFIX, STATE_FILE, folder_index, index_path, locate, looks_like_table, prefix_of
 
 
@@ -76,4 +77,5 @@ FORMAT = Format(
     weights_name="ckpt",
     verify="ckptkit.formats.tensorflow.verify:check_structure",
     locate=find_index,
+    dtypes=tf_dtypes.DTYPES_HELD,
 )

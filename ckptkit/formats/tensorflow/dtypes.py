@@ -28,6 +28,7 @@ UNREAD = {
     27: "a TensorFlow float8_e4m3b11fnuz tensor",
 }
 _CODES = {name: code for code, name in _NAMES.items()}
+DTYPES_HELD = frozenset(_NAMES.values())  # the format's dtype column
 
 
 def to_ckptkit(code: int) -> DType | None:

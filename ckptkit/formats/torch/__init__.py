@@ -3,7 +3,11 @@
 Reading parses the pickle with an allow-listed unpickler (:mod:`.unpickler`) that never runs the
 file's code, names every tensor by its dotted path (:mod:`.structure`) and maps the file to read
 one tensor at a time (:mod:`.reader`), from the zip format or the legacy one (:mod:`.archive`).
-Writing (:mod:`.writer`) produces the zip format of torch 2.x for a flat state dict.
+Writing (:mod:`.writer`, :mod:`.zipwriter`) produces the zip format of torch 2.x for a flat state
+dict. :mod:`.verify` holds the structure and pickle-safety checks. The folder also holds the
+``dcp`` format (:mod:`.dcp`: torch.distributed.checkpoint folders, whose chunks are ``torch.save``
+archives read by the same code). The dtype column is every dtype but the sub-byte ones torch
+cannot make tensors of (``writer.NOT_IN_TORCH``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import CkptkitError
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint
 from ckptkit.formats.torch.archive import ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
 from ckptkit.formats.torch.reader import TorchCheckpoint, scan_findings
 from ckptkit.formats.torch.unpickler import PickleFinding
-from ckptkit.formats.torch.writer import write_torch
+from ckptkit.formats.torch.writer import NOT_IN_TORCH, write_torch
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION, shardable
 from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip
 
@@ -51,6 +56,7 @@ FORMAT = Format(
     default_extension=".pt",
     verify="ckptkit.formats.torch.verify:check_structure",
     weights_name="pytorch_model.bin",  # as transformers names it in a model folder
+    dtypes=frozenset(dtype_names()) - NOT_IN_TORCH,
 )
 
 __all__ = ["FORMAT", "PickleFinding", "TorchCheckpoint", "scan_findings", "sniff"]

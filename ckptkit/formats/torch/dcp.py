@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import mmap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
 
 import numpy as np
 
+from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
@@ -35,6 +36,7 @@ from ckptkit.formats.torch.archive import ZIP_MAGIC, read_zip
 from ckptkit.formats.torch.reader import check_bounds, record_array
 from ckptkit.formats.torch.structure import flatten, unsupported_reason
 from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
+from ckptkit.formats.torch.writer import NOT_IN_TORCH
 from ckptkit.io.paths import check_relative_name
 
 METADATA_NAME = ".metadata"
@@ -240,7 +242,7 @@ class DcpCheckpoint(Checkpoint):
         return buf
 
     def _archive(self, fqn: str, chunk: Chunk) -> Any:
-        region = _Region(self._maps[chunk.file], chunk.start, chunk.length)
+        region = Region(self._maps[chunk.file], chunk.start, chunk.length)
         if region.read(4) != ZIP_MAGIC:
             raise CorruptCheckpointError(f"entry {fqn!r} at {chunk.file} +{chunk.start} is not a torch.save archive")
         region.seek(0)
@@ -282,6 +284,12 @@ class DcpCheckpoint(Checkpoint):
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
 
+    def chunk_archives(self) -> Iterator[tuple[str, Chunk, mmap.mmap]]:
+        """Every tensor chunk, with the map of the file that holds its ``torch.save`` archive."""
+        for fqn, chunks in self._chunks.items():
+            for chunk in chunks:
+                yield fqn, chunk, self._maps[chunk.file]
+
     def read_tensor(self, name: str) -> np.ndarray:
         chunks = self._chunks[name]
         info = self.info(name)
@@ -313,7 +321,7 @@ class DcpCheckpoint(Checkpoint):
         self._files = []
 
 
-class _Region:
+class Region:
     """A read-only file object over ``length`` bytes of a map from ``start``: one chunk's archive."""
 
     def __init__(self, buf: mmap.mmap, start: int, length: int) -> None:
@@ -401,6 +409,8 @@ FORMAT = Format(
     extensions=(DATA_SUFFIX,),
     sniff=sniff,
     open=open_dcp,
+    verify="ckptkit.formats.torch.verify:check_dcp",
+    dtypes=frozenset(dtype_names()) - NOT_IN_TORCH,  # each chunk is a torch.save archive
 )
 
 __all__ = ["FORMAT", "DcpCheckpoint", "MetadataUnpickler", "Record"]
