@@ -72,6 +72,12 @@ class TransformedCheckpoint(Checkpoint):
             return None
         return self.base.raw_extent(self._base_name(name))
 
+    def stored_type(self, name: str) -> str:
+        return super().stored_type(name) if name in self.cast else self.base.stored_type(self._base_name(name))
+
+    def stored_bytes(self, name: str) -> int:
+        return super().stored_bytes(name) if name in self.cast else self.base.stored_bytes(self._base_name(name))
+
     def close(self) -> None:
         self.base.close()
 

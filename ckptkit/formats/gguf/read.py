@@ -96,7 +96,8 @@ class GGUFCheckpoint(Checkpoint):
         return self._entries[name].nbytes
 
     def stored_type(self, name: str) -> str:
-        return self._entries[name].ggml.name
+        e = self._entries[name]
+        return e.ggml.name if is_quantized(e.ggml) else e.info.dtype.name
 
     def raw_bytes(self, name: str) -> memoryview:
         """The tensor's bytes exactly as stored (quantized blocks included)."""
