@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit import registry
 from ckptkit.core.compare import arrays_identical
-from ckptkit.core.dtypes import by_name
+from ckptkit.core.dtypes import BLOCK_QUANTIZATIONS, by_name
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
@@ -114,6 +114,9 @@ def convert_checkpoint(
     layout_hints: Sequence[str] = (),
 ) -> Receipt:
     """:func:`convert` of a checkpoint already open, for a caller that sized its progress bar from it."""
+    if dtype and dtype.strip().lower() in BLOCK_QUANTIZATIONS:
+        options = {**(options or {}), "quantize": dtype.strip().lower()}
+        dtype = None
     view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
     refuse_unsupported(view)
     plan = None

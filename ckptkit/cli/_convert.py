@@ -53,7 +53,10 @@ def _names(kind: str) -> set[str]:
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
 @click.option(
-    "--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...), or complex ones."
+    "--dtype",
+    metavar="DTYPE",
+    help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...), or complex ones; q8_0 or q4_0 quantize "
+    "matrices when writing GGUF.",
 )
 @click.option(
     "--select",

@@ -12,8 +12,9 @@ from __future__ import annotations
 from ckptkit.core.format import Format
 from ckptkit.formats.gguf.header import sniff
 from ckptkit.formats.gguf.read import GGUFCheckpoint, open_gguf
+from ckptkit.formats.gguf.write import QUANTIZE_OPTION, write_gguf
 
-__all__ = ["FORMAT", "GGUFCheckpoint", "open_gguf", "sniff"]
+__all__ = ["FORMAT", "GGUFCheckpoint", "open_gguf", "sniff", "write_gguf"]
 
 FORMAT = Format(
     name="gguf",
@@ -21,6 +22,8 @@ FORMAT = Format(
     extensions=(".gguf",),
     sniff=sniff,
     open=open_gguf,
+    write=write_gguf,
+    write_options=(QUANTIZE_OPTION,),
     default_extension=".gguf",
     verify="ckptkit.formats.gguf.verify:check_structure",
 )

@@ -99,6 +99,12 @@ class GGUFCheckpoint(Checkpoint):
         e = self._entries[name]
         return e.ggml.name if is_quantized(e.ggml) else e.info.dtype.name
 
+    def stored_extent(self, name: str) -> RawExtent:
+        """Where the tensor's stored bytes (quantized blocks included) lie in the file."""
+        e = self._entries[name]
+        assert self.path is not None
+        return RawExtent(self.path, self.header.data_start + e.offset, e.nbytes)
+
     def raw_bytes(self, name: str) -> memoryview:
         """The tensor's bytes exactly as stored (quantized blocks included)."""
         e = self._entries[name]
