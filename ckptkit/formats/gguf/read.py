@@ -85,6 +85,11 @@ class GGUFCheckpoint(Checkpoint):
         """The metadata entries with their GGUF value types, as stored."""
         return self.header.fields
 
+    @property
+    def gguf_fields(self) -> list[Field]:
+        """What a GGUF writer keeps of this file's metadata: every field, typed."""
+        return self.header.fields
+
     def entry(self, name: str) -> TensorEntry:
         """The header's record of a tensor: ggml type, stored sizes and offset."""
         return self._entries[name]

@@ -151,12 +151,14 @@ def _gguf_source(ckpt: Checkpoint, name: str) -> tuple[GGUFCheckpoint, str] | No
 
 
 def _gguf_fields(ckpt: Checkpoint) -> list[Field] | None:
-    while not isinstance(ckpt, GGUFCheckpoint):
-        base = getattr(ckpt, "base", None)
-        if not isinstance(base, Checkpoint):
-            return None
-        ckpt = base
-    return ckpt.fields
+    """Typed metadata the checkpoint, or one it is a view of, holds for GGUF (``gguf_fields``)."""
+    current: object = ckpt
+    while isinstance(current, Checkpoint):
+        fields = getattr(current, "gguf_fields", None)
+        if fields is not None:
+            return list(fields)
+        current = getattr(current, "base", None)
+    return None
 
 
 def _fields(ckpt: Checkpoint, notes: list[str]) -> list[Field]:
