@@ -216,9 +216,8 @@ def diff_normalizers(layout_hints: Sequence[str] = ()) -> list[Normalizer]:
     seen with Hugging Face names and q/k row order, then the normalizers added with
     :func:`ckptkit.diffing.register_normalizer`."""
     from ckptkit.diffing.normalize import registered_normalizers
-    from ckptkit.layout.diff_normalizer import keras_to_torch_layout, keras_to_torch_layout_with
-
     from ckptkit.formats.gguf.names import gguf_to_hf
+    from ckptkit.layout.diff_normalizer import keras_to_torch_layout, keras_to_torch_layout_with
 
     hinted = [keras_to_torch_layout_with(layout_hints)] if layout_hints else []
     return [*hinted, keras_to_torch_layout, gguf_to_hf, *registered_normalizers()]

@@ -103,11 +103,14 @@ def test_plain_types_read_as_stored_and_lazily(tmp_path):
             )
 
 
-def test_large_tensors_dequantize_in_bands_with_the_same_bits(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel_from", [2, 10**9], ids=["on-worker-threads", "serial"])
+def test_large_tensors_dequantize_in_bands_with_the_same_bits(parallel_from, tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     values = rng.standard_normal((37, 256)).astype(np.float32)
     path = write_gguf(tmp_path / "band.gguf", [("w", gguf.quants.quantize(values, Q.Q4_0), Q.Q4_0)])
     monkeypatch.setattr(gguf_read, "_BAND_ELEMENTS", 3 * 256)  # 13 bands, the last one short
+    monkeypatch.setattr(gguf_read, "_PARALLEL_BANDS", parallel_from)
+    monkeypatch.setenv("CKPTKIT_WORKERS", "2")
     with open_checkpoint(path) as ckpt:
         assert _same_bits(ckpt.read_tensor("w"), _reference(path)["w"])
 

@@ -9,6 +9,7 @@ the several temporaries a whole-tensor call makes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 from collections.abc import Mapping, Sequence
@@ -23,13 +24,14 @@ from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.gguf import header
 from ckptkit.formats.gguf.header import ARRAY, STRING, VALUE_TYPES, Field, GGMLType, TensorEntry
+from ckptkit.io.workers import SerialExecutor, default_executor
 
 PREFIX = "gguf:"
 TYPES_KEY = "gguf:types"  # JSON: tensor name -> ggml type, for tensors not stored as their dtype
 VERSION_KEY = "gguf:version"
 INSTALL_HINT = "install it with: pip install 'ckptkit[gguf]' (or pip install gguf)"
 _SHOWN_ITEMS = 8  # arrays up to this long are shown in full; longer ones are summarised
-_PARALLEL_BANDS = 16  # tensors of this many bands or more are dequantized on two threads
+_PARALLEL_BANDS = 16  # tensors of this many bands or more are dequantized on the worker threads
 # Dequantize this many elements at a time: 1 MB of float32 stays in cache (bands of 16 MB ran 3-4x slower here).
 _BAND_ELEMENTS = 1 << 18
 
@@ -156,17 +158,12 @@ def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarr
     blocks = raw.reshape(rows, row_bytes)
     band = max(1, _BAND_ELEMENTS // max(row_len, 1))
     starts = range(0, rows, band)
-    if len(starts) >= _PARALLEL_BANDS:
-        # numpy releases the GIL in gguf-py's kernels: two halves on two threads use both cores.
-        from concurrent.futures import ThreadPoolExecutor
-
-        half = starts[len(starts) // 2]
-        with ThreadPoolExecutor(2, thread_name_prefix="ckptkit-dequantize") as pool:
-            for fut in [pool.submit(_bands, gguf, qtype, blocks, out, entry, where, lo, hi, band)
-                        for lo, hi in ((0, half), (half, rows))]:  # fmt: skip
-                fut.result()
-    else:
-        _bands(gguf, qtype, blocks, out, entry, where, 0, rows, band)
+    executor = default_executor() if len(starts) >= _PARALLEL_BANDS else SerialExecutor()
+    # numpy releases the GIL in gguf-py's kernels: a large tensor's bands split between the workers use every core.
+    parts = max(1, min(executor.workers, len(starts)))
+    edges = [starts[len(starts) * k // parts] for k in range(parts)] + [rows]
+    executor.map(lambda span: _bands(gguf, qtype, blocks, out, entry, where, span[0], span[1], band),
+                 list(itertools.pairwise(edges)))  # fmt: skip
     return out.reshape(entry.info.shape)
 
 
