@@ -108,6 +108,8 @@ def test_tied_weights_keep_their_alias(tmp_path):
 def test_what_gguf_cannot_hold_is_refused_with_the_remedy(tmp_path):
     with pytest.raises(UnsupportedError, match=r"'flags' is bool, which GGUF cannot hold.*--exclude"):
         ckptkit.save({"flags": np.ones(3, bool)}, tmp_path / "x.gguf")
+    with pytest.raises(UnsupportedError, match=r"'video' has 5 dimensions, and GGUF holds at most 4"):
+        ckptkit.save({"video": np.ones((1, 2, 1, 2, 1), np.float32)}, tmp_path / "x.gguf")
     ckptkit.save({"w": np.ones((2, 32), np.float32)}, tmp_path / "w.safetensors")
     with pytest.raises(UsageError, match="--quantize cannot be used when writing safetensors"):
         ckptkit.convert(tmp_path / "w.safetensors", tmp_path / "y.safetensors", dtype="q8_0")

@@ -35,6 +35,7 @@ from ckptkit.formats.gguf.header import (
     DEFAULT_ALIGNMENT,
     GGML_BY_NAME,
     MAGIC,
+    MAX_DIMS,
     STRING,
     VALUE_TYPES,
     Field,
@@ -114,6 +115,11 @@ def _quantization(value: Any) -> GGMLType | None:
 
 
 def _plan(ckpt: Checkpoint, ti: TensorInfo, quant: GGMLType | None) -> _Planned:
+    if len(ti.shape) > MAX_DIMS:
+        raise UnsupportedError(
+            f"tensor {ti.name!r} has {len(ti.shape)} dimensions, and GGUF holds at most {MAX_DIMS}; leave it out "
+            f"with --exclude '{ti.name}', or choose another format"
+        )
     source = _gguf_source(ckpt, ti.name)
     if source is not None:
         gguf_ckpt, name = source
