@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit import registry
 from ckptkit.core.compare import arrays_identical
-from ckptkit.core.dtypes import by_name
+from ckptkit.core.dtypes import BLOCK_QUANTIZATIONS, by_name
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
@@ -76,6 +76,8 @@ def convert(
 
     ``layout`` ("keras" or "torch") translates tensor layouts between the frameworks on the way
     (see :mod:`ckptkit.layout`); ``layout_hints`` settle what names and shapes cannot tell.
+    ``layout="gguf"`` renames a Hugging Face checkpoint to GGUF names and permutes its q/k rows as
+    llama.cpp's converter does (see :mod:`ckptkit.formats.gguf.names`).
     A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
     :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     """
@@ -114,10 +116,17 @@ def convert_checkpoint(
     layout_hints: Sequence[str] = (),
 ) -> Receipt:
     """:func:`convert` of a checkpoint already open, for a caller that sized its progress bar from it."""
+    if dtype and dtype.strip().lower() in BLOCK_QUANTIZATIONS:
+        options = {**(options or {}), "quantize": dtype.strip().lower()}
+        dtype = None
     view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
     refuse_unsupported(view)
     plan = None
-    if layout:
+    if layout == "gguf":
+        from ckptkit.formats.gguf.names import hf_to_gguf
+
+        translated: Checkpoint = hf_to_gguf(view)
+    elif layout:
         from ckptkit.layout import apply_layout, plan_layout
 
         template = (options or {}).get("template")
@@ -127,7 +136,7 @@ def convert_checkpoint(
 
             extra = template_hints(Path(template), list(view.tensor_infos()))
         plan = plan_layout(view, layout, layout_hints, extra)
-        translated: Checkpoint = apply_layout(view, plan)
+        translated = apply_layout(view, plan)
     else:
         translated = view
     receipt = write_checkpoint(
@@ -145,6 +154,12 @@ def convert_checkpoint(
         receipt.transformed.update(plan.transformed)
         receipt.dropped.extend(plan.dropped)
         receipt.notes[:0] = plan.notes
+    if layout == "gguf":
+        earlier = dict(receipt.renamed)
+        for new, old in getattr(translated, "renamed", {}).items():
+            receipt.renamed[new] = earlier.pop(old, old)
+            receipt.renamed.pop(old, None)
+        receipt.transformed.update(getattr(translated, "transformed", {}))
     return receipt
 
 
@@ -197,13 +212,15 @@ def diff(
 
 def diff_normalizers(layout_hints: Sequence[str] = ()) -> list[Normalizer]:
     """What :func:`diff` tries on each side by default: a Keras checkpoint seen with PyTorch names
-    and layouts (``layout_hints``, ``PATTERN=KIND``, settle what the rules cannot tell), then the
-    normalizers added with :func:`ckptkit.diffing.register_normalizer`."""
+    and layouts (``layout_hints``, ``PATTERN=KIND``, settle what the rules cannot tell), a GGUF file
+    seen with Hugging Face names and q/k row order, then the normalizers added with
+    :func:`ckptkit.diffing.register_normalizer`."""
     from ckptkit.diffing.normalize import registered_normalizers
+    from ckptkit.formats.gguf.names import gguf_to_hf
     from ckptkit.layout.diff_normalizer import keras_to_torch_layout, keras_to_torch_layout_with
 
     hinted = [keras_to_torch_layout_with(layout_hints)] if layout_hints else []
-    return [*hinted, keras_to_torch_layout, *registered_normalizers()]
+    return [*hinted, keras_to_torch_layout, gguf_to_hf, *registered_normalizers()]
 
 
 def plan_layout(

@@ -68,6 +68,7 @@ _BUILTIN_MODULES = (
     "ckptkit.formats.onnx",
     "ckptkit.formats.keras.v3",
     "ckptkit.formats.keras.legacy",
+    "ckptkit.formats.gguf",
     "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )
 

@@ -15,6 +15,7 @@ fields, pickle integers, strings and globals re-zipped with valid CRCs, ONNX ten
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -171,7 +172,7 @@ def run_input(target: str, data: bytes, work: Path, side_files: dict[str, bytes]
 
 
 SUFFIXES = {"safetensors": ".safetensors", "torch_zip": ".pt", "torch_legacy": ".pt", "onnx": ".onnx",
-            "keras_h5": ".weights.h5", "keras_zip": ".keras", "tensorflow": ".index"}  # fmt: skip
+            "keras_h5": ".weights.h5", "keras_zip": ".keras", "tensorflow": ".index", "gguf": ".gguf"}  # fmt: skip
 
 
 # --- Mutations that know nothing of the format ---------------------------------------------------
@@ -583,6 +584,45 @@ def tensorflow_edits(draw: st.DrawFn, data: bytes) -> bytes:
 
     if end + BLOCK_TRAILER <= len(buf):
         rewrite_block_crc(buf, handle.offset, handle.size)
+
+
+# --- GGUF: the integer fields of the header (counts, lengths, value and ggml types, dims, offsets) --
+
+_GGUF_FIELDS: dict[bytes, list[tuple[int, int]]] = {}
+
+
+def gguf_int_fields(data: bytes) -> list[tuple[int, int]]:
+    """``(position, width)`` of every integer field gguf-py's reader finds in the header of ``data``."""
+    key = hashlib.sha256(data).digest()
+    if key not in _GGUF_FIELDS:
+        import tempfile
+
+        import gguf
+
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+            f.write(data)
+            f.flush()
+            reader = gguf.GGUFReader(f.name)
+            found: set[tuple[int, int]] = set()
+            for record in [*reader.fields.values(), *(t.field for t in reader.tensors)]:
+                pos = record.offset
+                for part in record.parts:
+                    if part.size == 1 and part.dtype.itemsize in (4, 8) and part.dtype.kind in "iu":
+                        found.add((pos, part.dtype.itemsize))
+                    pos += part.nbytes
+        _GGUF_FIELDS[key] = sorted(found)
+    return _GGUF_FIELDS[key]
+
+
+@st.composite
+def gguf_header_edits(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` with one to three integer fields of its GGUF header overwritten with an interesting value."""
+    buf = bytearray(data)
+    fields = gguf_int_fields(data)
+    for _ in range(draw(st.integers(1, 3))):
+        pos, width = draw(st.sampled_from(fields))
+        value = draw(st.sampled_from([*INTERESTING_INTS, 3, 9, 12, 13, 30, 41, 99]))
+        buf[pos : pos + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
     return bytes(buf)
 
 

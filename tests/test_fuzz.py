@@ -76,6 +76,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> None:
             "onnx": [*onnx_models, ((onnx_dir / "external_data.onnx").read_bytes(), external)],
             "keras_h5": files(made / "v3.weights.h5", made / "legacy.h5", *realworld_files("*.weights.h5")),
             "keras_zip": files(made / "model.keras", *realworld_files("*.keras")),
+            "gguf": files(_gguf_seed(made / "seed.gguf"), *realworld_files("*.gguf")),
         }
     )
 
@@ -103,6 +104,7 @@ STRUCTURED = {
     "onnx": fuzzing.onnx_edits,
     "keras_h5": fuzzing.keras_h5_edits,
     "keras_zip": fuzzing.keras_zip_edits,
+    "gguf": fuzzing.gguf_header_edits,
 }
 
 
@@ -158,6 +160,28 @@ def _dense_layers() -> dict[str, np.ndarray]:
         "dense/bias": np.zeros(4, np.float32),
         "dense_1/kernel": rng.standard_normal((4, 2)).astype(np.float16),
     }
+
+
+def _gguf_seed(path: Path) -> Path:
+    """A GGUF file gguf-py writes: plain and quantized tensors, string, number and nested array metadata."""
+    import gguf
+
+    rng = np.random.default_rng(4)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_token_list(["a", "b", "c"])
+    w.add_array("test.nested", [[1, 2], [3]])
+    w.add_tensor("f32", rng.standard_normal((4, 8)).astype(np.float32))
+    w.add_tensor("f16", rng.standard_normal(8).astype(np.float16))
+    q8 = gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("q8", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    q4k = rng.integers(0, 256, (1, 144), dtype=np.uint8)
+    w.add_tensor("q4k", q4k, raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 class Blob(bytes):

@@ -53,7 +53,10 @@ def _names(kind: str) -> set[str]:
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
 @click.option(
-    "--dtype", metavar="DTYPE", help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...), or complex ones."
+    "--dtype",
+    metavar="DTYPE",
+    help="Cast floating-point tensors to DTYPE (float16, bfloat16, ...), or complex ones; q8_0 or q4_0 quantize "
+    "matrices when writing GGUF.",
 )
 @click.option(
     "--select",
@@ -67,8 +70,9 @@ def _names(kind: str) -> set[str]:
 @click.option("--no-verify", is_flag=True, help="Skip re-reading the output to check every tensor.")
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
 @click.option(
-    "--layout", type=click.Choice(["keras", "torch"]),
-    help="Translate layouts between PyTorch and Keras: to Keras names and channels-last kernels, or back.",
+    "--layout", type=click.Choice(["keras", "torch", "gguf"]),
+    help="Translate layouts between PyTorch and Keras: to Keras names and channels-last kernels, or back; gguf: "
+    "Hugging Face names to GGUF's, q/k rows permuted as llama.cpp's converter does (needs config.json).",
 )  # fmt: skip
 @click.option(
     "--layout-hint", "layout_hints", multiple=True, metavar="NAME=KIND",
@@ -105,7 +109,7 @@ def command(
     read_names, write_names = _names("read"), _names("write")
     read_opts = {k: v for k, v in format_opts.items() if k in read_names}
     write_opts = {k: v for k, v in format_opts.items() if k in write_names}
-    if (plan_only or layout_hints) and not layout:
+    if (plan_only or layout_hints) and layout not in ("keras", "torch"):
         raise UsageError("--plan and --layout-hint go with --layout keras|torch")
     if plan_only:
         plan = plan_layout(

@@ -82,6 +82,10 @@ DTYPES: tuple[DType, ...] = (
 )
 # fmt: on
 
+# Block quantizations, not element types: ``--dtype q8_0`` asks a writer that quantizes (GGUF, through
+# its ``quantize`` option) to store matrices so; the tensors still read back as float32.
+BLOCK_QUANTIZATIONS = ("q8_0", "q4_0")
+
 _BY_NAME = {d.name: d for d in DTYPES}
 _ALIASES = {
     "fp64": "float64", "double": "float64", "f64": "float64",

@@ -124,6 +124,15 @@ class Checkpoint(ABC):
         """
         return None
 
+    def stored_type(self, name: str) -> str:
+        """How the tensor is stored: its dtype's name, or the format's own encoding when that differs
+        (a GGUF quantization such as ``Q4_K``, read back as float32)."""
+        return self.info(name).dtype.name
+
+    def stored_bytes(self, name: str) -> int:
+        """The bytes the tensor takes in the file (fewer than ``nbytes`` for a quantized tensor)."""
+        return self.info(name).nbytes
+
     def read_torch(self, name: str) -> Any:
         """The tensor as a ``torch.Tensor`` (needs torch installed; bfloat16 and float8 kept)."""
         from ckptkit.core.torch_interop import numpy_to_torch

@@ -160,6 +160,9 @@ def _fill_side(t: TensorDiff, ckpt: Checkpoint, name: str, side: str, unsupporte
     setattr(t, f"dtype_{side}", info.dtype.name)
     setattr(t, f"shape_{side}", info.shape)
     setattr(t, f"alias_{side}", target)
+    stored = ckpt.stored_type(info.name)
+    if stored != info.dtype.name:
+        setattr(t, f"storage_{side}", stored)
     if target is None:  # a tied alias's storage is counted once, under the tensor it points at
         setattr(t, f"parameters_{side}", info.numel)
-        setattr(t, f"bytes_{side}", info.nbytes)
+        setattr(t, f"bytes_{side}", ckpt.stored_bytes(info.name))

@@ -76,6 +76,9 @@ def run(
                 spans.append((tasks.submit(accumulate, xa, xb, lo, hi), share))
             pending.append((index, spans, nbytes))
             inflight += nbytes
+            # Drop this pair before reading the next: a reader that builds its arrays (GGUF dequantizing)
+            # would otherwise hold two large tensors at once.
+            del xa, xb
         while pending:
             finish_oldest()
     return results

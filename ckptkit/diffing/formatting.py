@@ -14,6 +14,7 @@ DRIFT_COLUMNS = (
     ("mean_abs", "mean |Δ|"),
     ("rel_l2", "rel L2"),
     ("cosine", "cosine"),
+    ("snr_db", "SNR dB"),
     ("identical", "identical"),
     ("nonfinite", "NaN/Inf"),
 )
@@ -107,10 +108,12 @@ def shape(dims: Any) -> str:
 
 
 def tensor_dtype(t: TensorDiff) -> str:
-    """``float16``, or ``float32 → float16`` when the dtype changed."""
-    if t.dtype_changed:
-        return f"{t.dtype_a} → {t.dtype_b}"
-    return t.dtype_a or t.dtype_b or "-"
+    """``float16``, or ``float32 → float16`` when the dtype changed; a side stored otherwise (a GGUF
+    quantization) shows its encoding: ``float16 → Q4_K``."""
+    a, b = t.storage_a or t.dtype_a, t.storage_b or t.dtype_b
+    if t.dtype_changed or (t.status != "only_a" and t.status != "only_b" and a != b):
+        return f"{a} → {b}"
+    return a or b or "-"
 
 
 def unsupported_reason(t: TensorDiff) -> str:

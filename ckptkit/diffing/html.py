@@ -69,6 +69,7 @@ def render_html(report: DiffReport) -> str:
         _verdict(report),
         "<h2>Size</h2>",
         _size_table(report),
+        *(["<h2>Drift by quantization type</h2>", _storage_table(report)] if report.quantized else []),
         "<h2>Drift per layer (relative L2, log scale)</h2>",
         _chart(report.layers, {t.layer for t in report.tensors if t.name in bad}),
         "<h2>Layers</h2>",
@@ -217,6 +218,17 @@ def _layer_table(layers: Sequence[LayerDiff]) -> str:
         for x in layers
     )
     head = _headers("layer", "tensors", "parameters A", "parameters B", "size B")
+    return f'<div class="scroll"><table class="sortable">{head}<tbody>{rows}</tbody></table></div>'
+
+
+def _storage_table(report: DiffReport) -> str:
+    rows = "".join(
+        f"<tr><td><code>{escape(g.storage)}</code></td>{_num_cell(g.tensors)}"
+        f"{_num_cell(g.parameters, fmt.count(g.parameters))}{_num_cell(g.bytes_a, fmt.size(g.bytes_a))}"
+        f"{_num_cell(g.bytes_b, fmt.size(g.bytes_b))}{_metric_cells(g.metrics)}</tr>"
+        for g in report.by_storage()
+    )
+    head = _headers("stored as", "tensors", "parameters", "size A", "size B")
     return f'<div class="scroll"><table class="sortable">{head}<tbody>{rows}</tbody></table></div>'
 
 

@@ -73,6 +73,17 @@ def _render(report: DiffReport, limit: int) -> str:
         "",
     ]
     headings = [title for _, title in fmt.DRIFT_COLUMNS]
+    if report.quantized:
+        groups = report.by_storage()
+        out += ["#### Drift by quantization type", ""]
+        out += _table(
+            ["stored as", "tensors", "parameters", "size A", "size B", *headings],
+            (
+                [code(g.storage), str(g.tensors), fmt.count(g.parameters), fmt.size(g.bytes_a), fmt.size(g.bytes_b),
+                 *_cells(g.metrics)]
+                for g in groups
+            ),
+        )  # fmt: skip
     layers = report.most_drifted_layers(limit)
     out += [f"#### Most drifted layers ({len(layers)} of {len(report.most_drifted_layers())})", ""]
     out += _table(

@@ -65,11 +65,14 @@ class Accumulator:
         norm_a, norm_b = math.sqrt(self.sum_sq_a), math.sqrt(self.sum_sq_b)
         l2 = math.sqrt(self.sum_sq_diff)
         rel_l2 = l2 / norm_a if norm_a > 0 else (0.0 if l2 == 0 else math.inf)
+        # Signal-to-noise in dB, how quantization error is usually quoted: 20 log10(|A| / |A - B|).
+        snr_db = math.inf if l2 == 0 else (20 * math.log10(norm_a / l2) if norm_a > 0 else -math.inf)
         return {
             "max_abs": self.max_abs,
             "mean_abs": self.sum_abs / self.finite if self.finite else (0.0 if not self.elements else None),
             "l2": l2,
             "rel_l2": rel_l2,
+            "snr_db": snr_db,
             "cosine": _cosine(self.sum_sq_diff, norm_a, norm_b) if self.finite or not self.elements else None,
             "identical": self.identical / self.elements if self.elements else 1.0,
             "elements": self.elements,

@@ -41,8 +41,9 @@ class Side:
         by_dtype: Counter[str] = Counter()
         params: Counter[str] = Counter()
         for ti in ckpt.tensor_infos():
-            by_dtype[ti.dtype.name] += ti.nbytes
-            params[ti.dtype.name] += ti.numel
+            stored = ckpt.stored_type(ti.name)
+            by_dtype[stored] += ckpt.stored_bytes(ti.name)
+            params[stored] += ti.numel
         return cls(
             path=str(ckpt.path) if ckpt.path is not None else "<memory>",
             format=ckpt.format_name,
@@ -81,7 +82,14 @@ class TensorDiff:
     alias_b: str | None = None
     unsupported_a: str | None = None  # why ckptkit cannot read this tensor in A
     unsupported_b: str | None = None
+    storage_a: str | None = None  # how A stores it, when not as its dtype (a GGUF quantization: Q4_K)
+    storage_b: str | None = None
     accumulator: Accumulator | None = None  # set once the values are compared
+
+    @property
+    def storage(self) -> str:
+        """The encoding the comparison measures: B's storage (the quantized side, in A-against-quantized), else A's."""
+        return self.storage_b or self.storage_a or self.dtype_b or self.dtype_a or "-"
 
     @property
     def metrics(self) -> dict[str, Any] | None:
@@ -120,6 +128,22 @@ class LayerDiff:
     @property
     def metrics(self) -> dict[str, Any] | None:
         return self.accumulator.metrics() if self.compared else None
+
+
+@dataclass
+class StorageDiff:
+    """Compared tensors of one storage type (a quantization), their drift and sizes aggregated."""
+
+    storage: str
+    tensors: int = 0
+    parameters: int = 0
+    bytes_a: int = 0
+    bytes_b: int = 0
+    accumulator: Accumulator = field(default_factory=Accumulator)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.accumulator.metrics()
 
 
 @dataclass
@@ -189,6 +213,26 @@ class DiffReport:
             "bytes": self.b.bytes - self.a.bytes,
             "bytes_by_dtype": {d: self.b.bytes_by_dtype.get(d, 0) - self.a.bytes_by_dtype.get(d, 0) for d in dtypes},
         }
+
+    def by_storage(self) -> list[StorageDiff]:
+        """Compared tensors grouped by how they are stored (``Q4_K``, ``Q6_K``, ``float16``), the most drifted first.
+
+        Worth showing when a side is quantized: the drift of each quantization type taken together.
+        """
+        groups: dict[str, StorageDiff] = {}
+        for t in self.compared:
+            g = groups.setdefault(t.storage, StorageDiff(t.storage))
+            g.tensors += 1
+            g.parameters += t.parameters_b or t.parameters_a
+            g.bytes_a += t.bytes_a
+            g.bytes_b += t.bytes_b
+            g.accumulator.merge(t.accumulator or Accumulator())
+        return sorted(groups.values(), key=lambda g: drift_rank(g.metrics))
+
+    @property
+    def quantized(self) -> bool:
+        """Whether either side stores tensors otherwise than as their dtype."""
+        return any(t.storage_a or t.storage_b for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data, schema ``ckptkit.diff/1`` (see ``schema.json``)."""
@@ -264,6 +308,8 @@ def _tensor_dict(t: TensorDiff) -> dict[str, Any]:
         "alias_b": t.alias_b,
         "unsupported_a": t.unsupported_a,
         "unsupported_b": t.unsupported_b,
+        "storage_a": t.storage_a,
+        "storage_b": t.storage_b,
         "metrics": _json_metrics(t.metrics),
     }
 

@@ -25,7 +25,7 @@ from ckptkit.core.views import name_matches
 from ckptkit.diffing.report import COMPARED, ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff, Violation
 
 METRICS = (
-    "max_abs", "mean_abs", "l2", "rel_l2", "cosine", "identical",
+    "max_abs", "mean_abs", "l2", "rel_l2", "snr_db", "cosine", "identical",
     "nan_a", "nan_b", "inf_a", "inf_b", "nonfinite_mismatch",
 )  # fmt: skip
 KEYWORDS = ("missing", "only_a", "only_b", "shape", "dtype", "unsupported")
