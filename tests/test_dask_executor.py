@@ -15,6 +15,7 @@ import pytest
 
 import ckptkit
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.core.model import MemoryCheckpoint
 from ckptkit.hashing.manifest import build_manifest
 from ckptkit.io.workers import executor_spec, shard_executor, use_executor
 from ckptkit.verify import VerifyOptions, verify
@@ -49,10 +50,10 @@ def _arrays(blocks: int = 6) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _sharded_source(folder: Path, fmt: str = "safetensors") -> Path:
+def _sharded_source(folder: Path, fmt: str = "safetensors", aliases: dict[str, str] | None = None) -> Path:
     folder.mkdir()
     name = "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"
-    ckptkit.save(_arrays(), folder / name, fmt, shard_size="10KB")
+    ckptkit.save(MemoryCheckpoint(_arrays(), aliases=aliases), folder / name, fmt, shard_size="10KB")
     index = folder / f"{name}.index.json"
     assert index.is_file()
     return index
@@ -91,11 +92,12 @@ def test_sharded_convert_on_the_cluster_equals_the_local_one(tmp_path, address, 
 
 
 def test_hash_and_verify_on_the_cluster_equal_the_local_ones(tmp_path, address):
-    src = _sharded_source(tmp_path / "src")
+    src = _sharded_source(tmp_path / "src", aliases={"lm_head.weight": "embed.weight"})
     local = build_manifest(src)
     with use_executor(address):
         remote = build_manifest(src)
     assert remote.to_dict() == local.to_dict()
+    assert local.tensors["lm_head.weight"].alias_of == "embed.weight", "the index's tie reaches the worker"
     # A damaged shard: the same findings, in the same order, either way.
     shards = sorted(src.parent.glob("model-*.safetensors"))
     data = bytearray(shards[1].read_bytes())

@@ -8,7 +8,6 @@ import pytest
 
 import ckptkit
 from ckptkit import registry
-from ckptkit.core.errors import UnsupportedError
 from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
 from tests.conftest import FIXTURES, realworld_files
@@ -18,7 +17,23 @@ WRITABLE = [f.name for f in registry.formats() if f.can_write]
 # writer, the Keras 3 one included, name the layers).
 SOURCES = [FIXTURES / "mlp_fp32.pt", *realworld_files("aimed_digits.weights.h5")]
 TIED = FIXTURES / "tied_lm_fp16.pt"  # a head tied to the embedding: two names, one storage
-CASES = [pytest.param(src, fmt, id=f"{src.name}->{fmt}") for src in SOURCES for fmt in WRITABLE]
+
+
+def _writers_for(source) -> list[str]:
+    """The writers that keep the source's names and bytes, which a manifest of it needs.
+
+    The Keras 3 writer names each layer's group after its Keras class, which a PyTorch state dict
+    does not carry: it takes one only through ``--layout keras`` or ``--template``, which rename
+    and transpose tensors, so no manifest of the original could hold for the result (those
+    conversions are proved by the outputs Keras computes, in test_keras_layout.py). The legacy
+    ``.h5`` writer (``keras-h5``) keeps PyTorch names and bytes and stays in.
+    """
+    if registry.detect(source).name == "torch":
+        return [fmt for fmt in WRITABLE if fmt != "keras"]
+    return WRITABLE
+
+
+CASES = [pytest.param(src, fmt, id=f"{src.name}->{fmt}") for src in SOURCES for fmt in _writers_for(src)]
 
 
 def _manifest_file(tmp_path, source):
@@ -36,10 +51,7 @@ def _victim(source) -> str:
 def _convert(folder, fmt, source):
     folder.mkdir()
     dst = folder / f"converted{registry.get(fmt).default_extension}"
-    try:
-        ckptkit.convert(source, dst, to_format=fmt)
-    except UnsupportedError as err:  # e.g. Keras 3 files need a model template to name layers
-        pytest.skip(f"the {fmt} writer refuses this checkpoint: {err}")
+    ckptkit.convert(source, dst, to_format=fmt)
     return dst
 
 
@@ -77,7 +89,7 @@ def test_one_flipped_byte_is_found_and_the_tensor_named(tmp_path, source, fmt):
     assert {f.tensor for f in report.findings} <= {victim, ""}
 
 
-@pytest.mark.parametrize("fmt", WRITABLE)
+@pytest.mark.parametrize("fmt", _writers_for(TIED))
 def test_tied_weights_keep_their_hashes_through_conversion(tmp_path, fmt):
     manifest = tmp_path / "tied.json"
     original = build_manifest(TIED)

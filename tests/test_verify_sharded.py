@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import ckptkit
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.hashing.manifest import build_manifest
 from ckptkit.verify import VerifyOptions, verify
+from tests.conftest import FIXTURES
 
 INDEX = "model.safetensors.index.json"
 
@@ -262,3 +264,82 @@ def test_an_index_that_cannot_be_read_is_a_finding_on_the_command_line_too(tmp_p
     assert result.code == 1, result.stderr
     [finding] = json.loads(result.stdout)["findings"]
     assert finding["check"] == "index.invalid" and "weight_map" in finding["message"]
+
+
+TIED = FIXTURES / "tied_lm_fp32.pt"  # head.weight tied to embed.weight
+
+
+def _tied_copies(tmp_path):
+    """The tied model as torch.save wrote it, as one safetensors file, and in safetensors shards."""
+    single = tmp_path / "single" / "model.safetensors"
+    sharded = tmp_path / "sharded" / "model.safetensors"
+    for dst, options in ((single, {}), (sharded, {"shard_size": "1KB"})):
+        dst.parent.mkdir()
+        ckptkit.convert(TIED, dst, to_format="safetensors", options=options)
+    index = sharded.parent / INDEX
+    doc = json.loads(index.read_text())
+    assert doc["metadata"]["ckptkit:aliases"] == {"head.weight": "embed.weight"}
+    assert len(set(doc["weight_map"].values())) > 1, "the model did not shard"
+    return {"pt": TIED, "single": single, "sharded": index}
+
+
+def test_tied_weights_hash_and_verify_alike_in_one_file_and_in_shards(tmp_path):
+    copies = _tied_copies(tmp_path)
+    manifests = {kind: build_manifest(path) for kind, path in copies.items()}
+    assert len({m.root for m in manifests.values()}) == 1
+    for m in manifests.values():
+        assert m.tensors["head.weight"] == replace(m.tensors["embed.weight"], alias_of="embed.weight")
+    for made_from, m in manifests.items():
+        path = tmp_path / f"{made_from}.json"
+        path.write_text(json.dumps(m.to_dict()))
+        for kind, target in copies.items():
+            report = verify([target], VerifyOptions(manifest=path))
+            assert report.exit_code == 0, (made_from, kind, [f.to_dict() for f in report.findings])
+    # Left out, the tensor a tie shares makes the tied name a tensor of its own, sharded or not.
+    kept = [build_manifest(p, exclude=["embed.weight"]).tensors for p in copies.values()]
+    assert kept[0] == kept[1] == kept[2] and kept[0]["head.weight"].alias_of is None
+
+
+@pytest.mark.parametrize(
+    ("aliases", "kind", "fragment"),
+    [
+        pytest.param({"head.weight": "nope"}, "alias-target", "no shard holds a tensor 'nope'", id="no-such-tensor"),
+        pytest.param({"norm.bias": "embed.weight"}, "alias-name", "as a tensor of its own", id="tie-over-a-tensor"),
+    ],
+)
+def test_a_wrong_tie_in_the_index_is_judged_alike_by_reader_hash_and_verify(tmp_path, aliases, kind, fragment):
+    index = _tied_copies(tmp_path)["sharded"]
+    doc = json.loads(index.read_text())
+    doc["metadata"]["ckptkit:aliases"] = aliases
+    index.write_text(json.dumps(doc))
+    errors = [f for f in verify([index]).findings if f.severity == "error"]
+    assert [(f.check, f.tensor) for f in errors] == [(f"index.{kind}", next(iter(aliases)))]
+    assert fragment in errors[0].message and errors[0].file == str(index)
+    with pytest.raises(CorruptCheckpointError) as read:
+        ckptkit.load(index)
+    with pytest.raises(CorruptCheckpointError) as hashed:
+        build_manifest(index)
+    assert read.value.message == hashed.value.message == errors[0].message
+
+
+def test_an_alias_map_that_is_not_one_makes_the_index_invalid(tmp_path):
+    index = _sharded(tmp_path / "m")
+    doc = json.loads(index.read_text())
+    doc["metadata"]["ckptkit:aliases"] = ["head", "embed.weight"]
+    index.write_text(json.dumps(doc))
+    report = verify([index])
+    assert _errors(report) == [("index.invalid", "")]
+    assert "ckptkit:aliases must map names to names" in report.findings[0].message
+    with pytest.raises(CorruptCheckpointError, match="must map names to names"):
+        build_manifest(index)
+
+
+def test_a_tie_into_a_shard_that_could_not_be_opened_is_not_judged(tmp_path):
+    from ckptkit.io.shards.index import ShardIndex
+
+    index = ShardIndex(
+        tmp_path / INDEX, {"a": SHARD_1, "b": SHARD_2}, (SHARD_1, SHARD_2), {}, aliases={"t": "b", "u": "ghost"}
+    )
+    assert index.alias_faults({SHARD_1: ["a"]}) == [], "b's shard and any unlisted tensor may be the missing one's"
+    faults = index.alias_faults({SHARD_1: ["a"], SHARD_2: ["b"]})
+    assert [(f.kind, f.tensor) for f in faults] == [("alias-target", "u")]

@@ -258,16 +258,29 @@ class _ShardHash:
     file_hashes: bool
     workers: int | None
     progress: ProgressFn | None
+    ties: Mapping[str, str] = field(default_factory=dict)  # the index's aliases of this shard's tensors
 
 
 def hash_shard(task: _ShardHash) -> tuple[dict[str, TensorEntry], str, dict[Path, str | None]]:
     """One shard's manifest entries, format name and file digests."""
+    # The shard is this task's own (reopened from its recipe on a remote worker): a tie the index
+    # records becomes its alias and is hashed as a single file's alias is, --exclude included.
+    task.ckpt.aliases.update(task.ties)
     ckpt = _excluding(task.ckpt, task.exclude)
     files = files_of(ckpt)
     result = scan(
         ckpt, hashes=True, files=files if task.file_hashes else (), workers=task.workers, progress=task.progress
     )
     return entries_from_scan(ckpt, result), ckpt.format_name, {f: result.files.get(f) for f in files}
+
+
+def _ties(index: ShardIndex, shards: Mapping[str, Checkpoint]) -> dict[str, dict[str, str]]:
+    """Each shard's part of the index's aliases: the ties to the tensors it holds."""
+    ties: dict[str, dict[str, str]] = {}
+    for shard, opened in shards.items():
+        held = set(opened.names())
+        ties[shard] = {alias: target for alias, target in index.aliases.items() if target in held}
+    return ties
 
 
 def _sharded_manifest(
@@ -284,12 +297,18 @@ def _sharded_manifest(
         # the command before it reads gigabytes.
         shards = {s: stack.enter_context(registry.open_checkpoint(index.shard_path(s))) for s in index.shard_names}
         index.check_placement({shard: _all_names(opened) for shard, opened in shards.items()})
-        todo = [o for o in shards.values() if not (exclude and all(name_matches(n, exclude) for n in _all_names(o)))]
+        index.check_aliases({shard: opened.names() for shard, opened in shards.items()})
+        ties = _ties(index, shards)
+        todo = [
+            (opened, ties[shard])
+            for shard, opened in shards.items()
+            if not (exclude and all(name_matches(n, exclude) for n in [*_all_names(opened), *ties[shard]]))
+        ]
         # Locally, one shard after another, each on all threads; on a cluster, a shard per task.
         runner = shard_executor(concurrent=False, workers=1)
         here = not runner.remote
-        tasks = [_ShardHash(o, tuple(exclude), file_hashes, workers if here else None, progress if here else None)
-                 for o in todo]  # fmt: skip
+        tasks = [_ShardHash(o, tuple(exclude), file_hashes, workers if here else None, progress if here else None, t)
+                 for o, t in todo]  # fmt: skip
         for entries, format_name, file_digests in runner.map(hash_shard, tasks):
             tensors.update(entries)
             formats.append(format_name)

@@ -4,8 +4,9 @@ Checked: the index parses and maps names to shard files; no shard name leaves th
 as written: a shard may be a symbolic link, as in the Hugging Face cache); every named shard
 exists and verifies; numbered shard series (``model-00002-of-00005.safetensors``) are complete in
 the index; no shard of the series lies in the folder unnamed; every tensor the index names is in
-its shard and in no other; no shard holds tensors the index does not name; and
-``metadata.total_size`` equals the bytes of the tensors.
+its shard and in no other; no shard holds tensors the index does not name; every tied name the
+index records (metadata ``ckptkit:aliases``) shares a tensor a shard holds and is seen under its
+name; and ``metadata.total_size`` equals the bytes of the tensors.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def check_sharded(
             found[shard] = contents
     _check_series(index, report)
     seen = _check_placement(index, found, report)
+    _add_aliases(index, found, seen, report)
     if not complete:
         return None
     if expected_size is not None and not any(f.check == UNSUPPORTED for f in report.findings):
@@ -171,6 +173,20 @@ def _check_placement(index: ShardIndex, found: dict[str, dict[str, Seen]], repor
         for name, s in seen_in_shard.items():
             seen.setdefault(name, s)
     return seen
+
+
+def _add_aliases(
+    index: ShardIndex, found: dict[str, dict[str, Seen]], seen: dict[str, Seen], report: TargetReport
+) -> None:
+    """The index's tied names, judged against the shards and added to ``seen`` with their tensor's facts."""
+    tensors = {shard: [n for n, s in in_shard.items() if s.alias_of is None] for shard, in_shard in found.items()}
+    faults = index.alias_faults(tensors)
+    for fault in faults:
+        report.add(error(f"index.{fault.kind}", fault.message, index.path, fault.tensor))
+    faulty = {f.tensor for f in faults}
+    for alias, target in index.aliases.items():
+        if alias not in faulty and target in seen:
+            seen[alias] = replace(seen[target], alias_of=target)
 
 
 def _nbytes(s: Seen) -> int:

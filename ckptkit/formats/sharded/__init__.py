@@ -82,7 +82,7 @@ class ShardedCheckpoint(Checkpoint):
             for name in self.shard_files:  # a shard that needs what its siblings state reopens itself
                 self.shards[name] = self.shards[name].among_shards(opened)
             self._collect(index)
-            self._read_metadata(index.metadata)
+            self._read_metadata(index)
         except BaseException:
             self.close()
             raise
@@ -96,6 +96,7 @@ class ShardedCheckpoint(Checkpoint):
         index.check_placement(
             {f: [*(ti.name for ti in s.tensor_infos()), *s.aliases, *s.unsupported] for f, s in self.shards.items()}
         )
+        index.check_aliases({f: s.names() for f, s in self.shards.items()})
         self._infos: list[TensorInfo] = []
         self._owner: dict[str, str] = {}
         for file_name, shard in self.shards.items():
@@ -104,7 +105,8 @@ class ShardedCheckpoint(Checkpoint):
                 self._infos.append(TensorInfo(ti.name, ti.dtype, ti.shape, f"{file_name}: {ti.location}".rstrip(": ")))
             self.unsupported.update(shard.unsupported)
 
-    def _read_metadata(self, index_meta: Mapping[str, Any]) -> None:
+    def _read_metadata(self, index: ShardIndex) -> None:
+        index_meta = index.metadata
         shards = list(self.shards.values())
         common = dict(shards[0].metadata) if shards else {}
         for s in shards[1:]:
@@ -117,15 +119,7 @@ class ShardedCheckpoint(Checkpoint):
         for s in shards:
             self.aliases.update(s.aliases)
             self.extras.update(s.extras)
-        aliases = index_meta.get(ALIASES_KEY) or {}
-        if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
-            raise CorruptCheckpointError(f"index metadata {ALIASES_KEY} must map names to names")
-        missing = sorted(t for t in aliases.values() if t not in self._owner)
-        if missing:
-            raise CorruptCheckpointError(
-                f"index metadata {ALIASES_KEY} points at tensors no shard holds: {missing[:5]}"
-            )
-        self.aliases.update(aliases)
+        self.aliases.update(index.aliases)  # parsed and checked against the shards by the index
         extras = index_meta.get(EXTRAS_KEY) or {}
         if isinstance(extras, dict):
             self.extras.update(extras)

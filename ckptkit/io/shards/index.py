@@ -11,19 +11,22 @@ Shard names are relative to the index's folder and judged as written
 Face cache snapshot is. The reader, ``verify`` and ``hash`` all read indexes through
 :func:`read_index`, ask :meth:`ShardIndex.fault` about each shard, and give what the shards hold
 to :meth:`ShardIndex.placement_faults`: the reader and ``hash`` stop at the first fault, ``verify``
-reports them all.
+reports them all. The tied-weight aliases ckptkit keeps in the index (metadata ``ckptkit:aliases``)
+are parsed here too, into :attr:`ShardIndex.aliases`, and judged against the shards by
+:meth:`ShardIndex.alias_faults`, so that the reader, ``hash`` and ``verify`` list a tied name alike.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
+from ckptkit.core.metadata import ALIASES_KEY
 from ckptkit.io.jsonfile import loads_noting_repeats
 from ckptkit.io.paths import is_inside_name
 
@@ -42,8 +45,9 @@ class ShardFault:
 
     ``kind`` is ``path-escape`` or ``shard-missing`` (a shard that cannot be opened),
     ``tensor-missing`` (not in the shard the index names), ``tensor-duplicate`` (in several shards,
-    or listed twice) or ``tensor-unlisted`` (in a shard, not in the index); ``tensor`` names the
-    tensor where there is one.
+    or listed twice), ``tensor-unlisted`` (in a shard, not in the index), ``alias-target`` (a tied
+    name whose tensor no shard holds) or ``alias-name`` (a tied name that is a tensor of its own);
+    ``tensor`` names the tensor (or tied name) where there is one.
     """
 
     kind: str
@@ -60,6 +64,7 @@ class ShardIndex:
     shard_names: tuple[str, ...]  # every shard named, in order of first mention
     metadata: dict[str, Any]
     repeated: tuple[str, ...] = ()  # keys written twice in one JSON object (JSON keeps the last)
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name -> tensor, from metadata ckptkit:aliases
 
     @property
     def folder(self) -> Path:
@@ -155,6 +160,34 @@ class ShardIndex:
         for fault in self.placement_faults(contents):
             raise CorruptCheckpointError(fault.message, self.path)
 
+    def alias_faults(self, tensors: Mapping[str, Collection[str]]) -> list[ShardFault]:
+        """Every tied name of :attr:`aliases` shares a tensor some shard holds, and is no tensor itself.
+
+        ``tensors`` maps each shard that could be opened to the tensors it holds that ckptkit reads
+        (not its own aliases). A tie to a tensor the index puts in a shard not in ``tensors`` is
+        not judged, nor a tie to an unlisted tensor while any shard is missing.
+        """
+        held = {name for names in tensors.values() for name in names}
+        complete = all(s in tensors for s in self.shard_names)
+        faults: list[ShardFault] = []
+        for alias, target in self.aliases.items():
+            tie = f"the index ties {alias!r} to {target!r} (metadata {ALIASES_KEY})"
+            if alias in held:
+                message = f"{tie}, but a shard holds {alias!r} as a tensor of its own; {_MISMATCH}"
+                faults.append(ShardFault("alias-name", message, alias))
+                continue
+            shard = self.weight_map.get(target)
+            judged = shard in tensors if shard is not None else complete
+            if judged and target not in held:
+                message = f"{tie}, but no shard holds a tensor {target!r} that ckptkit reads; {_MISMATCH}"
+                faults.append(ShardFault("alias-target", message, alias))
+        return faults
+
+    def check_aliases(self, tensors: Mapping[str, Collection[str]]) -> None:
+        """Raise the first of :meth:`alias_faults`."""
+        for fault in self.alias_faults(tensors):
+            raise CorruptCheckpointError(fault.message, self.path)
+
 
 def _count(n: int) -> str:
     return "two" if n == 2 else str(n)
@@ -191,7 +224,10 @@ def read_index(path: Path) -> ShardIndex:
         metadata = {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError('the shard index "metadata" is not a JSON object', path)
-    return ShardIndex(path, {} if keras else weight_map, tuple(shards), metadata, tuple(repeated))
+    aliases = metadata.get(ALIASES_KEY) or {}
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise CorruptCheckpointError(f"index metadata {ALIASES_KEY} must map names to names", path)
+    return ShardIndex(path, {} if keras else weight_map, tuple(shards), metadata, tuple(repeated), aliases)
 
 
 def is_index(path: Path) -> bool:
