@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.formats.torch import structure
-from ckptkit.formats.torch.unpickler import (
+from ckptkit.io.unpickler import (
     DANGEROUS_GLOBALS,
     OpaqueObject,
     PickledArray,
@@ -77,8 +77,9 @@ def test_collect_mode_records_every_finding_and_runs_nothing(tmp_path):
     )
     obj, findings = _unpickle(data, strict=False)
     assert not marker.exists()
+    reason = dangerous_reason(os.system.__module__, "system") or ""
     assert findings == [
-        PickleFinding(os.system.__module__, "system", "error", dangerous_reason(os.system.__module__, "system") or ""),
+        PickleFinding(os.system.__module__, "system", "error", reason, "pickle.call", site="a", more_sites=1),
         PickleFinding("argparse", "Namespace", "warning", "unknown class, kept as a placeholder"),
     ]
     assert isinstance(obj["a"], OpaqueObject) and obj["a"].args == (f"touch {marker}",)

@@ -188,5 +188,5 @@ def test_a_dangerous_global_beside_them_is_still_refused(mixed, tmp_path, cli):
         ckptkit.load(hostile)
     assert_one_line_error(cli("inspect", hostile), "os.system")
     checks = {f["check"] for f in json.loads(cli("verify", hostile, "--json").stdout)["findings"]}
-    assert "pickle.dangerous-global" in checks
+    assert "pickle.call" in checks
     assert not marker.exists()

@@ -410,10 +410,14 @@ def torch_zip_cases() -> list[Case]:
              lambda f: torch_zip(state_dict({"w": op_tensor("0", 4, (1,) * 65, (1,) * 65)})),
              fail("tensor 'w' has 65 dimensions; at most 64"), fail("65 dimensions"), "65 dimensions"),
         Case("pt_non_torch_global", "model.pt",
-             _pickle_in_zip({"cfg": op_call(op_global("__main__", "Config")) + b"}" + op_str("lr") + op_int(1)
+             _pickle_in_zip({"cfg": op_global("__main__", "Config") + b")\x81}" + op_str("lr") + op_int(1)
                              + b"sb"}),
              ok("<opaque __main__.Config>"), ok("1 tensors"),
-             "an unknown class beside the tensors: a placeholder, never imported"),
+             "an unknown class instantiated beside the tensors: a placeholder, never imported"),
+        Case("pt_non_torch_call", "model.pt",
+             _pickle_in_zip({"cfg": op_call(op_global("__main__", "Config"), op_str("lr"))}),
+             fail("the pickle calls __main__.Config at 'cfg'"), fail("pass --allow-global __main__.Config"),
+             "an unknown class called with arguments: refused by name, never imported"),
     ]  # fmt: skip
     return cases
 
@@ -423,12 +427,12 @@ def _payload(ops: Callable[[str], bytes]) -> Callable[[Path], bytes]:
     return lambda folder: torch_zip(state_dict({"w": W_OPS, "x": ops(str(folder / MARKER))}))
 
 
-def _refused(qualname: str) -> Expect:
-    return fail(f"the checkpoint's pickle calls {qualname}, which")
+def _refused(qualname: str, verb: str = "calls") -> Expect:
+    return fail(f"the pickle {verb} {qualname}")
 
 
-def _payload_case(name: str, qualname: str, ops: Callable[[str], bytes], about: str) -> Case:
-    return Case(name, "evil.pt", _payload(ops), _refused(qualname), _refused(qualname), about)
+def _payload_case(name: str, qualname: str, ops: Callable[[str], bytes], about: str, verb: str = "calls") -> Case:
+    return Case(name, "evil.pt", _payload(ops), _refused(qualname, verb), _refused(qualname, verb), about)
 
 
 def payload_cases() -> list[Case]:
@@ -475,7 +479,7 @@ def payload_cases() -> list[Case]:
                       lambda m: op_call(op_global("os.path", "join"), op_str(m)), "a submodule of a refused module"),
         _payload_case("pickle_dunder_attribute", "collections.OrderedDict.__init__.__globals__",
                       lambda m: op_global("collections", "OrderedDict.__init__.__globals__"),
-                      "a dotted global reaching __globals__ through an allowed class"),
+                      "a dotted global reaching __globals__ through an allowed class", verb="refers to"),
         _payload_case("pickle_nested_pickle", "pickle.loads",
                       lambda m: op_call(op_global("pickle", "loads"), b"C\x01."), "pickle.loads of nested bytes"),
         _payload_case("pickle_torch_load", "torch.load", lambda m: op_call(op_global("torch", "load"), op_str(m)),

@@ -23,9 +23,9 @@ from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint
 from ckptkit.formats.torch.archive import ZIP_MAGIC, first_member_name, is_legacy_head, zip_root
 from ckptkit.formats.torch.reader import TorchCheckpoint, scan_findings
-from ckptkit.formats.torch.unpickler import PickleFinding
 from ckptkit.formats.torch.writer import NOT_IN_TORCH, write_torch
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION, shardable
+from ckptkit.io.unpickler import PickleFinding
 from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip
 
 

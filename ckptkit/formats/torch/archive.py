@@ -13,14 +13,15 @@ Both give an :class:`Archive`: the unpickled object tree and where each storage'
 from __future__ import annotations
 
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO
 
 from ckptkit.core import limits
-from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler, StorageRef, load
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
+from ckptkit.io.unpickler import PickleFinding, SafeUnpickler, StorageRef, load
 from ckptkit.io.ziparchive import LOCAL_HEADER_MAGIC, member_data_offset, open_zip, parse_local_header, read_member
 
 ZIP_MAGIC = LOCAL_HEADER_MAGIC
@@ -68,6 +69,38 @@ def zip_root(names: list[str]) -> str | None:
     return None
 
 
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+def member_problems(names: list[str]) -> list[str]:
+    """Why a torch zip's members are ambiguous: a name given twice, pickles in two root folders.
+
+    A loader may read any of the copies (zip readers disagree on which one counts), so ckptkit
+    would check one pickle and torch might load another.
+    """
+    problems = [
+        f"the zip holds {n} members named {name}; zip readers disagree about which one counts, so a loader may "
+        "read one ckptkit did not check"
+        for name, n in Counter(names).items()
+        if n > 1
+    ]
+    roots = sorted({n.rpartition("/")[0] for n in names if n.rpartition("/")[2] in ("data.pkl", "constants.pkl")
+                    and n.count("/") <= 1})  # fmt: skip
+    if len(roots) > 1:
+        shown = ", ".join(repr(r + "/") for r in roots)
+        problems.append(
+            f"the zip holds a data.pkl in {len(roots)} folders ({shown}); loaders pick different ones, so a loader "
+            "may read one ckptkit did not check"
+        )
+    return problems
+
+
+def extra_pickles(names: list[str], root: str) -> list[str]:
+    """Members besides ``<root>/data.pkl`` that are pickles by name: loaders and scanners may read them."""
+    main = root + "data.pkl"
+    return list(dict.fromkeys(n for n in names if n != main and n.lower().endswith(PICKLE_SUFFIXES)))
+
+
 def first_member_name(head: bytes) -> str:
     """The file name in the zip's first local header (empty if ``head`` is too short)."""
     header = parse_local_header(head)
@@ -89,6 +122,14 @@ def read_zip(f: BinaryIO, size: int, strict: bool) -> Archive:
     pickle_info = zf.NameToInfo.get(root + "data.pkl")
     if pickle_info is None:
         raise CorruptCheckpointError(f"the zip archive has no {root}data.pkl record")
+    problems = member_problems(names)
+    if problems:
+        raise UnsafeCheckpointError(problems[0])
+    for extra in extra_pickles(names, root):
+        try:
+            load(BytesIO(read_member(zf, zf.NameToInfo[extra], "pickle_bytes")), extra, strict=strict)
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f"{extra}: {err.message}") from None
     data = read_member(zf, pickle_info, "pickle_bytes")
     big_endian = False
     order_info = zf.NameToInfo.get(root + "byteorder")

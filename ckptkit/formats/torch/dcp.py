@@ -35,9 +35,9 @@ from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.torch.archive import ZIP_MAGIC, read_zip
 from ckptkit.formats.torch.reader import check_bounds, record_array
 from ckptkit.formats.torch.structure import flatten, unsupported_reason
-from ckptkit.formats.torch.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
 from ckptkit.formats.torch.writer import NOT_IN_TORCH
 from ckptkit.io.paths import check_relative_name
+from ckptkit.io.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
 
 METADATA_NAME = ".metadata"
 DATA_SUFFIX = ".distcp"

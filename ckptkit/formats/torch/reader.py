@@ -15,7 +15,7 @@ from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
-from ckptkit.formats.torch.unpickler import PickleFinding, TensorRecord
+from ckptkit.io.unpickler import PickleFinding, TensorRecord
 
 ROOT_KEY = "torch:root"
 FORMAT_KEY = "torch:format"

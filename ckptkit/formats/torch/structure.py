@@ -15,8 +15,8 @@ import numpy as np
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.formats.torch import unpickler
-from ckptkit.formats.torch.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
+from ckptkit.io import unpickler
+from ckptkit.io.unpickler import Marker, OpaqueObject, PickledArray, TensorRecord, UnsupportedTensor
 
 BARE_TENSOR_NAME = "tensor"
 MAX_ARRAY_LIST = 64  # numpy arrays up to this many numbers are kept as lists in extras

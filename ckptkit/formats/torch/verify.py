@@ -21,10 +21,10 @@ from pathlib import Path
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, UnsupportedError, describe_read_error
 from ckptkit.core.findings import Finding, error, warning
-from ckptkit.formats.torch.archive import ZIP_MAGIC, zip_root
+from ckptkit.formats.torch.archive import ZIP_MAGIC, _BoundedReader, extra_pickles, member_problems, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
-from ckptkit.formats.torch.unpickler import PickleFinding, SafeUnpickler
+from ckptkit.io.unpickler import PickleFinding, SafeUnpickler
 from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
 
@@ -87,23 +87,43 @@ def check_dcp(path: Path) -> list[Finding]:
 
 
 def _legacy(path: Path) -> list[Finding]:
+    """Each of the legacy file's five pickles scanned with the same rules, every finding kept."""
+    findings: list[Finding] = []
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        reader = _BoundedReader(f, min(size, limits.current().pickle_bytes))
+        for what in _LEGACY_PICKLES:
+            unpickler = SafeUnpickler(reader, strict=False)
+            try:
+                unpickler.load()
+            except Exception as err:  # a hostile pickle can make the unpickler raise anything
+                findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
+                why = describe_read_error(err, "the pickle is malformed")
+                findings.append(error("torch.pickle", f"{what} cannot be parsed to the end: {why}; the pickles after "
+                                      "it were not checked", path))  # fmt: skip
+                return findings
+            findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
     try:
-        return [_pickle_finding(path, pf) for pf in scan_findings(path)]
+        scan_findings(path)
     except CkptkitError as err:
-        return [error("torch.pickle", err.message, path)]
+        findings.append(error("torch.pickle", err.message, path))
+    return findings
 
 
-def _pickle_finding(path: Path, pf: PickleFinding) -> Finding:
-    if pf.severity == "error":
-        message = f"the pickle refers to {pf.qualname}, which {pf.reason}; nothing was run"
-        return error("pickle.dangerous-global", message, path)
-    return warning("pickle.unknown-global", f"the pickle names {pf.qualname}, not on the allow-list: {pf.reason}", path)
+_LEGACY_PICKLES = ("the magic-number pickle", "the protocol-version pickle", "the sys_info pickle", "the main pickle",
+                   "the storage-key list")  # fmt: skip
+
+
+def pickle_finding(path: Path, pf: PickleFinding, member: str = "") -> Finding:
+    """A pickle finding as ``verify`` reports it, in the words a refusing reader uses."""
+    return Finding(pf.severity, pf.check, f"{member}: {pf.message}" if member else pf.message, str(path))
 
 
 def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
     findings: list[Finding] = []
     size = len(mm)
-    records, damage = _records(path, mm)
+    every, damage = _records(path, mm)
+    records = {r.name: r for r in every}
     if damage:
         findings.append(error(
             "torch.zip",
@@ -114,9 +134,15 @@ def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
     if root is None:
         findings.append(error("torch.record", "no data.pkl record: the pickle that lists the tensors is missing", path))
         return findings
+    findings.extend(error("torch.member", problem, path) for problem in member_problems([r.name for r in every]))
+    main = records[root + "data.pkl"]
+    extras = set(extra_pickles([r.name for r in every], root))
+    for member in every:
+        if member.name in extras or (member.name == main.name and member != main):
+            findings.extend(_other_pickle(path, mm, member))
     if root + "version" not in records and root + ".data/version" not in records:
         findings.append(error("torch.record", f"no {root}version record, which torch.load requires", path))
-    users = _storage_users(path, mm, records[root + "data.pkl"], findings)
+    users = _storage_users(path, mm, main, findings)
     for name, rec in users.items():
         record = records.get(f"{root}data/{rec}")
         if record is None:
@@ -139,35 +165,38 @@ def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
     return findings
 
 
-def _records(path: Path, mm: mmap.mmap) -> tuple[dict[str, RecordSpan], str]:
-    """Every record and where its bytes lie, and what is wrong with the central directory ("" if nothing).
+def _records(path: Path, mm: mmap.mmap) -> tuple[list[RecordSpan], str]:
+    """Every record (a name given twice, twice) and where its bytes lie, and what is wrong with the central
+    directory ("" if nothing).
 
     Records whose local header is not where the directory says (bytes removed or changed before
     them), and all records when the directory is unreadable, are found by walking the local
     headers from the start instead.
     """
-    listed: dict[str, RecordSpan] = {}
+    listed: list[RecordSpan] = []
     headless: list[zipfile.ZipInfo] = []
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except ZIP_ERRORS as err:
-        return {r.name: r for r in walk_local_headers(mm)}, str(err)
+        return list(walk_local_headers(mm)), str(err)
     for info in infos:
         header = parse_local_header(mm, info.header_offset)
         if header is None and info.header_offset + LOCAL_HEADER.size <= len(mm):
             headless.append(info)
             continue
         data = len(mm) + 1 if header is None else header.data_offset  # a header cut off: the record is too
-        listed[info.filename] = RecordSpan(
+        listed.append(RecordSpan(
             info.filename, data, info.file_size, info.compress_type != zipfile.ZIP_STORED, info.CRC
-        )
+        ))  # fmt: skip
     if not headless:
         return listed, ""
     first = headless[0]
     more = f", and {len(headless) - 1} more records" if len(headless) > 1 else ""
     damage = f"record {first.filename}: no local file header at byte {first.header_offset}{more}"
-    return {**listed, **{r.name: r for r in walk_local_headers(mm)}}, damage
+    walked = list(walk_local_headers(mm))
+    found = {r.name for r in walked}
+    return [r for r in listed if r.name not in found] + walked, damage
 
 
 def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: RecordSpan, findings: list[Finding]) -> dict[str, str]:
@@ -192,8 +221,25 @@ def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: RecordSpan, findings: 
             else f"data.pkl cannot be parsed to the end: {describe_read_error(err, 'the pickle is malformed')}"
         )
         findings.append(error("torch.pickle", f"{what}; its tensors were not checked", path))
-    findings.extend(_pickle_finding(path, pf) for pf in unpickler.findings)
+    findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
     return {} if tree is None else {name: rec.storage.key for name, rec in tree.tensors.items()}
+
+
+def _other_pickle(path: Path, mm: mmap.mmap, record: RecordSpan) -> list[Finding]:
+    """A pickle member besides the data.pkl ckptkit reads, scanned with the same rules."""
+    if record.end > len(mm) or record.compressed or record.size > limits.current().pickle_bytes:
+        return [error("torch.member", f"{record.name} is a pickle ckptkit cannot check (cut short, compressed or "
+                      "too large); a loader may read it", path)]  # fmt: skip
+    findings = [warning("torch.member", f"{record.name} is a pickle besides data.pkl, which torch.load does not "
+                        "read but other loaders may; checked with the same rules", path)]  # fmt: skip
+    unpickler = SafeUnpickler(BytesIO(mm[record.data_offset : record.end]), strict=False)
+    try:
+        unpickler.load()
+    except Exception as err:  # a hostile pickle can make the unpickler raise anything
+        why = describe_read_error(err, "the pickle is malformed")
+        findings.append(error("torch.pickle", f"{record.name} cannot be parsed to the end: {why}", path))
+    findings.extend(pickle_finding(path, pf, record.name) for pf in unpickler.findings)
+    return findings
 
 
 def builds_on_globals(data: bytes) -> list[str]:

@@ -1,19 +1,27 @@
-"""An unpickler for ``torch.save`` pickles that never imports or calls what the pickle names.
+"""An unpickler for checkpoint pickles that never imports or calls what the pickle names.
 
 A pickle is a small program: its GLOBAL opcodes name any importable callable and REDUCE calls it,
 which is how a malicious checkpoint runs ``os.system`` inside ``torch.load``. This unpickler
-resolves every global itself (:meth:`SafeUnpickler.find_class`):
+resolves every global itself (:meth:`SafeUnpickler.find_class`) and judges what the pickle does
+with it, by allow-list:
 
 * allow-listed globals (the tensor rebuild functions, storage and dtype markers, plain-data
-  builtins, numpy scalars and arrays) map to ckptkit's own stand-ins, which build lightweight
-  records (:class:`TensorRecord`) instead of tensors and read no tensor data;
-* globals in :data:`DANGEROUS_GLOBALS` are refused with :class:`UnsafeCheckpointError`, or recorded
-  as an ``"error"`` finding in collect mode (``strict=False``, for a ``verify`` command);
+  builtins, numpy scalars and arrays, a few pure data constructors) map to ckptkit's own
+  stand-ins, which build lightweight records (:class:`TensorRecord`) instead of tensors;
 * every other global becomes a named placeholder class (:class:`OpaqueObject`) that records its
-  arguments and state, so tensors inside an ``argparse.Namespace`` or a training framework's
-  config object are still found; it is recorded as a ``"warning"`` finding.
+  arguments and state, so tensors inside an ``argparse.Namespace`` are still found;
+* a pickle that **calls** a global outside the allow-list (REDUCE, INST, OBJ, NEWOBJ_EX with
+  keyword arguments, or calls what such a call returned) is a ``pickle.call`` error, named as
+  written and as resolved, with the key path where the call's result sits; a global on
+  :data:`DANGEROUS_GLOBALS` is an error even when only named; an unknown class only
+  instantiated (NEWOBJ, then its state) is a warning.
 
-Every name that is not allow-listed lands in :attr:`SafeUnpickler.findings`.
+Dotted names (protocol 4 walks attributes: ``pathlib`` + ``os.system`` reaches ``os.system``)
+are resolved as the stock unpickler would and judged by what they reach (:func:`resolve_global`).
+``strict=True`` (reading) raises :class:`UnsafeCheckpointError` with the first error's words once
+the pickle is parsed; ``strict=False`` (``verify``) keeps every finding in
+:attr:`SafeUnpickler.findings`. Globals trusted with ``--allow-global`` (:mod:`ckptkit.core.trust`)
+give no finding.
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ import _compat_pickle
 import math
 import pickle
 import struct
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from ckptkit.core import dtypes, limits
+from ckptkit.core import dtypes, limits, trust
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 
@@ -44,23 +53,64 @@ class Readable(Protocol):
     def readline(self, limit: int = -1, /) -> bytes: ...
 
 
+CALL = "pickle.call"
+DANGEROUS = "pickle.dangerous-global"
+UNKNOWN = "pickle.unknown-global"
+_NOT_ALLOWED = "is not on the allow-list of data constructors"
+
+
 @dataclass(frozen=True)
 class PickleFinding:
-    """A global a pickle names that is not on the allow-list.
+    """What a pickle does with a global that is not on the allow-list.
 
-    ``severity`` is ``"error"`` for callables listed in :data:`DANGEROUS_GLOBALS` (the pickle
-    would run code, touch files or the network) and ``"warning"`` for anything else unknown,
-    which ckptkit replaces by a placeholder.
+    ``check`` is :data:`CALL` (the pickle calls it: an error), :data:`DANGEROUS` (a global on
+    :data:`DANGEROUS_GLOBALS` named without a call: an error) or :data:`UNKNOWN` (a class only
+    instantiated or referred to: a warning). ``module.name`` is the global as resolved;
+    ``written`` the spelling in the pickle when it differs. ``site`` is the key path where a
+    call's result sits (``""``: the pickle's root), ``None`` when the result is not kept.
     """
 
     module: str
     name: str
     severity: Severity
     reason: str
+    check: str = UNKNOWN
+    written: str = ""
+    site: str | None = None
+    more_sites: int = 0
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
+
+    @property
+    def message(self) -> str:
+        """The finding in words; ``verify`` and a refusing reader say the same."""
+        spelled = f" (written {self.written})" if self.written and self.written != self.qualname else ""
+        if self.site is None:
+            where = ""
+        else:
+            where = f" at {self.site!r}" if self.site else " as the pickle's root object"
+            if self.more_sites:
+                where += f" and {self.more_sites} more place(s)"
+        if self.check == CALL and self.name.endswith("()"):
+            return (
+                f"the pickle calls what {self.qualname[:-2]} returned{where}; "
+                "nothing was run, but torch.load(weights_only=False) or pickle.load would run whatever that is"
+            )
+        if self.check == CALL:
+            hint = (
+                f"; if you trust it, pass --allow-global {self.qualname}"
+                if self.reason == _NOT_ALLOWED and not self.name.endswith("()")
+                else ""
+            )
+            return (
+                f"the pickle calls {self.qualname}{spelled}{where}, which {self.reason}; nothing was run, but "
+                f"torch.load(weights_only=False) or pickle.load would run it{hint}"
+            )
+        if self.check == DANGEROUS:
+            return f"the pickle refers to {self.qualname}{spelled}, which {self.reason}; nothing was run"
+        return f"the pickle names {self.qualname}{spelled}, not on the allow-list: {self.reason}"
 
 
 # What a pickle may not call. ``None`` means every name in the module (and its submodules).
@@ -80,9 +130,10 @@ DANGEROUS_GLOBALS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("gc",              None, "reaches every live object"),
     ("builtins", frozenset({
         "eval", "exec", "compile", "getattr", "setattr", "delattr", "__import__", "open", "input",
-        "breakpoint", "globals", "locals", "vars", "exit", "quit", "help",
+        "breakpoint", "globals", "locals", "vars", "exit", "quit", "help", "apply", "type", "super",
     }), "evaluates code or reaches arbitrary attributes"),
-    ("operator", frozenset({"attrgetter", "methodcaller"}), "reaches arbitrary attributes and methods"),
+    ("operator", frozenset({"attrgetter", "methodcaller", "call", "itemgetter"}),
+     "calls or reaches arbitrary attributes and methods"),
     ("types", frozenset({
         "CodeType", "FunctionType", "LambdaType", "MethodType", "ModuleType", "CellType",
     }), "builds code or functions"),
@@ -134,6 +185,48 @@ DANGEROUS_GLOBALS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("torch.jit",       None, "loads and runs TorchScript"),
     ("torch._C",        None, "calls native code"),
     ("torch.ops",       None, "calls native operators"),
+    ("torch.package",   None, "unpickles nested data and imports packaged code"),
+    ("torch.fx",        None, "builds and runs generated code"),
+    ("torch._dynamo",   None, "evaluates guard expressions as code"),
+    ("torch._inductor", None, "compiles and runs code"),
+    ("torch.utils.collect_env", None, "runs shell commands"),
+    ("torch.utils.bottleneck", None, "runs code under the profiler"),
+    ("torch.utils._config_module", None, "unpickles nested data, which can run code"),
+    ("torch.utils.data.datapipes", None, "unpickles nested data, which can run code"),
+    ("torch.testing",   None, "runs code for tests"),
+    ("_operator", frozenset({"attrgetter", "methodcaller", "call", "itemgetter"}),
+     "calls or reaches arbitrary objects"),
+    ("functools",       frozenset({"partial", "partialmethod", "reduce"}), "calls what it wraps"),
+    ("pydoc",           None, "imports modules by name and runs a pager command"),
+    ("pkgutil",         None, "imports modules by name"),
+    ("venv",            None, "creates environments and runs pip"),
+    ("ensurepip",       None, "runs pip"),
+    ("setuptools",      None, "runs build commands"),
+    ("distutils",       None, "runs build commands and writes files"),
+    ("uuid", frozenset({
+        "_get_command_stdout", "_ifconfig_getnode", "_ip_getnode", "_arp_getnode", "_lanscan_getnode",
+        "_netstat_getnode", "_find_mac_near_keyword", "_find_mac_under_heading", "getnode",
+    }), "runs shell commands"),
+    ("logging",         None, "opens files and sockets"),
+    ("idlelib",         None, "runs Python code"),
+    ("lib2to3",         None, "evaluates code strings"),
+    ("doctest",         None, "runs Python code"),
+    ("test",            None, "runs Python code and subprocesses"),
+    ("imaplib",         None, "runs commands and talks to the network"),
+    ("poplib",          None, "talks to the network"),
+    ("nntplib",         None, "talks to the network"),
+    ("aiohttp",         None, "talks to the network"),
+    ("httplib",         None, "talks to the network"),
+    ("_osx_support",    None, "runs shell commands"),
+    ("_aix_support",    None, "runs shell commands"),
+    ("_pyrepl",         None, "runs a pager command"),
+    ("antigravity",     None, "opens a web browser when imported"),
+    ("numpy.testing",   None, "runs code strings"),
+    ("numpy.f2py",      None, "evaluates code strings"),
+    ("numpy.distutils", None, "runs build commands"),
+    ("numpy.ctypeslib", None, "loads native libraries"),
+    ("pandas",          frozenset({"read_pickle", "eval"}), "unpickles nested data or evaluates code"),
+    ("keras",           frozenset({"models", "saving"}), "loads models, which can run their code"),
 )
 # fmt: on
 
@@ -149,6 +242,80 @@ def dangerous_reason(module: str, name: str) -> str | None:
         if (module == mod or module.startswith(mod + ".")) and (names is None or first in names):
             return reason
     return None
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A global as the pickle writes it and what the stock unpickler would reach with it.
+
+    ``status`` is ``"allowed"`` (an allow-listed name, however spelled), ``"dangerous"`` (it
+    reaches a name on :data:`DANGEROUS_GLOBALS`, or walks attributes a data pickle never walks) or
+    ``"unknown"``.
+    """
+
+    written: str
+    module: str
+    name: str
+    status: Literal["allowed", "dangerous", "unknown"]
+    reason: str = ""
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+# Modules an attribute walk may reach by the name a module imports them under (pathlib.os is os).
+_KNOWN_MODULES = frozenset(sys.stdlib_module_names) | {m.split(".")[0] for m, _n, _r in DANGEROUS_GLOBALS} | {
+    "torch", "numpy", "keras", "tensorflow", "joblib", "dill", "cloudpickle", "requests", "pandas",
+}  # fmt: skip
+
+
+def _readings(module: str, name: str) -> list[tuple[str, str]]:
+    """Every (module, name) the stock unpickler may reach with ``name`` walked from ``module``.
+
+    Protocol 4 resolves ``torch`` + ``serialization.load`` through attributes: a component can be
+    a submodule (``torch.serialization``) or a module imported under that name (``pathlib.os`` is
+    ``os``; ``tempfile._os`` is ``os``).
+    """
+    parts = name.split(".")
+    out = [(module, name)]
+    for k in range(1, len(parts)):
+        tail = ".".join(parts[k:])
+        out.append((".".join([module, *parts[:k]]), tail))
+        for start in range(k):
+            head = parts[start]
+            for alias in (head, head.lstrip("_")):
+                if alias in _KNOWN_MODULES:
+                    out.append((".".join([alias, *parts[start + 1 : k]]), tail))
+    return list(dict.fromkeys(out))
+
+
+def resolve_global(module: str, name: str, allowed: Callable[[str, str], bool]) -> Resolution:
+    """What ``module`` + ``name`` reaches, judged: dangerous if any reading is, else allowed if one is.
+
+    ``allowed(module, name)`` tells whether a plain (undotted) global is on the allow-list.
+    """
+    written = f"{module}.{name}"
+    module, name = normalize_global(module, name)
+    if "." not in name and allowed(module, name):
+        return Resolution(written, module, name, "allowed")  # named exactly as allow-listed
+    readings = _readings(module, name)
+    for mod, attr in readings:
+        reason = dangerous_reason(mod, attr)
+        if reason is not None:
+            return Resolution(written, mod, attr, "dangerous", reason)
+    for mod, attr in readings:
+        if "." not in attr and allowed(mod, attr):
+            return Resolution(written, mod, attr, "allowed")
+    parts = name.split(".")
+    if any(p[:1].islower() or p[:1] == "_" for p in parts[:-1]):
+        # Classes are walked through classes (Outer.Inner, Class.method); a lowercase step is a
+        # module or function attribute, which only a pickle hiding what it reaches needs.
+        return Resolution(
+            written, module, name, "dangerous",
+            f"walks the attribute {module}.{'.'.join(parts[:-1])} to reach a name its module only imports",
+        )  # fmt: skip
+    return Resolution(written, module, name, "unknown")
 
 
 # --- Records the unpickler builds instead of torch objects -----------------------------------
@@ -260,6 +427,7 @@ class OpaqueObject(metaclass=_OpaqueType):
     state: Any
     list_items: list[Any]
     dict_items: dict[Any, Any]
+    callee: Any  # for the result of calling an unknown call's result: what was called
 
     # __new__ rather than __init__: the NEWOBJ opcode creates instances without calling __init__.
     def __new__(cls, *args: Any, **kwargs: Any) -> OpaqueObject:
@@ -269,6 +437,7 @@ class OpaqueObject(metaclass=_OpaqueType):
         obj.state = None
         obj.list_items = []
         obj.dict_items = {}
+        obj.callee = None
         return obj
 
     @classmethod
@@ -410,8 +579,8 @@ def _rebuild_parameter(data: object, *_: object) -> object:
 
 
 def _rebuild_from_type(func: object, new_type: object, args: object, state: object = None) -> object:
-    if not callable(func) or not isinstance(args, tuple):
-        raise CorruptCheckpointError("_rebuild_from_type needs a rebuild function and its arguments")
+    if not isinstance(func, _Allowed) or not isinstance(args, tuple):
+        raise CorruptCheckpointError(f"_rebuild_from_type needs a tensor rebuild function, not {func!r:.100}")
     return func(*args)
 
 
@@ -633,6 +802,71 @@ class _Allowed:
         return self._qualname
 
 
+# Pure data constructors ckptkit keeps as placeholders without a finding, called or not: building
+# them touches no file, process or network, and real checkpoints hold them (paths in configs,
+# timestamps, run ids, numpy random generators, torch's version string).
+DATA_CONSTRUCTORS = frozenset({
+    *(f"pathlib.{n}" for n in ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")),
+    *(f"pathlib._local.{n}" for n in ("Path", "PosixPath", "WindowsPath")),
+    *(f"datetime.{n}" for n in ("datetime", "date", "time", "timedelta", "timezone")),
+    "uuid.UUID", "uuid.SafeUUID", "decimal.Decimal", "fractions.Fraction",
+    "collections.deque", "collections.defaultdict", "collections.Counter",
+    "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
+    "numpy.random._pickle.__bit_generator_ctor", "torch.torch_version.TorchVersion",
+})  # fmt: skip
+
+
+@dataclass
+class _Use:
+    """One global a pickle names that is not allow-listed, and the results of each call of it."""
+
+    resolution: Resolution
+    trusted: bool
+    calls: list[Any] = field(default_factory=list)
+
+
+def _locate(root: object, targets: set[int], max_depth: int, max_objects: int) -> dict[int, str]:
+    """The key path (as ``inspect`` names extras) of each target object reachable from ``root``."""
+    found: dict[int, str] = {}
+    seen: set[int] = set()
+    stack: list[tuple[object, str, int]] = [(root, "", 0)]
+    budget = max_objects
+    while stack and budget > 0 and len(found) < len(targets):
+        obj, path, depth = stack.pop()
+        budget -= 1
+        if id(obj) in targets and id(obj) not in found:
+            found[id(obj)] = path
+        if id(obj) in seen or depth >= max_depth:
+            continue
+        seen.add(id(obj))
+        children: list[tuple[object, str]] = []
+        if isinstance(obj, dict):
+            children = [(v, _key_path(path, k)) for k, v in obj.items()]
+        elif isinstance(obj, (list, tuple)):
+            children = [(v, _key_path(path, i)) for i, v in enumerate(obj)]
+        elif isinstance(obj, OpaqueObject):
+            children = [(v, _key_path(path, f"args.{i}")) for i, v in enumerate(obj.args)]
+            children += [(v, _key_path(path, f"kwargs.{k}")) for k, v in obj.kwargs.items()]
+            state = obj.state
+            parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+            for part in parts:
+                if isinstance(part, dict):
+                    children += [(v, _key_path(path, k)) for k, v in part.items()]
+                elif part is not None:
+                    children.append((part, _key_path(path, "state")))
+            children += [(v, _key_path(path, i)) for i, v in enumerate(obj.list_items)]
+            children += [(v, _key_path(path, k)) for k, v in obj.dict_items.items()]
+            if obj.callee is not None:
+                children.append((obj.callee, path))  # a call chain sits where its last result does
+        stack.extend((child, p, depth + 1) for child, p in reversed(children))
+    return found
+
+
+def _key_path(prefix: str, key: object) -> str:
+    text = key if isinstance(key, str) else str(key)
+    return f"{prefix}.{text}" if prefix else text
+
+
 class SafeUnpickler(pickle._Unpickler):
     """Unpickles a ``torch.save`` pickle into records, without importing or calling its globals.
 
@@ -649,10 +883,12 @@ class SafeUnpickler(pickle._Unpickler):
 
     takes_state: ClassVar[tuple[type, ...]] = ()
 
-    def __init__(self, file: Readable, *, strict: bool = True) -> None:
+    def __init__(self, file: Readable, *, strict: bool = True, trusted: frozenset[str] | None = None) -> None:
         super().__init__(file, encoding="utf-8")
         self.strict = strict
-        self.findings: list[PickleFinding] = []
+        self.trusted = trust.trusted_globals() if trusted is None else trusted
+        self.findings: list[PickleFinding] = []  # complete once load() has returned or raised
+        self._uses: dict[tuple[str, str], _Use] = {}
         self.storages: dict[str, StorageRef] = {}  # key -> the whole (root) storage
         self._placeholders: dict[tuple[str, str], type[OpaqueObject]] = {}
         bounds = limits.current()
@@ -663,7 +899,19 @@ class SafeUnpickler(pickle._Unpickler):
         self._key_sizes: dict[int, tuple[int, tuple[Any, ...]]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        module, name = normalize_global(module, name)
+        res = resolve_global(module, name, lambda m, n: self._allowed(m, n) is not None)
+        if res.status == "allowed":
+            return self._allowed(res.module, res.name)
+        key = (res.module, res.name)
+        if key not in self._uses:
+            trusted = res.status != "dangerous" and (
+                res.qualname in DATA_CONSTRUCTORS or res.qualname in self.trusted or res.written in self.trusted
+            )
+            self._uses[key] = _Use(res, trusted)
+        return self._placeholder(res.module, res.name)
+
+    def _allowed(self, module: str, name: str) -> object | None:
+        """ckptkit's stand-in for an allow-listed global, or ``None``."""
         fn = _ALLOWED.get((module, name))
         if fn is not None:
             keys_of = _HASHES_ARGUMENT.get((module, name))
@@ -675,21 +923,7 @@ class SafeUnpickler(pickle._Unpickler):
             return marker
         if (module, name) in _CLASS_MARKERS:
             return Marker("class", f"{module}.{name}")
-        reason = dangerous_reason(module, name)
-        if reason is not None:
-            self._record(PickleFinding(module, name, "error", reason))
-            if self.strict:
-                raise UnsafeCheckpointError(
-                    f"the checkpoint's pickle calls {module}.{name}, which {reason}; ckptkit never runs code "
-                    "from a checkpoint. Do not load this file with torch.load unless you trust who made it"
-                )
-        else:
-            self._record(PickleFinding(module, name, "warning", "unknown class, kept as a placeholder"))
-        return self._placeholder(module, name)
-
-    def _record(self, finding: PickleFinding) -> None:
-        if finding not in self.findings:
-            self.findings.append(finding)
+        return None
 
     def _placeholder(self, module: str, name: str) -> type[OpaqueObject]:
         cls = self._placeholders.get((module, name))
@@ -697,6 +931,91 @@ class SafeUnpickler(pickle._Unpickler):
             attrs = {"pickled_module": module, "pickled_name": name, "__module__": __name__}
             cls = self._placeholders[(module, name)] = type(name, (OpaqueObject,), attrs)
         return cls
+
+    # --- Calls ------------------------------------------------------------------------------------
+    # The stock unpickler calls what REDUCE, INST and OBJ name, and what NEWOBJ_EX names with
+    # keyword arguments (they reach a custom __new__). Here an allow-listed stand-in runs; anything
+    # else is recorded as a call and replaced by a placeholder holding the arguments.
+
+    def call(self, func: Any, args: Any, kwargs: dict[str, Any] | None = None) -> Any:
+        """What ``func(*args, **kwargs)`` gives, without calling anything outside the allow-list."""
+        if not isinstance(args, tuple):
+            raise CorruptCheckpointError(f"the pickle calls with arguments {type(args).__name__}, not a tuple")
+        kwargs = kwargs or {}
+        if isinstance(func, _Allowed):
+            return func(*args, **kwargs)
+        if isinstance(func, type) and issubclass(func, OpaqueObject):
+            key = (func.pickled_module, func.pickled_name)
+        elif isinstance(func, OpaqueObject):
+            # Calling what an unknown call returned (getattr(...)(...), attrgetter("system")(os)).
+            module, name = type(func).pickled_module, type(func).pickled_name.removesuffix("()") + "()"
+            key = (module, name)
+            if key not in self._uses:
+                called = self._uses.get((module, name[:-2]))
+                self._uses[key] = _Use(
+                    Resolution(f"{module}.{name}", module, name, "dangerous", "runs what an earlier call returned"),
+                    called is not None and called.trusted,
+                )  # fmt: skip
+            result = self._placeholder(*key).__new__(self._placeholder(*key), *args, **kwargs)
+            result.callee = func
+            self._uses[key].calls.append(result)
+            return result
+        elif isinstance(func, type) and issubclass(func, self.takes_state):
+            return func(*args, **kwargs)  # a record class a subclass allows (DCP metadata)
+        else:
+            raise CorruptCheckpointError(f"the pickle calls {func!r:.100}, which cannot be called")
+        result = func.__new__(func, *args, **kwargs)
+        self._uses[key].calls.append(result)
+        return result
+
+    def _instantiate(self, klass: Any, args: list[Any]) -> None:
+        # INST and OBJ: the stock unpickler calls the class (or function) with the arguments.
+        self.stack.append(self.call(klass, tuple(args)))
+
+    # --- Findings ---------------------------------------------------------------------------------
+
+    def load(self) -> Any:
+        """Unpickle; in strict mode, refuse with the first error finding once the pickle is parsed."""
+        try:
+            obj = super().load()
+        except Exception:
+            self._finish(None)
+            if self.strict:
+                self._refuse()
+            raise
+        self._finish(obj)
+        if self.strict:
+            self._refuse()
+        return obj
+
+    def _refuse(self) -> None:
+        first = next((f for f in self.findings if f.severity == "error"), None)
+        if first is not None:
+            raise UnsafeCheckpointError(first.message)
+
+    def _finish(self, root: object) -> None:
+        calls = {id(r): r for use in self._uses.values() if not use.trusted for r in use.calls}
+        sites = _locate(root, set(calls), self._max_depth, self._max_objects) if calls else {}
+        findings: list[PickleFinding] = []
+        for use in self._uses.values():
+            if use.trusted:
+                continue
+            res = use.resolution
+            written = res.written if res.written != res.qualname else ""
+            if use.calls:
+                found = [sites[id(r)] for r in use.calls if id(r) in sites]
+                site = found[0] if found else None
+                reason = res.reason if res.status == "dangerous" else _NOT_ALLOWED
+                findings.append(PickleFinding(
+                    res.module, res.name, "error", reason, CALL, written, site, max(0, len(set(found)) - 1),
+                ))  # fmt: skip
+            elif res.status == "dangerous":
+                findings.append(PickleFinding(res.module, res.name, "error", res.reason, DANGEROUS, written))
+            else:
+                findings.append(PickleFinding(
+                    res.module, res.name, "warning", "unknown class, kept as a placeholder", UNKNOWN, written,
+                ))  # fmt: skip
+        self.findings = findings
 
     # --- Bounds on what the pickle builds ---------------------------------------------------------
     # CPython hashes a tuple by recursing through it in C, with no depth check and no cached
@@ -784,6 +1103,27 @@ class SafeUnpickler(pickle._Unpickler):
             if ref.view_offset + ref.nbytes > numel * itemsize:
                 raise CorruptCheckpointError(f"storage view of {key!r} reaches past its storage")
         return ref
+
+
+def _load_reduce(self: SafeUnpickler) -> None:
+    args = self.stack.pop()
+    self.stack[-1] = self.call(self.stack[-1], args)
+
+
+def _load_newobj_ex(self: SafeUnpickler) -> None:
+    kwargs = self.stack.pop()
+    args = self.stack.pop()
+    cls = self.stack.pop()
+    if not isinstance(kwargs, dict):
+        raise CorruptCheckpointError("NEWOBJ_EX with keyword arguments that are not a dict")
+    if kwargs:
+        self.stack.append(self.call(cls, args, kwargs))  # keyword arguments only matter to a custom __new__
+    else:
+        self.stack.append(cls.__new__(cls, *args))
+
+
+SafeUnpickler.dispatch[pickle.REDUCE[0]] = _load_reduce
+SafeUnpickler.dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
 
 
 def _before(opcode: bytes, check: Callable[[Any], None]) -> None:
