@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.format import WriteContext
 from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
 from ckptkit.core.stats import compute_stats
+from ckptkit.core.trust import trusting
 from ckptkit.core.views import TransformedCheckpoint, transform
 from ckptkit.io.atomic import AtomicOutput
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
@@ -31,13 +32,20 @@ if TYPE_CHECKING:
     from ckptkit.diffing.normalize import Normalizer
 
 
-def load(path: str | Path, format: str | None = None, **options: Any) -> Checkpoint:
+def load(
+    path: str | Path, format: str | None = None, *, allow_globals: Iterable[str] = (), **options: Any
+) -> Checkpoint:
     """Open a checkpoint lazily; use it as a context manager to close it.
+
+    A pickle that calls anything outside ckptkit's allow-list is refused with
+    :class:`~ckptkit.core.errors.UnsafeCheckpointError`; ``allow_globals`` names
+    (``"mypackage.TrainConfig"``) a team trusts, as ``--allow-global`` does.
 
     >>> with ckptkit.load("model.pt") as ckpt:
     ...     w = ckpt.read_tensor("fc.weight")
     """
-    return registry.open_checkpoint(path, format, options)
+    with trusting(allow_globals):
+        return registry.open_checkpoint(path, format, options)
 
 
 def save(
@@ -71,6 +79,7 @@ def convert(
     progress: ProgressFn | None = None,
     layout: str | None = None,
     layout_hints: Sequence[str] = (),
+    allow_globals: Iterable[str] = (),
 ) -> Receipt:
     """Convert ``src`` into ``dst``, atomically, re-reading the result to check it by default.
 
@@ -80,8 +89,9 @@ def convert(
     llama.cpp's converter does (see :mod:`ckptkit.formats.gguf.names`).
     A tensor ckptkit cannot read (``Checkpoint.unsupported``) makes the conversion fail with
     :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
+    ``allow_globals`` are pickle globals trusted as ``--allow-global`` trusts them.
     """
-    with registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
+    with trusting(allow_globals), registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
         return convert_checkpoint(
             ckpt,
             dst,
@@ -393,10 +403,15 @@ def compare_checkpoints(
 
 
 def inspect(
-    path: str | Path, format: str | None = None, *, stats: bool = False, progress: ProgressFn | None = None
+    path: str | Path,
+    format: str | None = None,
+    *,
+    stats: bool = False,
+    progress: ProgressFn | None = None,
+    allow_globals: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Describe a checkpoint: the same content ``ckptkit inspect --json`` prints."""
-    with registry.open_checkpoint(path, format) as ckpt:
+    with trusting(allow_globals), registry.open_checkpoint(path, format) as ckpt:
         return describe(ckpt, stats=stats, progress=progress)
 
 

@@ -11,6 +11,7 @@ import click
 from ckptkit import registry
 from ckptkit.api import convert_checkpoint, plan_layout
 from ckptkit.cli._output import (
+    allow_global_option,
     executor_option,
     format_option,
     human_bytes,
@@ -84,6 +85,7 @@ def _names(kind: str) -> set[str]:
 )
 @_format_options("read")
 @_format_options("write")
+@allow_global_option
 def command(
     src: Path,
     dst: str,

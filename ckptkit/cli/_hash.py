@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ckptkit.cli._output import (
+    allow_global_option,
     display_name,
     executor_option,
     format_option,
@@ -40,6 +41,7 @@ from ckptkit.io.jsonfile import dumps_text
     "tensors ckptkit cannot read (quantized, sparse, ...) must be left out to hash the rest.",
 )  # fmt: skip
 @format_option("format_name", "--from", help="Read PATH as this format (default: detect from content).")
+@allow_global_option
 def command(
     path: str | Path,
     output: Path | None,

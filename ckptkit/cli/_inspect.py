@@ -13,6 +13,7 @@ from rich.tree import Tree
 from ckptkit import registry
 from ckptkit.api import describe
 from ckptkit.cli._output import (
+    allow_global_option,
     display_name,
     format_option,
     human_bytes,
@@ -35,6 +36,7 @@ _MAX_VALUE_CHARS = 200
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.inspect/1).")
 @click.option("--stats", is_flag=True, help="Read every tensor: min, max, mean, std, NaN and Inf counts.")
 @click.option("--tree", is_flag=True, help="Group tensors by module path.")
+@allow_global_option
 def command(path: str | Path, format_name: str | None, as_json: bool, stats: bool, tree: bool) -> None:
     """Show a checkpoint's format, tensors, sizes and metadata."""
     with (

@@ -91,6 +91,24 @@ class _FormatChoice(click.Choice):
         pass  # click.Choice.__init__ assigns it; the registry is the source of truth
 
 
+def allow_global_option(func: F) -> F:
+    """``--allow-global MODULE.NAME`` (repeatable): globals trusted in pickles while the command runs."""
+
+    @functools.wraps(func)
+    def run(*args: Any, allow_globals: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from ckptkit.core.trust import trusting
+
+        with trusting(allow_globals):
+            return func(*args, **kwargs)
+
+    option = click.option(
+        "--allow-global", "allow_globals", multiple=True, metavar="MODULE.NAME",
+        help="Trust this class or function in pickles (repeatable): no finding when a pickle builds or calls it. "
+        "Names that run code (os.system, builtins.eval, ...) stay errors.",
+    )  # fmt: skip
+    return option(run)  # type: ignore[return-value]
+
+
 def format_option(dest: str, *names: str, help: str) -> Callable[[F], F]:
     """``--from``/``--to``: a format name, checked against the registry."""
     return click.option(*names, dest, type=_FormatChoice(), default=None, help=help)

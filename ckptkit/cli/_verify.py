@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckptkit.cli._output import executor_option, human_bytes, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import (
+    allow_global_option,
+    executor_option,
+    human_bytes,
+    print_json,
+    printable,
+    progress_bar,
+    stdout_console,
+)
 
 if TYPE_CHECKING:
     from ckptkit.verify import Report
@@ -31,6 +39,7 @@ _NONFINITE_SHOWN = 10
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.verify/1).")
 @click.option("--junit", type=click.Path(path_type=Path), help="Also write the report as JUnit XML to this file.")
 @click.pass_context
+@allow_global_option
 def command(
     ctx: click.Context,
     paths: tuple[Path, ...],

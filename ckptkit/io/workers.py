@@ -29,6 +29,7 @@ functions are importable module-level functions, records hold paths, names and o
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 from abc import ABC, abstractmethod
@@ -108,7 +109,7 @@ class _PoolStream(Stream):
         self._pool = pool
 
     def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
-        return self._pool.submit(fn, *args)
+        return self._pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 class Executor(ABC):
@@ -152,7 +153,8 @@ class ThreadExecutor(Executor):
         if self.workers == 1 or len(tasks) < 2:
             return [fn(t) for t in tasks]
         with ThreadPoolExecutor(min(self.workers, len(tasks)), thread_name_prefix=THREAD_NAME_PREFIX) as pool:
-            futures: list[Future[R]] = [pool.submit(fn, t) for t in tasks]
+            # Each task runs in a copy of the caller's context (trusted pickle globals travel there).
+            futures: list[Future[R]] = [pool.submit(contextvars.copy_context().run, fn, t) for t in tasks]
             done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in futures:
                 err = fut.exception() if fut in done else None

@@ -15,6 +15,7 @@ from pathlib import Path
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.findings import ERROR, WARNING, Finding, Report, TargetReport
 from ckptkit.core.model import ProgressFn
+from ckptkit.core.trust import trusting
 from ckptkit.hashing.manifest import Manifest
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
 from ckptkit.registry import locate, require_exists
@@ -27,14 +28,15 @@ __all__ = ["ERROR", "WARNING", "Finding", "Report", "TargetReport", "Verificatio
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """``--manifest``, ``--schema``, ``--no-nan`` and ``--strict``; ``workers`` threads to read on
-    (default: :func:`ckptkit.io.workers.worker_count`'s policy)."""
+    """``--manifest``, ``--schema``, ``--no-nan``, ``--strict`` and ``--allow-global``; ``workers``
+    threads to read on (default: :func:`ckptkit.io.workers.worker_count`'s policy)."""
 
     manifest: Path | None = None
     schema: Path | None = None
     no_nan: bool = False
     strict: bool = False
     workers: int | None = None
+    allow_globals: tuple[str, ...] = ()
 
 
 def verify(
@@ -86,7 +88,8 @@ class Verification:
         settings = Settings(
             hashes=self.manifest is not None, no_nan=opts.no_nan, workers=opts.workers, progress=progress
         )
-        return Report([self._verify_one(t, settings) for t in self.targets], strict=opts.strict)
+        with trusting(opts.allow_globals):
+            return Report([self._verify_one(t, settings) for t in self.targets], strict=opts.strict)
 
     def _verify_one(self, target: _Target, settings: Settings) -> TargetReport:
         report = TargetReport(str(target.path))
