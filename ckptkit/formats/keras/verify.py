@@ -17,33 +17,74 @@ from typing import Any
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.core.findings import Finding, error
 from ckptkit.formats.keras.archive import CONFIG, METADATA, WEIGHTS, ArchiveReader
+from ckptkit.formats.keras.code import code_problems
 from ckptkit.formats.keras.hdf5 import DataReader, h5py_module
+from ckptkit.io.jsonfile import loads_noting_repeats
 
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 _READ_BYTES = 16 * 1024 * 1024
 
 
 def check_structure(path: Path) -> list[Finding]:
-    """Every fault found in the Keras file at ``path``."""
+    """Every fault found in the Keras file at ``path``, and the code its model config carries."""
     archive = zipfile.is_zipfile(path)
+    code: list[Finding] = []
     if archive:
         findings = _archive_members(path)
-        if findings:
+        code = [f for f in findings if f.check in ("keras.code", "keras.member")]
+        if len(code) < len(findings):
             return findings
     try:
         reader = ArchiveReader(path) if archive else DataReader(path)
     except (CorruptCheckpointError, UnsupportedError) as err:
-        return [error("keras.archive", err.message, path)]
+        return [*code, error("keras.archive", err.message, path)]
     try:
         h5 = reader.open_h5()
     except CorruptCheckpointError as err:
         reader.close()
-        return [error("hdf5.unreadable", err.message, path)]
+        return [*code, error("hdf5.unreadable", err.message, path)]
     try:
-        return list(_hdf5_throughout(path, h5, reader.length))
+        if not archive:
+            code = list(_legacy_config_code(path, h5))
+        return code + list(_hdf5_throughout(path, h5, reader.length))
     finally:
         h5.close()
         reader.close()
+
+
+def _legacy_config_code(path: Path, h5: Any) -> Iterator[Finding]:
+    """Code in a legacy ``.h5`` file's ``model_config`` and ``training_config`` attributes."""
+    for attr in ("model_config", "training_config"):
+        try:
+            raw = h5.attrs.get(attr)
+        except _H5_ERRORS:
+            continue  # the walk over every attribute reports it
+        if raw is None:
+            continue
+        yield from _config_findings(path, raw, f"the {attr} attribute")
+
+
+def _config_findings(path: Path, raw: str | bytes, what: str, code: bool = True) -> list[Finding]:
+    """``what`` parsed as JSON; with ``code``, the code it carries as ``keras.code`` errors."""
+    try:
+        config, _repeated = loads_noting_repeats(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return [error("keras.json", f"{what} is not valid JSON: {err}", path)]
+    if not code:
+        return []
+    return [
+        error("keras.code", f"{what} holds {problem}" + (f" (at {where})" if where else ""), path)
+        for where, problem in code_problems(config)
+    ]
+
+
+def _member_problem(name: str) -> str | None:
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return f"the archive member {name!r} has an absolute name: extracting it writes outside the target folder"
+    if ".." in parts:
+        return f"the archive member {name!r} climbs out of its folder with '..': extracting it writes elsewhere"
+    return None
 
 
 def _archive_members(path: Path) -> list[Finding]:
@@ -53,7 +94,15 @@ def _archive_members(path: Path) -> list[Finding]:
         return [error("keras.zip", f"the archive's central directory is missing or damaged ({err}): truncated?", path)]
     findings: list[Finding] = []
     with zf:
-        names = set(zf.namelist())
+        every = zf.namelist()
+        names = set(every)
+        for name in dict.fromkeys(every):
+            problem = _member_problem(name)
+            if problem:
+                findings.append(error("keras.member", problem, path))
+            if every.count(name) > 1:
+                findings.append(error("keras.member", f"the archive holds {every.count(name)} members named {name}; "
+                                      "zip readers disagree about which one counts", path))  # fmt: skip
         for required in (CONFIG, WEIGHTS):
             if required not in names:
                 findings.append(error("keras.record", f"the archive has no {required}", path))
@@ -66,10 +115,7 @@ def _archive_members(path: Path) -> list[Finding]:
                 findings.append(error("keras.crc", f"member {info.filename} is damaged: {err}", path))
         for name in (CONFIG, METADATA):
             if name in names and not any(f.check == "keras.crc" and name in f.message for f in findings):
-                try:
-                    json.loads(zf.read(name))
-                except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                    findings.append(error("keras.json", f"{name} is not valid JSON: {err}", path))
+                findings.extend(_config_findings(path, zf.read(name), name, code=name == CONFIG))
     return findings
 
 
