@@ -69,6 +69,8 @@ _BUILTIN_MODULES = (
     "ckptkit.formats.keras.v3",
     "ckptkit.formats.keras.legacy",
     "ckptkit.formats.gguf",
+    "ckptkit.formats.numpy",
+    "ckptkit.formats.numpy.pickled",  # after torch, whose legacy files are pickles too
     "ckptkit.formats.sharded",  # keep last: it claims any folder that no format before it claims
 )
 

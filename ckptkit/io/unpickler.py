@@ -27,6 +27,7 @@ give no finding.
 from __future__ import annotations
 
 import _compat_pickle
+import functools
 import math
 import pickle
 import struct
@@ -41,6 +42,7 @@ import numpy as np
 from ckptkit.core import dtypes, limits, trust
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
+from ckptkit.core.findings import Finding
 
 Severity = Literal["error", "warning"]
 
@@ -82,6 +84,10 @@ class PickleFinding:
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
+
+    def to_finding(self, file: object, member: str = "") -> Finding:
+        """The finding as ``verify`` reports it; ``member`` names the archive member that holds the pickle."""
+        return Finding(self.severity, self.check, f"{member}: {self.message}" if member else self.message, str(file))
 
     @property
     def message(self) -> str:
@@ -461,16 +467,20 @@ class OpaqueObject(metaclass=_OpaqueType):
 
 
 class PickledDType:
-    """A numpy dtype from a pickle, restricted to plain (non-object, non-structured) types."""
+    """A numpy dtype from a pickle, restricted to plain (non-object, non-structured) types.
 
-    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+    ``objects=True`` (scanning pickled object arrays) also takes ``"O"``: the array's items are
+    then built by the unpickler like any other pickled value.
+    """
+
+    def __init__(self, spec: object, align: object = False, copy: object = False, *, objects: bool = False) -> None:
         if not isinstance(spec, str):
             raise CorruptCheckpointError(f"numpy dtype spec {spec!r} is not a type code")
         try:
             dtype = np.dtype(spec)
         except TypeError:
             raise CorruptCheckpointError(f"unknown numpy dtype {spec!r}") from None
-        if dtype.kind not in "biufcmMSU":
+        if dtype.kind not in ("biufcmMSUO" if objects else "biufcmMSU"):
             raise CorruptCheckpointError(f"numpy dtype {spec!r} may hold Python objects; ckptkit does not build it")
         self.dtype = dtype
 
@@ -484,10 +494,15 @@ class PickledDType:
 
 
 class PickledArray:
-    """A numpy array rebuilt from its pickled bytes; ``array`` is ``None`` until its state arrives."""
+    """A numpy array rebuilt from its pickled bytes; ``array`` is ``None`` until its state arrives.
+
+    An array of Python objects keeps its items, as the unpickler built them, in ``objects``.
+    """
 
     def __init__(self) -> None:
         self.array: np.ndarray | None = None
+        self.objects: list[Any] | None = None
+        self.shape: tuple[int, ...] = ()
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 5:
@@ -498,6 +513,10 @@ class PickledArray:
         if not isinstance(dtype, PickledDType):
             raise CorruptCheckpointError("numpy array state lacks a dtype")
         shape = _int_tuple(shape, "numpy array shape")
+        self.shape = shape
+        if dtype.dtype.kind == "O" and isinstance(raw, list):
+            self.objects = raw
+            return
         if not isinstance(raw, (bytes, bytearray)):
             raise CorruptCheckpointError("numpy array data is not raw bytes (object arrays are not supported)")
         if len(raw) != math.prod(shape) * dtype.dtype.itemsize:
@@ -858,6 +877,8 @@ def _locate(root: object, targets: set[int], max_depth: int, max_objects: int) -
             children += [(v, _key_path(path, k)) for k, v in obj.dict_items.items()]
             if obj.callee is not None:
                 children.append((obj.callee, path))  # a call chain sits where its last result does
+        elif isinstance(obj, PickledArray) and obj.objects is not None:
+            children = [(v, _key_path(path, i)) for i, v in enumerate(obj.objects)]
         stack.extend((child, p, depth + 1) for child, p in reversed(children))
     return found
 
@@ -882,6 +903,7 @@ class SafeUnpickler(pickle._Unpickler):
     """
 
     takes_state: ClassVar[tuple[type, ...]] = ()
+    objects_allowed: ClassVar[bool] = False  # numpy object arrays: kept with their items, each item judged
 
     def __init__(self, file: Readable, *, strict: bool = True, trusted: frozenset[str] | None = None) -> None:
         super().__init__(file, encoding="utf-8")
@@ -913,6 +935,8 @@ class SafeUnpickler(pickle._Unpickler):
     def _allowed(self, module: str, name: str) -> object | None:
         """ckptkit's stand-in for an allow-listed global, or ``None``."""
         fn = _ALLOWED.get((module, name))
+        if fn is PickledDType and self.objects_allowed:
+            fn = functools.partial(PickledDType, objects=True)
         if fn is not None:
             keys_of = _HASHES_ARGUMENT.get((module, name))
             if keys_of is not None:
@@ -1195,3 +1219,10 @@ def load(
         return unpickler.load(), unpickler
     except _LOAD_ERRORS as err:
         raise CorruptCheckpointError(f"{what} is not a valid pickle: {type(err).__name__}: {err}") from None
+
+
+class ObjectsUnpickler(SafeUnpickler):
+    """The allow-listed unpickler for pickles of numpy object arrays (``np.save``, joblib, bare pickles)."""
+
+    objects_allowed = True
+    failure: Exception | None = None  # why the pickle could not be parsed to the end, when scanning

@@ -24,7 +24,7 @@ from ckptkit.core.findings import Finding, error, warning
 from ckptkit.formats.torch.archive import ZIP_MAGIC, _BoundedReader, extra_pickles, member_problems, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
-from ckptkit.io.unpickler import PickleFinding, SafeUnpickler
+from ckptkit.io.unpickler import SafeUnpickler
 from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
 
@@ -97,12 +97,12 @@ def _legacy(path: Path) -> list[Finding]:
             try:
                 unpickler.load()
             except Exception as err:  # a hostile pickle can make the unpickler raise anything
-                findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
+                findings.extend(pf.to_finding(path) for pf in unpickler.findings)
                 why = describe_read_error(err, "the pickle is malformed")
                 findings.append(error("torch.pickle", f"{what} cannot be parsed to the end: {why}; the pickles after "
                                       "it were not checked", path))  # fmt: skip
                 return findings
-            findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
+            findings.extend(pf.to_finding(path) for pf in unpickler.findings)
     try:
         scan_findings(path)
     except CkptkitError as err:
@@ -112,11 +112,6 @@ def _legacy(path: Path) -> list[Finding]:
 
 _LEGACY_PICKLES = ("the magic-number pickle", "the protocol-version pickle", "the sys_info pickle", "the main pickle",
                    "the storage-key list")  # fmt: skip
-
-
-def pickle_finding(path: Path, pf: PickleFinding, member: str = "") -> Finding:
-    """A pickle finding as ``verify`` reports it, in the words a refusing reader uses."""
-    return Finding(pf.severity, pf.check, f"{member}: {pf.message}" if member else pf.message, str(path))
 
 
 def _zip(path: Path, mm: mmap.mmap) -> list[Finding]:
@@ -221,7 +216,7 @@ def _storage_users(path: Path, mm: mmap.mmap, pickle_rec: RecordSpan, findings: 
             else f"data.pkl cannot be parsed to the end: {describe_read_error(err, 'the pickle is malformed')}"
         )
         findings.append(error("torch.pickle", f"{what}; its tensors were not checked", path))
-    findings.extend(pickle_finding(path, pf) for pf in unpickler.findings)
+    findings.extend(pf.to_finding(path) for pf in unpickler.findings)
     return {} if tree is None else {name: rec.storage.key for name, rec in tree.tensors.items()}
 
 
@@ -238,7 +233,7 @@ def _other_pickle(path: Path, mm: mmap.mmap, record: RecordSpan) -> list[Finding
     except Exception as err:  # a hostile pickle can make the unpickler raise anything
         why = describe_read_error(err, "the pickle is malformed")
         findings.append(error("torch.pickle", f"{record.name} cannot be parsed to the end: {why}", path))
-    findings.extend(pickle_finding(path, pf, record.name) for pf in unpickler.findings)
+    findings.extend(pf.to_finding(path, record.name) for pf in unpickler.findings)
     return findings
 
 
