@@ -703,6 +703,13 @@ def _np_reconstruct(subtype: object, shape: object = None, typecode: object = No
     return PickledArray()
 
 
+def _np_frombuffer(buffer: object, dtype: object = None, shape: object = None, order: object = "C") -> PickledArray:
+    # numpy's protocol-5 reduction of a contiguous array: its bytes, dtype, shape and order.
+    arr = PickledArray()
+    arr.__setstate__((1, shape, dtype, order == "F", bytes(buffer) if isinstance(buffer, bytearray) else buffer))
+    return arr
+
+
 def _reconstructor(cls: object, base: object = None, state: object = None) -> object:
     # copyreg._reconstructor is how protocol 0 and 1 pickle plain objects.
     if not (isinstance(cls, type) and issubclass(cls, OpaqueObject)):
@@ -747,6 +754,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
     ("numpy", "dtype"): PickledDType,
     **{(m, "scalar"): _np_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(m, "_reconstruct"): _np_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): _np_frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
     **{("torch._utils", name): fn for name, fn in _REBUILDERS.items()},
 }
 
@@ -767,7 +775,8 @@ _TORCH_MARKERS: dict[str, str] = {
 }  # fmt: skip
 _CLASS_MARKERS = {
     ("torch", "Tensor"), ("torch._tensor", "Tensor"), ("torch.nn.parameter", "Parameter"), ("torch.nn", "Parameter"),
-    ("numpy", "ndarray"), ("builtins", "object"),
+    ("numpy", "ndarray"), ("builtins", "object"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
+    ("builtins", "int"), ("builtins", "float"), ("builtins", "str"),
 }  # fmt: skip
 _DTYPE_NAMES = frozenset(dtypes.dtype_names())
 
@@ -937,6 +946,8 @@ class SafeUnpickler(pickle._Unpickler):
         fn = _ALLOWED.get((module, name))
         if fn is PickledDType and self.objects_allowed:
             fn = functools.partial(PickledDType, objects=True)
+        elif fn is _reconstructor:
+            fn = self._reconstructor
         if fn is not None:
             keys_of = _HASHES_ARGUMENT.get((module, name))
             if keys_of is not None:
@@ -991,6 +1002,16 @@ class SafeUnpickler(pickle._Unpickler):
         result = func.__new__(func, *args, **kwargs)
         self._uses[key].calls.append(result)
         return result
+
+    def _reconstructor(self, cls: object, base: object = None, state: object = None) -> object:
+        # copyreg._reconstructor(cls, base, state) makes base.__new__(cls, state) and, unless base is
+        # object, calls base.__init__(obj, state): a call of base.
+        obj = _reconstructor(cls, base, state)
+        if isinstance(base, type) and issubclass(base, OpaqueObject):
+            self.call(base, (state,))
+        elif not (base is None or (isinstance(base, Marker) and base.kind == "class")):
+            raise CorruptCheckpointError(f"copyreg._reconstructor with base {base!r:.100}")
+        return obj
 
     def _instantiate(self, klass: Any, args: list[Any]) -> None:
         # INST and OBJ: the stock unpickler calls the class (or function) with the arguments.

@@ -152,15 +152,22 @@ def load_pickles(data: bytes, strict: bool) -> tuple[list[object], list[JoblibUn
         unpicklers.append(unpickler)
         try:
             objects.append(unpickler.load())
-        except UnsafeCheckpointError:
-            raise
+        except UnsafeCheckpointError as err:
+            if len(unpicklers) == 1:
+                raise
+            raise UnsafeCheckpointError(f"{pickle_label(len(unpicklers) - 1)}: {err.message}") from None
         except Exception as err:  # a hostile pickle can make the unpickler raise anything
             return objects, unpicklers, err
     return objects, unpicklers, None
 
 
+def pickle_label(index: int) -> str:
+    """How findings name the pickles after the first one in a file."""
+    return f"pickle {index + 1} of the file"
+
+
 def failure_message(err: Exception, index: int) -> str:
-    what = "the pickle" if index == 0 else f"pickle {index + 1} of the file"
+    what = "the pickle" if index == 0 else pickle_label(index)
     why = err.message if isinstance(err, CkptkitError) else f"{type(err).__name__}: {err}"
     return f"{what} cannot be parsed to the end ({why})"
 

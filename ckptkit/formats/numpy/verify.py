@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 from ckptkit.core.errors import CkptkitError
 from ckptkit.core.findings import Finding, error, warning
-from ckptkit.formats.numpy.npy import MAX_HEADER, NpyHeader, parse_header, read_header, scan_objects
-from ckptkit.formats.numpy.pickled import failure_message, load_pickles, payload
+from ckptkit.formats.numpy.npy import MAX_HEADER, ROOT_NAME, NpyHeader, parse_header, read_header, scan_objects
+from ckptkit.formats.numpy.pickled import failure_message, load_pickles, payload, pickle_label
 from ckptkit.io.ziparchive import open_zip, read_member
 
 _OBJECTS = (
@@ -41,7 +41,7 @@ def _npy(path: Path, f: BinaryIO) -> list[Finding]:
     size = path.stat().st_size
     if header.dtype.hasobject:
         f.seek(header.offset)
-        return _objects(path, "array", f)
+        return _objects(path, ROOT_NAME, f)
     if size - header.offset < header.nbytes:
         return [_truncated(path, "array", header, size - header.offset)]
     return []
@@ -69,16 +69,16 @@ def _npz(path: Path, f: BinaryIO) -> list[Finding]:
                 findings.append(error("numpy.member", err.message, path, name))
                 continue
             if header.dtype.hasobject:
-                findings.extend(_objects(path, name, BytesIO(raw[header.offset :]), info.filename))
+                findings.extend(_objects(path, name, BytesIO(raw[header.offset :])))
             elif len(raw) - header.offset < header.nbytes:
                 findings.append(_truncated(path, name, header, len(raw) - header.offset))
     return findings
 
 
-def _objects(path: Path, name: str, data: BinaryIO, member: str = "") -> list[Finding]:
+def _objects(path: Path, name: str, data: BinaryIO) -> list[Finding]:
     findings = [warning("numpy.object", _OBJECTS.format(name=name), path, name)]
     unpickler = scan_objects(data, strict=False)
-    findings.extend(pf.to_finding(path, member) for pf in unpickler.findings)
+    findings.extend(pf.to_finding(path, f"array {name!r}") for pf in unpickler.findings)
     if unpickler.failure is not None:
         findings.append(error("pickle.parse", failure_message(unpickler.failure, 0), path, name))
     return findings
@@ -103,7 +103,7 @@ def check_pickle(path: Path) -> list[Finding]:
     objects, unpicklers, failure = load_pickles(data, strict=False)
     findings: list[Finding] = []
     for i, unpickler in enumerate(unpicklers):
-        findings.extend(pf.to_finding(path, f"pickle {i + 1}" if i else "") for pf in unpickler.findings)
+        findings.extend(pf.to_finding(path, pickle_label(i) if i else "") for pf in unpickler.findings)
     if failure is not None:
         index = len(objects)
         if index == 0:
