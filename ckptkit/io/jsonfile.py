@@ -23,8 +23,8 @@ def dumps_text(data: Any, **options: Any) -> str:
 def loads_noting_repeats(text: str | bytes) -> tuple[Any, list[str]]:
     """Parse JSON, also returning every key written twice in one object (``json`` keeps the last).
 
-    JSON nested past Python's recursion limit raises :class:`json.JSONDecodeError` like any other
-    invalid JSON.
+    JSON nested past Python's recursion limit raises :class:`RecursionError` (json recurses once per
+    level and checks the limit): callers refuse it as too deep.
     """
     repeated: list[str] = []
 
@@ -36,12 +36,7 @@ def loads_noting_repeats(text: str | bytes) -> tuple[Any, list[str]]:
             out[key] = value
         return out
 
-    try:
-        return json.loads(text, object_pairs_hook=keep_repeats), repeated
-    except RecursionError:
-        # json recurses once per level; past Python's stack it stops with RecursionError. Reported
-        # as invalid JSON, so every caller refuses it the way it refuses a syntax error.
-        raise json.JSONDecodeError("it nests arrays or objects too deeply", "", 0) from None
+    return json.loads(text, object_pairs_hook=keep_repeats), repeated
 
 
 def read_user_json(path: Path, what: str, how_to_make: str) -> Any:

@@ -70,6 +70,8 @@ def _config_findings(path: Path, raw: str | bytes, what: str, code: bool = True)
         config, _repeated = loads_noting_repeats(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         return [error("keras.json", f"{what} is not valid JSON: {err}", path)]
+    except RecursionError:
+        return [error("keras.json", f"{what} nests JSON too deeply to be a model config", path)]
     if not code:
         return []
     return [

@@ -23,7 +23,7 @@ import numpy as np
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import from_numpy
-from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
+from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError, describe_read_error
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, TensorInfo
 from ckptkit.io.unpickler import ObjectsUnpickler, OpaqueObject, PickledArray, PickledDType
@@ -168,8 +168,7 @@ def pickle_label(index: int) -> str:
 
 def failure_message(err: Exception, index: int) -> str:
     what = "the pickle" if index == 0 else pickle_label(index)
-    why = err.message if isinstance(err, CkptkitError) else f"{type(err).__name__}: {err}"
-    return f"{what} cannot be parsed to the end ({why})"
+    return f"{what} cannot be parsed to the end: {describe_read_error(err, 'the pickle is malformed')}"
 
 
 class PickleCheckpoint(Checkpoint):
@@ -273,7 +272,9 @@ def _leaf(obj: object) -> Any:
 def sniff(head: bytes, path: Path) -> bool:
     """A pickle of protocol 2 to 5 (its PROTO opcode), or a file named .pkl, .pickle or .joblib."""
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return True
+        # A pickle that starts with a 10-byte integer is torch's legacy magic number: a torch file
+        # (cut short, if the torch format did not claim it), not a bare pickle.
+        return head[2:4] != b"\x8a\x0a"
     return bool(head) and path.name.lower().endswith(EXTENSIONS)
 
 

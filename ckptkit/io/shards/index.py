@@ -207,6 +207,8 @@ def read_index(path: Path) -> ShardIndex:
         data, repeated = loads_noting_repeats(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}", path) from None
+    except RecursionError:
+        raise CorruptCheckpointError("the shard index nests JSON too deeply to be an index", path) from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CorruptCheckpointError('not a shard index: no "weight_map" object mapping tensors to files', path)
