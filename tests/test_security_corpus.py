@@ -227,3 +227,21 @@ def test_corpus_covers_every_kind_the_gate_promises() -> None:
                  "object array", "joblib", "namespace", "lightning", "gradscaler", "optimizer", "ordereddict",
                  "nested 100,000"):  # fmt: skip
         assert kind in about, kind
+
+
+@pytest.mark.parametrize(("name", "refused"), [("keras_lambda.keras", True), ("keras_model.keras", False)])
+def test_keras_safe_mode_agrees_with_keras_code_findings(name: str, refused: bool, corpus: dict[str, Path]) -> None:
+    # The real client: Keras's own load_model(safe_mode=True) refuses what verify calls keras.code.
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    flagged = any(f.check == "keras.code" for f in verify([corpus[name]]).findings)
+    assert flagged == refused
+    if refused:
+        with pytest.raises(ValueError, match="safe_mode"):
+            keras.saving.load_model(corpus[name], safe_mode=True)
+    else:
+        keras.saving.load_model(corpus[name], safe_mode=True)
+    _no_payload_ran(corpus[name])

@@ -26,6 +26,7 @@ from ckptkit.io.unpickler import (
     TensorRecord,
     dangerous_reason,
     load,
+    resolve_global,
 )
 
 # A training checkpoint's data.pkl as torch.save writes it: tensors, an optimizer, a Namespace, numpy.
@@ -361,3 +362,76 @@ def test_unpickler_can_be_used_directly_on_a_file():
     unpickler = SafeUnpickler(io.BytesIO(pickle.dumps({"a": 1}, protocol=2)), strict=True)
     assert unpickler.load() == {"a": 1}
     assert unpickler.findings == []
+
+
+def _p4(*parts: bytes) -> bytes:
+    return b"\x80\x04" + b"".join(parts) + b"."
+
+
+def _s(text: str) -> bytes:
+    return b"\x8c" + bytes([len(text)]) + text.encode()
+
+
+def _g(module: str, name: str) -> bytes:
+    return _s(module) + _s(name) + b"\x93"
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "status", "resolved"),
+    [
+        ("torch", "serialization.load", "dangerous", "torch.serialization.load"),
+        ("pathlib", "os.system", "dangerous", "os.system"),
+        ("tempfile", "_os.system", "dangerous", "os.system"),
+        ("numpy", "lib._npyio_impl.load", "dangerous", "numpy.lib._npyio_impl.load"),
+        ("torch", "_utils._rebuild_tensor_v2", "allowed", "torch._utils._rebuild_tensor_v2"),
+        ("torch.serialization", "_get_layout", "allowed", "torch.serialization._get_layout"),
+        ("idlelib.run", "Executive.runcode", "dangerous", "idlelib.run.Executive.runcode"),
+        ("mypackage", "Outer.Inner", "unknown", "mypackage.Outer.Inner"),
+        ("mypackage", "helpers.os_alias", "dangerous", "mypackage.helpers.os_alias"),
+        ("__builtin__", "exec", "dangerous", "builtins.exec"),
+    ],
+)
+def test_dotted_names_are_judged_by_what_they_reach(module, name, status, resolved):
+    allowed = {("torch._utils", "_rebuild_tensor_v2"), ("torch.serialization", "_get_layout")}
+    res = resolve_global(module, name, lambda m, n: (m, n) in allowed)
+    assert (res.status, res.qualname, res.written) == (status, resolved, f"{module}.{name}")
+
+
+UNKNOWN = "pickle.unknown-global"
+
+
+def test_calls_and_instances_of_unknown_classes_are_told_apart():
+    cases = {
+        "newobj": (
+            _p4(b"}", _s("x"), _g("mypkg", "Config"), b")\x81}", _s("a"), b"K\x01sb", b"s"),
+            "pickle.unknown-global",
+        ),
+        "reduce": (_p4(b"}", _s("x"), _g("mypkg", "Config"), _s("a"), b"\x85R", b"s"), "pickle.call"),
+        "newobj_ex": (_p4(b"}", _s("x"), _g("mypkg", "Config"), b")}", _s("k"), b"K\x01s\x92", b"s"), "pickle.call"),
+        "inst": (b"(dS'x'\n(S'a'\nimypkg\nConfig\ns.", "pickle.call"),
+        "obj": (_p4(b"}", _s("x"), b"(", _g("mypkg", "Config"), _s("a"), b"o", b"s"), "pickle.call"),
+    }
+    for how, (data, check) in cases.items():
+        _obj, findings = _unpickle(data, strict=False)
+        assert [(f.check, f.qualname) for f in findings] == [(check, "mypkg.Config")], how
+        if check == "pickle.call":
+            assert findings[0].site == "x" and "at 'x'" in findings[0].message
+            with pytest.raises(
+                UnsafeCheckpointError, match=r"calls mypkg\.Config at 'x'.*--allow-global mypkg\.Config"
+            ):
+                _unpickle(data)
+            trusting = SafeUnpickler(io.BytesIO(data), strict=True, trusted=frozenset({"mypkg.Config"}))
+            assert type(trusting.load()["x"]).qualname() == "mypkg.Config" and trusting.findings == []
+
+
+def test_call_chains_name_each_call_and_where_the_chain_sits():
+    # operator.attrgetter("system")(__import__("os"))("id"), kept under "a" of a list under "x".
+    chain = _g("operator", "attrgetter") + _s("system") + b"\x85R" + _g("builtins", "__import__") + _s("os")
+    data = _p4(b"}", _s("x"), b"]", _s("a"), chain + b"\x85R\x85R" + _s("id") + b"\x85R", b"\x86a", b"s")
+    _obj, findings = _unpickle(data, strict=False)
+    assert [(f.check, f.qualname, f.site) for f in findings] == [
+        ("pickle.call", "operator.attrgetter", "x.0.1"),
+        ("pickle.call", "builtins.__import__", "x.0.1.args.0"),
+        ("pickle.call", "operator.attrgetter()", "x.0.1"),
+    ]
+    assert findings[2].message.startswith("the pickle calls what operator.attrgetter returned at 'x.0.1'")

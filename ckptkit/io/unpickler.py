@@ -306,7 +306,8 @@ def resolve_global(module: str, name: str, allowed: Callable[[str, str], bool]) 
     if "." not in name and allowed(module, name):
         return Resolution(written, module, name, "allowed")  # named exactly as allow-listed
     readings = _readings(module, name)
-    for mod, attr in readings:
+    # The last dangerous reading is the most specific: tempfile + _os.system reaches os.system.
+    for mod, attr in reversed(readings):
         reason = dangerous_reason(mod, attr)
         if reason is not None:
             return Resolution(written, mod, attr, "dangerous", reason)
