@@ -8,6 +8,7 @@ each sample on which it differs is listed below with the reason.
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 import ckptkit
 from ckptkit.cli import cli as ckptkit_cli
 from ckptkit.core.errors import CkptkitError, UnsafeCheckpointError
-from ckptkit.verify import verify
+from ckptkit.verify import Report, verify
 from tests.security.generate import BENIGN, CRASH, MALICIOUS, MARKER, all_samples
 
 SAMPLES = {s.name: s for s in all_samples()}
@@ -36,6 +37,11 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # a Keras lambda, if anything ran it, would write its marker here
 
 
+@functools.cache
+def _verified(path: Path) -> Report:
+    return verify([path])  # each sample is verified once, whichever tests look at the report
+
+
 def _no_payload_ran(path: Path) -> None:
     assert not (path.parent / MARKER).exists(), "the payload ran"
     assert not Path(MARKER).exists(), "the payload ran"
@@ -43,7 +49,7 @@ def _no_payload_ran(path: Path) -> None:
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLES.items() if s.kind == MALICIOUS])
 def test_malicious_samples_fail_verify(name: str, corpus: dict[str, Path]) -> None:
-    report = verify([corpus[name]])
+    report = _verified(corpus[name])
     errors = [f for f in report.findings if f.severity == "error"]
     assert report.exit_code == 1, SAMPLES[name].about
     assert any(f.check.startswith(SECURITY_CHECKS) for f in errors), [f.to_dict() for f in errors]
@@ -52,7 +58,7 @@ def test_malicious_samples_fail_verify(name: str, corpus: dict[str, Path]) -> No
 
 @pytest.mark.parametrize("name", [n for n, s in SAMPLES.items() if s.kind == BENIGN])
 def test_benign_samples_pass_verify(name: str, corpus: dict[str, Path]) -> None:
-    report = verify([corpus[name]])
+    report = _verified(corpus[name])
     assert report.exit_code == 0, [f.to_dict() for f in report.findings if f.severity == "error"]
     with ckptkit.load(corpus[name]) as ckpt:
         assert len(ckpt) > 0
@@ -74,7 +80,7 @@ def test_readers_refuse_what_verify_calls_an_error_in_the_same_words(name: str, 
     path = corpus[name]
     with pytest.raises(CkptkitError) as refused:
         ckptkit.load(path)
-    words = {f.message for f in verify([path]).findings if f.severity == "error"}
+    words = {f.message for f in _verified(path).findings if f.severity == "error"}
     if isinstance(refused.value, UnsafeCheckpointError):
         assert refused.value.message in words, (refused.value.message, words)
     _no_payload_ran(path)
@@ -85,7 +91,7 @@ def test_npz_object_arrays_are_refused_when_read(name: str, corpus: dict[str, Pa
     # An .npz names its arrays after the members: the refusal says which array, as verify does.
     with pytest.raises(UnsafeCheckpointError) as refused:
         ckptkit.load(corpus[name])
-    assert refused.value.message in {f.message for f in verify([corpus[name]]).findings}
+    assert refused.value.message in {f.message for f in _verified(corpus[name]).findings}
 
 
 def test_allow_global_trusts_a_called_class_but_never_os_system(tmp_path: Path, corpus: dict[str, Path]) -> None:

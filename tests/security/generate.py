@@ -976,7 +976,8 @@ def count(out: Path) -> dict[str, Any]:
         ran_in_cwd = (Path(cwd) / MARKER).exists()
     results = json.loads(proc.stdout)
     tally: dict[str, Any] = {"samples": len(samples), "malicious": 0, "benign": 0, "crash_samples": 0, "misses": [],
-                             "false_positives": [], "crashes": [], "inspect_accepts_malicious": [],
+                             "false_positives": [], "crashes": [], "malicious_unjudged": [],
+                             "inspect_accepts_malicious": [],
                              "payload_ran": ["(working folder)"] if ran_in_cwd else []}  # fmt: skip
     for sample in samples:
         tally[sample.kind if sample.kind != CRASH else "crash_samples"] += 1
@@ -987,6 +988,8 @@ def count(out: Path) -> dict[str, Any]:
         verify_code = results[f"{sample.name} verify"][0]
         if sample.kind in (MALICIOUS, CRASH) and verify_code == 0:
             tally["misses"].append(sample.name)
+        if sample.kind == MALICIOUS and verify_code == 2:  # verify could not run: no verdict on its content
+            tally["malicious_unjudged"].append(sample.name)
         if sample.kind == BENIGN and verify_code != 0:
             tally["false_positives"].append(f"{sample.name}: {results[sample.name + ' verify'][2].strip()[:300]}")
         if sample.kind == MALICIOUS and results[f"{sample.name} inspect"][0] == 0:
