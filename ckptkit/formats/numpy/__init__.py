@@ -20,10 +20,9 @@ import numpy as np
 from ckptkit.core.errors import UnsupportedError, UsageError
 from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
-from ckptkit.formats.numpy.npy import MAGIC, NPY_SUFFIX, NumpyCheckpoint, is_npz, npy_header_bytes
+from ckptkit.formats.numpy.npy import MAGIC, NPY_SUFFIX, NUMPY_DTYPES, NumpyCheckpoint, is_npz, npy_header_bytes
 
 _CHUNK = 16 * 1024 * 1024
-_WRITABLE_KINDS = "biufc"
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -43,8 +42,7 @@ def open_numpy(path: Path, options: Mapping[str, Any]) -> Checkpoint:
 def write_numpy(ckpt: Checkpoint, ctx: WriteContext) -> None:
     infos = list(ckpt.tensor_infos())
     for ti in infos:
-        dt = ti.dtype.numpy
-        if dt.kind not in _WRITABLE_KINDS or dt.type.__module__ != "numpy":
+        if ti.dtype.name not in NUMPY_DTYPES:
             raise UnsupportedError(
                 f"tensor {ti.name!r} is {ti.dtype.name}, which numpy's file format cannot name; convert with "
                 "--dtype float32 or write safetensors"
@@ -87,4 +85,5 @@ FORMAT = Format(
     write=write_numpy,
     default_extension=".npz",
     verify="ckptkit.formats.numpy.verify:check_numpy",
+    dtypes=NUMPY_DTYPES,
 )

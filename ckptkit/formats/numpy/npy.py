@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ckptkit.core import limits
-from ckptkit.core.dtypes import from_numpy
+from ckptkit.core.dtypes import DTYPES, from_numpy
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io.unpickler import ObjectsUnpickler
@@ -36,6 +36,8 @@ ROOT_NAME = "array"  # the tensor name of a lone .npy file
 MAX_HEADER = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _PLAIN_KINDS = "biufc"
+# The dtypes numpy's own types hold (ml_dtypes' bfloat16 and float8 have no .npy name).
+NUMPY_DTYPES = frozenset(d.name for d in DTYPES if d.numpy.type.__module__ == "numpy")
 
 
 @dataclass(frozen=True)
@@ -292,4 +294,13 @@ def npy_header_bytes(arr: np.ndarray) -> bytes:
     raise AssertionError("unreachable")
 
 
-__all__ = ["MAGIC", "NpyHeader", "NumpyCheckpoint", "is_npz", "npy_header_bytes", "parse_header", "scan_objects"]
+__all__ = [
+    "MAGIC",
+    "NUMPY_DTYPES",
+    "NpyHeader",
+    "NumpyCheckpoint",
+    "is_npz",
+    "npy_header_bytes",
+    "parse_header",
+    "scan_objects",
+]

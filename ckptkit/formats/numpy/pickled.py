@@ -26,6 +26,7 @@ from ckptkit.core.dtypes import from_numpy
 from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError, describe_read_error
 from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, TensorInfo
+from ckptkit.formats.numpy.npy import NUMPY_DTYPES
 from ckptkit.io.unpickler import ObjectsUnpickler, OpaqueObject, PickledArray, PickledDType
 
 EXTENSIONS = (".pkl", ".pickle", ".joblib")
@@ -180,8 +181,8 @@ class PickleCheckpoint(Checkpoint):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         objects, _unpicklers, err = load_pickles(payload(path), strict=True)
-        if err is not None and not objects:
-            raise CorruptCheckpointError(failure_message(err, 0)) from None
+        if err is not None:  # verify reports the same: bytes no loader could read as a pickle
+            raise CorruptCheckpointError(failure_message(err, len(objects))) from None
         self._arrays: dict[str, np.ndarray] = {}
         self._walk(objects[0] if objects else None)
         if len(objects) > 1:
@@ -289,4 +290,5 @@ FORMAT = Format(
     sniff=sniff,
     open=open_pickle,
     verify="ckptkit.formats.numpy.verify:check_pickle",
+    dtypes=NUMPY_DTYPES,
 )

@@ -105,14 +105,7 @@ def check_pickle(path: Path) -> list[Finding]:
     for i, unpickler in enumerate(unpicklers):
         findings.extend(pf.to_finding(path, pickle_label(i) if i else "") for pf in unpickler.findings)
     if failure is not None:
-        index = len(objects)
-        if index == 0:
-            findings.append(error("pickle.parse", failure_message(failure, 0), path))
-        else:
-            findings.append(warning(
-                "pickle.trailing", f"{failure_message(failure, index)}; pickle.load stops before it, but a loader "
-                "that reads on may not", path,
-            ))  # fmt: skip
+        findings.append(error("pickle.parse", failure_message(failure, len(objects)), path))
     if len(objects) > 1:
         findings.append(warning(
             "pickle.trailing", f"the file holds {len(objects)} pickles one after another; pickle.load reads the "
