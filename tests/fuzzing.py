@@ -584,6 +584,7 @@ def tensorflow_edits(draw: st.DrawFn, data: bytes) -> bytes:
 
     if end + BLOCK_TRAILER <= len(buf):
         rewrite_block_crc(buf, handle.offset, handle.size)
+    return bytes(buf)
 
 
 # --- GGUF: the integer fields of the header (counts, lengths, value and ggml types, dims, offsets) --
