@@ -5,7 +5,9 @@ Each built-in format is a folder under :mod:`ckptkit.formats` whose module, name
 Format modules import their heavy libraries (h5py, onnx, ...) inside their functions, so listing
 formats or detecting a file loads no framework. Other packages add formats through the
 ``ckptkit.formats`` entry-point group, whose entries point at a :class:`Format` object; either
-kind proves itself with a test subclassing :class:`ckptkit.testing.FormatContract`.
+kind proves itself with a test subclassing :class:`ckptkit.testing.FormatContract`. Plug-ins come
+after the built-in formats, so they are looked up only when no built-in one answers: scanning
+the installed packages' entry points costs more than reading a header.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 
 
 _formats: dict[str, Format] | None = None
+_plugins_loaded = False
 plugin_errors: list[str] = []  # entry points that failed to load, for ``ckptkit formats`` to show
 
 
@@ -106,8 +108,9 @@ def _check_options(fmt: Format, others: Iterable[Format]) -> None:
             )
 
 
-def _load() -> dict[str, Format]:
-    global _formats
+def _load(plugins: bool = True) -> dict[str, Format]:
+    """The formats by name: the built-in ones, then (``plugins``) those of entry points."""
+    global _formats, _plugins_loaded
     if _formats is None:
         formats: dict[str, Format] = {}
         _formats = formats
@@ -115,22 +118,30 @@ def _load() -> dict[str, Format]:
             fmt = importlib.import_module(module_name).FORMAT
             _check_options(fmt, formats.values())
             formats[fmt.name] = fmt
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                fmt = ep.load()
-            except Exception as err:
-                if os.environ.get("CKPTKIT_DEBUG"):
-                    raise  # the traceback shows where
-                plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {_load_failure(err)}")
-                continue
-            if not isinstance(fmt, Format):
-                plugin_errors.append(f"format plug-in {ep.value} is not a ckptkit.registry.Format")
-                continue
-            if fmt.name in formats:
-                raise CkptkitError(f"entry point {ep.value} registers format {fmt.name!r}, which exists already")
-            _check_options(fmt, formats.values())
-            formats[fmt.name] = fmt
+    if plugins and not _plugins_loaded:
+        _plugins_loaded = True
+        _load_plugins(_formats)
     return _formats
+
+
+def _load_plugins(formats: dict[str, Format]) -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            fmt = ep.load()
+        except Exception as err:
+            if os.environ.get("CKPTKIT_DEBUG"):
+                raise  # the traceback shows where
+            plugin_errors.append(f"format plug-in {ep.value} could not be loaded: {_load_failure(err)}")
+            continue
+        if not isinstance(fmt, Format):
+            plugin_errors.append(f"format plug-in {ep.value} is not a ckptkit.registry.Format")
+            continue
+        if fmt.name in formats:
+            raise CkptkitError(f"entry point {ep.value} registers format {fmt.name!r}, which exists already")
+        _check_options(fmt, formats.values())
+        formats[fmt.name] = fmt
 
 
 def _load_failure(err: Exception) -> str:
@@ -151,8 +162,11 @@ def formats() -> list[Format]:
 
 def get(name: str) -> Format:
     """The format of that name (case-insensitive); lists the known names when there is none."""
-    fmts = _load()
     key = name.strip().lower()
+    builtin = _load(plugins=False)
+    if key in builtin:
+        return builtin[key]
+    fmts = _load()
     if key in fmts:
         return fmts[key]
     for fmt in fmts.values():
@@ -227,7 +241,11 @@ def detect(path: Path, head: bytes | None = None) -> Format:
     if head is None:
         path = locate(path)
         head = check_input(path)
-    for fmt in _load().values():
+    known = list(_load(plugins=False).values())
+    for fmt in known:
+        if fmt.can_read and _sniff(fmt, head, path):
+            return fmt
+    for fmt in list(_load().values())[len(known) :]:  # plug-ins, loaded only now
         if fmt.can_read and _sniff(fmt, head, path):
             return fmt
     by_ext = [f for f in _load().values() if f.can_read and _has_extension(path, f)]

@@ -1,7 +1,9 @@
 """The ``ckptkit`` command: one small module per subcommand, errors mapped in one place.
 
-A subcommand's module is imported only when that subcommand runs (or help lists them all), so
-``ckptkit hash`` does not pay for loading the diff engine or the converter.
+A subcommand's module is imported only when that subcommand runs, so ``ckptkit hash`` does not
+pay for loading the diff engine or the converter, and ``ckptkit --help`` lists the subcommands
+from the table below without importing any of them (tests check that each summary is the first
+line of its command's help).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ _COMMANDS = {
     "verify": "ckptkit.cli._verify",
     "formats": "ckptkit.cli._formats",
 }
+# What ``ckptkit --help`` shows for each: the first line of the command's own help.
+SUMMARIES = {
+    "convert": "Convert checkpoint SRC into DST (any readable format to any writable one).",
+    "inspect": "Show a checkpoint's format, tensors, sizes and metadata.",
+    "diff": "Compare checkpoint A with B, in the same or different formats.",
+    "hash": "Hash every tensor of PATH independently of its file format.",
+    "verify": "Check checkpoints for corruption, unsafe content and inconsistency; read every tensor.",
+    "formats": "List the checkpoint formats ckptkit knows.",
+}
 
 
 class _Group(click.Group):
@@ -39,6 +50,14 @@ class _Group(click.Group):
         if cmd_name in _COMMANDS and cmd_name not in self.commands:
             self.add_command(importlib.import_module(_COMMANDS[cmd_name]).command, cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Stand-ins carrying only the summary, so that click shortens them as it would the commands.
+        listed = {name: self.commands.get(name) or click.Command(name, help=SUMMARIES[name]) for name in _COMMANDS}
+        listed.update((n, c) for n, c in self.commands.items() if n not in listed and not c.hidden)
+        limit = formatter.width - 6 - max(len(name) for name in listed)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in listed.items()])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

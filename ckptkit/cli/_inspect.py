@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
 
 from ckptkit import registry
 from ckptkit.api import describe
@@ -25,6 +22,10 @@ from ckptkit.cli._output import (
     storage_option,
 )
 from ckptkit.core.names import leaf_name, module_path
+
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.tree import Tree
 
 _MAX_VALUE_CHARS = 200
 
@@ -97,6 +98,8 @@ def _print_report(report: dict[str, Any], stats: bool) -> None:
 
 
 def _tensor_table(stats: bool) -> Table:
+    from rich.table import Table  # rich loads only when a table is drawn, never for --json
+
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("name", "dtype", "shape", "size", "location"):
         table.add_column(col, justify="right" if col == "size" else "left")
@@ -107,6 +110,8 @@ def _tensor_table(stats: bool) -> Table:
 
 
 def _tensor_row(t: dict[str, Any], stats: bool, indent: str = "") -> list[Any]:
+    from rich.text import Text
+
     row: list[Any] = [
         Text(indent + printable(t["name"])), t["dtype"], str(t["shape"]), human_bytes(t["nbytes"]),
         Text(printable(t["location"])),
@@ -119,6 +124,8 @@ def _tensor_row(t: dict[str, Any], stats: bool, indent: str = "") -> list[Any]:
 
 def _print_structure(report: dict[str, Any], stats: bool) -> None:
     """The format's own grouping: one table per section (a Keras file's layers, its optimizer)."""
+    from rich.text import Text
+
     out = stdout_console()
     by_name = {t["name"]: t for t in report["tensors"]}
     shown: set[str] = set()
@@ -150,6 +157,9 @@ def _num(x: float | None) -> str:
 
 
 def _print_tree(report: dict[str, Any]) -> None:
+    from rich.text import Text
+    from rich.tree import Tree
+
     out = stdout_console()
     for line in _summary(report):
         out.print(line, markup=False)
@@ -175,6 +185,8 @@ def _params(node: dict[str, Any]) -> int:
 
 
 def _fill(branch: Tree, node: dict[str, Any]) -> None:
+    from rich.text import Text
+
     for key, child in node.items():
         if key == "\0tensors":
             continue

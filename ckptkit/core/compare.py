@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 
 COMPARE_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 def arrays_identical(a: np.ndarray, b: np.ndarray) -> bool:
     """Bit-for-bit equality, chunked so no full-size temporary is made."""
+    import numpy as np
+
     if a.shape != b.shape or a.dtype.itemsize != b.dtype.itemsize:
         return False
     fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)

@@ -1,7 +1,9 @@
 """One table of the element types ckptkit knows, with the name each format gives them.
 
 numpy lacks bfloat16, the float8 types and the sub-byte types; ``ml_dtypes`` provides them, so
-every tensor can be held as a numpy array without a framework. Sub-byte types (int4, float4_e2m1fn,
+every tensor can be held as a numpy array without a framework. The table itself is plain data:
+naming a dtype or reading a header imports neither numpy nor ml_dtypes (importing ml_dtypes 0.7
+alone took 0.65 s on a small machine); :attr:`DType.numpy` loads them on first use. Sub-byte types (int4, float4_e2m1fn,
 ...) are held one element per byte, as ml_dtypes does; a format that packs them (ONNX) packs and
 unpacks them itself, so ``itemsize`` is always the in-memory size.
 """
@@ -10,11 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-
-import ml_dtypes
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.core.errors import UnsupportedError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# The types numpy has itself; every other name in the table is an ml_dtypes type.
+_NUMPY_NATIVE = frozenset(
+    ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
+     "bool", "complex128", "complex64")
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,13 @@ class DType:
 
     @property
     def numpy(self) -> np.dtype:
-        """The numpy dtype (an ml_dtypes type where numpy has none)."""
+        """The numpy dtype (an ml_dtypes type where numpy has none); loads numpy, and ml_dtypes if needed."""
         return _numpy_dtype(self.numpy_name)
+
+    @property
+    def needs_ml_dtypes(self) -> bool:
+        """Whether numpy holds this type only through ``ml_dtypes`` (bfloat16, the float8 types, int4...)."""
+        return self.numpy_name not in _NUMPY_NATIVE
 
     @property
     def is_floating(self) -> bool:
@@ -44,9 +58,13 @@ class DType:
 
 @cache
 def _numpy_dtype(numpy_name: str) -> np.dtype:
-    if hasattr(ml_dtypes, numpy_name):
-        return np.dtype(getattr(ml_dtypes, numpy_name))
-    return np.dtype(numpy_name)
+    import numpy as np
+
+    if numpy_name in _NUMPY_NATIVE:
+        return np.dtype(numpy_name)
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, numpy_name))
 
 
 # fmt: off
@@ -99,6 +117,7 @@ _ALIASES = {
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES if d.safetensors}
 _BY_TORCH_STORAGE = {d.torch_storage: d for d in DTYPES if d.torch_storage}
 _BY_ONNX = {d.onnx: d for d in DTYPES if d.onnx is not None}
+_BY_NUMPY_NAME = {d.numpy_name: d for d in DTYPES}
 
 
 def dtype_names() -> list[str]:
@@ -135,9 +154,13 @@ def by_onnx(code: int) -> DType | None:
 
 def from_numpy(dtype: np.dtype) -> DType:
     """The table entry for a numpy (or ml_dtypes) dtype; byte order is ignored."""
+    import numpy as np
+
     dt = np.dtype(dtype)
     native = dt.newbyteorder("=") if dt.byteorder not in ("=", "|") else dt
-    for d in DTYPES:
-        if d.numpy == native:
-            return d
+    # Looked up by name, so that a plain numpy array never makes ml_dtypes load; the equality
+    # check then refuses another library's type that happens to share the name.
+    d = _BY_NUMPY_NAME.get(native.name)
+    if d is not None and d.numpy == native:
+        return d
     raise UnsupportedError(f"numpy dtype {dt} has no ckptkit equivalent")

@@ -9,12 +9,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.dtypes import DType, from_numpy
 from ckptkit.core.errors import READ_ERRORS, CorruptCheckpointError, UnsupportedError, UsageError, describe_read_error
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ProgressFn = Callable[[int], None]
 """Called with a number of bytes just processed; the caller knows the total."""
@@ -253,6 +254,8 @@ class MemoryCheckpoint(Checkpoint):
         metadata: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
     ) -> None:
+        import numpy as np
+
         super().__init__(None)
         self._arrays: dict[str, np.ndarray] = {}
         for name, value in tensors.items():
@@ -270,6 +273,8 @@ class MemoryCheckpoint(Checkpoint):
 
 def to_numpy(value: Any) -> np.ndarray:
     """A numpy view of an array-like; torch tensors (bfloat16 and float8 too) without copying."""
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         return value
     if type(value).__module__.startswith("torch"):

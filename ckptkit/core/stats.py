@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 CHUNK_ELEMENTS = 1 << 20
 
@@ -31,6 +33,8 @@ class TensorStats:
 
 def compute_stats(array: np.ndarray) -> TensorStats:
     """Stats of any tensor (ints, bool, float8/bfloat16 via ml_dtypes, complex by magnitude)."""
+    import numpy as np
+
     flat = array.reshape(-1)
     st = TensorStats(count=int(flat.size))
     mean = 0.0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import replace
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _GLOB_CHARS = set("*?[")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, TypeAlias
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.names import utf8_text
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
@@ -116,6 +117,8 @@ def signed(value: int) -> int:
 
 def decode_varints(data: np.ndarray) -> np.ndarray:
     """Every varint in ``data`` (uint8) as uint64, vectorised for packed repeated fields."""
+    import numpy as np
+
     if data.size == 0:
         return np.zeros(0, np.uint64)
     last = data < 0x80
@@ -133,6 +136,8 @@ def decode_varints(data: np.ndarray) -> np.ndarray:
 
 def repeated(buf: Buffer, pieces: Sequence[Field], element: str) -> np.ndarray:
     """The values of a repeated scalar field, packed or not, as ``element`` ("varint", "<f4", ...)."""
+    import numpy as np
+
     arrays: list[np.ndarray] = []
     for f in pieces:
         raw = np.frombuffer(buf, np.uint8, f.end - f.start, f.start) if f.end > f.start else np.zeros(0, np.uint8)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import os
 import zlib
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent
+
+if TYPE_CHECKING:
+    pass
 
 CHUNK_BYTES = 16 * 1024 * 1024
 _PAGE = 4096
@@ -60,6 +61,8 @@ class TensorCopier:
         progress: ProgressFn | None = None,
     ) -> tuple[int, int]:
         """Append tensor ``name`` to ``out``; returns (bytes written, CRC-32 or 0)."""
+        import numpy as np
+
         extent = ckpt.raw_extent(name)
         if extent is not None:
             return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, want_crc, progress)

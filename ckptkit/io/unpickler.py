@@ -35,14 +35,15 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ckptkit.core import dtypes, limits, trust
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptkit.core.findings import Finding
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Severity = Literal["error", "warning"]
 
@@ -475,6 +476,8 @@ class PickledDType:
     """
 
     def __init__(self, spec: object, align: object = False, copy: object = False, *, objects: bool = False) -> None:
+        import numpy as np
+
         if not isinstance(spec, str):
             raise CorruptCheckpointError(f"numpy dtype spec {spec!r} is not a type code")
         try:
@@ -506,6 +509,8 @@ class PickledArray:
         self.shape: tuple[int, ...] = ()
 
     def __setstate__(self, state: Any) -> None:
+        import numpy as np
+
         if isinstance(state, tuple) and len(state) == 5:
             state = state[1:]
         if not (isinstance(state, tuple) and len(state) == 4):
@@ -691,6 +696,8 @@ def _plain(kind: type) -> Callable[..., object]:
 
 
 def _np_scalar(dtype: object, data: object = None) -> object:
+    import numpy as np
+
     if not isinstance(dtype, PickledDType) or not isinstance(data, (bytes, bytearray)):
         raise CorruptCheckpointError("numpy scalar without a plain dtype and raw bytes")
     if len(data) != dtype.dtype.itemsize:

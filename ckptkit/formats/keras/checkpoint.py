@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
 from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.keras.hdf5 import DataReader, attr_text, dataset_dtype, hdf5_errors
 from ckptkit.formats.keras.structure import CLASSES, Structure
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Root attribute where ckptkit keeps metadata the Keras layout has no place for (a layout record,
 # metadata carried over from another format), as one JSON object of strings.

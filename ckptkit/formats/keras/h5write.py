@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UnsupportedError
@@ -29,6 +27,9 @@ from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
 from ckptkit.core.names import utf8_text
 from ckptkit.formats.keras.hdf5 import DTYPE_ATTR, h5py_module
 from ckptkit.io.streaming import TensorCopier
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SMALL_BYTES = 1 << 20  # datasets below this are written by h5py directly
 PAGE = 4096
@@ -59,6 +60,8 @@ class FileSpec:
 
 def names_attribute(names: list[str]) -> list[tuple[str, Any]]:
     """A list of names as Keras stores it: one byte-string array, split when it is too long."""
+    import numpy as np
+
     if not names:
         return [("", np.zeros(0))]
     encoded = [utf8_text(n, "Keras HDF5") for n in names]
@@ -78,6 +81,8 @@ def set_names(attrs: dict[str, Any], name: str, names: list[str]) -> None:
 
 def storage_dtype(dtype: DType) -> tuple[np.dtype, str | None]:
     """The numpy type h5py stores, and the name to record when HDF5 has no such type natively."""
+    import numpy as np
+
     if dtype.numpy.type.__module__ == "numpy":
         return dtype.numpy, None
     # bfloat16 and float8 (ml_dtypes): opaque elements of the same width plus a dtype attribute.
@@ -86,6 +91,8 @@ def storage_dtype(dtype: DType) -> tuple[np.dtype, str | None]:
 
 def write_hdf5(spec: FileSpec, ckpt: Checkpoint, target: Path, progress: ProgressFn | None = None) -> None:
     """Write ``spec`` to ``target``, the datasets' data taken from ``ckpt``."""
+    import numpy as np
+
     h5py = h5py_module()
     _check_paths(spec)
     stored = {d.tensor: d.path for d in spec.datasets if d.tensor not in ckpt.aliases}

@@ -13,13 +13,14 @@ import math
 import mmap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckptkit.core import dtypes, limits
 from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
 from ckptkit.core.model import RawExtent
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The attribute that marks a dataset whose element type HDF5 has no native form for (bfloat16,
@@ -123,6 +124,8 @@ class SliceFile(io.RawIOBase):
 
 def text(value: Any) -> str:
     """An HDF5 attribute value (bytes, str, numpy scalar) as text."""
+    import numpy as np
+
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     if isinstance(value, bytes | np.bytes_):
@@ -136,6 +139,8 @@ def attr_text(obj: Any, name: str) -> str | None:
 
 def attr_strings(obj: Any, name: str) -> list[str] | None:
     """A list-of-strings attribute, also when Keras split it into ``name0``, ``name1``, ..."""
+    import numpy as np
+
     if name in obj.attrs:
         chunks = [obj.attrs[name]]
     elif f"{name}0" in obj.attrs:
@@ -293,6 +298,8 @@ class DataReader:
         return RawExtent(self.path, self.start + offset, nbytes)
 
     def read(self, ds: Any, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
+        import numpy as np
+
         nbytes = math.prod(shape) * dtype.itemsize
         extent = self.extent(ds, nbytes)
         if extent is not None and self._map is not None and nbytes:

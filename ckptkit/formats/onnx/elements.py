@@ -8,12 +8,14 @@ typed repeated field chosen by the element type, many of them widened to int32.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.core.dtypes import DType, by_onnx
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.io.protowire import Buffer, Field, repeated
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # TensorProto field numbers of the typed value fields.
 FLOAT_DATA, INT32_DATA, STRING_DATA, INT64_DATA, DOUBLE_DATA, UINT64_DATA = 4, 5, 6, 7, 10, 11
@@ -57,6 +59,8 @@ def is_packed(dtype: DType) -> bool:
 
 def unpack(data: np.ndarray, dtype: DType, numel: int) -> np.ndarray:
     """Sub-byte values packed in ``data`` (uint8), one per byte, as a flat array of ``dtype``."""
+    import numpy as np
+
     bits = PACKED_BITS[dtype.onnx or 0]
     if data.size < stored_nbytes(dtype, numel):
         raise CorruptCheckpointError(f"{data.size} bytes cannot hold {numel} packed {dtype.name} values")
@@ -83,6 +87,8 @@ def unpack(data: np.ndarray, dtype: DType, numel: int) -> np.ndarray:
 
 def pack(values: np.ndarray, dtype: DType) -> np.ndarray:
     """The packed bytes of sub-byte ``values`` (the inverse of :func:`unpack`)."""
+    import numpy as np
+
     bits = PACKED_BITS[dtype.onnx or 0]
     per_group = 4 if bits == 6 else 8 // bits
     codes = np.ascontiguousarray(values).reshape(-1).view(np.uint8) & ((1 << bits) - 1)
@@ -118,6 +124,8 @@ def typed_field(onnx_type: int) -> tuple[int, str]:
 
 def decode_typed(buf: Buffer, pieces: Mapping[int, Sequence[Field]], dtype: DType, numel: int) -> np.ndarray:
     """A flat array of ``numel`` values of ``dtype`` read from the tensor's typed field."""
+    import numpy as np
+
     code = dtype.onnx or 0
     field, element = typed_field(code)
     values = repeated(buf, pieces.get(field, ()), element)

@@ -15,8 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DType, by_name, by_onnx
@@ -28,6 +27,9 @@ from ckptkit.io.protowire import Buffer, repeated
 
 from .elements import TYPED_FIELD_NAMES, decode_typed, element_name, is_packed, stored_nbytes, unpack
 from .graph import ModelInfo, Slot, TensorRecord, scan_model
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _SCALAR_ATTRS = {
     "value_float": ("float32", "<f4", True),
@@ -175,6 +177,8 @@ class OnnxCheckpoint(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         ti = self.info(name)
         slot = self.slots[name]
         if slot.tensor is None:
@@ -272,6 +276,8 @@ def external_offset(name: str, t: TensorRecord, need: int, size: int) -> int:
 
 def _values_at(buf: Buffer, offset: int, dtype: DType, numel: int) -> np.ndarray:
     """``numel`` little-endian values of ``dtype`` at ``buf[offset:]``, flat, without copying if aligned."""
+    import numpy as np
+
     if is_packed(dtype):
         return unpack(np.frombuffer(buf, np.uint8, stored_nbytes(dtype, numel), offset), dtype, numel)
     if offset % dtype.itemsize:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckptkit.core.compare import arrays_identical
 from ckptkit.core.errors import CkptkitError, UnsupportedError, UsageError
@@ -32,6 +30,9 @@ from .emit import EXTERNAL_THRESHOLD, PROTOBUF_LIMIT, ExternalData, inline_data_
 from .graph import A_F, A_FLOATS, A_I, A_INTS, A_NAME, A_T, N_ATTRIBUTE, N_NAME, N_OP_TYPE, N_OUTPUT, Slot
 from .reader import OnnxCheckpoint
 from .splice import Replacement, Splice
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _SHOWN = 8  # names listed in a message before "and N more"
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import mmap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ckptkit.core.findings import ProblemSink
 from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.safetensors import header
 from ckptkit.io.source import Source
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class RemoteSafetensorsCheckpoint(Checkpoint):
@@ -46,6 +47,8 @@ class RemoteSafetensorsCheckpoint(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         ti = self.info(name)
         begin, _end = self._offsets[name]
         out = np.empty(ti.shape, ti.dtype.numpy)
@@ -93,6 +96,8 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         ti = self.info(name)
         begin, _end = self._offsets[name]
         if ti.numel == 0 or self._map is None:

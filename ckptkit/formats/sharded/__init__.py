@@ -23,9 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit import registry
 from ckptkit.core.dtypes import dtype_names
@@ -34,6 +32,9 @@ from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, read_index
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT_NAME = "sharded"
 _INDEX_SIZE_KEYS = ("total_size", "total_parameters")

@@ -24,9 +24,7 @@ import mmap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, cast
 
 from ckptkit.core.dtypes import dtype_names
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
@@ -38,6 +36,9 @@ from ckptkit.formats.torch.structure import flatten, unsupported_reason
 from ckptkit.formats.torch.writer import NOT_IN_TORCH
 from ckptkit.io.paths import check_relative_name
 from ckptkit.io.unpickler import Marker, SafeUnpickler, TensorRecord, UnsupportedTensor, load
+
+if TYPE_CHECKING:
+    import numpy as np
 
 METADATA_NAME = ".metadata"
 DATA_SUFFIX = ".distcp"
@@ -291,6 +292,8 @@ class DcpCheckpoint(Checkpoint):
                 yield fqn, chunk, self._maps[chunk.file]
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         chunks = self._chunks[name]
         info = self.info(name)
         if len(chunks) == 1:

@@ -6,9 +6,7 @@ import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
@@ -16,6 +14,9 @@ from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.io.unpickler import PickleFinding, TensorRecord
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT_KEY = "torch:root"
 FORMAT_KEY = "torch:format"
@@ -98,6 +99,8 @@ def record_array(buf: mmap.mmap, rec: TensorRecord, start: int, big_endian: bool
 
     A contiguous little-endian tensor is a view of the map; others are copied.
     """
+    import numpy as np
+
     dtype = rec.dtype.numpy
     if rec.numel == 0:
         return np.zeros(rec.shape, dtype)
@@ -163,6 +166,8 @@ def _check_expansion(name: str, rec: TensorRecord) -> None:
 
 
 def _byteswapped(arr: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     if arr.dtype.type.__module__ == "numpy":
         return arr.byteswap()  # numpy swaps each half of a complex number on its own
     width = np.dtype(f"u{arr.dtype.itemsize}")

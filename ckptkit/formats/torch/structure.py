@@ -7,11 +7,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
@@ -200,11 +199,18 @@ def _unique(name: str, *taken: dict[str, Any]) -> str:
     return candidate
 
 
+def _numpy_scalar_type() -> Any:
+    # Only the unpickler builds numpy scalars, and it imports numpy to do so: without numpy
+    # loaded there can be none, and headers are read without loading it.
+    np = sys.modules.get("numpy")
+    return np.generic if np is not None else ()
+
+
 def _leaf(obj: object) -> Any:
     """A JSON-able stand-in for a non-tensor value."""
     if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 256:
         return f"<int of {obj.bit_length()} bits>"
-    if isinstance(obj, np.generic):  # before the scalar check: np.float64 is a float subclass
+    if isinstance(obj, _numpy_scalar_type()):  # before the scalar check: np.float64 is a float subclass
         value = obj.item()
         return value if isinstance(value, _SCALARS) else str(value)
     if isinstance(obj, _SCALARS):

@@ -27,9 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.errors import CkptkitError, UsageError
 from ckptkit.core.format import OptionSpec, WriteContext, Writer
@@ -38,6 +36,9 @@ from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo, parse_size
 from ckptkit.io.paths import is_inside_name
 from ckptkit.io.shards.index import INDEX_SUFFIX, read_index
 from ckptkit.io.workers import shard_executor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_SHARD_SIZE = "5GB"  # the default of transformers' save_pretrained and huggingface_hub
 
