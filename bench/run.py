@@ -77,6 +77,7 @@ class Op:
 
 def probe() -> dict:
     """Which commands and read-write formats the ckptkit in this tree has."""
+    # The group loads its subcommands on demand: ask it for their names, not for those loaded so far.
     code = (
         "import json, click; from ckptkit.cli import cli; from ckptkit import registry\n"
         "fmts = {f.name: f.default_extension for f in registry.formats() if f.can_read and f.can_write}\n"
@@ -185,6 +186,11 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
             ops.append(Op(label, argv, data, cleanup, naive, naive_out, keep))
             if keep:
                 sources[dst_name] = dst
+            if {src_name, dst_name} == {"safetensors", torch_fmt}:
+                quick = scratch / f"{dst_name}-nv" / targets[dst_name].name
+                quick.parent.mkdir(parents=True, exist_ok=True)
+                nv = _ckptkit("convert", src, quick, *to, "--no-verify")
+                ops.append(Op(f"{label} --no-verify", nv, data, quick))
     if torch_fmt is None:
         ops.append(Op("convert safetensors -> torch", None, [st]))
     if "tensorflow" in sources:  # header-only inspect of the TensorFlow checkpoint written above
@@ -269,7 +275,9 @@ def bench_one(size_gb: float, dtype: str, work: Path, caps: dict, args: argparse
             r = timed(op.argv, args.repeat, op.output, op.inputs)
             if r.ok or op.name.startswith("diff"):  # diff exits 1 when it finds differences
                 row.seconds, row.peak_anon_mb = r.seconds, r.peak_anon_bytes / 1e6
-                row.vs_cp, row.vs_sha256 = r.seconds / cp.seconds, r.seconds / sha.seconds
+                # Against cp and sha256 of as many bytes as the command reads (diff reads two files).
+                scale = row.input_bytes / nbytes
+                row.vs_cp, row.vs_sha256 = r.seconds / (cp.seconds * scale), r.seconds / (sha.seconds * scale)
                 if not r.ok:
                     row.notes.append(f"exit {r.returncode}")
             else:
@@ -349,12 +357,57 @@ def scaling(rows: list[Row], sizes: list[float]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+GOALS = (
+    # (label, operation, reference operation (None: cp of the same bytes), largest ratio allowed)
+    ("PyTorch -> safetensors, verified", "convert {t} -> safetensors", None, 2.0),
+    ("safetensors -> PyTorch, verified", "convert safetensors -> {t}", None, 2.0),
+    ("PyTorch -> safetensors, --no-verify", "convert {t} -> safetensors --no-verify", None, 1.3),
+    ("safetensors -> PyTorch, --no-verify", "convert safetensors -> {t} --no-verify", None, 1.3),
+    ("sharded vs one safetensors file, from PyTorch", "convert {t} -> " + SHARDED, "convert {t} -> safetensors", 1.2),
+)
+
+
+def goals(rows: list[Row], torch_fmt: str = "torch") -> str:
+    """The targets the project set itself, each with the ratio this run measured."""
+    lines = ["| size | dtype | goal | measured | met |", "|---|---|---|---|---|"]
+    by_key = {(r.op, r.dtype, r.size_gb): r for r in rows if r.status == "ok" and r.seconds}
+    keys = sorted({(r.dtype, r.size_gb) for r in rows}, key=lambda k: (k[0], k[1]))
+
+    def add(size: float, dtype: str, what: str, value: float | None, limit: float, most: bool = True) -> None:
+        shown = "—" if value is None else f"{value:.2f}×"
+        met = "—" if value is None else ("yes" if (value <= limit if most else value >= limit) else "no")
+        lines.append(f"| {size:g} GB | {dtype} | {what} {'≤' if most else '≥'} {limit:g}× | {shown} | {met} |")
+
+    for dtype, size in keys:
+        for label, op, ref, limit in GOALS:
+            row = by_key.get((op.format(t=torch_fmt), dtype, size))
+            if ref is None:
+                add(size, dtype, f"{label}, × cp", row.vs_cp if row else None, limit)
+            else:
+                base = by_key.get((ref.format(t=torch_fmt), dtype, size))
+                ratio = row.seconds / base.seconds if row and base and row.seconds and base.seconds else None
+                add(size, dtype, f"{label}, time ×", ratio, limit)
+        others = [
+            r.vs_cp for (op, d, sz), r in by_key.items()
+            if d == dtype and sz == size and op.startswith("convert ") and r.vs_cp is not None
+            and "--no-verify" not in op and not {op.split()[1], op.split()[-1]} <= {"safetensors", torch_fmt}
+        ]  # fmt: skip
+        add(size, dtype, "every other conversion (worst), × cp", max(others) if others else None, 2.5)
+        diff = by_key.get(("diff safetensors vs torch", dtype, size))
+        add(size, dtype, "diff, faster than the naive script", diff.speedup_vs_naive if diff else None, 20, most=False)
+        hashed = by_key.get(("hash safetensors", dtype, size))
+        add(size, dtype, "hash, × one-thread sha256 script (start-up included)",
+            hashed.vs_sha256 if hashed else None, 1.0)  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> dict:
     info = {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         with open("/proc/meminfo") as f:
@@ -383,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(dtypes) - set(synth.DTYPES)
     if unknown:
         p.error(f"unknown dtype {sorted(unknown)}; use {', '.join(synth.DTYPES)}")
+    start_load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     caps = probe()
     print(f"# ckptkit commands: {', '.join(caps['commands'])}; formats: {', '.join(caps['formats'])}", file=sys.stderr)
     rows: list[Row] = []
@@ -395,9 +449,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows += bench_one(size, dtype, args.workdir / f"{dtype}-{size:g}gb", caps, args)
     args.out.mkdir(parents=True, exist_ok=True)
+    torch_fmt = next((n for n in ("torch", "pytorch") if n in caps["formats"]), "torch")
+    info = machine()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     report = {
         "schema": "ckptkit.bench/1",
-        "machine": machine(),
+        "machine": info,
         "sizes_gb": sizes,
         "dtypes": dtypes,
         "repeat": args.repeat,
@@ -405,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         "results": [{**asdict(r), "gb_per_s": r.gb_per_s} for r in rows],
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = "## All measurements\n\n" + table(rows) + "\n## Scaling\n\n" + scaling(rows, sizes)
+    text = (
+        f"Machine: {info['cpus']} cores, Python {info['python']}; load average at the start {start_load}, "
+        f"at the end {load}.\n\n## Goals\n\n" + goals(rows, torch_fmt)
+        + "\n## All measurements\n\n" + table(rows) + "\n## Scaling\n\n" + scaling(rows, sizes)
+    )  # fmt: skip
     notes = dict.fromkeys(f"- {r.op}: {r.status}: {n}" for r in rows if r.status != "ok" for n in r.notes)
     if notes:
         text += "\n## Not measured\n\n" + "\n".join(notes) + "\n"

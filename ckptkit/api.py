@@ -17,11 +17,12 @@ from ckptkit.core.compare import arrays_identical
 from ckptkit.core.dtypes import BLOCK_QUANTIZATIONS, by_name
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.format import WriteContext
-from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, Receipt, refuse_unsupported
+from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, RawExtent, Receipt, refuse_unsupported
 from ckptkit.core.stats import compute_stats
 from ckptkit.core.trust import trusting
 from ckptkit.core.views import TransformedCheckpoint, transform
 from ckptkit.io.atomic import AtomicOutput
+from ckptkit.io.extents import identical_extents
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
 from ckptkit.io.source import is_url
 from ckptkit.io.workers import default_executor, map_tensors
@@ -370,8 +371,10 @@ def compare_checkpoints(
 ) -> None:
     """Check that ``written`` holds every tensor of ``expected``, bit for bit.
 
-    Headers are checked first; the data is then compared in groups of tensors of similar total
-    size, on the default executor's threads when both checkpoints allow concurrent reads.
+    Headers are checked first. A tensor whose bytes lie as-is in both files (copied without
+    decoding) is compared as bytes of the two files; the others, cast or re-laid on the way, are
+    decoded and compared in groups of tensors of similar total size. Both run on the default
+    executor's threads (decoding only when both checkpoints allow concurrent reads).
     """
     have = set(written.names()) | set(written.aliases)
     data: list[str] = []
@@ -389,6 +392,15 @@ def compare_checkpoints(
         if name not in expected.aliases:
             data.append(name)
 
+    raw: dict[str, tuple[RawExtent, RawExtent]] = {}
+    for name in data:
+        want = expected.raw_extent(name)
+        got = written.raw_extent(written.aliases.get(name, name)) if want is not None else None
+        if want is not None and got is not None:
+            raw[name] = (want, got)
+    same_bytes = dict(zip(raw, identical_extents(list(raw.values()), progress=progress), strict=True))
+    data = [name for name in data if name not in raw]
+
     def same(name: str) -> bool:
         result = arrays_identical(expected.read_tensor(name), written.read_tensor(written.aliases.get(name, name)))
         if progress:
@@ -397,7 +409,8 @@ def compare_checkpoints(
 
     executor = default_executor(expected.concurrent_reads and written.concurrent_reads)
     results = map_tensors(expected, same, data, executor)
-    differing = next((name for name in data if not results[name]), None)
+    results.update(same_bytes)
+    differing = next((name for name in expected.names() if not results.get(name, True)), None)
     if differing is not None:
         raise CorruptCheckpointError(f"verification failed: tensor {differing!r} differs from the source", dst)
 

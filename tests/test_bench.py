@@ -40,6 +40,7 @@ def test_quick_run_reports_rows_and_json(tmp_path):
     cmd = [
         sys.executable, str(REPO / "bench" / "run.py"), "--sizes", "0.02", "--dtypes", "bf16", "--no-naive",
         "--only", "inspect safetensors", "--only", "convert safetensors -> safetensors-sharded", "--only", "hash",
+        "--only", "diff", "--only", "verify", "--only", "convert safetensors -> torch",
         "--workdir", str(tmp_path / "work"), "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -50,6 +51,12 @@ def test_quick_run_reports_rows_and_json(tmp_path):
     convert = rows["convert safetensors -> safetensors-sharded"]
     assert convert["status"] == "ok" and convert["seconds"] > 0 and convert["peak_anon_mb"] > 1
     assert convert["input_bytes"] > 15_000_000 and convert["vs_cp"] > 0
-    assert rows["hash safetensors"]["status"] == "ok"
-    assert "| inspect safetensors | bf16 | 0.02 GB |" in (out / "results.md").read_text()
+    # Every command is found and measured (the subcommands load on demand, so probing must ask for them).
+    for op in ("hash safetensors", "diff safetensors vs torch", "verify safetensors",
+               "convert safetensors -> torch", "convert safetensors -> torch --no-verify"):  # fmt: skip
+        assert rows[op]["status"] == "ok" and rows[op]["seconds"] > 0 and rows[op]["vs_cp"] > 0, op
+    text = (out / "results.md").read_text()
+    assert "| inspect safetensors | bf16 | 0.02 GB |" in text
+    assert "| 0.02 GB | bf16 | safetensors -> PyTorch, --no-verify, × cp ≤ 1.3× |" in text
+    assert "load average" in text and len(report["machine"]["load_average"]) == 3
     assert not (tmp_path / "work" / "bf16-0.02gb").exists()  # generated checkpoints are removed

@@ -19,10 +19,23 @@ def arrays_identical(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     fb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    return bytes_identical(fa, fb)
+
+
+def bytes_identical(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> bool:
+    """Equality of two 1-D uint8 arrays of the same size (memory maps too), chunk by chunk.
+
+    ``mask``: a bool scratch array of ``COMPARE_CHUNK_BYTES // 8`` elements to reuse across calls.
+    """
+    import numpy as np
+
+    if a.size != b.size:
+        return False
     # Compared as 64-bit words into one reused mask: twice as fast as bytes into fresh masks.
-    mask = np.empty(min(fa.size, COMPARE_CHUNK_BYTES) // 8, dtype=bool)
-    for start in range(0, fa.size, COMPARE_CHUNK_BYTES):
-        x, y = fa[start : start + COMPARE_CHUNK_BYTES], fb[start : start + COMPARE_CHUNK_BYTES]
+    if mask is None:
+        mask = np.empty(min(a.size, COMPARE_CHUNK_BYTES) // 8, dtype=bool)
+    for start in range(0, a.size, COMPARE_CHUNK_BYTES):
+        x, y = a[start : start + COMPARE_CHUNK_BYTES], b[start : start + COMPARE_CHUNK_BYTES]
         words = x.size // 8
         if words:
             np.not_equal(x[: words * 8].view(np.uint64), y[: words * 8].view(np.uint64), out=mask[:words])

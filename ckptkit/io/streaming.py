@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
-import zlib
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent
+from ckptkit.io.checksum import crc32, parallel_crc32
 
 if TYPE_CHECKING:
     pass
@@ -25,6 +27,9 @@ class TensorCopier:
     buffer, which reaches the same speed with no per-tensor allocation. Other tensors are read as
     arrays and written out.
 
+    A CRC-32 asked for (``want_crc``, for zip members) does not keep bytes out of the kernel copy:
+    it is computed from a memory map of the source, whose pages the copy has just brought in.
+
     ``kernel_copy_unaligned`` uses ``copy_file_range`` at any offsets, for a writer whose output
     offsets can never match the source's (page-aligned ONNX external data): measured on a busy
     machine, 2.3 GB took 1.4 s of CPU that way against 1.8 s through the buffer.
@@ -34,8 +39,13 @@ class TensorCopier:
         self.kernel_copy_unaligned = kernel_copy_unaligned
         self._buf = bytearray(chunk_bytes)
         self._sources: dict[str, io.BufferedReader] = {}
+        self._maps: dict[str, mmap.mmap] = {}
 
     def close(self) -> None:
+        for m in self._maps.values():
+            with contextlib.suppress(BufferError):  # a view of it is still referenced; the garbage collector unmaps it
+                m.close()
+        self._maps.clear()
         for f in self._sources.values():
             f.close()
         self._sources.clear()
@@ -72,7 +82,7 @@ class TensorCopier:
         for start in range(0, len(view), len(self._buf)):
             piece = view[start : start + len(self._buf)]
             if want_crc:
-                crc = zlib.crc32(piece, crc)
+                crc = crc32(piece, crc)
             out.write(piece)
             if progress:
                 progress(len(piece))
@@ -95,7 +105,7 @@ class TensorCopier:
         out.flush()
         dst_pos = out.tell()
         aligned = (offset - dst_pos) % _PAGE == 0 or self.kernel_copy_unaligned
-        if not want_crc and nbytes >= _PAGE and aligned and hasattr(os, "copy_file_range"):
+        if nbytes >= _PAGE and aligned and hasattr(os, "copy_file_range"):
             done = 0
             while done < nbytes:
                 try:
@@ -107,14 +117,17 @@ class TensorCopier:
                 done += n
                 if progress:
                     progress(n)
+            crc = self._source_crc(path, offset, done) if want_crc and done else 0
             if done == nbytes:
                 out.seek(dst_pos + nbytes)
-                return nbytes, 0
+                return nbytes, crc
             # copy_file_range may stop short (other file systems); finish through the buffer.
             out.seek(dst_pos + done)
             offset, nbytes = offset + done, nbytes - done
+            total = done + nbytes
+        else:
+            crc, total = 0, nbytes
         src.seek(offset)
-        crc = 0
         view = memoryview(self._buf)
         remaining = nbytes
         while remaining:
@@ -122,9 +135,16 @@ class TensorCopier:
             if not n:
                 raise EOFError(f"{path} ends {remaining} bytes before the tensor does")
             if want_crc:
-                crc = zlib.crc32(view[:n], crc)
+                crc = crc32(view[:n], crc)
             out.write(view[:n])
             remaining -= n
             if progress:
                 progress(n)
-        return nbytes, crc
+        return total, crc
+
+    def _source_crc(self, path: str, offset: int, nbytes: int) -> int:
+        m = self._maps.get(path)
+        if m is None:
+            m = self._maps[path] = mmap.mmap(self._source(path).fileno(), 0, access=mmap.ACCESS_READ)
+        with memoryview(m) as whole, whole[offset : offset + nbytes] as view:
+            return parallel_crc32(view)
