@@ -14,7 +14,6 @@ from __future__ import annotations
 import mmap
 import pickletools
 import zipfile
-import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ckptkit.core.findings import Finding, error, warning
 from ckptkit.formats.torch.archive import ZIP_MAGIC, _BoundedReader, extra_pickles, member_problems, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
+from ckptkit.io.checksum import crc32
 from ckptkit.io.unpickler import SafeUnpickler
 from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
@@ -283,14 +283,14 @@ def builds_on_globals(data: bytes) -> list[str]:
 
 
 def _crc_mismatches(mm: mmap.mmap, records: dict[str, RecordSpan]) -> list[RecordSpan]:
-    """Stored records whose bytes do not match their CRC-32, on all cores (zlib releases the GIL)."""
+    """Stored records whose bytes do not match their CRC-32, on all cores (the CRC releases the GIL)."""
     stored = sorted((r for r in records.values() if not r.compressed and r.end <= len(mm)), key=lambda r: -r.size)
     view = memoryview(mm)
 
     def crc_of(r: RecordSpan) -> int:
         crc = 0
         for start in range(r.data_offset, r.end, _CRC_CHUNK):
-            crc = zlib.crc32(view[start : min(r.end, start + _CRC_CHUNK)], crc)
+            crc = crc32(view[start : min(r.end, start + _CRC_CHUNK)], crc)
         return crc
 
     try:
