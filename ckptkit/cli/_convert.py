@@ -18,7 +18,6 @@ from ckptkit.cli._output import (
     print_json,
     printable,
     progress_bar,
-    stdout_console,
 )
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Receipt
@@ -124,7 +123,7 @@ def command(
                         "dropped": plan.dropped, "notes": plan.notes})  # fmt: skip
         else:
             for line in plan.lines():
-                stdout_console().print(printable(line), markup=False)
+                click.echo(printable(line))
         return
     # Opened once: the progress bar learns its size from the checkpoint being converted.
     with (
@@ -145,25 +144,24 @@ def command(
 
 
 def _print_receipt(r: Receipt) -> None:
-    out = stdout_console()
+    # Plain lines: no table to draw, so rich is not loaded for them.
     check = "verified" if r.verified else "not verified"
-    out.print(
+    click.echo(
         f"wrote {printable(r.destination)} ({r.destination_format}): {r.tensors_written} tensors, "
-        f"{human_bytes(r.bytes_written)}, {check}",
-        markup=False,
+        f"{human_bytes(r.bytes_written)}, {check}"
     )
     sections = (("renamed", r.renamed), ("transformed", r.transformed), ("cast", r.cast), ("aliased", r.aliased))
     for title, items in sections:
         if items:
-            out.print(f"  {title} ({len(items)}):", markup=False)
+            click.echo(f"  {title} ({len(items)}):")
             for k, v in list(items.items())[:20]:
                 arrow = f"{printable(v)} -> {printable(k)}" if title == "renamed" else f"{printable(k)}: {printable(v)}"
-                out.print(f"    {arrow}", markup=False)
+                click.echo(f"    {arrow}")
             if len(items) > 20:
-                out.print(f"    ... and {len(items) - 20} more", markup=False)
+                click.echo(f"    ... and {len(items) - 20} more")
     if r.dropped:
         shown = ", ".join(printable(n) for n in r.dropped[:10])
         more = f" and {len(r.dropped) - 10} more" if len(r.dropped) > 10 else ""
-        out.print(f"  dropped ({len(r.dropped)}): {shown}{more}", markup=False)
+        click.echo(f"  dropped ({len(r.dropped)}): {shown}{more}")
     for note in r.notes:
-        out.print(f"  note: {printable(note)}", markup=False)
+        click.echo(f"  note: {printable(note)}")

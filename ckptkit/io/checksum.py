@@ -9,20 +9,36 @@ the GIL) and joined with :func:`crc32_combine`, which needs no data.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from ckptkit.io.workers import Executor, default_executor
 
-_zlib_ng: Any
-try:  # an optional dependency: the extra "fast"
-    from zlib_ng import zlib_ng as _zlib_ng
-except ImportError:  # pragma: no cover - depends on what is installed
-    _zlib_ng = None
+_NOT_LOOKED_UP: Any = object()
+_zlib_ng: Any = _NOT_LOOKED_UP  # the zlib-ng module, None without it; imported on first use
 
-IMPLEMENTATION = "zlib-ng" if _zlib_ng is not None else "zlib"
-crc32: Callable[[Any, int], int] = _zlib_ng.crc32 if _zlib_ng is not None else zlib.crc32
-"""``crc32(data, value)``: the CRC-32 of ``data``, continuing from ``value`` (0 to start)."""
+
+def _fast() -> Any:
+    global _zlib_ng
+    if _zlib_ng is _NOT_LOOKED_UP:
+        try:  # an optional dependency: the extra "fast"
+            from zlib_ng import zlib_ng
+
+            _zlib_ng = zlib_ng
+        except ImportError:  # pragma: no cover - depends on what is installed
+            _zlib_ng = None
+    return _zlib_ng
+
+
+def implementation() -> str:
+    """Which library computes the checksums: "zlib-ng" or "zlib"."""
+    return "zlib-ng" if _fast() is not None else "zlib"
+
+
+def crc32(data: Any, value: int = 0) -> int:
+    """The CRC-32 of the bytes-like ``data``, continuing from ``value`` (0 to start)."""
+    fast = _fast()
+    return int(fast.crc32(data, value) if fast is not None else zlib.crc32(data, value))
+
 
 PARALLEL_BYTES = 32 * 1024 * 1024  # below this, one thread is done before others would start
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -67,7 +83,7 @@ def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-32 of ``A + B`` from ``crc1`` of A, ``crc2`` of B and B's length ``len2``."""
-    combine = getattr(_zlib_ng, "crc32_combine", None)  # zlib-ng's bindings have it from 0.5 on
+    combine = getattr(_fast(), "crc32_combine", None)  # zlib-ng's bindings have it from 0.5 on
     if combine is not None:
         return int(combine(crc1, crc2, len2))
     return _crc32_combine(crc1 & 0xFFFFFFFF, crc2 & 0xFFFFFFFF, len2)
@@ -77,7 +93,7 @@ def parallel_crc32(data: Any, value: int = 0, executor: Executor | None = None) 
     """``crc32(data, value)`` of a bytes-like ``data``; with plain zlib, split in chunks over the
     worker threads when ``data`` is large (zlib-ng alone is faster than the memory feeding it)."""
     view = memoryview(data).cast("B")
-    if _zlib_ng is not None or len(view) < PARALLEL_BYTES:
+    if _fast() is not None or len(view) < PARALLEL_BYTES:
         return crc32(view, value)
     runner = executor or default_executor()
     if runner.workers < 2:

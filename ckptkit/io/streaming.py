@@ -71,11 +71,11 @@ class TensorCopier:
         progress: ProgressFn | None = None,
     ) -> tuple[int, int]:
         """Append tensor ``name`` to ``out``; returns (bytes written, CRC-32 or 0)."""
-        import numpy as np
-
         extent = ckpt.raw_extent(name)
         if extent is not None:
             return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, want_crc, progress)
+        import numpy as np  # only a tensor that has to be decoded needs it
+
         data = np.ascontiguousarray(ckpt.read_tensor(name))
         view = memoryview(data.reshape(-1).view(np.uint8)) if data.size else memoryview(b"")  # type: ignore[arg-type]
         crc = 0
