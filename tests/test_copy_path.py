@@ -14,7 +14,7 @@ from ckptkit import api, registry
 from ckptkit.core.dtypes import by_name
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io import checksum, extents
+from ckptkit.io import checksum, extents, streaming
 from ckptkit.io.streaming import TensorCopier
 from ckptkit.io.workers import ThreadExecutor
 
@@ -59,7 +59,18 @@ class _OneExtent(Checkpoint):
 
 
 @pytest.mark.parametrize("dst_offset", [64, 64 + 4096, 100])  # page-aligned with the source or not
-def test_copies_keep_their_crc_whether_in_the_kernel_or_through_the_buffer(tmp_path: Path, dst_offset: int) -> None:
+@pytest.mark.parametrize("threads", ["one", "workers", "no kernel copy"])
+def test_copies_keep_their_crc_whether_in_the_kernel_or_through_the_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dst_offset: int, threads: str
+) -> None:
+    if threads == "workers":  # every chunk of the tensor dealt to the worker threads
+        monkeypatch.setattr(streaming, "PARALLEL_BYTES", 0)
+    if threads == "no kernel copy":
+
+        def refuse(*args: object) -> int:
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
     payload = np.random.default_rng(1).bytes(3 * 1024 * 1024 + 5)
     src = tmp_path / "src.bin"
     src.write_bytes(b"h" * 64 + payload + b"tail")
