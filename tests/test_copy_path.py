@@ -30,12 +30,12 @@ def test_crc32_combine_joins_two_checksums_as_one(len1: int, len2: int) -> None:
     assert checksum._crc32_combine(zlib.crc32(a), zlib.crc32(b), len2) == want  # the fallback without zlib-ng
 
 
-def test_parallel_crc32_over_worker_chunks_equals_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = np.random.default_rng(0).bytes(checksum.PARALLEL_BYTES + 12345)
-    assert checksum.parallel_crc32(data) == zlib.crc32(data)
-    monkeypatch.setattr(checksum, "_zlib_ng", None)  # as without the "fast" extra: split and combined
-    assert checksum.parallel_crc32(data, executor=ThreadExecutor(3)) == zlib.crc32(data)
-    assert checksum.parallel_crc32(data, 77, ThreadExecutor(2)) == zlib.crc32(data, 77)
+def test_crc32_is_zlibs_with_or_without_zlib_ng(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = np.random.default_rng(0).bytes(100_003)
+    assert checksum.crc32(data) == zlib.crc32(data) and checksum.crc32(data, 77) == zlib.crc32(data, 77)
+    monkeypatch.setattr(checksum, "_zlib_ng", None)  # as without the "fast" extra
+    assert checksum.implementation() == "zlib"
+    assert checksum.crc32(data, 77) == zlib.crc32(data, 77)
 
 
 class _OneExtent(Checkpoint):

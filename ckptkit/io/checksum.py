@@ -1,17 +1,15 @@
 """CRC-32 as zip files use it, at the speed of the fastest implementation installed.
 
 zlib's ``crc32`` runs at about 4 GB/s on one core of a small machine; the ``zlib-ng`` package
-(``pip install ckptkit[fast]``) computes the same checksum at 20-26 GB/s. Without it, large
-buffers are split into chunks whose checksums are computed on the worker threads (zlib releases
-the GIL) and joined with :func:`crc32_combine`, which needs no data.
+(``pip install ckptkit[fast]``) computes the same checksum at 20-26 GB/s. Either way a large
+tensor's checksum is computed chunk by chunk on the threads that copy it (both release the GIL)
+and the chunks' checksums are joined with :func:`crc32_combine`, which needs no data.
 """
 
 from __future__ import annotations
 
 import zlib
 from typing import Any
-
-from ckptkit.io.workers import Executor, default_executor
 
 _NOT_LOOKED_UP: Any = object()
 _zlib_ng: Any = _NOT_LOOKED_UP  # the zlib-ng module, None without it; imported on first use
@@ -39,9 +37,6 @@ def crc32(data: Any, value: int = 0) -> int:
     fast = _fast()
     return int(fast.crc32(data, value) if fast is not None else zlib.crc32(data, value))
 
-
-PARALLEL_BYTES = 32 * 1024 * 1024  # below this, one thread is done before others would start
-CHUNK_BYTES = 16 * 1024 * 1024
 
 _POLY = 0xEDB88320  # CRC-32 (ISO-HDLC), bit-reversed
 
@@ -83,25 +78,7 @@ def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """The CRC-32 of ``A + B`` from ``crc1`` of A, ``crc2`` of B and B's length ``len2``."""
-    combine = getattr(_fast(), "crc32_combine", None)  # zlib-ng's bindings have it from 0.5 on
+    combine = getattr(_fast(), "crc32_combine", None)  # absent from older zlib-ng bindings
     if combine is not None:
         return int(combine(crc1, crc2, len2))
     return _crc32_combine(crc1 & 0xFFFFFFFF, crc2 & 0xFFFFFFFF, len2)
-
-
-def parallel_crc32(data: Any, value: int = 0, executor: Executor | None = None) -> int:
-    """``crc32(data, value)`` of a bytes-like ``data``; with plain zlib, split in chunks over the
-    worker threads when ``data`` is large (zlib-ng alone is faster than the memory feeding it)."""
-    view = memoryview(data).cast("B")
-    if _fast() is not None or len(view) < PARALLEL_BYTES:
-        return crc32(view, value)
-    runner = executor or default_executor()
-    if runner.workers < 2:
-        return crc32(view, value)
-    size = max(CHUNK_BYTES, -(-len(view) // runner.workers))
-    pieces = [view[start : start + size] for start in range(0, len(view), size)]
-    crcs = runner.map(lambda piece: crc32(piece, 0), pieces)
-    result = value
-    for piece, crc in zip(pieces, crcs, strict=True):
-        result = crc32_combine(result, crc, len(piece))
-    return result
