@@ -5,11 +5,16 @@ holding nothing), so the child's ``RssAnon`` line in ``/proc/<pid>/status`` is p
 heap, numpy buffers and other private memory, which is what runs a machine out of memory.
 Polling every few milliseconds can miss a spike shorter than that; allocations the size of a
 tensor live far longer.
+
+CPU time (user + system, of the child and whatever it waited for) is reported beside wall time:
+on a machine shared with other work, wall time measures the queue for the cores as much as the
+command, while CPU time stays close to what the command costs.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -38,6 +43,7 @@ class Run:
     peak_anon_bytes: int
     returncode: int
     stderr: str
+    cpu_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -59,6 +65,7 @@ def rss_anon(pid: int) -> int:
 def run(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Run:
     """Run ``cmd`` to completion, discarding its output; stderr is kept for failure reports."""
     with tempfile.TemporaryFile() as err:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
         peak = 0
@@ -66,6 +73,8 @@ def run(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | No
             peak = max(peak, rss_anon(proc.pid))
             time.sleep(POLL_SECONDS)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time here
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         err.seek(0)
         text = err.read().decode(errors="replace")
-    return Run(seconds, peak, proc.returncode, text)
+    return Run(seconds, peak, proc.returncode, text, cpu)

@@ -27,6 +27,14 @@ def test_peak_anonymous_memory_sees_an_allocation_and_ignores_a_mapped_file(tmp_
     assert failed.returncode == 1 and "no such thing" in failed.stderr
 
 
+def test_cpu_time_counts_the_childs_work_and_not_its_waiting():
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    busy = measure.run([sys.executable, "-c", spin])
+    idle = measure.run([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    assert busy.ok and busy.cpu_seconds >= 0.3
+    assert idle.ok and idle.cpu_seconds < 0.3 < idle.seconds
+
+
 def test_layout_keeps_tensor_count_and_largest_tensor_fixed():
     sizes = [synth.layout(int(gb * 1e9)) for gb in (0.5, 1, 2, 4)]
     assert {len(s.shapes) for s in sizes} == {201}
@@ -55,6 +63,7 @@ def test_quick_run_reports_rows_and_json(tmp_path):
     for op in ("hash safetensors", "diff safetensors vs torch", "verify safetensors",
                "convert safetensors -> torch", "convert safetensors -> torch --no-verify"):  # fmt: skip
         assert rows[op]["status"] == "ok" and rows[op]["seconds"] > 0 and rows[op]["vs_cp"] > 0, op
+        assert 0 < rows[op]["cpu_seconds"] < 60 and rows[op]["cpu_vs_cp"] > 0, op  # the child's CPU, not ours
     text = (out / "results.md").read_text()
     assert "| inspect safetensors | bf16 | 0.02 GB |" in text
     assert "| 0.02 GB | bf16 | safetensors -> PyTorch, --no-verify, × cp ≤ 1.3× |" in text
