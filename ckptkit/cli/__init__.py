@@ -34,6 +34,7 @@ SUMMARIES = {
     "convert": "Convert checkpoint SRC into DST (any readable format to any writable one).",
     "inspect": "Show a checkpoint's format, tensors, sizes and metadata.",
     "diff": "Compare checkpoint A with B, in the same or different formats.",
+    "timeline": "Follow a training run through its checkpoints: files, folders or globs, in any formats.",
     "hash": "Hash every tensor of PATH independently of its file format.",
     "verify": "Check checkpoints for corruption, unsafe content and inconsistency; read every tensor.",
     "formats": "List the checkpoint formats ckptkit knows.",
