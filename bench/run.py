@@ -143,7 +143,7 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
         files[torch_fmt] = pt
     targets: dict[str, Path] = {}
     for name, ext in formats.items():
-        targets[name] = work / f"converted{ext or '.' + name}"
+        targets[name] = work / name / f"converted{ext or '.' + name}"
     targets[SHARDED] = work / "sharded" / "model.safetensors.index.json"
     scratch = work / "scratch"  # outputs that are deleted after each run; kept ones are inputs later
     ops = [
@@ -170,7 +170,9 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
             keep = src_name == "safetensors" and dst_name not in files
             dst = targets[dst_name] if keep else scratch / f"{dst_name}" / targets[dst_name].name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            cleanup = dst.parent if dst_name == SHARDED else dst
+            # Every output owns its folder: shards, and an ONNX file's external data beside it
+            # (written past 2 GB), go with it.
+            cleanup = dst.parent
             extra = ["--shard-size", str(shard_size)] if dst_name == SHARDED else []
             to = [] if dst_name == SHARDED else ["--to", dst_name]
             naive = None
@@ -192,7 +194,7 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
                 quick = scratch / f"{dst_name}-nv" / targets[dst_name].name
                 quick.parent.mkdir(parents=True, exist_ok=True)
                 nv = _ckptkit("convert", src, quick, *to, "--no-verify")
-                ops.append(Op(f"{label} --no-verify", nv, data, quick))
+                ops.append(Op(f"{label} --no-verify", nv, data, quick.parent))
     if torch_fmt is None:
         ops.append(Op("convert safetensors -> torch", None, [st]))
     if "tensorflow" in sources:  # header-only inspect of the TensorFlow checkpoint written above

@@ -114,6 +114,7 @@ def _load(plugins: bool = True) -> dict[str, Format]:
     if _formats is None:
         formats: dict[str, Format] = {}
         _formats = formats
+        _plugins_loaded = False
         for module_name in _BUILTIN_MODULES:
             fmt = importlib.import_module(module_name).FORMAT
             _check_options(fmt, formats.values())
@@ -124,9 +125,14 @@ def _load(plugins: bool = True) -> dict[str, Format]:
     return _formats
 
 
-def _load_plugins(formats: dict[str, Format]) -> None:
-    from importlib.metadata import entry_points
+def entry_points(group: str) -> Any:
+    """The installed entry points of ``group``; importlib.metadata is imported only when asked."""
+    from importlib.metadata import entry_points as installed
 
+    return installed(group=group)
+
+
+def _load_plugins(formats: dict[str, Format]) -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             fmt = ep.load()
