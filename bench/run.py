@@ -185,7 +185,9 @@ def plan_ops(work: Path, pt: Path, st: Path, dcp: Path, caps: dict, shard_size: 
                 else:
                     naive_out = work / ("naive" + (".safetensors" if dst_name == "safetensors" else ".pt"))
                     naive = _naive("naive_convert.py", src, naive_out)
-            data = [src.parent] if src_name == SHARDED else _with_data(src)  # an index counts its shards' bytes
+            # An output written earlier counts its folder's bytes: a shard index its shards, an ONNX
+            # file its external data, a TensorFlow index its data file.
+            data = [src] if src in (pt, st) else [src.parent]
             argv = _ckptkit("convert", src, dst, *to, *extra)
             ops.append(Op(label, argv, data, cleanup, naive, naive_out, keep))
             if keep:

@@ -9,9 +9,11 @@ shifted by the bytes after it): about 70 MB/s here, slow for gigabytes but the s
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 _POLY = 0x82F63B78  # Castagnoli, bit-reversed
 _MASK_DELTA = 0xA282EAD8
@@ -33,6 +35,8 @@ def accelerated() -> bool:
 
 
 def _as_bytes(data: Any) -> np.ndarray:
+    import numpy as np
+
     if isinstance(data, np.ndarray):
         return data.reshape(-1).view(np.uint8) if data.size else np.zeros(0, np.uint8)
     return np.frombuffer(data, np.uint8)
@@ -68,6 +72,8 @@ def unmask(masked: int) -> int:
 
 @cache
 def _table() -> np.ndarray:
+    import numpy as np
+
     table = np.arange(256, dtype=np.uint32)
     for _ in range(8):
         table = np.where(table & 1, (table >> 1) ^ np.uint32(_POLY), table >> 1).astype(np.uint32)
@@ -85,6 +91,8 @@ def _raw_loop(state: int, data: np.ndarray) -> int:
 @cache
 def _shift_tables(nbytes: int) -> tuple[list[int], ...]:
     """Lookup tables for the linear map "feed ``nbytes`` zero bytes", one per byte of the register."""
+    import numpy as np
+
     table = _table()
     basis = np.uint32(1) << np.arange(32, dtype=np.uint32)
     for _ in range(nbytes):
@@ -105,6 +113,8 @@ def _shift(state: int, tables: tuple[list[int], ...]) -> int:
 
 
 def _extend_numpy(crc: int, data: np.ndarray) -> int:
+    import numpy as np
+
     state = crc ^ 0xFFFFFFFF
     pos = 0
     if data.size >= _SMALL:

@@ -20,14 +20,15 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core import dtypes, limits
 from ckptkit.core.errors import UnsupportedError
 from ckptkit.core.findings import ProblemSink
 from ckptkit.core.model import TensorInfo
+
+if TYPE_CHECKING:
+    pass
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -232,6 +233,8 @@ class _Cursor:
         return self.unpack(spec[1], what)
 
     def array(self, what: str, depth: int) -> tuple[int, Any]:
+        import numpy as np
+
         if depth > self.limits.pickle_depth:
             self.sink.error(COUNTS, str(limits.exceeded(f"the nesting of {what}", depth, "pickle_depth", "levels")))
             raise _Stop

@@ -19,14 +19,15 @@ import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.gguf.header import STRING, UINT32, Field
 from ckptkit.formats.gguf.read import PREFIX, gguf_module
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Architectures whose llama.cpp converter class permutes q/k (``LlamaModel`` with ``undo_permute``).
 PERMUTED_ARCHS = frozenset({"llama"})
@@ -180,6 +181,8 @@ def _check_row_order(view: HeadsView, other: Checkpoint, heads: dict[str, int]) 
     Not every llama-architecture GGUF was permuted (llama.cpp's converter for Mistral's own format
     is not); one tensor settles which order the file has, and the view says which it chose.
     """
+    import numpy as np
+
     name = next(iter(heads), None)
     if name is None or name not in other:
         return

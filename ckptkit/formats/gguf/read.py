@@ -14,9 +14,7 @@ import json
 import mmap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
 from ckptkit.core.findings import ProblemSink
@@ -25,6 +23,9 @@ from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.gguf import header
 from ckptkit.formats.gguf.header import ARRAY, STRING, VALUE_TYPES, Field, GGMLType, TensorEntry
 from ckptkit.io.workers import SerialExecutor, default_executor
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PREFIX = "gguf:"
 TYPES_KEY = "gguf:types"  # JSON: tensor name -> ggml type, for tensors not stored as their dtype
@@ -123,6 +124,8 @@ class GGUFCheckpoint(Checkpoint):
         return memoryview(self._map)[start : start + e.nbytes]
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         e = self._entries[name]
         ti = e.info
         if ti.numel == 0 or self._map is None:
@@ -149,6 +152,8 @@ class GGUFCheckpoint(Checkpoint):
 
 def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarray:
     """``raw`` (the stored bytes of ``entry``) as float32 in the tensor's shape, as gguf-py dequantizes it."""
+    import numpy as np
+
     gguf = gguf_module(f"reading {entry.ggml.name} tensor {entry.info.name!r}")
     qtype = gguf.GGMLQuantizationType(entry.ggml.id)
     row_len = entry.dims[0] if entry.dims else 1
@@ -202,6 +207,8 @@ def describe_fields(fields: Sequence[Field]) -> dict[str, str]:
 
 
 def _describe(vtype: int, value: Any, item_type: int | None = None) -> str:
+    import numpy as np
+
     if vtype != ARRAY:
         return str(value)
     assert item_type is not None

@@ -18,9 +18,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckptkit.core import dtypes
 from ckptkit.core.errors import UnsupportedError, UsageError
@@ -43,6 +41,9 @@ from ckptkit.formats.gguf.header import (
     TensorEntry,
 )
 from ckptkit.formats.gguf.read import PREFIX, TYPES_KEY, VERSION_KEY, GGUFCheckpoint, dequantize, gguf_module
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VERSION = 3
 QUANTIZE_OPTION = OptionSpec(
@@ -224,6 +225,8 @@ def _string(text: str | bytes) -> bytes:
 
 
 def _value(vtype: int, value: Any, item_type: int | None = None) -> bytes:
+    import numpy as np
+
     if vtype == STRING:
         return _string(value)
     if vtype == ARRAY:
@@ -245,6 +248,8 @@ def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _write_quantized(data: np.ndarray, p: _Planned, out: BinaryIO, ctx: WriteContext) -> None:
+    import numpy as np
+
     gguf = gguf_module(f"writing tensor {p.info.name!r} as {p.ggml.name}")
     qtype = gguf.GGMLQuantizationType(p.ggml.id)
     rows, row = _rows(p.info.shape)
@@ -277,6 +282,8 @@ class _AsWritten(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         p = self._plan[name]
         if not p.quantize:
             return self.base.read_tensor(name)

@@ -21,9 +21,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DType
@@ -36,6 +34,9 @@ from .names import Naming, name_variables, plain_name
 from .paths import Location, data_path
 from .protos import BIG, BUNDLE_VERSION, LITTLE, Entry, Header, Slice, parse_entry, parse_header, parse_object_graph
 from .table import Table
+
+if TYPE_CHECKING:
+    import numpy as np
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 # Metadata this reader sets; the writer reads them back to restore keys and the object graph.
@@ -315,6 +316,8 @@ class TensorFlowCheckpoint(Checkpoint):
 
     def read_key(self, key: bytes, entry: Entry) -> np.ndarray:
         """A whole stored tensor (or slice) by its index entry, in native byte order."""
+        import numpy as np
+
         dtype = dtypes.to_ckptkit(entry.dtype)
         assert dtype is not None
         count = math.prod(entry.shape)
@@ -331,6 +334,8 @@ class TensorFlowCheckpoint(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         stored = self._stored[name]
         if not stored.pieces:
             return self.read_key(stored.key, stored.entry)

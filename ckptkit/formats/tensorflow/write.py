@@ -26,9 +26,7 @@ import mmap
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core.dtypes import DType, by_name
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError, UsageError
@@ -45,6 +43,9 @@ from .paths import INDEX_SUFFIX, data_path, existing_data_files, index_path
 from .protos import Entry, Header, Node, encode_object_graph, parse_object_graph
 from .read import EXTRAS_META, GRAPH_META, KEYS_META, OBJECT_GRAPH_KEY
 from .table import TableBuilder
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _PAGE = 4096
 _ALIGN_FROM = 64 * 1024  # tensors this large are placed to copy in the kernel; smaller ones are packed
@@ -193,6 +194,8 @@ def _items(ckpt: Checkpoint, keys: dict[str, str], notes: list[str]) -> list[_It
 
 def _extras(ckpt: Checkpoint, written: set[str], notes: list[str]) -> list[_Item]:
     """The scalar variables (save_counter, step) a TF2 checkpoint had, written back from the extras."""
+    import numpy as np
+
     known = json.loads(ckpt.metadata.get(EXTRAS_META, "{}") or "{}")
     out = []
     for name, value in ckpt.extras.items():
@@ -255,6 +258,8 @@ class _SourcePages:
         self._maps: dict[Path, mmap.mmap] = {}
 
     def view(self, extent: RawExtent) -> np.ndarray:
+        import numpy as np
+
         m = self._maps.get(extent.path)
         if m is None:
             with open(extent.path, "rb") as f:
@@ -268,6 +273,8 @@ class _SourcePages:
 
 
 def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: ProgressFn | None) -> dict[str, Entry]:
+    import numpy as np
+
     entries: dict[str, Entry] = {}
     pages = _SourcePages()
     pending: list[tuple[str, Entry, Future[int]]] = []
@@ -306,6 +313,8 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
 
 def _write_value(item: _Item, out: BinaryIO) -> tuple[int, int, int]:
     """A value given directly (an extra, or the object graph as a string scalar); returns offset, size, CRC."""
+    import numpy as np
+
     offset = out.tell()
     if isinstance(item.value, np.ndarray):
         raw = np.ascontiguousarray(item.value).tobytes()
