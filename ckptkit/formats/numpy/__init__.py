@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ckptkit.core.errors import UnsupportedError, UsageError
 from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
@@ -66,6 +64,8 @@ def write_numpy(ckpt: Checkpoint, ctx: WriteContext) -> None:
 
 
 def _write_array(ckpt: Checkpoint, name: str, out: Any, ctx: WriteContext) -> None:
+    import numpy as np
+
     arr = np.asarray(ckpt.read_tensor(name), order="C")  # ascontiguousarray would make a 0-d array 1-d
     out.write(npy_header_bytes(arr))
     view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")  # type: ignore[arg-type]

@@ -19,9 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DTYPES, from_numpy
@@ -30,6 +28,9 @@ from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io.unpickler import ObjectsUnpickler
 from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip, read_member
 
+if TYPE_CHECKING:
+    import numpy as np
+
 MAGIC = b"\x93NUMPY"
 NPY_SUFFIX = ".npy"
 ROOT_NAME = "array"  # the tensor name of a lone .npy file
@@ -37,7 +38,7 @@ MAX_HEADER = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _PLAIN_KINDS = "biufc"
 # The dtypes numpy's own types hold (ml_dtypes' bfloat16 and float8 have no .npy name).
-NUMPY_DTYPES = frozenset(d.name for d in DTYPES if d.numpy.type.__module__ == "numpy")
+NUMPY_DTYPES = frozenset(d.name for d in DTYPES if not d.needs_ml_dtypes)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class NpyHeader:
 
 def parse_header(head: bytes, what: str) -> NpyHeader:
     """The header at the start of ``head`` (which must hold all of it)."""
+    import numpy as np
+
     if not head.startswith(MAGIC) or len(head) < 10:
         raise CorruptCheckpointError(f"{what} does not start with numpy's magic string")
     major = head[6]
@@ -232,6 +235,8 @@ class NumpyCheckpoint(Checkpoint):
         return self._infos
 
     def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
         arr = self._arrays[name]
         h = arr.header
         if arr.start >= 0:
@@ -284,6 +289,8 @@ def is_npz(f: BinaryIO, size: int) -> bool:
 
 def npy_header_bytes(arr: np.ndarray) -> bytes:
     """The ``.npy`` header for a C-ordered array (version 1.0, or 2.0 when the header needs it)."""
+    import numpy as np
+
     text = repr({"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False, "shape": arr.shape})
     for version, fmt in ((1, "<H"), (2, "<I")):
         prefix = len(MAGIC) + 2 + struct.calcsize(fmt)

@@ -17,9 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import from_numpy
@@ -28,6 +26,9 @@ from ckptkit.core.format import Format
 from ckptkit.core.model import Checkpoint, TensorInfo
 from ckptkit.formats.numpy.npy import NUMPY_DTYPES
 from ckptkit.io.unpickler import ObjectsUnpickler, OpaqueObject, PickledArray, PickledDType
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXTENSIONS = (".pkl", ".pickle", ".joblib")
 ROOT_NAME = "array"
@@ -85,6 +86,8 @@ class JoblibUnpickler(ObjectsUnpickler):
     dispatch[ord("b")] = load_build
 
     def _joblib_array(self, state: dict[str, Any]) -> object:
+        import numpy as np
+
         dtype, shape, order = state.get("dtype"), state.get("shape"), state.get("order", "C")
         if not isinstance(dtype, PickledDType) or not isinstance(shape, tuple) or order not in ("C", "F"):
             raise CorruptCheckpointError("a joblib array without a plain dtype, a shape and an order")
@@ -190,6 +193,8 @@ class PickleCheckpoint(Checkpoint):
         self._infos = [TensorInfo(n, from_numpy(a.dtype), tuple(a.shape), "pickle") for n, a in self._arrays.items()]
 
     def _walk(self, root: object) -> None:
+        import numpy as np
+
         bounds = limits.current()
         stack: list[tuple[object, str, int]] = [(root, "", 0)]
         seen: set[int] = set()
@@ -234,6 +239,8 @@ class PickleCheckpoint(Checkpoint):
             stack.extend((c, n, depth + 1) for c, n in reversed(children))
 
     def _array(self, name: str, arr: np.ndarray) -> None:
+        import numpy as np
+
         while name in self._arrays or name in self.unsupported:
             name += "~2"
         try:
@@ -258,6 +265,8 @@ def _join(prefix: str, key: object) -> str:
 
 
 def _leaf(obj: object) -> Any:
+    import numpy as np
+
     if isinstance(obj, np.generic):
         value = obj.item()
         return value if isinstance(value, _SCALARS) else str(value)
