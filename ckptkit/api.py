@@ -7,6 +7,7 @@ that neither the diff engine nor the layout rules import the other.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from ckptkit.core.model import Checkpoint, MemoryCheckpoint, ProgressFn, RawExte
 from ckptkit.core.stats import compute_stats
 from ckptkit.core.trust import trusting
 from ckptkit.core.views import TransformedCheckpoint, transform
-from ckptkit.io.atomic import AtomicOutput
+from ckptkit.io.atomic import STAGING_PREFIX, AtomicOutput
 from ckptkit.io.extents import identical_extents
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
 from ckptkit.io.source import is_url
@@ -275,13 +276,14 @@ def write_checkpoint(
     ``dst`` may be a folder, an existing one or a name ending in ``/`` (created when missing, and
     removed again if the write fails): the file is named there as Hugging Face names it, such as
     ``model.safetensors``. It may also name a shard index (``model.safetensors.index.json``).
+    A URL (``s3://bucket/out/``, ``gs://...``, ``hf://...``) is written locally, checked, then
+    uploaded, the index or main file last (:mod:`ckptkit.io.upload`), with the storage options
+    in use (:func:`ckptkit.io.source.use_storage_options`).
     A checkpoint holding tensors ckptkit cannot read is refused (:func:`refuse_unsupported`).
     """
     refuse_unsupported(ckpt)
     if is_url(dst) and not str(dst).lower().startswith("file://"):
-        raise UsageError(
-            "ckptkit writes to local paths (or a mounted bucket), not to URLs; write locally, then upload", dst
-        )
+        return _write_remote(ckpt, str(dst), format, force, options, verify, progress)
     if is_url(dst):
         dst = str(dst)[len("file://") :]
     as_folder = isinstance(dst, str) and dst.endswith(("/", os.sep))
@@ -298,6 +300,32 @@ def write_checkpoint(
                 _remove_empty_folders(created)
             raise
     return _write(ckpt, dst, format, force, options, verify, progress)
+
+
+def _write_remote(
+    ckpt: Checkpoint,
+    url: str,
+    format: str | None,
+    force: bool,
+    options: Mapping[str, Any] | None,
+    verify: bool,
+    progress: ProgressFn | None,
+) -> Receipt:
+    """Write into a local staging folder (checked there when ``verify``), then publish to ``url``
+    (:mod:`ckptkit.io.upload`: data files first, the main file last, nothing left on failure)."""
+    from ckptkit.io import upload
+
+    default_name = registry.for_output(Path(url.rstrip("/")), format).folder_file_name if url.endswith("/") else None
+    target = upload.remote_target(url, default_name)
+    upload.check_free(target, [target.name], force)  # before the conversion, which may take long
+    # The staging folder follows TMPDIR; with --executor dask:// it must be one the workers share.
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX + "upload-") as tmp:
+        staged = Path(tmp)
+        receipt = _write(ckpt, staged / target.name, format, True, options, verify, progress)
+        urls = upload.publish(target, staged, [Path(f) for f in receipt.files], force)
+    receipt.files = urls
+    receipt.destination = urls[-1]
+    return receipt
 
 
 def _make_folder(folder: Path) -> list[Path]:

@@ -185,9 +185,3 @@ def test_storage_options_parse_json_values():
         "endpoint_url": "http://h:1",
         "n": 3,
     }
-
-
-def test_writing_to_a_url_is_refused_in_one_line(tmp_path, cli):
-    local = _checkpoint(tmp_path / "model.safetensors")
-    result = cli("convert", local, "s3://bucket/out.safetensors")
-    assert_one_line_error(result, "s3://bucket/out.safetensors", "not to URLs")

@@ -18,6 +18,7 @@ from ckptkit.cli._output import (
     print_json,
     printable,
     progress_bar,
+    storage_option,
 )
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Receipt
@@ -85,6 +86,7 @@ def _names(kind: str) -> set[str]:
 @_format_options("read")
 @_format_options("write")
 @allow_global_option
+@storage_option
 def command(
     src: Path,
     dst: str,

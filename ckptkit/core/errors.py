@@ -69,6 +69,10 @@ class MissingDependencyError(CkptkitError):
     """A format needs an optional package that is not installed."""
 
 
+class UploadError(CkptkitError):
+    """Writing to an object store failed part way; what the write had uploaded was removed."""
+
+
 # What parsing a damaged file raises from the standard library and numpy: readers let these
 # escape only by mistake, and the registry and :class:`ckptkit.core.model.Checkpoint` turn them into
 # :class:`CorruptCheckpointError` so a caller sees one kind of error for a bad file.
