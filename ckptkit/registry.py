@@ -35,6 +35,7 @@ from ckptkit.core.errors import (
 )
 from ckptkit.core.format import Format, Opener, OptionSpec, Sniffer, WriteContext, Writer
 from ckptkit.core.model import Checkpoint
+from ckptkit.core.trust import trusted_globals, trusting
 from ckptkit.io.shards.index import INDEX_SUFFIX
 from ckptkit.io.source import Source, is_url, open_source
 
@@ -371,7 +372,8 @@ def open_as(fmt: Format, path: Path, options: Mapping[str, Any] | None = None) -
         raise
     except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", path) from err
-    ckpt.reopen = functools.partial(reopen, fmt.name, str(path), tuple(sorted(opts.items())))
+    # The recipe carries the trusted pickle globals: a worker process reopening it has no context of ours.
+    ckpt.reopen = functools.partial(reopen, fmt.name, str(path), tuple(sorted(opts.items())), trusted_globals())
     return ckpt
 
 
@@ -383,21 +385,25 @@ _reopened_lock = threading.Lock()
 _REOPENED_MAX = 16
 
 
-def reopen(format_name: str, path: str, options: tuple[tuple[str, Any], ...]) -> Checkpoint:
+def reopen(
+    format_name: str, path: str, options: tuple[tuple[str, Any], ...], trusted: frozenset[str] = frozenset()
+) -> Checkpoint:
     """The checkpoint :func:`open_as` opened as ``format_name`` at ``path``, opened again in this
-    process (what a pickled checkpoint unpickles to), shared by the tasks that ask for it."""
+    process (what a pickled checkpoint unpickles to), shared by the tasks that ask for it.
+    ``trusted``: the pickle globals trusted where it was first opened (``--allow-global``)."""
     p = Path(path)
     try:
         st = p.stat()
         stamp: tuple[int, ...] = (st.st_size, st.st_mtime_ns, st.st_ino)
     except OSError:
         stamp = ()
-    key = (format_name, path, repr(options), stamp)
+    key = (format_name, path, repr(options), tuple(sorted(trusted)), stamp)
     with _reopened_lock:
         found = _reopened.get(key) or _reopened.get((*key, threading.get_ident()))
         if found is not None:
             return found
-    ckpt = open_as(get(format_name), p, dict(options))
+    with trusting(trusted):
+        ckpt = open_as(get(format_name), p, dict(options))
     with _reopened_lock:
         if len(_reopened) >= _REOPENED_MAX:
             _reopened.pop(next(iter(_reopened)))  # the oldest goes; tasks still reading it keep it open

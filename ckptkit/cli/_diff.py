@@ -12,7 +12,15 @@ from rich.text import Text
 from ckptkit import registry
 from ckptkit.api import diff, diff_normalizers
 from ckptkit.cli._errors import EXIT_FINDINGS
-from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import (
+    allow_global_option,
+    executor_option,
+    format_option,
+    print_json,
+    printable,
+    progress_bar,
+    stdout_console,
+)
 from ckptkit.core.errors import UsageError
 from ckptkit.diffing import DiffReport
 from ckptkit.diffing import formatting as fmt
@@ -21,6 +29,7 @@ from ckptkit.io.atomic import AtomicOutput
 
 
 @click.command("diff")
+@executor_option
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
 @format_option("a_format", "--from-a", help="Read A as this format (default: detect from content).")
@@ -84,6 +93,7 @@ from ckptkit.io.atomic import AtomicOutput
     type=click.IntRange(min=1),
     help="Threads to compare on (default: CKPTKIT_WORKERS, else one per CPU; at most the CPUs and 8).",
 )
+@allow_global_option
 def command(
     a: Path,
     b: Path,

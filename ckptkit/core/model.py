@@ -152,6 +152,10 @@ class Checkpoint(ABC):
         """
         return self
 
+    def shard_of(self, name: str) -> Checkpoint:
+        """The checkpoint that holds tensor ``name``: one shard of a sharded checkpoint, else itself."""
+        return self
+
     # Conveniences built on the abstract methods.
 
     def info(self, name: str) -> TensorInfo:

@@ -20,7 +20,7 @@ import numpy as np
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, ProgressFn
 from ckptkit.diffing.metrics import Accumulator, accumulate
-from ckptkit.io.workers import default_executor
+from ckptkit.io.workers import LOCAL, default_executor, executor_spec, shard_executor
 
 SPAN = 1 << 21  # elements per task: enough work to hide the cost of handing it to a thread
 INFLIGHT_BYTES = 64 * 1024 * 1024  # read ahead while the tensors in flight hold less than this
@@ -42,7 +42,15 @@ def run(
     threads: int | None = None,
     progress: ProgressFn | None = None,
 ) -> list[Accumulator]:
-    """The accumulated sums of each job, in job order; ``threads`` is an explicit request."""
+    """The accumulated sums of each job, in job order; ``threads`` is an explicit request.
+
+    With a Dask executor chosen (``--executor dask://...``), the pairs of shards run as tasks on
+    the cluster (:func:`diff_shards`), when both sides can be reopened there.
+    """
+    if executor_spec() != LOCAL:
+        pairs = _shard_pairs(a, b, jobs)
+        if pairs is not None:
+            return _run_on_cluster(jobs, pairs, progress)
     total = sum(_nbytes(a, j.a_name) + _nbytes(b, j.b_name) for j in jobs)
     executor = default_executor(concurrent=total >= PARALLEL_MIN_BYTES, workers=threads)
     results: list[Accumulator] = [Accumulator() for _ in jobs]
@@ -91,3 +99,60 @@ def _nbytes(ckpt: Checkpoint, name: str) -> int:
 def _flat(ckpt: Checkpoint, name: str) -> np.ndarray:
     """The tensor as a flat C-ordered array; a view when the reader's array is contiguous."""
     return np.ascontiguousarray(ckpt.read_tensor(ckpt.aliases.get(name, name))).reshape(-1)
+
+
+@dataclass(frozen=True)
+class ShardPair:
+    """The jobs whose tensors lie in one shard of each side (names as those shards know them).
+
+    Sent to a Dask worker, the two shards travel as the recipes that reopen them there.
+    """
+
+    a: Checkpoint
+    b: Checkpoint
+    jobs: tuple[Job, ...]
+    positions: tuple[int, ...]  # where each job sits in the whole diff's job list
+
+
+def diff_shards(pair: ShardPair) -> list[Accumulator]:
+    """The sums of each job of ``pair``, spans merged in span order as :func:`run` merges them, so
+    the figures equal a local run's to the last bit."""
+    results = []
+    for job in pair.jobs:
+        xa, xb = _flat(pair.a, job.a_name), _flat(pair.b, job.b_name)
+        if xa.size != xb.size:
+            raise CorruptCheckpointError(
+                f"tensor {job.b_name!r} read back with {xb.size} elements where {job.a_name!r} has {xa.size}; "
+                "the two files' headers promised the same shape"
+            )
+        acc = Accumulator()
+        for lo in range(0, max(xa.size, 1), SPAN):
+            acc.merge(accumulate(xa, xb, lo, min(lo + SPAN, xa.size)))
+        results.append(acc)
+    return results
+
+
+def _shard_pairs(a: Checkpoint, b: Checkpoint, jobs: Sequence[Job]) -> list[ShardPair] | None:
+    """The jobs grouped by the pair of shards holding their tensors, in order of first use; ``None``
+    when a side cannot be reopened on another process (a view made by a normalizer, a checkpoint
+    in memory): those are diffed here."""
+    groups: dict[tuple[int, int], tuple[Checkpoint, Checkpoint, list[Job], list[int]]] = {}
+    for position, job in enumerate(jobs):
+        name_a, name_b = a.aliases.get(job.a_name, job.a_name), b.aliases.get(job.b_name, job.b_name)
+        shard_a, shard_b = a.shard_of(name_a), b.shard_of(name_b)
+        if shard_a.reopen is None or shard_b.reopen is None:
+            return None
+        group = groups.setdefault((id(shard_a), id(shard_b)), (shard_a, shard_b, [], []))
+        group[2].append(Job(name_a, name_b))
+        group[3].append(position)
+    return [ShardPair(sa, sb, tuple(js), tuple(ps)) for sa, sb, js, ps in groups.values()]
+
+
+def _run_on_cluster(jobs: Sequence[Job], pairs: Sequence[ShardPair], progress: ProgressFn | None) -> list[Accumulator]:
+    results: list[Accumulator] = [Accumulator() for _ in jobs]
+    for pair, sums in zip(pairs, shard_executor().map(diff_shards, pairs), strict=True):
+        for position, acc in zip(pair.positions, sums, strict=True):
+            results[position] = acc
+    if progress:  # the cluster reports nothing until the tasks are done
+        progress(sum(_nbytes(p.a, j.a_name) + _nbytes(p.b, j.b_name) for p in pairs for j in p.jobs))
+    return results

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -42,6 +43,7 @@ from typing import Any, TypeVar
 
 from ckptkit.core.errors import CkptkitError, MissingDependencyError, UsageError
 from ckptkit.core.model import Checkpoint
+from ckptkit.core.trust import trusted_globals, trusting
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -230,11 +232,18 @@ class _Refusal:
     error: CkptkitError
 
 
-def _run_task(fn: Callable[[T], R], task: T) -> R | _Refusal:
+def _run_task(fn: Callable[[T], R], trusted: frozenset[str], task: T) -> R | _Refusal:
+    # The trusted pickle globals travel with each task: a worker process has no context of ours.
     try:
-        return fn(task)
+        with trusting(trusted):
+            return fn(task)
     except CkptkitError as err:
         return _Refusal(err)
+
+
+def _run_trusted(fn: Callable[..., R], trusted: frozenset[str], *args: Any) -> R:
+    with trusting(trusted):
+        return fn(*args)
 
 
 class _DaskStream(Stream):
@@ -243,7 +252,7 @@ class _DaskStream(Stream):
         self.pending: list[Any] = []
 
     def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
-        remote = self._client.submit(fn, *args, pure=False, retries=TASK_RETRIES)
+        remote = self._client.submit(_run_trusted, fn, trusted_globals(), *args, pure=False, retries=TASK_RETRIES)
         self.pending.append(remote)
         done: Future[R] = Future()
 
@@ -277,7 +286,11 @@ class DaskExecutor(Executor):
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
         if not tasks:
             return []
-        futures = self.client.map(functools.partial(_run_task, fn), list(tasks), pure=False, retries=TASK_RETRIES)
+        run = functools.partial(_run_task, fn, trusted_globals())
+        # Keys named after the function: the dashboard and the scheduler show what runs.
+        token = uuid.uuid4().hex
+        keys = [f"{getattr(fn, '__name__', 'task')}-{token}-{i}" for i in range(len(tasks))]
+        futures = self.client.map(run, list(tasks), key=keys, pure=False, retries=TASK_RETRIES)
         try:
             results = self.client.gather(futures)
         except BaseException:
