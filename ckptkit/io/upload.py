@@ -13,7 +13,8 @@ therefore makes the checkpoint appear at one instant, complete. Before any uploa
 name is checked: one that exists stops the write unless ``force``. With ``force`` over an earlier
 checkpoint, its index is deleted before the first upload, so that it never points at a mix of old
 and new shards; its files that the new checkpoint does not overwrite are deleted after the new
-main file is in place. A failed upload deletes every object it uploaded.
+main file is in place. A failed upload deletes every object it uploaded; a process killed
+outright leaves its shards, named by no index, for the next write with ``force`` to replace.
 """
 
 from __future__ import annotations
