@@ -1,5 +1,6 @@
 """diff on a Dask cluster of two worker processes: shard pairs are tasks on the workers, and the
-report equals the local one; trusted pickle globals (--allow-global) reach the workers."""
+report equals the local one; trusted pickle globals (--allow-global) reach the workers, and a
+checkpoint a worker cannot reopen fails with ckptkit's own error."""
 
 from __future__ import annotations
 
@@ -86,3 +87,16 @@ def test_allow_global_reaches_the_workers(tmp_path, cluster, address, cli):
     result = cli("diff", *paths, "--json", "--executor", address, "--allow-global", trusted)
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout) == local
+
+
+def test_a_checkpoint_gone_before_a_worker_reopens_it_is_a_ckptkit_error(tmp_path, address):
+    from ckptkit import registry
+    from ckptkit.core.errors import CkptkitError
+    from ckptkit.io.workers import shard_executor
+
+    path = tmp_path / "model.safetensors"
+    ckptkit.save(dask_tests._arrays(1), path)
+    with registry.open_checkpoint(path) as ckpt, use_executor(address):
+        path.unlink()  # this process keeps its open file; a worker reopens the path
+        with pytest.raises(CkptkitError, match=r"model\.safetensors"):
+            shard_executor().map(len, [ckpt])

@@ -293,8 +293,11 @@ class DaskExecutor(Executor):
         futures = self.client.map(run, list(tasks), key=keys, pure=False, retries=TASK_RETRIES)
         try:
             results = self.client.gather(futures)
-        except BaseException:
+        except BaseException as err:
             self.client.cancel(futures)
+            verdict = _ckptkit_cause(err)
+            if verdict is not None:
+                raise verdict from None
             raise
         for result in results:
             if isinstance(result, _Refusal):
@@ -312,6 +315,20 @@ class DaskExecutor(Executor):
         wait_all = [f for f in stream.pending if not f.done()]
         if wait_all:
             self.client.gather(wait_all, errors="skip")
+
+
+def _ckptkit_cause(err: BaseException) -> CkptkitError | None:
+    """The ckptkit error behind a task's failure, if one is: a checkpoint that a worker could not
+    reopen while unpickling the task (the file changed or went away since the client opened it)
+    reaches the client wrapped in Dask's own error, with ckptkit's as its cause."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, CkptkitError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @functools.lru_cache(maxsize=4)
