@@ -105,6 +105,18 @@ def test_inspect_json_of_hdf5_loads_h5py_but_no_ml_dtypes_or_rich(tmp_path: Path
     assert not _top(mods) & {"ml_dtypes", "rich", "torch", "onnx", "keras", "google"}
 
 
+def test_inspect_json_of_tensorflow_reads_the_index_without_an_array_library(tmp_path: Path) -> None:
+    from ckptkit.api import convert
+
+    prefix = tmp_path / "tf" / "ckpt-1"
+    prefix.parent.mkdir()
+    convert(FIXTURES / "mlp_fp32.safetensors", prefix.with_name("ckpt-1.index"))
+    mods = _imported(tmp_path, "inspect", "--json", str(prefix))
+    # The index's block checksums (CRC-32C) need google-crc32c at most, not numpy.
+    assert _outside_allow_list(mods, {"ckptkit", "click", "google_crc32c"}) == set()
+    assert not _top(mods) & HEAVY
+
+
 def test_the_table_view_loads_rich_and_json_does_not(tmp_path: Path) -> None:
     mods = _imported(tmp_path, "inspect", str(FIXTURES / "mlp_fp16.safetensors"))
     assert "rich" in _top(mods)

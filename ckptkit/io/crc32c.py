@@ -44,10 +44,11 @@ def _as_bytes(data: Any) -> np.ndarray:
 
 def extend(crc: int, data: Any) -> int:
     """The CRC-32C of the bytes hashed into ``crc`` followed by ``data`` (bytes, a buffer or an array)."""
-    view = _as_bytes(data)
     if _HAVE_HW:
-        return int(_hw.extend(crc, view))
-    return _extend_numpy(crc, view)
+        # google-crc32c takes bytes and numpy arrays as they are (no copy); other buffers are viewed
+        # as arrays. Bytes go straight in, so checking an index's blocks does not import numpy.
+        return int(_hw.extend(crc, data if isinstance(data, bytes) else _as_bytes(data)))
+    return _extend_numpy(crc, _as_bytes(data))
 
 
 def value(data: Any) -> int:
