@@ -69,3 +69,15 @@ def test_quick_run_reports_rows_and_json(tmp_path):
     assert "| 0.02 GB | bf16 | safetensors -> PyTorch, --no-verify, × cp ≤ 1.3× |" in text
     assert "load average" in text and len(report["machine"]["load_average"]) == 3
     assert not (tmp_path / "work" / "bf16-0.02gb").exists()  # generated checkpoints are removed
+
+
+def test_tensorflow_bench_reports_every_row(tmp_path):
+    cmd = [sys.executable, str(REPO / "bench" / "tf_bench.py"), "--size", "0.01", "--rounds", "1",
+           "--workdir", str(tmp_path / "tf")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"cp safetensors", "convert tensorflow -> safetensors", "convert safetensors -> tensorflow --no-verify",
+            "inspect tensorflow --json", "verify tensorflow"} <= set(rows)  # fmt: skip
+    assert "safetensors inspect" in rows["inspect tensorflow --json"]
+    assert not (tmp_path / "tf").exists()  # the checkpoints go unless --keep
