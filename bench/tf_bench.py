@@ -4,10 +4,11 @@
     python bench/tf_bench.py --size 0.2 --rounds 3
 
 The input is a synthetic safetensors file with the shapes of bench/synth.py (201 tensors, normal
-values), written here with numpy in 16 MB pieces; its TensorFlow checkpoint is written by ckptkit
-itself (``ckptkit convert IN.safetensors tf/ckpt-1.index``), since generating 2 GB with TensorFlow
-would take far longer than the measurement. ckptkit's TensorFlow reader is tested against
-checkpoints TensorFlow writes (tests/test_tensorflow_format.py); this bench measures speed only.
+values, in name order as ``safetensors.save_file`` writes them), written here with numpy in 16 MB
+pieces; its TensorFlow checkpoint is written by ckptkit itself (``ckptkit convert IN.safetensors
+tf/ckpt-1.index``), since generating 2 GB with TensorFlow would take far longer than the
+measurement. ckptkit's TensorFlow reader is tested against checkpoints TensorFlow writes
+(tests/test_tensorflow_format.py); this bench measures speed only.
 
 Each round runs every command once, in turn, each from a settled start (pending writes synced,
 inputs read into the page cache), and ``cp`` of the same input in the same round; a command's
@@ -37,10 +38,11 @@ import synth  # noqa: E402
 
 
 def write_safetensors(path: Path, total_bytes: int, seed: int = 0) -> None:
-    """A float16 safetensors file of synth.layout's shapes, written piece by piece (memory stays small)."""
+    """A float16 safetensors file of synth.layout's shapes, written piece by piece (memory stays small),
+    its tensors in name order as the safetensors library writes them."""
     import numpy as np
 
-    shapes = synth.layout(total_bytes).shapes
+    shapes = dict(sorted(synth.layout(total_bytes).shapes.items()))
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():

@@ -467,6 +467,31 @@ def test_large_tensors_copy_in_step_with_the_source_and_carry_their_checksums(tm
     assert [f for f in verify([tmp_path / "ckpt-1"]).findings if f.severity == "error"] == []
 
 
+def test_safetensors_written_back_pads_its_header_to_copy_page_aligned_and_the_library_reads_it(tmp_path):
+    import safetensors.numpy
+
+    rng = np.random.default_rng(3)
+    arrays = {f"block_{i}/w": rng.standard_normal((300 + i, 257)).astype(np.float32) for i in range(6)}
+    arrays["tiny"] = np.arange(5, dtype=np.int16)
+    ckptkit.save(arrays, tmp_path / "src.safetensors", metadata={"note": "x" * 37})
+    ckptkit.convert(tmp_path / "src.safetensors", tmp_path / "ckpt-1.index")
+    receipt = ckptkit.convert(tmp_path / "ckpt-1", tmp_path / "back.safetensors")
+    assert receipt.verified
+    loaded = safetensors.numpy.load_file(str(tmp_path / "back.safetensors"))
+    assert {k: v.tobytes() for k, v in loaded.items()} == {k: v.tobytes() for k, v in arrays.items()}
+    header_len = int.from_bytes((tmp_path / "back.safetensors").read_bytes()[:8], "little")
+    assert header_len % 8 == 0
+    with ckptkit.load(tmp_path / "ckpt-1") as tf, ckptkit.load(tmp_path / "back.safetensors") as back:
+        large = [n for n in arrays if arrays[n].nbytes >= 64 * 1024]
+        assert large and all((tf.raw_extent(n).offset - back.raw_extent(n).offset) % 4096 == 0 for n in large)
+    # Without large tensors to place, the header is the library's own.
+    small = {"a": np.arange(6, dtype=np.float32), "b": np.ones(3, np.int8)}
+    ckptkit.save(small, tmp_path / "small.safetensors")
+    ckptkit.convert(tmp_path / "small.safetensors", tmp_path / "small-1.index")
+    ckptkit.convert(tmp_path / "small-1", tmp_path / "small-back.safetensors")
+    assert (tmp_path / "small-back.safetensors").read_bytes() == safetensors.numpy.save(small)
+
+
 def _graph(edges: dict[int, list[tuple[int, str]]], variables: dict[int, tuple[str, str]], slots=()):
     from ckptkit.formats.tensorflow.protos import Attribute, Child, Node, SlotRef
 
