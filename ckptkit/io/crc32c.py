@@ -20,6 +20,9 @@ _MASK_DELTA = 0xA282EAD8
 _LANES = 4096
 _CHUNK = _LANES * 4096  # bytes per numpy pass: 16 MiB
 _SMALL = 1 << 16  # below this, a plain loop is quicker than setting up lanes
+# google-crc32c holds the GIL while it runs: a large buffer goes in pieces of this size, so that
+# another thread (one issuing the kernel copies this checksum runs beside) waits at most one piece.
+_HW_PIECE = 1 << 20
 
 try:
     import google_crc32c as _hw
@@ -47,7 +50,12 @@ def extend(crc: int, data: Any) -> int:
     if _HAVE_HW:
         # google-crc32c takes bytes and numpy arrays as they are (no copy); other buffers are viewed
         # as arrays. Bytes go straight in, so checking an index's blocks does not import numpy.
-        return int(_hw.extend(crc, data if isinstance(data, bytes) else _as_bytes(data)))
+        if isinstance(data, bytes) and len(data) <= _HW_PIECE:
+            return int(_hw.extend(crc, data))
+        view = _as_bytes(data)
+        for start in range(0, view.size, _HW_PIECE):
+            crc = _hw.extend(crc, view[start : start + _HW_PIECE])
+        return int(crc)
     return _extend_numpy(crc, _as_bytes(data))
 
 

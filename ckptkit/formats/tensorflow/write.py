@@ -14,15 +14,17 @@ The output is name-based (each tensor keyed by its name, as a TF1 ``Saver`` or
 Data is copied tensor by tensor. Where a tensor's bytes lie in a file, they are copied in the kernel,
 the output padded (TensorFlow's reader follows offsets and ignores the gaps) so that source and
 destination offsets agree modulo the page size, while the CRC-32C is computed from the source's
-pages on another thread. The index is written byte for byte as TensorFlow writes it.
+bytes on another thread. The index is written byte for byte as TensorFlow writes it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
-import mmap
+import os
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,36 +253,58 @@ def _check_keys(items: list[_Item]) -> None:
         seen.add(item.key)
 
 
-class _SourcePages:
-    """Memory maps of source files, to checksum tensor bytes without reading them through Python."""
+class _SourceChecksums:
+    """CRC-32C of tensor bytes in source files, read by position into one reused buffer per thread.
+
+    Reading (which releases the GIL) copies the page-cache pages the kernel copy has just brought in;
+    a memory map would instead fault in every page and unmap them all at the end, and on a 2 GB
+    checkpoint that took longer than the checksums themselves.
+    """
+
+    _PIECE = 1 << 20
 
     def __init__(self) -> None:
-        self._maps: dict[Path, mmap.mmap] = {}
+        self._files: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
 
-    def view(self, extent: RawExtent) -> np.ndarray:
-        import numpy as np
-
-        m = self._maps.get(extent.path)
-        if m is None:
-            with open(extent.path, "rb") as f:
-                m = self._maps[extent.path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if extent.offset + extent.nbytes > len(m):
-            raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does")
-        return np.frombuffer(m, np.uint8, extent.nbytes, extent.offset)
+    def crc(self, extent: RawExtent) -> int:
+        with self._lock:
+            fd = self._files.get(extent.path)
+            if fd is None:
+                fd = self._files[extent.path] = os.open(extent.path, os.O_RDONLY)
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(self._PIECE))
+        crc = 0
+        done = 0
+        while done < extent.nbytes:
+            n = os.preadv(fd, [buf[: min(self._PIECE, extent.nbytes - done)]], extent.offset + done)
+            if n <= 0:
+                raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does")
+            crc = crc32c.extend(crc, buf[:n])
+            done += n
+        return crc
 
     def close(self) -> None:
-        self._maps.clear()
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
 
 
 def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: ProgressFn | None) -> dict[str, Entry]:
     import numpy as np
 
     entries: dict[str, Entry] = {}
-    pages = _SourcePages()
     pending: list[tuple[str, Entry, Future[int]]] = []
-    # The CRC of a tensor copied in the kernel is computed from the source's pages on a worker
-    # thread meanwhile; leaving the stream waits for every checksum.
-    with open(path, "wb") as out, TensorCopier() as copier, default_executor().stream() as checksums:
+    # The CRC of a tensor copied in the kernel is computed from the source file on a worker thread
+    # meanwhile; leaving the stream waits for every checksum (before the source files close).
+    with (
+        contextlib.closing(_SourceChecksums()) as sources,
+        open(path, "wb") as out,
+        TensorCopier() as copier,
+        default_executor().stream() as checksums,
+    ):
         for item in items:
             if item.value is not None:
                 offset, size, crc = _write_value(item, out)
@@ -302,12 +326,11 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
             if pad:
                 out.write(bytes(pad))
                 offset += pad
-            checksum = checksums.submit(crc32c.value, pages.view(extent))
+            checksum = checksums.submit(sources.crc, extent)
             copier.copy_extent(extent, out, progress)
             pending.append((item.key, Entry(item.code, item.shape, 0, offset, extent.nbytes), checksum))
     for key, entry, fut in pending:
         entries[key] = Entry(entry.dtype, entry.shape, 0, entry.offset, entry.size, crc32c.mask(fut.result()))
-    pages.close()
     return entries
 
 
