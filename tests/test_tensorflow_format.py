@@ -329,6 +329,28 @@ def test_big_endian_snappy_blocks_partitioned_and_sharded_bundles(tmp_path):
         assert not [f for f in verify([prefix]).findings if f.severity == "error"]
 
 
+def test_hash_manifest_lists_every_data_file_even_one_holding_only_slices(tmp_path):
+    import hashlib
+
+    from ckptkit.hashing.manifest import build_manifest
+
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    prefix = tmp_path / "ckpt"
+    # Data file 0 holds 'a' and the first slice of 'w'; file 1 only the second slice; file 2 nothing.
+    write_bundle(prefix, {"a": np.ones(3, np.int32)}, partitioned={"w": (w, [[(0, 2), (0, -1)], [(2, 2), (0, -1)]])},
+                 shards=3)  # fmt: skip
+    with ckptkit.load(prefix) as ckpt:
+        assert ckpt.raw_extent("w") is None
+    manifest = build_manifest(prefix)
+    names = [f"ckpt.data-0000{i}-of-00003" for i in range(3)]
+    assert set(manifest.files) == {"ckpt.index", *names}
+    only_slice = tmp_path / names[1]
+    assert manifest.files[names[1]] == {
+        "sha256": hashlib.sha256(only_slice.read_bytes()).hexdigest(), "bytes": only_slice.stat().st_size
+    }  # fmt: skip
+    assert set(build_manifest(prefix, exclude=["a"]).files) == {"ckpt.index", *names}
+
+
 def test_partitioned_variables_with_gaps_or_overlaps_are_refused(tmp_path):
     w = np.arange(12, dtype=np.float32).reshape(4, 3)
     for name, pieces in (("gap", [[(0, 2), (0, -1)]]), ("overlap", [[(0, 3), (0, -1)], [(2, 2), (0, -1)]])):

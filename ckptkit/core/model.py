@@ -117,6 +117,11 @@ class Checkpoint(ABC):
         """Where the tensor's bytes lie as-is in a file, if they do; else ``None``."""
         return None
 
+    def data_files(self) -> list[Path]:
+        """Files besides :attr:`path` that hold the checkpoint's data (a TensorFlow checkpoint's data
+        files), whether or not a tensor lies in them as-is; listed by ``hash`` manifests."""
+        return []
+
     def structure(self) -> dict[str, Any] | None:
         """How the format groups the tensors, for ``inspect`` (``None``: a flat list).
 

@@ -12,6 +12,8 @@ from ckptkit.core.errors import UsageError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
 _GLOB_CHARS = set("*?[")
@@ -73,6 +75,9 @@ class TransformedCheckpoint(Checkpoint):
         if name in self.cast:
             return None
         return self.base.raw_extent(self._base_name(name))
+
+    def data_files(self) -> list[Path]:
+        return self.base.data_files()
 
     def source_of(self, name: str) -> tuple[Checkpoint, str] | None:
         """The checkpoint and name the tensor is read from unchanged, or ``None`` when it is cast.

@@ -120,10 +120,15 @@ def entries_from_scan(ckpt: Checkpoint, result: ScanResult) -> dict[str, TensorE
 
 
 def files_of(ckpt: Checkpoint) -> list[Path]:
-    """The files a checkpoint's tensors come from: its own path and any external data files."""
+    """The files a checkpoint's tensors come from: its own path, the data files its format names
+    (a TensorFlow data file may hold only slices of partitioned variables, which no tensor lies in
+    as-is) and any other file a tensor lies in."""
     found: dict[Path, None] = {}
     if ckpt.path is not None and Path(ckpt.path).is_file():
         found[Path(ckpt.path)] = None
+    for path in ckpt.data_files():
+        if Path(path).is_file():  # a missing one is verify's to report
+            found.setdefault(Path(path), None)
     for ti in ckpt.tensor_infos():
         extent = ckpt.raw_extent(ti.name)
         if extent is not None:
