@@ -583,3 +583,17 @@ def test_timeline_orders_a_training_folders_checkpoints_by_save_counter(tf_files
     report = json.loads(result.stdout)
     assert [s["step"] for s in report["snapshots"]] == [1, 2]
     assert report["order"] == "metadata save_counter"
+
+
+def test_entry_count_and_rank_limits_are_enforced(tmp_path, monkeypatch):
+    prefix = tmp_path / "ckpt"
+    write_bundle(prefix, {f"t{i}": np.zeros((1, 1, 2), np.float32) for i in range(5)})
+    with ckptkit.load(prefix) as ckpt:
+        assert len(ckpt.names()) == 5
+    monkeypatch.setenv("CKPTKIT_MAX_TENSORS", "3")
+    with pytest.raises(CorruptCheckpointError, match=r"entry count is 4 entries.*CKPTKIT_MAX_TENSORS"):
+        ckptkit.load(prefix)
+    monkeypatch.delenv("CKPTKIT_MAX_TENSORS")
+    monkeypatch.setenv("CKPTKIT_MAX_PICKLE_DEPTH", "2")
+    with pytest.raises(CorruptCheckpointError, match=r"dimension count is 3 dimensions.*CKPTKIT_MAX_PICKLE_DEPTH"):
+        ckptkit.load(prefix)

@@ -175,6 +175,7 @@ def parse_entry(buf: bytes) -> Entry:
     """A BundleEntryProto; negative or unknown sizes are left for the caller to judge."""
     dtype = shard_id = offset = size = crc = 0
     dims: list[int] = []
+    max_dims: int | None = None
     unknown_rank = False
     slices: list[Slice] = []
     for f in fields(buf, 0, len(buf)):
@@ -190,7 +191,10 @@ def parse_entry(buf: bytes) -> Entry:
                         if v.number == 1:
                             size_of = _int(v, "dimension size")
                     dims.append(size_of)
-                    limits.check("a tensor's dimension count", len(dims), "pickle_depth", "dimensions")
+                    if max_dims is None:  # the limit is looked up once per entry, not per dimension
+                        max_dims = limits.current().pickle_depth
+                    if len(dims) > max_dims:
+                        raise limits.exceeded("a tensor's dimension count", len(dims), "pickle_depth", "dimensions")
                 elif d.number == 3:
                     unknown_rank = bool(expect(d, VARINT, "unknown_rank").value)
         elif f.number == 3:

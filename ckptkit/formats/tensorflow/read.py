@@ -138,9 +138,11 @@ class Bundle:
             raise CorruptCheckpointError("the index does not start with the bundle header (empty key)")
         self.header = parse_header(first[1])
         check_header(self.header)
+        max_entries = limits.current().tensors
         for count, (key, value) in enumerate(items, 1):
             self.entries[key] = value
-            limits.check("the index's entry count", count, "tensors", "entries")
+            if count > max_entries:
+                raise limits.exceeded("the index's entry count", count, "tensors", "entries")
 
     def data_file(self, shard: int) -> Path:
         return data_path(self.location.prefix, shard, self.header.num_shards)
@@ -194,6 +196,7 @@ class TensorFlowCheckpoint(Checkpoint):
         self.location = location
         self._maps: dict[int, mmap.mmap | None] = {}
         self._sizes: dict[int, int | None] = {}
+        self._names: dict[int, str] = {}  # data file names by number, for the location column
         self._lock = threading.Lock()
         self.bundle = Bundle(location)
         self._stored: dict[str, Stored] = {}
@@ -273,7 +276,11 @@ class TensorFlowCheckpoint(Checkpoint):
         self._infos.append(info)
 
     def _where(self, entry: Entry) -> str:
-        return f"{self.bundle.data_file(entry.shard_id).name if entry.shard_id >= 0 else '?'} @ {entry.offset}"
+        name = self._names.get(entry.shard_id)
+        if name is None:
+            name = self.bundle.data_file(entry.shard_id).name if entry.shard_id >= 0 else "?"
+            self._names[entry.shard_id] = name
+        return f"{name} @ {entry.offset}"
 
     def _check_whole(self, name: str, entry: Entry, nbytes: int) -> None:
         if 0 <= entry.shard_id < self.bundle.header.num_shards and entry.shard_id not in self._sizes:
