@@ -139,3 +139,21 @@ def test_copying_tensors_as_they_are_decodes_none(tmp_path: Path, src: str, dst:
     mods = _imported(tmp_path, "convert", str(FIXTURES / src), str(tmp_path / dst), "--no-verify")
     assert _outside_allow_list(mods, {"ckptkit", "click", "zlib_ng"}) == set()  # zlib-ng: the zip's CRC-32
     assert (tmp_path / dst).stat().st_size > 0
+
+
+def test_writing_tensorflow_from_safetensors_decodes_no_tensor(tmp_path: Path) -> None:
+    # Large tensors copy in the kernel and small ones as bytes; their CRC-32C needs google-crc32c only.
+    import numpy as np
+
+    import ckptkit
+
+    src = tmp_path / "src.safetensors"
+    ckptkit.save({"big": np.ones((300, 257), np.float32), "small": np.arange(7, dtype=np.int16)}, src)
+    for source in (src, FIXTURES / "tied_lm_fp16.safetensors"):
+        out = tmp_path / source.stem / "ckpt-1.index"
+        out.parent.mkdir()
+        mods = _imported(tmp_path, "convert", str(source), str(out), "--no-verify")
+        assert _outside_allow_list(mods, {"ckptkit", "click", "google_crc32c"}) == set(), source.name
+        with ckptkit.load(out) as written, ckptkit.load(source) as original:
+            for name in original.names():
+                assert written.read_tensor(name).tobytes() == original.read_tensor(name).tobytes()

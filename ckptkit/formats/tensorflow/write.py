@@ -254,11 +254,12 @@ def _check_keys(items: list[_Item]) -> None:
 
 
 class _SourceChecksums:
-    """CRC-32C of tensor bytes in source files, read by position into one reused buffer per thread.
+    """CRC-32C of tensor bytes in source files, read by position in 1 MiB pieces.
 
     Reading (which releases the GIL) copies the page-cache pages the kernel copy has just brought in;
     a memory map would instead fault in every page and unmap them all at the end, and on a 2 GB
-    checkpoint that took longer than the checksums themselves.
+    checkpoint that took longer than the checksums themselves. The pieces are bytes, which
+    google-crc32c takes as they are, so copying tensors needs no numpy.
     """
 
     _PIECE = 1 << 20
@@ -266,24 +267,21 @@ class _SourceChecksums:
     def __init__(self) -> None:
         self._files: dict[Path, int] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
 
-    def crc(self, extent: RawExtent) -> int:
+    def read(self, extent: RawExtent, start: int, n: int) -> bytes:
         with self._lock:
             fd = self._files.get(extent.path)
             if fd is None:
                 fd = self._files[extent.path] = os.open(extent.path, os.O_RDONLY)
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(self._PIECE))
+        data = os.pread(fd, n, extent.offset + start)
+        if len(data) < n:
+            raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does")
+        return data
+
+    def crc(self, extent: RawExtent) -> int:
         crc = 0
-        done = 0
-        while done < extent.nbytes:
-            n = os.preadv(fd, [buf[: min(self._PIECE, extent.nbytes - done)]], extent.offset + done)
-            if n <= 0:
-                raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does")
-            crc = crc32c.extend(crc, buf[:n])
-            done += n
+        for start in range(0, extent.nbytes, self._PIECE):
+            crc = crc32c.extend(crc, self.read(extent, start, min(self._PIECE, extent.nbytes - start)))
         return crc
 
     def close(self) -> None:
@@ -293,8 +291,6 @@ class _SourceChecksums:
 
 
 def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: ProgressFn | None) -> dict[str, Entry]:
-    import numpy as np
-
     entries: dict[str, Entry] = {}
     pending: list[tuple[str, Entry, Future[int]]] = []
     # The CRC of a tensor copied in the kernel is computed from the source file on a worker thread
@@ -312,7 +308,19 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
                 continue
             assert item.name is not None
             extent = ckpt.raw_extent(item.name)
-            if extent is None or extent.nbytes < _ALIGN_FROM:
+            if extent is not None and extent.nbytes < _ALIGN_FROM:  # small: packed, its bytes read as they are
+                offset = out.tell()
+                raw_bytes = sources.read(extent, 0, extent.nbytes)
+                out.write(raw_bytes)
+                entries[item.key] = Entry(
+                    item.code, item.shape, 0, offset, extent.nbytes, crc32c.mask(crc32c.value(raw_bytes))
+                )
+                if progress:
+                    progress(extent.nbytes)
+                continue
+            if extent is None:
+                import numpy as np  # only a tensor that has to be decoded needs it
+
                 offset = out.tell()
                 data = np.ascontiguousarray(ckpt.read_tensor(item.name))
                 raw = data.reshape(-1).view(np.uint8) if data.size else np.zeros(0, np.uint8)
