@@ -9,6 +9,7 @@ mapped from the snapshots are not counted) against 2 x the largest tensor + 256 
 
     python bench/timeline_bench.py                      # 10 snapshots of ~500 MB
     python bench/timeline_bench.py --snapshots 4 --mb 50 --rounds 1   # a quick run
+    python bench/timeline_bench.py --no-naive --baseline ../main   # against another checkout, same run
 
 Not part of the test suite: the default needs ~5 GB of disk.
 """
@@ -16,6 +17,7 @@ Not part of the test suite: the default needs ~5 GB of disk.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -91,6 +93,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive script (it holds every snapshot)")
     parser.add_argument("--dir", type=Path, help="keep the files here (default: a temporary folder, removed after)")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="CHECKOUT",
+        help="also time ckptkit timeline from this checkout of ckptkit, in the same interleaved rounds",
+    )  # fmt: skip
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="ckptkit-timeline-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,21 +116,30 @@ def main() -> None:
             "cat": ["cat", *files],
             "ckptkit timeline": [sys.executable, "-m", "ckptkit", "timeline", *files, "--json"],
         }
+        if args.baseline is not None:
+            commands["baseline timeline"] = commands["ckptkit timeline"]
         if not args.no_naive:
             commands["naive torch"] = [sys.executable, "-c", NAIVE_SCRIPT, *files]
         results: dict[str, list[measure.Run]] = {name: [] for name in commands}
         for r in range(args.rounds):
             for name in commands if r % 2 == 0 else reversed(list(commands)):
-                run = measure.run(commands[name], env=env)
+                base = "baseline" in name and args.baseline is not None
+                run = measure.run(commands[name], env=measure.child_env(args.baseline.resolve()) if base else env)
                 if not run.ok:
                     raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr[-2000:]}")
                 results[name].append(run)
-                print(f"  round {r + 1} {name}: {run.seconds:.2f} s", flush=True)
+                load = os.getloadavg()[0]
+                print(
+                    f"  round {r + 1} {name}: {run.seconds:.2f} s (CPU {run.cpu_seconds:.2f} s, load {load:.2f})",
+                    flush=True,
+                )
         medians = {name: statistics.median(x.seconds for x in runs) for name, runs in results.items()}
-        print(f"\n{'command':18s} {'median s':>9s} {'x cat':>7s} {'peak RssAnon':>13s}")
+        print(f"\n{'command':18s} {'median s':>9s} {'x cat':>7s} {'CPU s':>7s} {'peak RssAnon':>13s}")
         for name, runs in results.items():
             peak = max(x.peak_anon_bytes for x in runs)
-            print(f"{name:18s} {medians[name]:9.2f} {medians[name] / medians['cat']:7.2f} {peak / 1e6:10.0f} MB")
+            cpu = statistics.median(x.cpu_seconds for x in runs)
+            print(f"{name:18s} {medians[name]:9.2f} {medians[name] / medians['cat']:7.2f} {cpu:7.2f} "
+                  f"{peak / 1e6:10.0f} MB")  # fmt: skip
         ours = max(x.peak_anon_bytes for x in results["ckptkit timeline"])
         budget = 2 * largest + 256 * 1024 * 1024
         print(f"\nckptkit timeline: {medians['ckptkit timeline'] / medians['cat']:.2f}x cat (goal <= 3x); "
