@@ -257,3 +257,97 @@ def test_api_report_renders(run_dir):
     assert "frozen at whole run: state_dict.model.frozen" in md
     assert report.to_html().startswith("<!DOCTYPE html>")
     assert math.isclose(report.layers[0].series.norm[0] or 0.0, report.to_dict()["layers"][0]["norm"][0])
+
+
+def _reference(values: list[np.ndarray | None]) -> dict[str, list]:
+    """One tensor's series in float64 numpy, sums over the elements finite on both sides; ``None``
+    where there is nothing to compare with (the first snapshot, a snapshot after one without it)."""
+    out: dict[str, list] = {k: [] for k in ("norm", "update_ratio", "drift", "max_update", "max_drift", "nan")}
+    first: np.ndarray | None = None
+    prev: np.ndarray | None = None
+    for v in values:
+        x = None if v is None else v.astype(np.float64)
+        if x is not None:
+            out["norm"].append(np.linalg.norm(x[np.isfinite(x)]))
+            out["nan"].append(int(np.isnan(x).sum()))
+        else:
+            out["norm"].append(None)
+            out["nan"].append(None)
+        for base, ratio, top in ((prev, "update_ratio", "max_update"), (first, "drift", "max_drift")):
+            if x is None or base is None:
+                out[ratio].append(None)
+                out[top].append(None)
+                continue
+            both = np.isfinite(x) & np.isfinite(base)
+            d = x[both] - base[both]
+            out[ratio].append(np.linalg.norm(d) / np.linalg.norm(base[both]))
+            out[top].append(np.abs(d).max())
+        prev = x
+        first = x if first is None else first
+    return out
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch"])
+def test_tensors_of_several_chunks_match_numpy(tmp_path, writer):
+    """Tensors larger than the kernel's chunk: frozen chunks, NaN in one chunk, a snapshot without the tensor."""
+    from ckptkit.timelines.kernel import CHUNK
+
+    n = 2 * CHUNK + 1000
+    rng = np.random.default_rng(3)
+    big = [(rng.standard_normal(n) * 0.02).astype(np.float16)]
+    wide = [rng.standard_normal(n // 4).astype(np.float32)]
+    for t in range(1, 5):
+        step = big[-1].copy()
+        step[CHUNK:] += (rng.standard_normal(n - CHUNK) * 1e-3).astype(np.float16)  # the first chunk stays frozen
+        if t == 3:
+            step[CHUNK + 17] = np.nan
+        big.append(step)
+        wide.append(wide[-1] + rng.standard_normal(n // 4).astype(np.float32) * np.float32(0.1 * t))
+    for t in range(5):
+        tensors = {"big": big[t]} | ({"wide": wide[t]} if t != 2 else {})
+        if writer == "safetensors":
+            ckptkit.save(tensors, tmp_path / f"s{t}.safetensors")
+        else:
+            torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / f"s{t}.pt")
+    report = ckptkit.timeline([tmp_path], order="given").to_dict()
+    expected = {"big": _reference(list(big)), "wide": _reference([w if t != 2 else None for t, w in enumerate(wide)])}
+    for name, ref in expected.items():
+        got = _tensor(report, name)
+        for key, values in ref.items():
+            for t, want in enumerate(values):
+                if want is None:
+                    assert got[key][t] is None, (name, key, t)
+                else:
+                    assert got[key][t] == pytest.approx(want, rel=1e-6, abs=1e-12), (name, key, t)
+    assert _tensor(report, "big")["nan"] == [0, 0, 0, 1, 1]
+
+
+def test_file_reads_mapped_views_and_arrays_in_memory_give_the_same_sums(tmp_path):
+    from contextlib import ExitStack
+
+    from ckptkit.core.model import MemoryCheckpoint
+    from ckptkit.registry import open_checkpoint
+    from ckptkit.timelines import engine
+    from ckptkit.timelines.kernel import CHUNK
+
+    rng = np.random.default_rng(5)
+    values = [(rng.standard_normal(CHUNK + 77) * 0.1).astype(np.float16)]
+    for t in range(1, 4):
+        values.append(values[-1] + (rng.standard_normal(CHUNK + 77) * 0.01).astype(np.float16) * np.float16(t))
+    values[2][5] = np.inf
+    for t, v in enumerate(values):
+        ckptkit.save({"w": v, "b": np.float32(t) * np.ones(3, np.float32)}, tmp_path / f"s{t}.safetensors")
+    with ExitStack() as stack:
+        mapped = [stack.enter_context(open_checkpoint(tmp_path / f"s{t}.safetensors")) for t in range(4)]
+        files = engine.Files()
+        try:
+            read = [engine.tensor_series(mapped, n, files=files).points for n in ("w", "b")]
+        finally:
+            files.close()
+        views = [engine.tensor_series(mapped, n).points for n in ("w", "b")]
+    memory = [MemoryCheckpoint({"w": v, "b": np.float32(t) * np.ones(3, np.float32)}) for t, v in enumerate(values)]
+    held = [engine.tensor_series(memory, n).points for n in ("w", "b")]
+    assert read == views == held
+    w = read[0]
+    assert [p.inf for p in w if p] == [0, 0, 1, 0]
+    assert w[1] is not None and w[1].max_update == pytest.approx(np.abs(values[1].astype(np.float64) - values[0]).max())

@@ -1,25 +1,34 @@
 """Streaming a run's snapshots tensor by tensor: norms, updates, drift and NaN/Inf per snapshot.
 
-The work is tensor-major: for one tensor name, its value in each snapshot is read in turn and
-compared with the previous snapshot's and the first snapshot's, then dropped. At any moment a
-worker holds one tensor of at most three snapshots (first, previous, current), and none at all
-for memory-mapped formats, whatever the number of snapshots; every snapshot file is read once.
-Tensors are dealt to the worker pool in groups of similar size; the sums are those of
-:mod:`ckptkit.diffing.metrics` (chunked, float64 totals), so a timeline and a diff of the same two
-snapshots agree.
+The work is tensor-major: for one tensor name, the snapshots are walked chunk by chunk, each
+chunk of each snapshot read once and compared with the previous snapshot's and the first
+snapshot's same chunk (:mod:`ckptkit.timelines.kernel`). A tensor lying as-is in its file
+(safetensors, numpy, uncompressed torch zips...) is read by ``pread`` into small reused buffers;
+a view of a memory-mapped file is used in place; a tensor the reader builds in memory is measured
+when read, after which only the first and previous snapshots' values are kept. So every snapshot
+file is read once and memory stays near one tensor whatever the number of snapshots. Tensors are
+dealt to the worker pool in groups of similar size; the sums are those of
+:mod:`ckptkit.diffing.metrics` (float sums of blocks, float64 totals; NaN and Inf counted apart),
+so a timeline and a diff of the same two snapshots agree.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ckptkit.core.model import Checkpoint, ProgressFn
 from ckptkit.diffing.metrics import Accumulator, accumulate
 from ckptkit.io.workers import balanced_groups, default_executor
+from ckptkit.timelines import kernel
 
 # Optimizer state, as torch, Lightning, Keras and TensorFlow name it.
 _OPTIMIZER = re.compile(r"(^|[./])(optimizer|optimizer_states|optim|opt_state)([./]|$)|\.OPTIMIZER_SLOT/")
@@ -74,57 +83,111 @@ def _flat(ckpt: Checkpoint, name: str) -> np.ndarray:
     return np.ascontiguousarray(ckpt.read_tensor(name)).reshape(-1)
 
 
-def _point(elements: int, sum_sq: float, nan: int, inf: int) -> Point:
-    return Point(elements=elements, sum_sq=sum_sq, nan=nan, inf=inf, nonzero=sum_sq > 0 or nan + inf > 0)
+def _mapped(x: np.ndarray) -> bool:
+    """Whether ``x`` views a memory-mapped file: holding it costs no memory of its own."""
+    base: object = x
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return isinstance(base, mmap.mmap)
 
 
-def _own(x: np.ndarray) -> Point:
-    acc = accumulate(x, x)
-    return _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b)
+def _point(s: kernel.Sums) -> Point:
+    return Point(
+        elements=s.elements, sum_sq=s.sum_sq, nan=s.nan, inf=s.inf, nonzero=s.sum_sq > 0 or s.nan + s.inf > 0,
+        sum_sq_prev=s.sum_sq_prev, sum_sq_update=s.sum_sq_update, max_update=s.max_update,
+        sum_sq_first=s.sum_sq_first, sum_sq_drift=s.sum_sq_drift, max_drift=s.max_drift,
+    )  # fmt: skip
 
 
-def _against(base: np.ndarray, x: np.ndarray) -> Accumulator:
-    return accumulate(base, x)
+class Files:
+    """File descriptors shared by the workers (``pread`` needs no file position), closed at the end."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            return fd
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
-def tensor_series(snapshots: Sequence[Checkpoint], name: str, progress: ProgressFn | None = None) -> TensorSeries:
-    """Read ``name`` from each snapshot in turn and measure it against the previous and the first."""
-    points: list[Point | None] = []
-    first: np.ndarray | None = None
-    prev: np.ndarray | None = None
+def _source(ckpt: Checkpoint, name: str, files: Files | None) -> tuple[kernel.Source, bool]:
+    """Where to read a snapshot's tensor from, and whether keeping it costs memory of its own."""
+    info = ckpt.info(name)
+    dtype = info.dtype.numpy
+    if files is not None and sys.byteorder == "little":
+        extent = ckpt.raw_extent(name)
+        if extent is not None and extent.nbytes == info.numel * dtype.itemsize:
+            path = Path(extent.path)
+            return kernel.FileSource(files.fd(path), extent.offset, dtype, info.numel, str(path)), False
+    flat = _flat(ckpt, name)
+    return kernel.ArraySource(flat), not _mapped(flat)
+
+
+def tensor_series(
+    snapshots: Sequence[Checkpoint], name: str, progress: ProgressFn | None = None, files: Files | None = None
+) -> TensorSeries:
+    """Read ``name`` from each snapshot in turn and measure it against the previous and the first.
+
+    Consecutive snapshots whose tensor lies as-is in a file (read chunk by chunk through
+    ``files``) or is a view of a memory-mapped file are measured together, chunk by chunk
+    (:func:`ckptkit.timelines.kernel.measure_segment`), so that each chunk is read and widened
+    once; a tensor read into memory is measured on its own, after which only the first and
+    previous snapshots' values are kept.
+    """
+    present = [s for s in snapshots if name in s]
+    info = present[0].info(name)
+    work = kernel.working_type([s.info(name).dtype.numpy for s in present])
+    points: list[Point | None] = [None] * len(snapshots)
+    first: kernel.Held | None = None
+    prev: kernel.Held | None = None
     first_shape: tuple[int, ...] = ()
     prev_shape: tuple[int, ...] = ()
-    info = next(s.info(name) for s in snapshots if name in s)
-    for ckpt in snapshots:
+    pending: list[tuple[int, kernel.Source, int]] = []
+    shape: tuple[int, ...] = ()
+
+    def measure() -> None:
+        nonlocal first, prev, first_shape, prev_shape
+        if not pending:
+            return
+        sources = [src for _, src, _ in pending]
+        starts_run = first is None
+        sums, held = kernel.measure_segment(
+            sources, first if not starts_run and first_shape == shape else None,
+            prev if prev is not None and prev_shape == shape else None, work, starts_run=starts_run,
+        )  # fmt: skip
+        for (t, _, _), s in zip(pending, sums, strict=True):
+            points[t] = _point(s)
+        if starts_run:
+            first, first_shape = held[0], shape
+        prev, prev_shape = held[-1], shape
+        if progress:
+            progress(sum(nbytes for _, _, nbytes in pending))
+        pending.clear()
+
+    for t, ckpt in enumerate(snapshots):
         if name not in ckpt:
-            points.append(None)
+            measure()
             prev = None
             continue
-        x = _flat(ckpt, name)
-        shape = tuple(ckpt.info(name).shape)
-        if prev is not None and prev.size == x.size and shape == prev_shape:
-            acc = _against(prev, x)
-            # Where every element of the previous value is finite, the pair sums cover x's own: one pass saved.
-            all_finite = acc.nan_a + acc.inf_a == 0
-            point = _point(acc.elements, acc.sum_sq_b, acc.nan_b, acc.inf_b) if all_finite else _own(x)
-            point.sum_sq_prev, point.sum_sq_update, point.max_update = acc.sum_sq_a, acc.sum_sq_diff, float(acc.max_abs)
-        else:
-            point = _own(x)
-        if first is not None and first.size == x.size and shape == first_shape:
-            if first is prev:  # the previous snapshot is the first: the same sums
-                point.sum_sq_first, point.sum_sq_drift, point.max_drift = (
-                    point.sum_sq_prev, point.sum_sq_update, point.max_update,
-                )  # fmt: skip
-            else:
-                acc = _against(first, x)
-                point.sum_sq_first, point.sum_sq_drift = acc.sum_sq_a, acc.sum_sq_diff
-                point.max_drift = float(acc.max_abs)
-        if first is None:
-            first, first_shape = x, shape
-        prev, prev_shape = x, shape
-        points.append(point)
-        if progress:
-            progress(ckpt.info(name).nbytes)
+        x_shape = tuple(ckpt.info(name).shape)
+        if pending and x_shape != shape:
+            measure()
+        source, in_memory = _source(ckpt, name, files)
+        shape = x_shape
+        pending.append((t, source, ckpt.info(name).nbytes))
+        if in_memory:
+            measure()
+    measure()
     return TensorSeries(name, info.dtype.name, tuple(info.shape), is_optimizer_state(name), points)
 
 
@@ -146,12 +209,17 @@ def run(
     sizes = [max((s.info(n).nbytes for s in snapshots if n in s), default=0) for n in names]
     groups = balanced_groups(sizes, executor.workers)
 
+    files = Files()
+
     def work(group: list[int]) -> list[TensorSeries]:
-        return [tensor_series(snapshots, names[i], progress) for i in group]
+        return [tensor_series(snapshots, names[i], progress, files) for i in group]
 
     by_index: dict[int, TensorSeries] = {}
-    for group, results in zip(groups, executor.map(work, groups), strict=True):
-        by_index.update(zip(group, results, strict=True))
+    try:
+        for group, results in zip(groups, executor.map(work, groups), strict=True):
+            by_index.update(zip(group, results, strict=True))
+    finally:
+        files.close()
     return [by_index[i] for i in range(len(names))]
 
 
