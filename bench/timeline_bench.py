@@ -110,7 +110,6 @@ def main() -> None:
             with open(p, "rb") as f:
                 while f.read(64 << 20):
                     pass
-        env = measure.child_env(REPO)
         files = [str(p) for p in paths]
         commands = {
             "cat": ["cat", *files],
@@ -123,8 +122,9 @@ def main() -> None:
         results: dict[str, list[measure.Run]] = {name: [] for name in commands}
         for r in range(args.rounds):
             for name in commands if r % 2 == 0 else reversed(list(commands)):
-                base = "baseline" in name and args.baseline is not None
-                run = measure.run(commands[name], env=measure.child_env(args.baseline.resolve()) if base else env)
+                # Each ckptkit runs from its own checkout: ``python -m`` puts the working folder first on sys.path.
+                repo = args.baseline.resolve() if "baseline" in name and args.baseline is not None else REPO
+                run = measure.run(commands[name], env=measure.child_env(repo), cwd=repo)
                 if not run.ok:
                     raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr[-2000:]}")
                 results[name].append(run)
