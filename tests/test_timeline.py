@@ -351,3 +351,15 @@ def test_file_reads_mapped_views_and_arrays_in_memory_give_the_same_sums(tmp_pat
     w = read[0]
     assert [p.inf for p in w if p] == [0, 0, 1, 0]
     assert w[1] is not None and w[1].max_update == pytest.approx(np.abs(values[1].astype(np.float64) - values[0]).max())
+
+
+def test_out_of_file_descriptors_falls_back_to_the_readers_arrays(run_dir, monkeypatch):
+    from ckptkit.timelines import engine
+
+    expected = ckptkit.timeline([run_dir]).to_dict()
+
+    def refuse(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(engine.os, "open", refuse)
+    assert ckptkit.timeline([run_dir]).to_dict() == expected

@@ -128,7 +128,12 @@ def _source(ckpt: Checkpoint, name: str, files: Files | None) -> tuple[kernel.So
         extent = ckpt.raw_extent(name)
         if extent is not None and extent.nbytes == info.numel * dtype.itemsize:
             path = Path(extent.path)
-            return kernel.FileSource(files.fd(path), extent.offset, dtype, info.numel, str(path)), False
+            try:
+                fd = files.fd(path)
+            except OSError:  # out of file descriptors, say, with many sharded snapshots: read it as the reader does
+                fd = None
+            if fd is not None:
+                return kernel.FileSource(fd, extent.offset, dtype, info.numel, str(path)), False
     flat = _flat(ckpt, name)
     return kernel.ArraySource(flat), not _mapped(flat)
 
