@@ -139,15 +139,20 @@ def test_detected_from_bytes_whatever_the_name(tmp_path):
     assert detect(path).name == "gguf"
 
 
-def test_quantized_tensors_need_gguf_py_plain_ones_do_not(tmp_path, monkeypatch):
-    q8 = gguf.quants.quantize(np.ones((1, 32), np.float32), Q.Q8_0)
-    path = write_gguf(tmp_path / "q.gguf", [("plain", np.ones(4, np.float32), None), ("q", q8, Q.Q8_0)])
+def test_only_types_without_a_kernel_of_ckptkit_need_gguf_py(tmp_path, monkeypatch):
+    ints = np.arange(-15, 17, dtype=np.float32).reshape(1, 32)
+    ints[0, 0] = 127  # scale 1: every value is stored exactly
+    q8 = gguf.quants.quantize(ints, Q.Q8_0)
+    tq2 = gguf.quants.quantize(np.ones((1, 256), np.float32), Q.TQ2_0)
+    path = write_gguf(tmp_path / "q.gguf", [("plain", np.ones(4, np.float32), None), ("q", q8, Q.Q8_0),
+                                            ("t", tq2, Q.TQ2_0)])  # fmt: skip
     monkeypatch.setitem(sys.modules, "gguf", None)
     with open_checkpoint(path) as ckpt:
         assert ckpt.info("q").shape == (1, 32)
         assert ckpt.read_tensor("plain").tolist() == [1.0] * 4
+        assert ckpt.read_tensor("q").tolist() == ints.tolist()  # Q8_0 is decoded by ckptkit itself
         with pytest.raises(MissingDependencyError, match=r"pip install 'ckptkit\[gguf\]'"):
-            ckpt.read_tensor("q")
+            ckpt.read_tensor("t")
 
 
 _KV_U8 = gguf_string("k") + struct.pack("<IB", 0, 1)

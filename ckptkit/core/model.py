@@ -122,6 +122,14 @@ class Checkpoint(ABC):
         files), whether or not a tensor lies in them as-is; listed by ``hash`` manifests."""
         return []
 
+    def span_reader(self, name: str) -> Callable[[int, int], np.ndarray] | None:
+        """For a tensor decoded when read (a quantized GGUF tensor): a function giving its flat,
+        C-order elements ``start:stop`` without building the whole tensor, so that a pass over it
+        (``diff``) holds one span at a time. The array it returns may be a buffer the reader reuses
+        for the next call from the same thread. ``None`` (the default) when :meth:`read_tensor`
+        costs no more (a view of a mapped file) or the reader has no such path."""
+        return None
+
     def structure(self) -> dict[str, Any] | None:
         """How the format groups the tensors, for ``inspect`` (``None``: a flat list).
 

@@ -5,13 +5,16 @@ The main thread reads tensor pairs one after another and cuts each into spans; t
 run :func:`~ckptkit.diffing.metrics.accumulate` on the spans (numpy releases the GIL in its loops,
 so two threads use two cores). Tensors are read only while little else is in flight, so memory
 stays near the largest pair for readers that load whole tensors, and near nothing for memory-
-mapped ones. Span results are merged in span order, so the figures do not depend on timing.
+mapped ones. A tensor its reader decodes on read (a quantized GGUF tensor, see
+:meth:`~ckptkit.core.model.Checkpoint.span_reader`) is never built whole: each span task decodes
+its own elements, a cache-sized chunk at a time, next to the metric kernels. Span results are
+merged in span order, so the figures do not depend on timing.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -19,7 +22,7 @@ import numpy as np
 
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, ProgressFn
-from ckptkit.diffing.metrics import Accumulator, accumulate
+from ckptkit.diffing.metrics import CHUNK, Accumulator, accumulate
 from ckptkit.io.workers import LOCAL, default_executor, executor_spec, shard_executor
 
 SPAN = 1 << 21  # elements per task: enough work to hide the cost of handing it to a thread
@@ -71,7 +74,7 @@ def run(
             nbytes = _nbytes(a, job.a_name) + _nbytes(b, job.b_name)
             while pending and inflight + nbytes > INFLIGHT_BYTES:
                 finish_oldest()
-            xa, xb = _flat(a, job.a_name), _flat(b, job.b_name)
+            xa, xb = _source(a, job.a_name), _source(b, job.b_name)
             if xa.size != xb.size:
                 raise CorruptCheckpointError(
                     f"tensor {job.b_name!r} read back with {xb.size} elements where {job.a_name!r} has {xa.size}; "
@@ -81,7 +84,7 @@ def run(
             for lo in range(0, max(xa.size, 1), SPAN):
                 hi = min(lo + SPAN, xa.size)
                 share = nbytes * (hi - lo) // max(xa.size, 1)
-                spans.append((tasks.submit(accumulate, xa, xb, lo, hi), share))
+                spans.append((tasks.submit(_accumulate, xa, xb, lo, hi), share))
             pending.append((index, spans, nbytes))
             inflight += nbytes
             # Drop this pair before reading the next: a reader that builds its arrays (GGUF dequantizing)
@@ -94,6 +97,36 @@ def run(
 
 def _nbytes(ckpt: Checkpoint, name: str) -> int:
     return ckpt.info(ckpt.aliases.get(name, name)).nbytes
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A tensor read span by span (:meth:`~ckptkit.core.model.Checkpoint.span_reader`)."""
+
+    read: Callable[[int, int], np.ndarray]
+    size: int
+
+
+def _source(ckpt: Checkpoint, name: str) -> np.ndarray | _Decoded:
+    stored = ckpt.aliases.get(name, name)
+    reader = ckpt.span_reader(stored)
+    if reader is not None:
+        return _Decoded(reader, ckpt.info(stored).numel)
+    return _flat(ckpt, name)
+
+
+def _accumulate(xa: np.ndarray | _Decoded, xb: np.ndarray | _Decoded, lo: int, hi: int) -> Accumulator:
+    """:func:`accumulate` over ``lo:hi``, decoding a span-read side one kernel chunk at a time (the
+    same chunks and the same order of sums as on whole arrays, so the figures are the same)."""
+    if isinstance(xa, np.ndarray) and isinstance(xb, np.ndarray):
+        return accumulate(xa, xb, lo, hi)
+    acc = Accumulator()
+    for start in range(lo, hi, CHUNK):
+        stop = min(start + CHUNK, hi)
+        ca = xa[start:stop] if isinstance(xa, np.ndarray) else xa.read(start, stop)
+        cb = xb[start:stop] if isinstance(xb, np.ndarray) else xb.read(start, stop)
+        acc.merge(accumulate(ca, cb))
+    return acc
 
 
 def _flat(ckpt: Checkpoint, name: str) -> np.ndarray:
@@ -119,7 +152,7 @@ def diff_shards(pair: ShardPair) -> list[Accumulator]:
     the figures equal a local run's to the last bit."""
     results = []
     for job in pair.jobs:
-        xa, xb = _flat(pair.a, job.a_name), _flat(pair.b, job.b_name)
+        xa, xb = _source(pair.a, job.a_name), _source(pair.b, job.b_name)
         if xa.size != xb.size:
             raise CorruptCheckpointError(
                 f"tensor {job.b_name!r} read back with {xb.size} elements where {job.a_name!r} has {xa.size}; "
@@ -127,7 +160,7 @@ def diff_shards(pair: ShardPair) -> list[Accumulator]:
             )
         acc = Accumulator()
         for lo in range(0, max(xa.size, 1), SPAN):
-            acc.merge(accumulate(xa, xb, lo, min(lo + SPAN, xa.size)))
+            acc.merge(_accumulate(xa, xb, lo, min(lo + SPAN, xa.size)))
         results.append(acc)
     return results
 

@@ -1,9 +1,10 @@
 """GGUF (llama.cpp, ollama, LM Studio): a typed metadata header, tensor infos, then aligned tensor data.
 
 :mod:`.header` parses and bounds the header (one parser for reading and for ``verify``), :mod:`.read`
-reads lazily from a memory map, dequantizing quantized tensors with gguf-py on read, :mod:`.write`
-writes tensor by tensor. gguf-py (the ``gguf`` package, ``pip install 'ckptkit[gguf]'``) is needed
-only for quantized tensors and imported when one is read or written. Spec:
+reads lazily from a memory map, dequantizing quantized tensors on read (:mod:`.dequant` for the
+common block types, gguf-py for the others), :mod:`.write` writes tensor by tensor. gguf-py (the
+``gguf`` package, ``pip install 'ckptkit[gguf]'``) is needed only for the block types ckptkit does
+not decode itself and for writing quantized tensors, and imported when one is read or written. Spec:
 https://github.com/ggml-org/ggml/blob/master/docs/gguf.md.
 """
 

@@ -71,7 +71,7 @@ class GGMLType:
 
 
 # The ggml types of the GGUF spec (ggml.h ``enum ggml_type``): facts of the file format, needed to
-# size every tensor without importing gguf-py. Dequantizing the quantized ones is gguf-py's job.
+# size every tensor without importing gguf-py. Dequantizing is in dequant.py (common types) and gguf-py (the rest).
 _K = 256
 GGML_TYPES: dict[int, GGMLType] = {
     t.id: t

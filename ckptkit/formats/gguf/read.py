@@ -1,10 +1,11 @@
 """Reading a GGUF file lazily: the header parsed and checked, the data memory-mapped.
 
 Plain tensors (F32, F16, BF16, F64, I8-I64) are views into the map. Quantized tensors are listed as
-float32 with their logical shape and dequantized when read, by gguf-py's own
-``gguf.quants.dequantize`` (so values match llama.cpp's Python tooling bit for bit), a band of rows
-at a time into one float32 array: memory stays near one float32 copy of the tensor rather than
-the several temporaries a whole-tensor call makes.
+float32 with their logical shape and dequantized when read, a band of rows at a time into one
+float32 array: memory stays near one float32 copy of the tensor rather than the several
+temporaries a whole-tensor call makes. The common block types (Q4_0..Q8_0, the K-quants, IQ4_NL,
+IQ4_XS) go through ckptkit's own kernels in :mod:`.dequant`, the others through gguf-py's
+``gguf.quants.dequantize``; both give gguf-py's values bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import mmap
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, 
 from ckptkit.core.findings import ProblemSink
 from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.formats.gguf import dequant as kernels
 from ckptkit.formats.gguf import header
 from ckptkit.formats.gguf.header import ARRAY, STRING, VALUE_TYPES, Field, GGMLType, TensorEntry
 from ckptkit.io.workers import SerialExecutor, default_executor
@@ -137,6 +140,19 @@ class GGUFCheckpoint(Checkpoint):
             return arr.reshape(ti.shape)
         return dequantize(np.frombuffer(self.raw_bytes(name), np.uint8), e, str(self.path))
 
+    def span_reader(self, name: str) -> Callable[[int, int], np.ndarray] | None:
+        """Flat elements ``start:stop`` of a quantized tensor, decoded from the blocks that hold them
+        into a buffer reused by the calling thread (plain tensors are views already: ``None``)."""
+        e = self._entries[name]
+        if not is_quantized(e.ggml) or self._map is None or e.info.numel == 0:
+            return None
+        import numpy as np
+
+        raw = np.frombuffer(self._map, np.uint8, count=e.nbytes, offset=self.header.data_start + e.offset)
+        gguf = None if kernels.supported(e.ggml.id) else gguf_module(f"reading {e.ggml.name} tensor {name!r}")
+        where = str(self.path)
+        return lambda start, stop: _decode_span(gguf, raw, e, where, start, stop)
+
     def raw_extent(self, name: str) -> RawExtent | None:
         e = self._entries[name]
         if is_quantized(e.ggml):
@@ -154,8 +170,8 @@ def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarr
     """``raw`` (the stored bytes of ``entry``) as float32 in the tensor's shape, as gguf-py dequantizes it."""
     import numpy as np
 
-    gguf = gguf_module(f"reading {entry.ggml.name} tensor {entry.info.name!r}")
-    qtype = gguf.GGMLQuantizationType(entry.ggml.id)
+    own = kernels.supported(entry.ggml.id)
+    gguf = None if own else gguf_module(f"reading {entry.ggml.name} tensor {entry.info.name!r}")
     row_len = entry.dims[0] if entry.dims else 1
     rows = entry.info.numel // row_len
     row_bytes = entry.nbytes // rows
@@ -164,20 +180,25 @@ def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarr
     band = max(1, _BAND_ELEMENTS // max(row_len, 1))
     starts = range(0, rows, band)
     executor = default_executor() if len(starts) >= _PARALLEL_BANDS else SerialExecutor()
-    # numpy releases the GIL in gguf-py's kernels: a large tensor's bands split between the workers use every core.
+    # numpy releases the GIL in the kernels: a large tensor's bands split between the workers use every core.
     parts = max(1, min(executor.workers, len(starts)))
     edges = [starts[len(starts) * k // parts] for k in range(parts)] + [rows]
-    executor.map(lambda span: _bands(gguf, qtype, blocks, out, entry, where, span[0], span[1], band),
+    executor.map(lambda span: _bands(gguf, blocks, out, entry, where, span[0], span[1], band),
                  list(itertools.pairwise(edges)))  # fmt: skip
     return out.reshape(entry.info.shape)
 
 
 def _bands(
-    gguf: Any, qtype: Any, blocks: np.ndarray, out: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int,
-    band: int,
-) -> None:  # fmt: skip
+    gguf: Any, blocks: np.ndarray, out: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int, band: int
+) -> None:
+    """Rows ``start:stop`` of ``out`` decoded from ``blocks``, ``band`` rows at a time; ``gguf`` is
+    gguf-py for a type without a kernel of ckptkit's own, else None."""
+    qtype = None if gguf is None else gguf.GGMLQuantizationType(entry.ggml.id)
     for lo in range(start, stop, band):
         hi = min(lo + band, stop)
+        if gguf is None:
+            kernels.dequantize_into(blocks[lo:hi].reshape(-1), entry.ggml.id, out[lo:hi].reshape(-1))
+            continue
         try:
             out[lo:hi] = gguf.quants.dequantize(blocks[lo:hi], qtype)
         except NotImplementedError:
@@ -190,6 +211,29 @@ def _bands(
             raise CorruptCheckpointError(
                 f"tensor {entry.info.name!r}: its {entry.ggml.name} blocks do not decode ({err})", where or None
             ) from None
+
+
+_span_buffers = threading.local()
+
+
+def _decode_span(gguf: Any, raw: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int) -> np.ndarray:
+    """Elements ``start:stop`` of the tensor whose stored blocks are ``raw``, in this thread's buffer."""
+    import numpy as np
+
+    block, size = entry.ggml.block, entry.ggml.size
+    first, last = start // block, -(-stop // block)
+    count = (last - first) * block
+    buf = getattr(_span_buffers, "f32", None)
+    if buf is None or buf.size < count:
+        buf = _span_buffers.f32 = np.empty(count, np.float32)
+    out = buf[:count]
+    blocks = raw[first * size : last * size]
+    if gguf is None:
+        kernels.dequantize_into(blocks, entry.ggml.id, out)
+    else:
+        _bands(gguf, blocks.reshape(last - first, size), out.reshape(last - first, block), entry, where, 0,
+               last - first, last - first)  # fmt: skip
+    return out[start - first * block : stop - first * block]
 
 
 def describe_fields(fields: Sequence[Field]) -> dict[str, str]:
