@@ -8,6 +8,9 @@ same metrics in numpy), reporting median wall time and peak anonymous memory (``
 
     python bench/gguf_diff_bench.py              # 20 blocks: ~2.3 GB F16 against ~1.2 GB Q8_0, 3 rounds
     python bench/gguf_diff_bench.py --layers 4   # a quick run on smaller files
+    python bench/gguf_diff_bench.py --baseline-repo ../main   # also time another checkout's ckptkit, interleaved
+
+The load average is printed before and after: on a shared machine, compare the ratios of one run.
 
 Not part of the test suite: it needs ~4 GB of disk at full size and several minutes.
 """
@@ -15,6 +18,7 @@ Not part of the test suite: it needs ~4 GB of disk at full size and several minu
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -75,10 +79,15 @@ def make_base(folder: Path, layers: int) -> tuple[Path, int]:
     return path, max(t.nbytes for t in infos)
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=20, help="transformer blocks (20: ~2.3 GB F16)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline-repo", type=Path, help="also time `ckptkit diff` from this checkout (before/after)")
     parser.add_argument("--dir", type=Path, help="keep the files here (default: a temporary folder, removed after)")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="ckptkit-gguf-bench-"))
@@ -97,18 +106,22 @@ def main() -> None:
             with open(p, "rb") as f:
                 while f.read(64 << 20):
                     pass
-        commands = {
-            "ckptkit diff": [sys.executable, "-m", "ckptkit", "diff", str(base), str(q8), "--json"],
-            "gguf-py+numpy": [sys.executable, "-c", NAIVE_SCRIPT, str(base), str(q8)],
-        }
+        diff = [sys.executable, "-m", "ckptkit", "diff", str(base), str(q8), "--json"]
+        commands = {"ckptkit diff": diff, "gguf-py+numpy": [sys.executable, "-c", NAIVE_SCRIPT, str(base), str(q8)]}
+        envs = {name: env for name in commands}
+        if args.baseline_repo:
+            commands["baseline diff"] = diff
+            envs["baseline diff"] = measure.child_env(args.baseline_repo.resolve())
+        print(f"load average before: {_load()}")
         results: dict[str, list[measure.Run]] = {name: [] for name in commands}
         for r in range(args.rounds):
             for name in list(commands) if r % 2 == 0 else list(reversed(commands)):
-                run = measure.run(commands[name], env=env)
+                run = measure.run(commands[name], env=envs[name])
                 if run.returncode not in (0, 1):
                     raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr}")
                 results[name].append(run)
                 print(f"  round {r + 1} {name}: {run.seconds:.2f} s", flush=True)
+        print(f"load average after: {_load()}")
         print(f"\n{'command':14s} {'median s':>9s} {'min s':>7s} {'peak RssAnon':>13s}")
         for name, runs in results.items():
             times = [x.seconds for x in runs]
@@ -119,6 +132,9 @@ def main() -> None:
         print(
             f"\nspeed-up (median): {theirs / ours:.1f}x; float32 copy of the largest tensor: {2 * largest / 1e6:.0f} MB"
         )
+        if args.baseline_repo:
+            before = statistics.median(x.seconds for x in results["baseline diff"])
+            print(f"against the baseline checkout's diff: {before / ours:.1f}x faster")
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)

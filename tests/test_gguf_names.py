@@ -40,8 +40,8 @@ def hf_model(tmp_path_factory) -> tuple:
     return folder, weights
 
 
-def _as_llama_cpp(path, weights: dict[str, np.ndarray], permuted: bool = True):
-    """The GGUF llama.cpp's converter writes: GGUF names, permuted q/k, F32 1-D tensors, Q8_0 matrices."""
+def _as_llama_cpp(path, weights: dict[str, np.ndarray], permuted: bool = True, qtype=Q.Q8_0):
+    """The GGUF llama.cpp's converter writes: GGUF names, permuted q/k, F32 1-D tensors, ``qtype`` matrices."""
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == "llama")
     tmap = gguf.get_tensor_name_map(arch, LAYERS)
     w = gguf.GGUFWriter(str(path), "llama")
@@ -59,7 +59,7 @@ def _as_llama_cpp(path, weights: dict[str, np.ndarray], permuted: bool = True):
         if data.ndim == 1:
             w.add_tensor(new, data)
         else:
-            w.add_tensor(new, gguf.quants.quantize(data, Q.Q8_0), raw_dtype=Q.Q8_0)
+            w.add_tensor(new, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -102,6 +102,35 @@ def test_the_permutation_is_what_makes_q_match(hf_model, tmp_path):
         return float(np.linalg.norm(x - hf_q) / np.linalg.norm(hf_q))
 
     assert rel(as_stored) > 0.5 and rel(put_back) < 0.01
+
+
+def test_renamed_and_permuted_tensors_read_span_by_span_as_whole(hf_model, tmp_path, monkeypatch):
+    from ckptkit.formats.gguf.names import gguf_to_hf
+    from ckptkit.formats.gguf.read import GGUFCheckpoint
+
+    folder, weights = hf_model
+    path = _as_llama_cpp(tmp_path / "tiny.gguf", weights, qtype=Q.Q4_0)
+    with ckptkit.load(folder / "model.safetensors") as hf, ckptkit.load(path) as q4:
+        view = gguf_to_hf(q4, hf)
+        assert view is not None
+        for name in ("model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                     "model.layers.0.mlp.up_proj.weight"):  # fmt: skip
+            whole = view.read_tensor(name).reshape(-1).copy()
+            read = view.span_reader(name)
+            assert read is not None, name
+            for start, stop in [
+                (0, whole.size),
+                (0, 64),
+                (64, 200),
+                (1000, 1001),
+                (130, 2100),
+                (whole.size - 5, whole.size),
+            ]:
+                assert read(start, stop).tobytes() == whole[start:stop].tobytes(), (name, start, stop)
+    spans = ckptkit.diff(folder / "model.safetensors", path).to_dict()
+    monkeypatch.setattr(GGUFCheckpoint, "span_reader", lambda self, name: None)
+    whole_tensors = ckptkit.diff(folder / "model.safetensors", path).to_dict()
+    assert spans["tensors"] == whole_tensors["tensors"] and spans["summary"]["compared"] == len(weights)
 
 
 def test_layout_gguf_writes_what_llama_cpps_converter_writes(hf_model, tmp_path):

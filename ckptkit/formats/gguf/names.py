@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +99,30 @@ class HeadsView(Checkpoint):
 
     def raw_extent(self, name: str) -> RawExtent | None:
         return None if name in self._heads else self.base.raw_extent(self._source[name])
+
+    def span_reader(self, name: str) -> Callable[[int, int], np.ndarray] | None:
+        read = self.base.span_reader(self._source[name])
+        n = self._heads.get(name)
+        if read is None or n is None:
+            return read
+        import numpy as np
+
+        info = self.info(name)
+        rows = info.shape[0]
+        row_len = info.numel // rows
+        # Row r of this view is row order[r] of the base; the rows of a span come from within the
+        # heads it covers, so decode that contiguous run of base rows and pick the span's rows from it.
+        order = (permute if self._direction == "apply" else unpermute)(np.arange(rows), n)
+
+        def span(start: int, stop: int) -> np.ndarray:
+            first, last = start // row_len, -(-stop // row_len)
+            src = order[first:last]
+            lo, hi = int(src.min()), int(src.max()) + 1
+            run = read(lo * row_len, hi * row_len).reshape(hi - lo, row_len)
+            picked = np.take(run, src - lo, axis=0).reshape(-1)
+            return picked[start - first * row_len : stop - first * row_len]
+
+        return span
 
     def source_of(self, name: str) -> tuple[Checkpoint, str] | None:
         return None if name in self._heads else (self.base, self._source[name])
