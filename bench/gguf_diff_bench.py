@@ -116,7 +116,8 @@ def main() -> None:
         results: dict[str, list[measure.Run]] = {name: [] for name in commands}
         for r in range(args.rounds):
             for name in list(commands) if r % 2 == 0 else list(reversed(commands)):
-                run = measure.run(commands[name], env=envs[name])
+                # Run from the data folder: ``-m ckptkit`` would import the checkout in the current folder first.
+                run = measure.run(commands[name], env=envs[name], cwd=folder)
                 if run.returncode not in (0, 1):
                     raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr}")
                 results[name].append(run)

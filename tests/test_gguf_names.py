@@ -171,3 +171,55 @@ def test_layout_gguf_needs_the_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
     with pytest.raises(UsageError, match="no-such-arch"):
         ckptkit.convert(tmp_path / "m.safetensors", tmp_path / "m.gguf", layout="gguf")
+
+
+def test_diff_several_quantizations_against_one_base(hf_model, tmp_path, cli):
+    """``diff BASE Q8_0 Q4_0``: one report, every tensor paired in each, Q4_0 drifting more than Q8_0."""
+    folder, weights = hf_model
+    base = folder / "model.safetensors"
+    q8 = _as_llama_cpp(tmp_path / "tiny-Q8_0.gguf", weights, qtype=Q.Q8_0)
+    q4 = _as_llama_cpp(tmp_path / "tiny-Q4_0.gguf", weights, qtype=Q.Q4_0)
+    res = cli("diff", base, q8, q4, "--json")
+    assert res.code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["schema"] == "ckptkit.diff-candidates/1" and data["passed"] is True
+    c8, c4 = data["candidates"]
+    assert (c8["path"], c4["path"]) == (str(q8), str(q4))
+    for c in (c8, c4):
+        assert (c["summary"]["compared"], c["summary"]["only_a"], c["summary"]["only_b"]) == (len(weights), 0, 0)
+        assert c["report"]["schema"] == "ckptkit.diff/1" and len(c["worst_layers"]) == 3
+        assert c["bytes"] < data["base"]["bytes"] and c["size_change"]["bytes"] < 0
+    assert c4["total"]["rel_l2"] > 3 * c8["total"]["rel_l2"] > 0
+    assert c4["total"]["snr_db"] < c8["total"]["snr_db"] and c4["total"]["max_abs"] > c8["total"]["max_abs"]
+    assert c4["bytes"] < c8["bytes"]
+    # The same figures as diffing each candidate alone.
+    alone = ckptkit.diff(base, q4).to_dict()
+    assert c4["total"] == json.loads(ckptkit.diff(base, q4).to_json())["total"]
+    assert c4["report"]["tensors"] == json.loads(json.dumps(alone["tensors"]))
+    layers = {x["name"]: x["metrics"] for x in data["layers"]}
+    assert "model.layers.1" in layers
+    for metrics in layers.values():
+        assert len(metrics) == 2
+        if metrics[0] and metrics[0]["rel_l2"]:  # layers of quantized matrices (not the exact F32 norms)
+            assert metrics[1]["rel_l2"] > metrics[0]["rel_l2"]
+
+    md = cli("diff", base, q8, q4, "--markdown")
+    assert md.code == 0, md.stderr
+    assert "against 2 candidates" in md.stdout and "| layer | tiny-Q8_0.gguf | tiny-Q4_0.gguf |" in md.stdout
+    text = cli("diff", base, q8, q4)
+    assert text.code == 0, text.stderr
+    assert "candidates" in text.stdout and "tiny-Q4_0.gguf" in text.stdout and "rel L2 per layer" in text.stdout
+
+    # --fail-on applies to every candidate: Q8_0 passes the gate, Q4_0 does not, so the command fails.
+    gate = cli("diff", base, q8, q4, "--fail-on", "rel_l2>0.05", "--json")
+    assert gate.code == 1, gate.stderr
+    verdict = json.loads(gate.stdout)
+    assert verdict["passed"] is False
+    assert [c["passed"] for c in verdict["candidates"]] == [True, False] and verdict["candidates"][1]["violations"]
+    md_gate = cli("diff", base, q8, q4, "--fail-on", "rel_l2>0.05", "--markdown")
+    assert md_gate.code == 1 and "Outside tolerance: `tiny-Q4_0.gguf`" in md_gate.stdout
+    assert cli("diff", base, q8, q8, "--fail-on", "rel_l2>0.05").code == 0
+    missing = cli("diff", base, q8, tmp_path / "nope.gguf")
+    assert missing.code == 2 and "nope.gguf" in missing.stderr
+    html = cli("diff", base, q8, q4, "--html", tmp_path / "r.html")
+    assert html.code == 2 and "--html" in html.stderr

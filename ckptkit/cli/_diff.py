@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -24,6 +25,7 @@ from ckptkit.cli._output import (
 from ckptkit.core.errors import UsageError
 from ckptkit.diffing import DiffReport
 from ckptkit.diffing import formatting as fmt
+from ckptkit.diffing.candidates import SUMMARY_COLUMNS, CandidatesReport
 from ckptkit.diffing.report import ONLY_A, ONLY_B, SHAPE_CHANGED, UNSUPPORTED, TensorDiff
 from ckptkit.io.atomic import AtomicOutput
 
@@ -31,9 +33,9 @@ from ckptkit.io.atomic import AtomicOutput
 @click.command("diff")
 @executor_option
 @click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
+@click.argument("b", nargs=-1, required=True, type=click.Path(path_type=Path))
 @format_option("a_format", "--from-a", help="Read A as this format (default: detect from content).")
-@format_option("b_format", "--from-b", help="Read B as this format (default: detect from content).")
+@format_option("b_format", "--from-b", help="Read B (every candidate) as this format (default: detect from content).")
 @click.option(
     "--depth",
     type=click.IntRange(min=1),
@@ -96,7 +98,7 @@ from ckptkit.io.atomic import AtomicOutput
 @allow_global_option
 def command(
     a: Path,
-    b: Path,
+    b: tuple[Path, ...],
     a_format: str | None,
     b_format: str | None,
     depth: int | None,
@@ -111,25 +113,38 @@ def command(
     layout_hints: tuple[str, ...],
     threads: int | None,
 ) -> None:  # fmt: skip
-    """Compare checkpoint A with B, in the same or different formats.
+    """Compare checkpoint A with B, in the same or different formats; or A with several candidates.
 
     Tensors are matched by name (also across wrapper prefixes such as module. and _orig_mod.),
     then compared element by element: max |Δ|, mean |Δ|, L2 and relative L2 of the difference,
     cosine similarity, share of bit-identical elements, NaN and Inf counts. Results are grouped
     into layers by module path, with sizes per dtype and the size change.
 
+    With several candidates (diff BASE Q1 Q2 ...: quantizations of one model, say), each is
+    compared with A as above and the report puts them side by side: per candidate the overall
+    drift, size and worst layers, then per layer one column per candidate. --fail-on and
+    --tolerance apply to every candidate.
+
     \b
     Exit codes: 0 within tolerance (or no --fail-on/--tolerance given), 1 a threshold was
-    crossed, 2 bad input.
+    crossed (by any candidate), 2 bad input.
     """
     if as_json and as_markdown:
         raise UsageError("--json and --markdown both print the report; choose one")
+    if len(b) > 1:
+        if html_file is not None:
+            raise UsageError("--html draws one comparison; with several candidates use --markdown or --json")
+        _several(a, b, a_format, b_format, top=top, as_json=as_json, as_markdown=as_markdown,
+                 depth=depth, rename=rename, map=map_file, fail_on=fail_on, tolerance=tolerance,
+                 normalizers=diff_normalizers(layout_hints), threads=threads)  # fmt: skip
+        return
+    (b_path,) = b
     # Made first so that a bad --html path fails before the comparison; a report is rewritten each run.
     html_out = AtomicOutput(html_file, force=True) if html_file is not None else None
     normalizers = diff_normalizers(layout_hints)
     with (
         registry.open_checkpoint(a, a_format) as ckpt_a,
-        registry.open_checkpoint(b, b_format) as ckpt_b,
+        registry.open_checkpoint(b_path, b_format) as ckpt_b,
         progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {a.name}") as progress,
     ):
         report = diff(
@@ -148,6 +163,77 @@ def command(
         _print_report(report, top)
     if not report.passed:
         raise click.exceptions.Exit(EXIT_FINDINGS)
+
+
+def _several(
+    a: Path, candidates: tuple[Path, ...], a_format: str | None, b_format: str | None, top: int, as_json: bool,
+    as_markdown: bool, **options: Any,
+) -> None:  # fmt: skip
+    """The base opened once and diffed with each candidate in turn, then the side-by-side report."""
+    for path in candidates:
+        registry.check_input(path)
+    reports = []
+    with registry.open_checkpoint(a, a_format) as ckpt_a:
+        for path in candidates:
+            with (
+                registry.open_checkpoint(path, b_format) as ckpt_b,
+                progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {path.name}") as progress,
+            ):
+                reports.append(diff(ckpt_a, ckpt_b, progress=progress, **options))
+    report = CandidatesReport(reports)
+    if as_json:
+        print_json(report.to_dict())
+    elif as_markdown:
+        click.echo(report.to_markdown(top=top))
+    else:
+        _print_candidates(report, top)
+    if not report.passed:
+        raise click.exceptions.Exit(EXIT_FINDINGS)
+
+
+def _print_candidates(report: CandidatesReport, top: int) -> None:
+    out = stdout_console()
+    base = report.base
+    out.print(
+        f"base: {printable(base.path)} ({base.format}): {base.tensors} tensors, {base.parameters:,} parameters, "
+        f"{fmt.size(base.bytes)}",
+        markup=False,
+    )
+    table = Table(title="candidates", title_justify="left", box=None, pad_edge=False, show_edge=False)
+    for col in ("candidate", "format", "size", "size change", *(h for _, h in SUMMARY_COLUMNS), "worst layers", ""):
+        table.add_column(col, justify="left" if col in ("candidate", "format", "worst layers", "") else "right")
+    for row in report.summary_rows():
+        style = "red" if row[-1] and row[-1] != "pass" else ("green" if row[-1] else "")
+        table.add_row(*(Text(printable(c)) for c in row[:-1]), Text(row[-1], style=style))
+    out.print(table)
+    for label, r in zip(report.labels(), report.reports, strict=True):
+        summary = r.summary()
+        if summary["only_a"] or summary["only_b"] or summary["shape_changed"] or summary["unsupported"]:
+            out.print(
+                f"{printable(label)}: only in base {summary['only_a']}, only in candidate {summary['only_b']}, "
+                f"shape changed {summary['shape_changed']}, not comparable {summary['unsupported']}",
+                markup=False,
+            )
+    layers = report.layers(top or None)
+    if layers:
+        title = f"rel L2 per layer, most drifted first ({len(layers)} of {len(report.layers())})"
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False, show_edge=False)
+        table.add_column("layer")
+        for label in report.labels():
+            table.add_column(printable(label), justify="right")
+        for x in layers:
+            table.add_row(Text(printable(x.name)), *(fmt.metric("rel_l2", m) for m in x.metrics))
+        out.print(table)
+    limit = top or None
+    for label, r in zip(report.labels(), report.reports, strict=True):
+        if r.violations:
+            out.print(Text(f"{printable(label)}: {len(r.violations)} threshold violation(s):", style="bold red"))
+            shown = r.violations if limit is None else r.violations[:limit]
+            for v in shown:
+                value = "" if v.value is None else f" ({fmt.num(v.value)})"
+                out.print(f"  {printable(v.tensor)}: {printable(v.condition)}{value}", markup=False)
+            if len(r.violations) > len(shown):
+                out.print(f"  ... and {len(r.violations) - len(shown)} more", markup=False)
 
 
 def _print_report(report: DiffReport, top: int) -> None:
