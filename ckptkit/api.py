@@ -128,8 +128,8 @@ def convert_checkpoint(
     layout_hints: Sequence[str] = (),
 ) -> Receipt:
     """:func:`convert` of a checkpoint already open, for a caller that sized its progress bar from it."""
-    if dtype and dtype.strip().lower() in BLOCK_QUANTIZATIONS:
-        options = {**(options or {}), "quantize": dtype.strip().lower()}
+    if dtype and _is_quantization(dtype):
+        options = {**(options or {}), "quantize": _quantization_for(dtype.strip().lower(), dst, to_format)}
         dtype = None
     view = transform(ckpt, select, exclude, strip_prefix, by_name(dtype) if dtype else None)
     refuse_unsupported(view)
@@ -345,6 +345,33 @@ def _remove_empty_folders(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             return
+
+
+def _is_quantization(dtype: str) -> bool:
+    """Whether ``dtype`` names a GGML block type (q8_0, q4_k, iq4_xs...) rather than an element type."""
+    from ckptkit.formats.gguf.header import GGML_BY_NAME
+
+    t = GGML_BY_NAME.get(dtype.strip().upper())
+    return dtype.strip().lower() in BLOCK_QUANTIZATIONS or (t is not None and t.dtype is None)
+
+
+def _quantization_for(name: str, dst: str | Path, to_format: str | None) -> str:
+    """``name`` when the output can hold it, else a usage error saying what would."""
+    if name not in BLOCK_QUANTIZATIONS:
+        raise UsageError(
+            f"--dtype {name}: ckptkit quantizes GGUF output to {' or '.join(BLOCK_QUANTIZATIONS)} only; "
+            f"llama.cpp's llama-quantize makes {name.upper()} from a GGUF file ckptkit writes"
+        )
+    try:
+        fmt = registry.for_output(Path(dst), to_format)
+    except UsageError:
+        return name  # the output's own error comes when it is written
+    if not any(o.name == "quantize" for o in fmt.write_options):
+        raise UsageError(
+            f"--dtype {name} is a GGUF quantization: it needs GGUF output (a .gguf destination or --to gguf), "
+            f"not {fmt.name}; to make a smaller {fmt.name} file cast with --dtype float16 or bfloat16"
+        )
+    return name
 
 
 def _write(

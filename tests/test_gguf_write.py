@@ -111,8 +111,32 @@ def test_what_gguf_cannot_hold_is_refused_with_the_remedy(tmp_path):
     with pytest.raises(UnsupportedError, match=r"'video' has 5 dimensions, and GGUF holds at most 4"):
         ckptkit.save({"video": np.ones((1, 2, 1, 2, 1), np.float32)}, tmp_path / "x.gguf")
     ckptkit.save({"w": np.ones((2, 32), np.float32)}, tmp_path / "w.safetensors")
-    with pytest.raises(UsageError, match="--quantize cannot be used when writing safetensors"):
+    with pytest.raises(UsageError, match="--dtype q8_0 is a GGUF quantization: it needs GGUF output"):
         ckptkit.convert(tmp_path / "w.safetensors", tmp_path / "y.safetensors", dtype="q8_0")
     with pytest.raises(UsageError, match="q8_0 or q4_0"):
         ckptkit.convert(tmp_path / "w.safetensors", tmp_path / "y.gguf", options={"quantize": "q2_k"})
     assert not list(tmp_path.glob("x.gguf")) and not list(tmp_path.glob("y.*"))
+
+
+@pytest.mark.parametrize("to", [[], ["--to", "torch"]], ids=["safetensors", "torch"])
+def test_dtype_q8_0_for_another_format_says_it_is_for_gguf_output(tmp_path, cli, to):
+    from tests.conftest import assert_one_line_error
+
+    ckptkit.save({"w": np.ones((4, 32), np.float32)}, tmp_path / "m.safetensors")
+    out = tmp_path / "out.safetensors"
+    res = cli("convert", tmp_path / "m.safetensors", out, *to, "--dtype", "Q8_0")
+    assert_one_line_error(
+        res, "--dtype q8_0 is a GGUF quantization", "--to gguf", "not torch" if to else "not safetensors"
+    )
+    assert "--quantize" not in res.stderr and not out.exists()
+
+
+def test_dtype_of_a_gguf_type_ckptkit_cannot_write_names_what_can(tmp_path, cli):
+    from tests.conftest import assert_one_line_error
+
+    ckptkit.save({"w": np.ones((4, 256), np.float32)}, tmp_path / "m.safetensors")
+    res = cli("convert", tmp_path / "m.safetensors", tmp_path / "m.gguf", "--dtype", "q4_k")
+    assert_one_line_error(res, "--dtype q4_k", "q8_0 or q4_0 only", "llama-quantize")
+    ok = cli("convert", tmp_path / "m.safetensors", tmp_path / "m.gguf", "--dtype", "q4_0")
+    assert ok.code == 0, ok.stderr
+    assert gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors[0].tensor_type == Q.Q4_0
