@@ -13,6 +13,7 @@ Types without a kernel here (the IQ grids, TQ, MXFP4...) are left to gguf-py by 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -36,13 +37,15 @@ class _Scratch:
     """One thread's reused buffers (fresh memory costs far more on first touch than reuse)."""
 
     def __init__(self) -> None:
-        self.u8: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self.flat: dict[tuple[str, type], np.ndarray] = {}
 
     def get(self, key: str, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
-        buf = self.u8.get((key, shape))
-        if buf is None or buf.dtype != dtype:
-            buf = self.u8[(key, shape)] = np.empty(shape, dtype)
-        return buf
+        """A buffer of ``shape``: a view of the one kept under ``key``, grown when too small."""
+        count = math.prod(shape)
+        buf = self.flat.get((key, dtype))
+        if buf is None or buf.size < count:
+            buf = self.flat[(key, dtype)] = np.empty(count, dtype)
+        return buf[:count].reshape(shape)
 
 
 _local = threading.local()
@@ -60,63 +63,57 @@ def _f16(b: np.ndarray, at: int) -> np.ndarray:
     return b[:, at : at + 2].view(np.float16).astype(np.float32)
 
 
-def _nibbles_into(qs: np.ndarray, out: np.ndarray, values: np.ndarray | None = None) -> None:
-    """``out`` (n, g, 2, k) float32 <- the low, then the high 4-bit halves of ``qs`` (n, g, k),
-    mapped through ``values`` (a 16-entry table) when given."""
-    u = _scratch().get("nibbles", out.shape)
+def _nibbles(qs: np.ndarray, key: str = "nibbles") -> np.ndarray:
+    """The low, then the high 4-bit halves of ``qs`` (n, g, k) as uint8 (n, g, 2, k), in a reused buffer."""
+    n, g, k = qs.shape
+    u = _scratch().get(key, (n, g, 2, k))
     np.bitwise_and(qs, 0x0F, out=u[:, :, 0, :])
     np.right_shift(qs, 4, out=u[:, :, 1, :])
-    if values is None:
-        np.copyto(out, u, casting="unsafe")
-    else:
-        np.take(values, u, out=out, mode="clip")
+    return u
+
+
+# The products below take the small integers straight from uint8/int8 (numpy casts them to float32
+# exactly inside the loop): one pass over the output instead of a conversion then a multiply.
 
 
 def _q8_0(b: np.ndarray, out: np.ndarray) -> None:
-    d = _f16(b, 0)
-    np.copyto(out, b[:, 2:].view(np.int8), casting="unsafe")
-    np.multiply(out, d, out=out)
+    np.multiply(b[:, 2:].view(np.int8), _f16(b, 0), out=out)
 
 
 def _q4_0(b: np.ndarray, out: np.ndarray) -> None:
     n = b.shape[0]
-    d = _f16(b, 0)
-    _nibbles_into(b[:, 2:].reshape(n, 1, 16), out.reshape(n, 1, 2, 16))
-    np.subtract(out, np.float32(8), out=out)
-    np.multiply(out, d, out=out)
+    u = _nibbles(b[:, 2:].reshape(n, 1, 16))
+    np.subtract(u, np.uint8(8), out=u)  # wraps below 8: read as int8 it is q - 8
+    np.multiply(u.reshape(n, 32).view(np.int8), _f16(b, 0), out=out)
 
 
 def _q4_1(b: np.ndarray, out: np.ndarray) -> None:
     n = b.shape[0]
-    d, m = _f16(b, 0), _f16(b, 2)
-    _nibbles_into(b[:, 4:].reshape(n, 1, 16), out.reshape(n, 1, 2, 16))
-    np.multiply(out, d, out=out)
-    np.add(out, m, out=out)
+    u = _nibbles(b[:, 4:].reshape(n, 1, 16))
+    np.multiply(u.reshape(n, 32), _f16(b, 0), out=out)
+    np.add(out, _f16(b, 2), out=out)
 
 
-def _q5_ints(b: np.ndarray, qh_at: int, out: np.ndarray) -> None:
-    """The 5-bit values of Q5_0/Q5_1 blocks as float32: low nibbles, plus 16 where the qh bit is set."""
+def _q5_ints(b: np.ndarray, qh_at: int) -> np.ndarray:
+    """The 5-bit values of Q5_0/Q5_1 blocks as uint8 (n, 32): low nibbles, plus 16 where the qh bit is set."""
     n = b.shape[0]
-    s = _scratch()
-    _nibbles_into(b[:, qh_at + 4 :].reshape(n, 1, 16), out.reshape(n, 1, 2, 16))
+    u = _nibbles(b[:, qh_at + 4 :].reshape(n, 1, 16)).reshape(n, 32)
     bits = np.unpackbits(b[:, qh_at : qh_at + 4], axis=1, bitorder="little")  # (n, 32): bit j is element j
-    high = s.get("q5h", (n, 32), np.float32)
-    np.multiply(bits, np.float32(16), out=high)
-    np.add(out, high, out=out)
+    np.left_shift(bits, 4, out=bits)
+    np.bitwise_or(u, bits, out=u)
+    return u
 
 
 def _q5_0(b: np.ndarray, out: np.ndarray) -> None:
-    d = _f16(b, 0)
-    _q5_ints(b, 2, out)
-    np.subtract(out, np.float32(16), out=out)
-    np.multiply(out, d, out=out)
+    u = _q5_ints(b, 2)
+    np.subtract(u, np.uint8(16), out=u)
+    np.multiply(u.view(np.int8), _f16(b, 0), out=out)
 
 
 def _q5_1(b: np.ndarray, out: np.ndarray) -> None:
-    d, m = _f16(b, 0), _f16(b, 2)
-    _q5_ints(b, 4, out)
-    np.multiply(out, d, out=out)
-    np.add(out, m, out=out)
+    u = _q5_ints(b, 4)
+    np.multiply(u, _f16(b, 0), out=out)
+    np.add(out, _f16(b, 2), out=out)
 
 
 def _q2_k(b: np.ndarray, out: np.ndarray) -> None:
@@ -126,13 +123,11 @@ def _q2_k(b: np.ndarray, out: np.ndarray) -> None:
     d, dmin = _f16(b, 80), _f16(b, 82)
     dl = (d * (scales & 0xF).astype(np.float32)).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).astype(np.float32)).reshape(n, 16, 1)
-    s = _scratch()
-    q = s.get("q2", (n, 2, 4, 32))
+    q = _scratch().get("q2", (n, 2, 4, 32))
     np.right_shift(qs, np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1), out=q)
     np.bitwise_and(q, 3, out=q)
     o = out.reshape(n, 16, 16)
-    np.copyto(o, q.reshape(n, 16, 16), casting="unsafe")
-    np.multiply(o, dl, out=o)
+    np.multiply(q.reshape(n, 16, 16), dl, out=o)
     np.subtract(o, ml, out=o)
 
 
@@ -163,13 +158,11 @@ def _q3_k(b: np.ndarray, out: np.ndarray) -> None:
     h = s.get("q3h", (n, 8, 32))
     np.right_shift(hmask.reshape(n, 1, 32), _LITTLE_BITS.reshape(1, 8, 1), out=h)
     np.bitwise_and(h, 1, out=h)
-    # The value is ql - 4 where the high bit is clear, ql where it is set: ql + 4 * h - 4.
+    # The value is ql - 4 where the high bit is clear, ql where it is set: ql + 4 * h - 4 (uint8 wraps; int8 reads it).
     np.left_shift(h, 2, out=h)
     np.add(q.reshape(n, 8, 32), h, out=q.reshape(n, 8, 32))
-    o = out.reshape(n, 16, 16)
-    np.copyto(o, q.reshape(n, 16, 16), casting="unsafe")
-    np.subtract(o, np.float32(4), out=o)
-    np.multiply(o, dl, out=o)
+    np.subtract(q, np.uint8(4), out=q)
+    np.multiply(q.reshape(n, 16, 16).view(np.int8), dl, out=out.reshape(n, 16, 16))
 
 
 def _q4_k(b: np.ndarray, out: np.ndarray) -> None:
@@ -179,8 +172,7 @@ def _q4_k(b: np.ndarray, out: np.ndarray) -> None:
     dl = (d * sc.astype(np.float32)).reshape(n, 8, 1)
     ml = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
     o = out.reshape(n, 8, 32)
-    _nibbles_into(b[:, 16:].reshape(n, 4, 32), out.reshape(n, 4, 2, 32))
-    np.multiply(o, dl, out=o)
+    np.multiply(_nibbles(b[:, 16:].reshape(n, 4, 32)).reshape(n, 8, 32), dl, out=o)
     np.subtract(o, ml, out=o)
 
 
@@ -190,16 +182,14 @@ def _q5_k(b: np.ndarray, out: np.ndarray) -> None:
     sc, mn = _k_scales_6bit(b[:, 4:16])
     dl = (d * sc.astype(np.float32)).reshape(n, 8, 1)
     ml = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
-    o = out.reshape(n, 8, 32)
-    _nibbles_into(b[:, 48:].reshape(n, 4, 32), out.reshape(n, 4, 2, 32))
-    s = _scratch()
-    h = s.get("q5kh", (n, 8, 32))
+    q = _nibbles(b[:, 48:].reshape(n, 4, 32)).reshape(n, 8, 32)
+    h = _scratch().get("q5kh", (n, 8, 32))
     np.right_shift(b[:, 16:48].reshape(n, 1, 32), _LITTLE_BITS.reshape(1, 8, 1), out=h)
     np.bitwise_and(h, 1, out=h)
-    high = s.get("q5kf", (n, 8, 32), np.float32)
-    np.multiply(h, np.float32(16), out=high)
-    np.add(o, high, out=o)
-    np.multiply(o, dl, out=o)
+    np.left_shift(h, 4, out=h)
+    np.bitwise_or(q, h, out=q)
+    o = out.reshape(n, 8, 32)
+    np.multiply(q, dl, out=o)
     np.subtract(o, ml, out=o)
 
 
@@ -218,18 +208,16 @@ def _q6_k(b: np.ndarray, out: np.ndarray) -> None:
     np.right_shift(qh, np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1), out=h)
     np.bitwise_and(h, 3, out=h)
     np.left_shift(h, 4, out=h)
-    np.bitwise_or(q.reshape(n, 256), h.reshape(n, 256), out=q.reshape(n, 256))
-    o = out.reshape(n, 16, 16)
-    np.copyto(o, q.reshape(n, 16, 16), casting="unsafe")
-    np.subtract(o, np.float32(32), out=o)
-    np.multiply(o, dl, out=o)
+    q256 = q.reshape(n, 256)
+    np.bitwise_or(q256, h.reshape(n, 256), out=q256)
+    np.subtract(q256, np.uint8(32), out=q256)
+    np.multiply(q.reshape(n, 16, 16).view(np.int8), dl, out=out.reshape(n, 16, 16))
 
 
 def _iq4_nl(b: np.ndarray, out: np.ndarray) -> None:
     n = b.shape[0]
-    d = _f16(b, 0)
-    _nibbles_into(b[:, 2:].reshape(n, 1, 16), out.reshape(n, 1, 2, 16), _IQ4_VALUES)
-    np.multiply(out, d, out=out)
+    np.take(_IQ4_VALUES, _nibbles(b[:, 2:].reshape(n, 1, 16)).reshape(n, 32), out=out, mode="clip")
+    np.multiply(out, _f16(b, 0), out=out)
 
 
 def _iq4_xs(b: np.ndarray, out: np.ndarray) -> None:
@@ -241,8 +229,8 @@ def _iq4_xs(b: np.ndarray, out: np.ndarray) -> None:
     hi = (scales_h >> np.arange(0, 16, 2, dtype=np.uint16).reshape(1, 8)).astype(np.uint8) & 0x03
     sc = (lo | (hi << 4)).view(np.int8) - np.int8(32)
     dl = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-    _nibbles_into(b[:, 8:].reshape(n, 8, 16), out.reshape(n, 8, 2, 16), _IQ4_VALUES)
     o = out.reshape(n, 8, 32)
+    np.take(_IQ4_VALUES, _nibbles(b[:, 8:].reshape(n, 8, 16)).reshape(n, 8, 32), out=o, mode="clip")
     np.multiply(o, dl, out=o)
 
 
