@@ -121,17 +121,21 @@ def main() -> None:
                 if run.returncode not in (0, 1):
                     raise SystemExit(f"{name} failed ({run.returncode}): {run.stderr}")
                 results[name].append(run)
-                print(f"  round {r + 1} {name}: {run.seconds:.2f} s", flush=True)
+                print(f"  round {r + 1} {name}: {run.seconds:.2f} s ({run.cpu_seconds:.2f} s CPU)", flush=True)
         print(f"load average after: {_load()}")
-        print(f"\n{'command':14s} {'median s':>9s} {'min s':>7s} {'peak RssAnon':>13s}")
+        print(f"\n{'command':14s} {'median s':>9s} {'min s':>7s} {'CPU s':>7s} {'peak RssAnon':>13s}")
         for name, runs in results.items():
             times = [x.seconds for x in runs]
+            cpu = statistics.median(x.cpu_seconds for x in runs)
             peak = max(x.peak_anon_bytes for x in runs)
-            print(f"{name:14s} {statistics.median(times):9.2f} {min(times):7.2f} {peak / 1e6:10.0f} MB")
+            print(f"{name:14s} {statistics.median(times):9.2f} {min(times):7.2f} {cpu:7.2f} {peak / 1e6:10.0f} MB")
         ours = statistics.median(x.seconds for x in results["ckptkit diff"])
         theirs = statistics.median(x.seconds for x in results["gguf-py+numpy"])
+        cpu_ours = statistics.median(x.cpu_seconds for x in results["ckptkit diff"])
+        cpu_theirs = statistics.median(x.cpu_seconds for x in results["gguf-py+numpy"])
         print(
-            f"\nspeed-up (median): {theirs / ours:.1f}x; float32 copy of the largest tensor: {2 * largest / 1e6:.0f} MB"
+            f"\nspeed-up (median wall): {theirs / ours:.1f}x; CPU time {cpu_theirs / cpu_ours:.1f}x less; "
+            f"float32 copy of the largest tensor: {2 * largest / 1e6:.0f} MB"
         )
         if args.baseline_repo:
             before = statistics.median(x.seconds for x in results["baseline diff"])
