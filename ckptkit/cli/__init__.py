@@ -33,7 +33,7 @@ _COMMANDS = {
 SUMMARIES = {
     "convert": "Convert checkpoint SRC into DST (any readable format to any writable one).",
     "inspect": "Show a checkpoint's format, tensors, sizes and metadata.",
-    "diff": "Compare checkpoint A with B, in the same or different formats.",
+    "diff": "Compare checkpoint A with B, in the same or different formats; or A with several candidates.",
     "timeline": "Follow a training run through its checkpoints: files, folders or globs, in any formats.",
     "hash": "Hash every tensor of PATH independently of its file format.",
     "verify": "Check checkpoints for corruption, unsafe content and inconsistency; read every tensor.",

@@ -22,7 +22,6 @@ from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, 
 from ckptkit.core.findings import ProblemSink
 from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.formats.gguf import dequant as kernels
 from ckptkit.formats.gguf import header
 from ckptkit.formats.gguf.header import ARRAY, STRING, VALUE_TYPES, Field, GGMLType, TensorEntry
 from ckptkit.io.workers import SerialExecutor, default_executor
@@ -148,6 +147,8 @@ class GGUFCheckpoint(Checkpoint):
             return None
         import numpy as np
 
+        from ckptkit.formats.gguf import dequant as kernels
+
         raw = np.frombuffer(self._map, np.uint8, count=e.nbytes, offset=self.header.data_start + e.offset)
         gguf = None if kernels.supported(e.ggml.id) else gguf_module(f"reading {e.ggml.name} tensor {name!r}")
         where = str(self.path)
@@ -169,6 +170,8 @@ class GGUFCheckpoint(Checkpoint):
 def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarray:
     """``raw`` (the stored bytes of ``entry``) as float32 in the tensor's shape, as gguf-py dequantizes it."""
     import numpy as np
+
+    from ckptkit.formats.gguf import dequant as kernels
 
     own = kernels.supported(entry.ggml.id)
     gguf = None if own else gguf_module(f"reading {entry.ggml.name} tensor {entry.info.name!r}")
@@ -193,6 +196,8 @@ def _bands(
 ) -> None:
     """Rows ``start:stop`` of ``out`` decoded from ``blocks``, ``band`` rows at a time; ``gguf`` is
     gguf-py for a type without a kernel of ckptkit's own, else None."""
+    from ckptkit.formats.gguf import dequant as kernels
+
     qtype = None if gguf is None else gguf.GGMLQuantizationType(entry.ggml.id)
     for lo in range(start, stop, band):
         hi = min(lo + band, stop)
@@ -219,6 +224,8 @@ _span_buffers = threading.local()
 def _decode_span(gguf: Any, raw: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int) -> np.ndarray:
     """Elements ``start:stop`` of the tensor whose stored blocks are ``raw``, in this thread's buffer."""
     import numpy as np
+
+    from ckptkit.formats.gguf import dequant as kernels
 
     block, size = entry.ggml.block, entry.ggml.size
     first, last = start // block, -(-stop // block)
