@@ -149,3 +149,21 @@ def test_diff_decoding_spans_reports_what_whole_tensors_give(tmp_path, monkeypat
     whole = ckptkit.diff(tmp_path / "base.safetensors", path).to_dict()
     assert [t["metrics"] for t in spans["tensors"]] == [t["metrics"] for t in whole["tensors"]]
     assert all(t["metrics"]["rel_l2"] > 0 for t in spans["tensors"] if t["name"] != "norm")
+
+
+def test_diff_of_two_quantized_files_decodes_each_side_into_its_own_buffer(tmp_path, monkeypatch):
+    """GGUF against GGUF (Q8_0 against Q4_0): both sides are decoded span by span in the same task."""
+    import ckptkit
+    from ckptkit.formats.gguf.read import GGUFCheckpoint
+
+    rng = np.random.default_rng(11)
+    base = {f"w{i}": rng.standard_normal((96, 512)).astype(np.float32) for i in range(2)}
+    paths = {}
+    for qtype in (Q.Q8_0, Q.Q4_0):
+        tensors = [(n, gguf.quants.quantize(a, qtype), qtype) for n, a in base.items()]
+        paths[qtype] = write_gguf(tmp_path / f"{qtype.name}.gguf", tensors)
+    spans = ckptkit.diff(paths[Q.Q8_0], paths[Q.Q4_0])
+    monkeypatch.setattr(GGUFCheckpoint, "span_reader", lambda self, name: None)
+    whole = ckptkit.diff(paths[Q.Q8_0], paths[Q.Q4_0])
+    assert [t.metrics for t in spans.compared] == [t.metrics for t in whole.compared]
+    assert all(0 < t.metrics["rel_l2"] < 0.2 and t.metrics["identical"] < 0.5 for t in spans.compared)

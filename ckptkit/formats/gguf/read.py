@@ -152,7 +152,8 @@ class GGUFCheckpoint(Checkpoint):
         raw = np.frombuffer(self._map, np.uint8, count=e.nbytes, offset=self.header.data_start + e.offset)
         gguf = None if kernels.supported(e.ggml.id) else gguf_module(f"reading {e.ggml.name} tensor {name!r}")
         where = str(self.path)
-        return lambda start, stop: _decode_span(gguf, raw, e, where, start, stop)
+        buffers = threading.local()  # this reader's own per thread: the other side of a diff may be GGUF too
+        return lambda start, stop: _decode_span(gguf, raw, e, where, start, stop, buffers)
 
     def raw_extent(self, name: str) -> RawExtent | None:
         e = self._entries[name]
@@ -218,11 +219,10 @@ def _bands(
             ) from None
 
 
-_span_buffers = threading.local()
-
-
-def _decode_span(gguf: Any, raw: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int) -> np.ndarray:
-    """Elements ``start:stop`` of the tensor whose stored blocks are ``raw``, in this thread's buffer."""
+def _decode_span(
+    gguf: Any, raw: np.ndarray, entry: TensorEntry, where: str, start: int, stop: int, buffers: threading.local
+) -> np.ndarray:
+    """Elements ``start:stop`` of the tensor whose stored blocks are ``raw``, in this thread's buffer of ``buffers``."""
     import numpy as np
 
     from ckptkit.formats.gguf import dequant as kernels
@@ -230,9 +230,9 @@ def _decode_span(gguf: Any, raw: np.ndarray, entry: TensorEntry, where: str, sta
     block, size = entry.ggml.block, entry.ggml.size
     first, last = start // block, -(-stop // block)
     count = (last - first) * block
-    buf = getattr(_span_buffers, "f32", None)
+    buf = getattr(buffers, "f32", None)
     if buf is None or buf.size < count:
-        buf = _span_buffers.f32 = np.empty(count, np.float32)
+        buf = buffers.f32 = np.empty(count, np.float32)
     out = buf[:count]
     blocks = raw[first * size : last * size]
     if gguf is None:
