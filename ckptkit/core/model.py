@@ -125,8 +125,8 @@ class Checkpoint(ABC):
     def span_reader(self, name: str) -> Callable[[int, int], np.ndarray] | None:
         """For a tensor decoded when read (a quantized GGUF tensor): a function giving its flat,
         C-order elements ``start:stop`` without building the whole tensor, so that a pass over it
-        (``diff``) holds one span at a time. The array it returns may be a buffer the reader reuses
-        for the next call from the same thread. ``None`` (the default) when :meth:`read_tensor`
+        (``diff``) holds one span at a time. The array it returns may be a buffer that function
+        reuses for its next call from the same thread. ``None`` (the default) when :meth:`read_tensor`
         costs no more (a view of a mapped file) or the reader has no such path."""
         return None
 
