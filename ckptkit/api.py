@@ -23,7 +23,7 @@ from ckptkit.core.stats import compute_stats
 from ckptkit.core.trust import trusting
 from ckptkit.core.views import TransformedCheckpoint, transform
 from ckptkit.io.atomic import STAGING_PREFIX, AtomicOutput
-from ckptkit.io.extents import identical_extents
+from ckptkit.io.extents import ExtentKey, checking_copies, extent_key, identical_extents
 from ckptkit.io.shards.write import SHARD_SIZE_OPTION
 from ckptkit.io.source import is_url
 from ckptkit.io.workers import default_executor, map_tensors
@@ -404,7 +404,14 @@ def _write(
     assert fmt.write is not None
     with AtomicOutput(dst, force=force) as out:
         ctx = WriteContext(output=out, options=opts, progress=progress)
-        fmt.write(ckpt, ctx)
+        compared: dict[tuple[ExtentKey, ExtentKey], bool] = {}
+        if verify:
+            # Tensors copied as-is are compared with their source while the next ones are copied.
+            with checking_copies() as check:
+                fmt.write(ckpt, ctx)
+            compared = check.results()
+        else:
+            fmt.write(ckpt, ctx)
         receipt.notes.extend(ctx.notes)
         receipt.transformed.update(ctx.transformed)
         staged = [out.temp_for(f) for f in out.files]
@@ -416,13 +423,17 @@ def _write(
             # A shard index is read by the format that reads indexes, not by the shards' own.
             read_as = None if out.path.name.endswith(registry.INDEX_SUFFIX) else fmt.name
             with registry.open_checkpoint(out.temp_for(), read_as) as written:
-                compare_checkpoints(expected, written, dst, progress)
+                compare_checkpoints(expected, written, dst, progress, compared)
             receipt.verified = True
     return receipt
 
 
 def compare_checkpoints(
-    expected: Checkpoint, written: Checkpoint, dst: Path, progress: ProgressFn | None = None
+    expected: Checkpoint,
+    written: Checkpoint,
+    dst: Path,
+    progress: ProgressFn | None = None,
+    compared: Mapping[tuple[ExtentKey, ExtentKey], bool] | None = None,
 ) -> None:
     """Check that ``written`` holds every tensor of ``expected``, bit for bit.
 
@@ -430,6 +441,11 @@ def compare_checkpoints(
     decoding) is compared as bytes of the two files; the others, cast or re-laid on the way, are
     decoded and compared in groups of tensors of similar total size. Both run on the default
     executor's threads (decoding only when both checkpoints allow concurrent reads).
+
+    ``compared``: bytes already found equal while the write ran
+    (:func:`ckptkit.io.extents.checking_copies`), by (source extent, output extent); a tensor is
+    not compared again only where the output, read back, places it at exactly such an output
+    extent and the expected tensor lies at exactly its source extent.
     """
     have = set(written.names()) | set(written.aliases)
     data: list[str] = []
@@ -448,13 +464,20 @@ def compare_checkpoints(
             data.append(name)
 
     raw: dict[str, tuple[RawExtent, RawExtent]] = {}
+    done: dict[str, bool] = {}
     for name in data:
         want = expected.raw_extent(name)
         got = written.raw_extent(written.aliases.get(name, name)) if want is not None else None
         if want is not None and got is not None:
-            raw[name] = (want, got)
+            if compared and compared.get((extent_key(want), extent_key(got))):
+                done[name] = True
+                if progress:
+                    progress(want.nbytes)
+            else:
+                raw[name] = (want, got)
     same_bytes = dict(zip(raw, identical_extents(list(raw.values()), progress=progress), strict=True))
-    data = [name for name in data if name not in raw]
+    same_bytes.update(done)
+    data = [name for name in data if name not in raw and name not in done]
 
     def same(name: str) -> bool:
         result = arrays_identical(expected.read_tensor(name), written.read_tensor(written.aliases.get(name, name)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,11 +114,21 @@ def test_verify_after_write_compares_copied_tensors_as_bytes_and_finds_a_changed
         compared.append(len(pairs))
         return real(pairs, *args, **kwargs)  # type: ignore[arg-type]
 
+    early: list[RawExtent] = []
+    real_same = extents._same_bytes
+
+    def same_spy(source_map: Any, a: RawExtent, b: RawExtent) -> bool:
+        early.append(b)
+        return real_same(source_map, a, b)
+
     monkeypatch.setattr(api, "identical_extents", spy)
+    monkeypatch.setattr(extents, "_same_bytes", same_spy)
     receipt = api.convert(src, dst)
     assert receipt.verified
     with registry.open_checkpoint(src) as source:
-        assert compared == [len(source)]  # every tensor was copied as-is, so every one compared as bytes
+        # Every tensor was copied as-is, so every one was compared as bytes while the write ran,
+        # and none was left to compare afterwards.
+        assert len(early) == len(source) and compared == [0]
         name = max(source.names(), key=lambda n: source.info(n).nbytes)
         with registry.open_checkpoint(dst) as written:
             extent = written.raw_extent(name)
@@ -138,3 +149,51 @@ def test_verify_after_a_cast_decodes_the_cast_tensors(tmp_path: Path, monkeypatc
     receipt = api.convert(FIXTURES / "mlp_fp32.safetensors", tmp_path / "out.pt", dtype="float16")
     assert receipt.verified and receipt.cast
     assert compared == [0]
+
+
+def test_verify_compares_again_what_the_early_check_did_not_vouch_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = FIXTURES / "tied_lm_fp16.safetensors"
+    compared: list[int] = []
+    real = extents.identical_extents
+    monkeypatch.setattr(api, "identical_extents", lambda pairs, **kw: compared.append(len(pairs)) or real(pairs, **kw))
+    monkeypatch.setattr(extents, "_same_bytes", lambda m, a, b: False)  # as if every early comparison failed
+    receipt = api.convert(src, tmp_path / "out.pt")
+    with registry.open_checkpoint(src) as source:
+        assert receipt.verified and compared == [len(source)]  # all compared again, and found equal
+
+
+def test_an_early_comparison_counts_only_for_the_extents_it_compared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = FIXTURES / "tied_lm_fp16.safetensors"
+    dst = tmp_path / "out.pt"
+    seen: list[Mapping[Any, bool]] = []
+    real = api.compare_checkpoints
+
+    def spy(*args: Any) -> None:
+        seen.append(args[4])
+        real(*args)
+
+    monkeypatch.setattr(api, "compare_checkpoints", spy)
+    api.convert(src, dst)
+    monkeypatch.undo()
+    # Compared in the staging file; the written file is the same file renamed.
+    vouched = {(s, (os.path.realpath(dst), *o[1:])): same for (s, o), same in seen[0].items()}
+    with registry.open_checkpoint(src) as source:
+        assert len(vouched) == len(source) and all(vouched.values())
+        name = max(source.names(), key=lambda n: source.info(n).nbytes)
+        with registry.open_checkpoint(dst) as written:
+            extent = written.raw_extent(name)
+        assert extent is not None
+        with open(dst, "r+b") as f:  # changed after the early comparison
+            f.seek(extent.offset)
+            byte = f.read(1)
+            f.seek(extent.offset)
+            f.write(bytes([byte[0] ^ 1]))
+        with registry.open_checkpoint(dst) as written:
+            api.compare_checkpoints(source, written, dst, compared=vouched)  # vouched for: not read again
+            other = {(s, (o[0], o[1] + 1, o[2])): True for s, o in vouched}  # each one byte off
+            with pytest.raises(CorruptCheckpointError, match=repr(name)):
+                api.compare_checkpoints(source, written, dst, compared=other)

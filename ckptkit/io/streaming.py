@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 from typing import BinaryIO
 
 from ckptkit.core.model import Checkpoint, ProgressFn, RawExtent
 from ckptkit.io.checksum import crc32, crc32_combine
+from ckptkit.io.extents import copy_check
 from ckptkit.io.workers import Executor, SerialExecutor, default_executor
 
 CHUNK_BYTES = 16 * 1024 * 1024  # the piece of a large tensor one worker thread takes at a time
@@ -140,6 +142,10 @@ class TensorCopier:
             for start in starts:
                 crc = crc32_combine(crc, by_start[start], min(self._chunk, nbytes - start))
         out.seek(dst_pos + nbytes)
+        check = copy_check()
+        name = getattr(out, "name", None)
+        if check is not None and isinstance(name, str):
+            check.copied(RawExtent(Path(path), offset, nbytes), RawExtent(Path(name), dst_pos, nbytes))
         return nbytes, crc
 
     def _runner(self, nbytes: int) -> Executor:
