@@ -2,14 +2,16 @@
 
     python bench/convert_rounds.py --gb 1.4 --rounds 5
     python bench/convert_rounds.py --gb 4 --pairs torch:safetensors,safetensors:keras-h5 --rounds 3
+    python bench/convert_rounds.py --against /path/to/other/checkout   # each conversion by both trees
 
 Each round times ``cp`` of the safetensors input, then every conversion (each as a child process,
 from a settled start: dirty pages flushed, inputs read into the page cache), so a burst of load
 from other work hits both sides of a ratio alike. Per conversion it prints the median time, the
 median of the per-round ratios to that round's ``cp`` (of as many bytes as it reads), the median
 CPU time and the largest peak anonymous memory; the load average is printed at the start and the
-end. Inputs come from bench/synth.py (fp16 by default); outputs go to a scratch folder and are
-deleted after each run, except those other conversions read.
+end. With ``--against`` every conversion is also run, in the same round, by the ckptkit of
+another checkout (say, the main branch), for a before/after ratio. Inputs come from
+bench/synth.py (fp16 by default); outputs go to a scratch folder and are deleted after each run.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dir", type=Path, default=HERE / "out" / "rounds")
     p.add_argument("--keep", action="store_true", help="keep the inputs for the next run")
+    p.add_argument("--against", type=Path, help="another ckptkit checkout whose conversions run in the same rounds")
     args = p.parse_args(argv)
     work = args.dir / f"{args.dtype}-{args.gb:g}gb"
     work.mkdir(parents=True, exist_ok=True)
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs[src] = path
     scratch = work / "scratch"
     ops: list[tuple[str, list[str], Path, Path]] = [("cp", ["cp", str(st), str(scratch / "copy")], scratch, st)]
+    envs = {"cp": env}
     for pair in pairs:
         src, dst = pair[0], pair[1]
         nv = len(pair) > 2 and pair[2] == "nv"
@@ -87,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = [sys.executable, "-m", "ckptkit", "convert", str(inputs[src]), str(target), *extra]
         if nv:
             argv.append("--no-verify")
-        ops.append((f"{src} -> {dst}{' --no-verify' if nv else ''}", argv, out_dir, inputs[src]))
+        label = f"{src} -> {dst}{' --no-verify' if nv else ''}"
+        ops.append((label, argv, out_dir, inputs[src]))
+        envs[label] = env
+        if args.against:
+            other = f"{label} [{args.against.name}]"
+            ops.append((other, argv, out_dir, inputs[src]))
+            envs[other] = measure.child_env(args.against.resolve())
     print(f"# {args.dtype} {nbytes / 1e9:.2f} GB, {args.rounds} rounds; load at start {_load()}", flush=True)
     times: dict[str, list[float]] = {name: [] for name, *_ in ops}
     cpus: dict[str, list[float]] = {name: [] for name, *_ in ops}
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             _remove(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             _settle([src])
-            r = measure.run(argv, env=env)
+            r = measure.run(argv, env=envs[name])
             if not r.ok:
                 sys.exit(f"{name} failed: {r.stderr.strip()}")
             _remove(out_dir)
