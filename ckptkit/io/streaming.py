@@ -14,7 +14,7 @@ from ckptkit.io.extents import copy_check
 from ckptkit.io.workers import Executor, SerialExecutor, default_executor
 
 CHUNK_BYTES = 16 * 1024 * 1024  # the piece of a large tensor one worker thread takes at a time
-BUFFER_BYTES = 1024 * 1024  # a copy through Python moves this much per read: small enough to stay in cache
+BUFFER_BYTES = 256 * 1024  # a copy through Python moves this much per read: small enough to stay in cache
 PARALLEL_BYTES = 32 * 1024 * 1024  # smaller tensors are copied by the calling thread alone
 _PAGE = 4096
 
@@ -25,18 +25,19 @@ class TensorCopier:
     When a tensor's bytes lie as-is in a source file (:meth:`Checkpoint.raw_extent`), they are
     copied in chunks at explicit offsets, without decoding: in the kernel (``copy_file_range``)
     where the offsets allow it, else, and where the kernel refuses (another file system, no such
-    call), through reused buffers, one per thread. A large tensor's chunks are dealt to the worker threads
-    (:mod:`ckptkit.io.workers`). Other tensors are read as arrays and written out.
+    call), through reused buffers, one per thread. A large tensor's chunks are dealt to the worker
+    threads (:mod:`ckptkit.io.workers`). Other tensors are read as arrays and written out.
 
     The kernel copy is as fast as ``cp`` when source and destination sit at the same offset modulo
     the page size, which formats with fixed alignment rarely allow. At other offsets the kernel
-    copies more slowly (about 2 GB/s against 3 GB/s for a 400 MB copy here), and a copy through
-    a reused 1 MiB buffer, which stays in the core's cache between the read and the write, is
-    faster than both the kernel's unaligned copy and a 16 MiB buffer (0.15 s against 0.18 s and
-    0.35 s, at the same system CPU as the kernel copy). So unaligned tensors go through the buffer
-    unless ``kernel_copy_unaligned`` asks for the kernel copy.
+    copies more slowly (about 2 GB/s against 3 GB/s for a 400 MB copy here). A copy through a
+    reused 256 KiB buffer, which stays in the core's cache between the read and the write, was at
+    least as fast (0.17-0.25 s against 0.18-0.36 s for 400 MB at load 3) and cost the same system
+    CPU as the kernel copy on a busier machine (0.61-0.68 s against 0.60-0.80 s for 1.39 GB at load
+    7-8), where a 1 MiB buffer cost twice as much and a 16 MiB one more still. So unaligned tensors
+    go through the buffer unless ``kernel_copy_unaligned`` asks for the kernel copy.
 
-    A CRC-32 asked for (``want_crc``, for zip members) is taken from the same buffer, while its
+    A CRC-32 asked for (``want_crc``, for zip members) is taken from the same buffer while its
     bytes are still in cache, so the source is read once: the kernel copy plus a checksum from a
     memory map of the source cost a third more here, most of it in page faults on the map. A
     large tensor's chunks are checksummed on the threads that copy them and the checksums
