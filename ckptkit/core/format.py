@@ -76,6 +76,7 @@ TEMPLATE_OPTION = OptionSpec(
 
 Sniffer = Callable[[bytes, Path], bool]
 Locator = Callable[[Path], "Path | None"]
+SeriesFinder = Callable[[Path], "list[Path] | None"]
 Opener = Callable[[Path, Mapping[str, Any]], Checkpoint]
 Writer = Callable[[Checkpoint, WriteContext], None]
 
@@ -94,6 +95,11 @@ class Format:
     directories are asked with an empty ``head`` for them.
     ``locate(path)``, for a path that does not exist, returns the file that holds the checkpoint it
     names (a TensorFlow prefix ``ckpt-1`` is held by ``ckpt-1.index``), or ``None``.
+    ``snapshots(folder)``, for a folder this format reads as one checkpoint, returns every
+    checkpoint it keeps when the folder is a series of them (a TensorFlow training folder: what its
+    ``checkpoint`` file lists and the other checkpoints beside it, oldest first), each a path
+    ``open`` reads; ``None`` when the folder is one checkpoint. ``ckptkit timeline`` expands such a
+    folder into its checkpoints.
     ``dtypes`` is the format's dtype column: the ckptkit dtype names (:mod:`ckptkit.core.dtypes`)
     a checkpoint of this format holds. Its writer accepts exactly these (and refuses the others
     with :class:`~ckptkit.core.errors.UnsupportedError`), its reader returns them bit for bit;
@@ -115,6 +121,7 @@ class Format:
     # it read local files only.
     open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
     locate: Locator | None = None
+    snapshots: SeriesFinder | None = None
     dtypes: frozenset[str] = frozenset()
 
     @property

@@ -17,7 +17,16 @@ from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContex
 from ckptkit.core.model import Checkpoint
 
 from . import dtypes as tf_dtypes
-from .paths import INDEX_SUFFIX, STATE_FILE, folder_index, index_path, locate, looks_like_table, prefix_of
+from .paths import (
+    INDEX_SUFFIX,
+    STATE_FILE,
+    folder_index,
+    index_path,
+    kept_checkpoints,
+    locate,
+    looks_like_table,
+    prefix_of,
+)
 
 
 def sniff(head: bytes, path: Path) -> bool:
@@ -77,5 +86,6 @@ FORMAT = Format(
     weights_name="ckpt",
     verify="ckptkit.formats.tensorflow.verify:check_structure",
     locate=find_index,
+    snapshots=kept_checkpoints,
     dtypes=tf_dtypes.DTYPES_HELD,
 )

@@ -176,6 +176,27 @@ def folder_index(folder: Path, wanted: str | None = None) -> Location | None:
     return None
 
 
+def kept_checkpoints(folder: Path) -> list[Path] | None:
+    """Every checkpoint of a training folder, as prefixes, oldest first: those its ``checkpoint`` file
+    lists (``tf.train.CheckpointManager`` keeps them there), after the others whose index is in the
+    folder (kept apart by ``keep_checkpoint_every_n_hours``, or left by an earlier run). ``None`` for
+    a folder without a ``checkpoint`` file, which holds one checkpoint at most."""
+    state_file = folder / STATE_FILE
+    if not folder.is_dir() or not state_file.is_file():
+        return None
+    state = read_state(state_file)
+    listed = [_in_folder(folder, name, state_file) for name in dict.fromkeys([*state.kept, state.latest])]
+    others = sorted(
+        (
+            p.with_name(p.name[: -len(INDEX_SUFFIX)])
+            for p in folder.glob("*" + INDEX_SUFFIX)
+            if not p.name.startswith(".") and looks_like_table(p)
+        ),
+        key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)],
+    )
+    return [p for p in others if p not in listed] + listed
+
+
 def locate(path: Path, wanted: str | None = None) -> Location:
     """The checkpoint ``path`` names: a prefix, an index or data file, a ``checkpoint`` file, a folder
     holding one, a SavedModel folder or its ``saved_model.pb``."""
