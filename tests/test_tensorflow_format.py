@@ -582,7 +582,8 @@ def test_timeline_orders_a_training_folders_checkpoints_by_save_counter(tf_files
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert [s["step"] for s in report["snapshots"]] == [1, 2]
-    assert report["order"] == "metadata save_counter"
+    assert report["order"] == "steps in the names"  # ckpt-1, ckpt-2, as the save counter numbers them
+    assert [s["step"] for s in ckptkit.timeline([tf_files / "keras"]).to_dict()["snapshots"]] == [1, 2]
 
 
 def test_entry_count_and_rank_limits_are_enforced(tmp_path, monkeypatch):
@@ -597,3 +598,32 @@ def test_entry_count_and_rank_limits_are_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPTKIT_MAX_PICKLE_DEPTH", "2")
     with pytest.raises(CorruptCheckpointError, match=r"dimension count is 3 dimensions.*CKPTKIT_MAX_PICKLE_DEPTH"):
         ckptkit.load(prefix)
+
+
+@needs_tf
+def test_timeline_of_a_checkpoint_manager_folder_is_every_kept_checkpoint(tensorflow, tmp_path, cli):
+    assert tensorflow.ask({"manager": str(tmp_path)})["saved"] == ["ckpt-4", "ckpt-8", "ckpt-12"]
+    train = tmp_path / "runs" / "train"
+    result = cli("timeline", train, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(s["path"]).name for s in report["snapshots"]] == ["ckpt-4", "ckpt-8", "ckpt-12"]
+    assert [s["step"] for s in report["snapshots"]] == [4, 8, 12]  # CheckpointManager's numbers, not save_counter
+    assert report["order"] == "steps in the names" and report["notes"] == []
+    # What TensorFlow reads from each kept checkpoint, measured in float64.
+    values = [dumped(tmp_path / "expected", f"ckpt-{step}") for step in (4, 8, 12)]
+    kernel = next(t for t in report["tensors"] if t["name"] == "dense/kernel")
+    with ckptkit.load(train / "ckpt-4") as ckpt:
+        key = json.loads(ckpt.metadata[KEYS_META])["dense/kernel"]
+    w = [v[key].astype(np.float64) for v in values]
+    assert kernel["norm"] == pytest.approx([np.linalg.norm(x) for x in w], rel=1e-6)
+    assert kernel["update_ratio"][1:] == pytest.approx(
+        [np.linalg.norm(w[i] - w[i - 1]) / np.linalg.norm(w[i - 1]) for i in (1, 2)], rel=1e-6
+    )
+    assert any(x["optimizer"] for x in report["layers"])
+    # A folder holding the training folder stands for its checkpoints too; an older checkpoint that
+    # the 'checkpoint' file no longer lists, but that is still in the folder, belongs to the run.
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(train / f"ckpt-4{suffix}", train / f"ckpt-2{suffix}")
+    again = ckptkit.timeline([tmp_path / "runs"]).to_dict()
+    assert [Path(s["path"]).name for s in again["snapshots"]] == ["ckpt-2", "ckpt-4", "ckpt-8", "ckpt-12"]

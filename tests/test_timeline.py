@@ -6,12 +6,14 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ckptkit
-from ckptkit.timelines.snapshots import name_numbers
+from ckptkit.timelines.snapshots import name_step, name_steps
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_diff_cli import chromium_console
 
@@ -109,24 +111,162 @@ def test_glob_and_names_order_without_metadata(tmp_path):
         ckptkit.save({"w": np.full(4, step, np.float32)}, tmp_path / f"model.{step:04d}.safetensors")
     report = ckptkit.timeline([str(tmp_path / "model.*.safetensors")]).to_dict()
     assert [s["step"] for s in report["snapshots"]] == [9, 20, 100, 1000]
-    assert report["order"] == "numbers in the names"
+    assert report["order"] == "steps in the names"
+    assert report["notes"] == []
     assert _tensor(report, "w")["norm"] == pytest.approx([18, 40, 200, 2000])
 
 
 @pytest.mark.parametrize(
-    ("names", "numbers"),
+    ("name", "step"),
     [
-        (["run/model.01-0.45.keras", "run/model.02-0.41.keras"], [1, 2]),  # epoch, not the loss
-        (["ck/model.05.weights.h5", "ck/model.10.weights.h5"], [5, 10]),  # not the 5 of "h5"
-        (["epoch=3-step=120.ckpt", "epoch=4-step=160.ckpt"], [3, 4]),
-        (["checkpoint-500/model.safetensors", "checkpoint-1500/model.safetensors"], [500, 1500]),
-        (["a/last.pt", "a/best.pt"], [None, None]),
+        ("checkpoint-500/model.safetensors", 500),  # transformers Trainer
+        ("checkpoint-500", 500),
+        ("epoch=3-step=1200.ckpt", 1200),  # Lightning: the step, not the epoch
+        ("epoch=3-step=1200-v1.ckpt", 1200),
+        ("weights.05-0.43.h5", 5),  # Keras ModelCheckpoint weights.{epoch:02d}-{val_loss:.2f}.h5: not the loss
+        ("model.01-0.45.keras", 1),
+        ("model.05.weights.h5", 5),  # not the 5 of "h5"
+        ("model.0010.safetensors", 10),
+        ("ckpt-7", 7),  # tf.train.CheckpointManager
+        ("ckpt-7.index", 7),
+        ("ckpt-7.data-00000-of-00001", 7),
+        ("model.ckpt-7", 7),  # TF1 Saver
+        ("step_100", 100),  # a DCP step folder
+        ("global_step1000/mp_rank_00_model_states.pt", 1000),  # DeepSpeed
+        ("iter_0001000/mp_rank_00/model_optim_rng.pt", 1000),  # Megatron
+        ("ckpt/100/default", 100),  # Orbax: a folder named by its step
+        ("checkpoint3_5000.pt", 5000),  # fairseq checkpoint{epoch}_{updates}
+        ("model_epoch_05.keras", 5),
+        ("model-Q8_0.gguf", None),  # quantization types, dtypes and model sizes are no steps
+        ("model-Q4_K_M.gguf", None),
+        ("model-IQ2_XXS.gguf", None),
+        ("model.f16.gguf", None),
+        ("model-fp16.safetensors", None),
+        ("model-bf16", None),
+        ("llama-7b", None),
+        ("llama-2-13B-chat.Q4_K_M.gguf", None),
+        ("Meta-Llama-3.1-8B-Instruct-Q8_0.gguf", None),
+        ("mistral-7b-instruct-v0.2.Q4_K_M.gguf", None),
+        ("Qwen2.5-1.5B-Instruct", None),
+        ("model-00001-of-00004.safetensors", None),  # a shard's counter
+        ("last.ckpt", None),
+        ("checkpoint_best.pt", None),
+        ("/tmp/pytest-12/run/zeta.pt", None),  # a number in a folder above, with no step word, is no step
     ],
 )
-def test_numbers_in_names(names, numbers):
-    from pathlib import Path
+def test_step_from_a_name(name, step):
+    assert name_step(name) == step
 
-    assert name_numbers([Path(n) for n in names]) == numbers
+
+def test_name_steps_look_only_at_what_tells_the_paths_apart():
+    paths = [Path("/data/step_9/run-a/checkpoint-10"), Path("/data/step_9/run-a/checkpoint-20")]
+    assert name_steps(paths) == [10, 20]
+    # The folders differ, the file names do not: the step is the folders'.
+    assert name_steps([Path("/r/step_100/model.pt"), Path("/r/step_200/model.pt")]) == [100, 200]
+    assert name_steps([Path("/r/step_5/a/model.pt"), Path("/r/step_5/b/model.pt")]) == [None, None]
+
+
+def test_names_without_steps_keep_the_order_given_and_say_so(tmp_path):
+    names = ["model-fp16.safetensors", "model-Q8_0.safetensors", "llama-7b.safetensors", "model-bf16.safetensors"]
+    for i, name in enumerate(names):
+        ckptkit.save({"w": np.full(4, i + 1, np.float32)}, tmp_path / name)
+    paths = [tmp_path / n for n in names]
+    report = ckptkit.timeline(paths)
+    data = report.to_dict()
+    assert [s["path"] for s in data["snapshots"]] == [str(p) for p in paths]
+    assert [s["step"] for s in data["snapshots"]] == [None] * 4
+    assert data["order"] == "as given"
+    assert len(data["notes"]) == 1 and "in the order given, not ordered by step" in data["notes"][0]
+    assert "> Note: no step recorded in or named by" in report.to_markdown()
+    assert "Note: no step recorded" in report.to_html()
+    # Two names that give the same step tell no order either.
+    (tmp_path / "same").mkdir()
+    for name in ("phi-2.Q8_0.safetensors", "phi-2.Q4_K_M.safetensors"):
+        ckptkit.save({"w": np.ones(2, np.float32)}, tmp_path / "same" / name)
+    same = ckptkit.timeline([tmp_path / "same" / n for n in ("phi-2.Q8_0.safetensors", "phi-2.Q4_K_M.safetensors")])
+    assert [s.path.name for s in same.snapshots] == ["phi-2.Q8_0.safetensors", "phi-2.Q4_K_M.safetensors"]
+    assert "the same step twice" in same.notes[0]
+
+
+def test_a_shard_is_no_snapshot_its_index_is(tmp_path):
+    for step in (200, 100):
+        folder = tmp_path / f"step_{step}"
+        folder.mkdir()
+        weight_map = {}
+        for i, name in enumerate(("a", "b")):
+            shard = f"model-{i + 1:05d}-of-00002.safetensors"
+            ckptkit.save({name: np.full(3, step + i, np.float32)}, folder / shard)
+            weight_map[name] = shard
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (tmp_path / "lone").mkdir()
+    ckptkit.save({"a": np.ones(3, np.float32)}, tmp_path / "lone" / "model-00001-of-00003.safetensors")
+    report = ckptkit.timeline([str(tmp_path / "*" / "model-*.safetensors")])
+    indexes = [tmp_path / f"step_{s}" / "model.safetensors.index.json" for s in (100, 200)]
+    assert [s.path for s in report.snapshots] == indexes
+    assert [s.step for s in report.snapshots] == [100, 200]
+    assert report.formats == ["sharded", "sharded"]
+    assert [x.name for x in report.tensors] == ["a", "b"]
+    assert any("model-00001-of-00003.safetensors is one shard of a set with no index" in n for n in report.notes)
+
+
+def test_dcp_step_folders_are_one_snapshot_each(tmp_path):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    for step in (200, 100, 300):  # saved out of order
+        state = {"model": {"w": torch.full((4, 4), float(step)), "b": torch.zeros(4)}}
+        if step != 300:
+            state["step"] = step  # kept as a pickled value in .metadata's storage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save(state, checkpoint_id=tmp_path / "run" / f"step_{step}")
+    report = ckptkit.timeline([tmp_path / "run"]).to_dict()
+    assert [s["step"] for s in report["snapshots"]] == [100, 200, 300]
+    assert [Path(s["path"]).name for s in report["snapshots"]] == ["step_100", "step_200", "step_300"]
+    assert report["order"] == "steps in the names"  # not every snapshot records its step
+    assert _tensor(report, "model.w")["norm"] == pytest.approx([400, 800, 1200])
+    two = ckptkit.timeline([tmp_path / "run" / "step_200", tmp_path / "run" / "step_100"]).to_dict()
+    assert two["order"] == "metadata step" and [s["step"] for s in two["snapshots"]] == [100, 200]
+
+
+def test_trainer_folders_take_their_step_from_trainer_state(tmp_path):
+    out = tmp_path / "output"
+    # Names that would sort wrongly as text, and a trainer state that is the authority on the step.
+    for step in (500, 1500, 1000):
+        folder = out / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        safetensors_torch.save_file({"lm_head.weight": torch.full((2, 3), float(step))}, folder / "model.safetensors")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "epoch": step / 500}))
+    for args in ([out], [str(out / "checkpoint-*")], [str(out / "checkpoint-*/")]):
+        report = ckptkit.timeline(args).to_dict()
+        assert [s["step"] for s in report["snapshots"]] == [500, 1000, 1500], args
+        assert {s["step_source"] for s in report["snapshots"]} == {"global_step"}
+        names = [Path(s["path"]).name for s in report["snapshots"]]
+        assert names == ["checkpoint-500", "checkpoint-1000", "checkpoint-1500"]
+
+
+@dataclass
+class TrainConfig:
+    """A class a training script pickles beside its tensors."""
+
+    lr: float = 0.1
+
+    def __reduce__(self):  # pickled as a call, which a pickle may make only of trusted globals
+        return (TrainConfig, (self.lr,))
+
+
+def test_allow_global_trusts_a_pickled_class_in_every_snapshot(tmp_path):
+    for step in (1, 2):
+        torch.save({"w": torch.ones(3) * step, "config": TrainConfig(), "step": step}, tmp_path / f"s{step}.pt")
+    trusted = f"{__name__}.TrainConfig"
+    refused = run_cli("timeline", tmp_path)
+    assert_one_line_error(refused, f"--allow-global {trusted}")
+    result = run_cli("timeline", tmp_path, "--json", "--allow-global", trusted)
+    assert result.code == 0, result.stderr
+    assert [s["step"] for s in json.loads(result.stdout)["snapshots"]] == [1, 2]
+    report = ckptkit.timeline([tmp_path], allow_globals=[trusted])
+    assert _tensor(report.to_dict(), "w")["norm"] == pytest.approx([3**0.5, 2 * 3**0.5])
 
 
 def test_real_torch_training_run(tmp_path):

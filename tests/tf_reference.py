@@ -7,6 +7,9 @@ beside torch:
 - ``{"make": OUT}`` writes checkpoints with TensorFlow 2 (Keras 3 on the TensorFlow backend) into
   OUT, and what TensorFlow reads back from each into OUT/expected/ (every tensor's bytes, dtype and
   shape by checkpoint key, plus model inputs and predictions);
+- ``{"manager": OUT}`` trains a small Keras model, saving it with ``tf.train.CheckpointManager``
+  every few steps into OUT/runs/train (numbered by step), and dumps what TensorFlow reads from each kept
+  checkpoint into OUT/expected/;
 - ``{"check": [...]}`` loads checkpoints ckptkit wrote, with ``tf.train.load_checkpoint`` and by
   restoring them into the Keras models, and answers with a verdict per checkpoint.
 """
@@ -164,6 +167,26 @@ def make(root: Path) -> None:
     dump(str(root / "dtypes" / "ckpt"), expected / "dtypes")
 
 
+def manager_run(root: Path) -> list[str]:
+    """Three saves by a CheckpointManager that keeps them all, named by step: ckpt-4, ckpt-8, ckpt-12."""
+    tf.keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    model = dense_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer), str(root / "runs" / "train"), max_to_keep=3
+    )
+    saved = []
+    for step in (4, 8, 12):
+        model.fit(x, y, epochs=4, batch_size=8, verbose=0)
+        saved.append(manager.save(checkpoint_number=step))
+    for prefix in saved:
+        dump(prefix, root / "expected" / Path(prefix).name)
+    return [Path(p).name for p in saved]
+
+
 def check(requests: list[dict]) -> dict:
     """Load what ckptkit wrote; one verdict per request."""
     verdicts = {}
@@ -194,6 +217,8 @@ if __name__ == "__main__":
         if "make" in request:
             make(Path(request["make"]))
             answer: dict = {"made": request["make"]}
+        elif "manager" in request:
+            answer = {"saved": manager_run(Path(request["manager"]))}
         else:
             answer = check(request["check"])
         print(json.dumps(answer), flush=True)

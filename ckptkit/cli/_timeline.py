@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ckptkit.cli._errors import EXIT_FINDINGS
-from ckptkit.cli._output import format_option, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import allow_global_option, format_option, print_json, printable, progress_bar, stdout_console
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import ProgressFn
 from ckptkit.diffing import formatting as fmt
@@ -47,6 +47,7 @@ from ckptkit.timelines.report import DEFAULT_EXPLODE_FACTOR, DEFAULT_JUMP_FACTOR
     "--jump-factor", type=float, default=DEFAULT_JUMP_FACTOR, show_default=True,
     help="A jump is an update ratio this many times the layer's median update ratio.",
 )  # fmt: skip
+@allow_global_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema ckptkit.timeline/1).")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the report as Markdown.")
 @click.option(
@@ -69,8 +70,10 @@ def command(
 ) -> None:  # fmt: skip
     """Follow a training run through its checkpoints: files, folders or globs, in any formats.
 
-    Snapshots are ordered by the step they record (global_step, step, epoch, save_counter, a
-    trainer_state.json) or by the numbers in their names. Per layer and snapshot: weight norm,
+    A folder stands for every checkpoint in it (a TensorFlow training folder: every checkpoint its
+    'checkpoint' file keeps). Snapshots are ordered by the step they record (global_step, step, a
+    trainer_state.json), else the step their names give (step_100, checkpoint-500, ckpt-7,
+    epoch=3-step=1200), else save_counter or epoch; else they keep the order given. Per layer and snapshot: weight norm,
     update ratio |W_t - W_t-1| / |W_t-1|, relative L2 drift from the first snapshot, NaN and Inf
     counts; events: the first NaN/Inf, frozen layers, exploding norms, sudden jumps, Adam second
     moments of zero or Inf.
@@ -108,7 +111,10 @@ def _print_report(report: TimelineReport, top: int | None) -> None:
     steps = ", ".join(str(s.step) if s.step is not None else "?" for s in report.snapshots)
     out.print(f"{len(report.snapshots)} snapshots, ordered by {report.order}: steps {steps}", markup=False)
     for i, snap in enumerate(report.snapshots):
-        out.print(f"  #{i} step {snap.step}: {printable(str(snap.path))} ({report.formats[i]})", markup=False)
+        step = "?" if snap.step is None else snap.step
+        out.print(f"  #{i} step {step}: {printable(str(snap.path))} ({report.formats[i]})", markup=False)
+    for note in report.notes:
+        out.print(Text("note: " + printable(note), style="yellow"))
     layers = ranked_layers(report, top)
     total = len([x for x in report.layers if not x.optimizer])
     table = Table(

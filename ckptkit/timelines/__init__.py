@@ -9,12 +9,13 @@ Adam second moments of zero or Inf.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import ProgressFn
+from ckptkit.core.trust import trusting
 from ckptkit.timelines import engine
 from ckptkit.timelines.report import (
     DEFAULT_EXPLODE_FACTOR,
@@ -44,6 +45,7 @@ def timeline(
     jump_factor: float = DEFAULT_JUMP_FACTOR,
     progress: ProgressFn | None = None,
     on_open: Callable[[int], ProgressFn | None] | None = None,
+    allow_globals: Iterable[str] = (),
 ) -> TimelineReport:
     """Follow every floating-point tensor through the snapshots at ``paths``.
 
@@ -54,7 +56,8 @@ def timeline(
     (``nonfinite``, ``frozen``, ``exploding``, ``jump``, ``optimizer``) and conditions such as
     ``update_ratio>0.1``; :attr:`TimelineReport.passed` tells whether none was met.
     ``on_open`` is called with the total bytes to read once every snapshot is open and returns
-    the progress callback to use (the CLI's progress bar).
+    the progress callback to use (the CLI's progress bar). ``allow_globals`` are pickle globals
+    trusted as ``--allow-global`` trusts them.
     """
     if depth is not None and depth < 1:
         raise UsageError(f"--depth must be 1 or more, not {depth}")
@@ -63,12 +66,15 @@ def timeline(
     if order not in ("step", "given"):
         raise UsageError(f"--order must be 'step' or 'given', not {order!r}")
     rules = FailOn.parse(fail_on)
+    notes: list[str] = []
     with ExitStack() as stack:
-        opened = open_snapshots(paths, stack, format)
+        stack.enter_context(trusting(allow_globals))
+        opened = open_snapshots(paths, stack, format, notes)
         if len(opened) < 2:
             shown = ", ".join(map(str, paths))
             raise UsageError(f"a timeline needs at least two snapshots; {len(opened)} found in {shown}")
-        snapshots, how = order_snapshots(list(opened), opened, order)
+        snapshots, how, ordering_notes = order_snapshots(list(opened), opened, order)
+        notes += ordering_notes
         checkpoints = [opened[s.path] for s in snapshots]
         names = engine.comparable_names(checkpoints)
         if not names:
@@ -81,5 +87,5 @@ def timeline(
         sums = engine.distance_sums(checkpoints, names, progress) if matrix else None
         formats = [c.format_name for c in checkpoints]
     return build_report(
-        snapshots, formats, how, series, depth, Settings(explode_factor, jump_factor), rules, sums, skipped
+        snapshots, formats, how, series, depth, Settings(explode_factor, jump_factor), rules, sums, skipped, notes
     )

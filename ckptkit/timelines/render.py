@@ -79,6 +79,7 @@ def render_markdown(report: TimelineReport, top: int = 20) -> str:
         lines += [f"**{verdict}** (`--fail-on {','.join(report.fail_on.text)}`)", ""]
     steps = ", ".join(step_label(report, i) for i in range(len(report.snapshots)))
     lines += [f"Steps: {steps}", ""]
+    lines += [f"> Note: {note}" for note in report.notes] + ([""] if report.notes else [])
     if report.events:
         lines += [f"**Events ({len(report.events)})**", ""]
         lines += [f"- {code(event_line(report, e))}" for e in report.events[:top]]
@@ -138,6 +139,7 @@ def render_html(report: TimelineReport) -> str:
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>ckptkit timeline: {n} snapshots</h1>",
         f'<p class="note">ordered by {escape(report.order)}</p>',
+        *(f'<p class="note">Note: {escape(note)}</p>' for note in report.notes),
     ]
     if report.fail_on.text:
         if report.passed:

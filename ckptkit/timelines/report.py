@@ -173,6 +173,7 @@ class TimelineReport:
     violations: list[Violation] = field(default_factory=list)
     matrix: dict[str, list[list[float | None]]] | None = None
     skipped: list[str] = field(default_factory=list)  # tensors not followed (integers, bools), by name
+    notes: list[str] = field(default_factory=list)  # how the snapshots were found and ordered, where it matters
 
     @property
     def passed(self) -> bool:
@@ -213,6 +214,7 @@ class TimelineReport:
             if self.matrix is None
             else {k: [[_json_value(v) for v in row] for row in rows] for k, rows in self.matrix.items()},
             "skipped": self.skipped,
+            "notes": self.notes,
             "settings": {"explode_factor": self.settings.explode_factor, "jump_factor": self.settings.jump_factor},
             "fail_on": list(self.fail_on.text),
             "violations": [
@@ -256,6 +258,7 @@ def build_report(
     fail_on: FailOn,
     matrix: list[list[PairSums]] | None = None,
     skipped: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> TimelineReport:
     """Group tensors into layers, find the events and check the ``--fail-on`` conditions."""
     n = len(snapshots)
@@ -273,7 +276,7 @@ def build_report(
     per_tensor = {t.name: Series.of([[p] if p is not None else [] for p in t.points]) for t in series}
     report = TimelineReport(
         snapshots, formats, order, layers, series, per_tensor, [], settings, fail_on,
-        matrix=_matrix(matrix) if matrix is not None else None, skipped=skipped or [],
+        matrix=_matrix(matrix) if matrix is not None else None, skipped=skipped or [], notes=notes or [],
     )  # fmt: skip
     report.events = find_events(report)
     report.violations = check(report)

@@ -1,11 +1,16 @@
 """A run's snapshots: which paths, and in what training order.
 
-Arguments may be checkpoint files, checkpoint folders (a shard index, a DCP step folder), glob
-patterns, or folders holding several checkpoints (``runs/exp1/`` with ``step_*.pt``, or
-``checkpoint-*/`` folders as the transformers Trainer writes them), which stand for each checkpoint
-in them. Snapshots are ordered by the step the checkpoints record themselves (``global_step``,
-``step``, ``iteration``, ``save_counter``, ``epoch``, or a trainer's ``trainer_state.json``); when
-not every snapshot records the same key, by the number in their names that differs between them.
+Arguments may be checkpoint files, checkpoint folders (a shard index, a DCP step folder, a
+transformers ``checkpoint-N/`` folder), glob patterns, or folders holding several checkpoints
+(``runs/exp1/`` with ``step_*.pt``, or ``checkpoint-*/`` folders), which stand for each checkpoint in
+them. A folder that a format knows as a series of checkpoints (a TensorFlow training folder with
+its ``checkpoint`` file) stands for every checkpoint it keeps (:attr:`Format.snapshots`). A shard of a
+sharded set is no snapshot: the set's index is.
+
+Snapshots are ordered by the step the checkpoints record (``global_step``, ``step``, ``iteration``,
+``iter``, or a trainer's ``trainer_state.json``); else by the step their names give
+(:func:`name_step`); else by a coarser count they record (``save_counter``, ``epoch``); else they
+keep the order given, and the report says so.
 """
 
 from __future__ import annotations
@@ -20,17 +25,38 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptkit import registry
-from ckptkit.core.errors import CkptkitError, UsageError
+from ckptkit.core.errors import CkptkitError, UnsafeCheckpointError, UsageError
 from ckptkit.core.model import Checkpoint
+from ckptkit.io.shards.index import find_indexes, read_index
 
-# Step keys a checkpoint may record, most precise first (an epoch spans many steps).
-STEP_KEYS = ("global_step", "step", "iteration", "iter", "save_counter", "epoch")
+# Step keys a checkpoint may record, most precise first (an epoch spans many steps; a save counter
+# counts saves, and a name's number is at least as precise: CheckpointManager names by step when asked).
+PRECISE_STEP_KEYS = ("global_step", "step", "iteration", "iter")
+COARSE_STEP_KEYS = ("save_counter", "epoch")
+STEP_KEYS = PRECISE_STEP_KEYS + COARSE_STEP_KEYS
 TRAINER_STATE = "trainer_state.json"  # written by transformers' Trainer beside each checkpoint
 _TRAINER_STATE_MAX_BYTES = 64 * 1024 * 1024
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# A number in a file name, not one glued to letters ("h5", "fp16") and not a fraction ("0.45").
-_NAME_NUMBER = re.compile(r"(?<![A-Za-z\d.])\d+(?:\.\d+)?(?![A-Za-z\d])")
 _DIGITS = re.compile(r"(\d+)")
+
+# Names: what never counts as a step. Shard counters (model-00001-of-00004), GGUF quantization
+# types (Q8_0, Q4_K_M, IQ2_XXS, TQ1_0), fractions (a loss 0.43, a version v0.2, a size 1.5B). Tokens
+# glued to letters (fp16, bf16, int8, 7b, 13B, h5, v2) never count either: a step stands alone.
+_SHARD = re.compile(r"\d+-of-\d+", re.IGNORECASE)
+_QUANT = re.compile(r"(?<![A-Za-z0-9])[it]?q\d+(?:_[a-z0-9]+)+(?![A-Za-z0-9])", re.IGNORECASE)
+_FRACTION = re.compile(r"(?<![0-9.])\d+(?:\.\d+)+[a-z]*", re.IGNORECASE)
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]*$")
+# A step word and its number: step_100, global_step100, iter_0001000, checkpoint-500, ckpt-7, epoch=3.
+_STEP_WORD = r"global_?step|steps?|iteration|iters?"
+_SAVE_WORD = r"checkpoint|ckpt"
+_EPOCH_WORD = r"epochs?"
+_WORD_NUMBER = r"(?<![A-Za-z])(?:{words})[-_=]?(\d+)(?![A-Za-z0-9])"
+_STEP = re.compile(_WORD_NUMBER.format(words=_STEP_WORD), re.IGNORECASE)
+_SAVE = re.compile(_WORD_NUMBER.format(words=_SAVE_WORD), re.IGNORECASE)
+_EPOCH = re.compile(_WORD_NUMBER.format(words=_EPOCH_WORD), re.IGNORECASE)
+_TRAILING = re.compile(r"(?:^|[-_.=\s])(\d+)[-_.=\s]*$")
+# A shard's file name as transformers and ckptkit write them.
+_SHARD_FILE = re.compile(r"-\d{5}-of-\d{5}\.")
 
 Order = Literal["step", "given"]
 
@@ -49,6 +75,68 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in _DIGITS.split(text)]
 
 
+def _stem(name: str) -> str:
+    """``name`` less its extensions (``.safetensors``, ``.weights.h5``, ``.index``); ``.05`` is no extension."""
+    while True:
+        cut = _EXTENSION.sub("", name)
+        if cut == name or not cut:
+            return name
+        name = cut
+
+
+def _step_in(text: str, bare: bool) -> int | None:
+    text = _FRACTION.sub(" ", _QUANT.sub(" ", _SHARD.sub(" ", text)))
+    for pattern in (_STEP, None, _SAVE, _EPOCH):
+        if pattern is None:
+            trailing = _TRAILING.search(text) if bare else None
+            if trailing:
+                return int(trailing[1])
+            continue
+        found = pattern.findall(text)
+        if found:
+            return int(found[-1])
+    return None
+
+
+def name_step(path: str | Path, within: int | None = None) -> int | None:
+    """The training step a checkpoint's name gives, or ``None``.
+
+    A step is the number after a step word (``step``, ``global_step``, ``iter``, ``iteration``),
+    else a bare number ending the name (``model_100.pt``, ``weights.05-0.43.h5`` once the loss is
+    set aside), else the number after ``checkpoint``/``ckpt``, else after ``epoch``. Numbers glued to
+    letters (``fp16``, ``bf16``, ``7b``, ``h5``), fractions (a loss, ``v0.2``, ``1.5B``),
+    quantization types (``Q8_0``, ``Q4_K_M``) and shard counters (``00001-of-00004``) never count.
+    When the file's own name gives none, the nearest folder above it does, by a step word or a
+    name that is a bare number (``checkpoint-500/model.safetensors``, ``ckpt/100/``); ``within`` limits
+    that search to the last ``within`` parts of the path.
+    """
+    parts = Path(path).parts
+    if not parts:
+        return None
+    step = _step_in(_stem(parts[-1]), bare=True)
+    if step is not None:
+        return step
+    folders = parts[:-1] if within is None else parts[max(0, len(parts) - within) : -1]
+    for folder in reversed(folders):
+        if folder.isdigit():
+            return int(folder)
+        step = _step_in(folder, bare=False)
+        if step is not None:
+            return step
+    return None
+
+
+def name_steps(paths: Sequence[Path]) -> list[int | None]:
+    """:func:`name_step` of each path, looking only at the parts that are not common to all of them."""
+    if not paths:
+        return []
+    parts = [p.parts for p in paths]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return [name_step(p, within=len(p.parts) - common) for p in paths]
+
+
 def _is_checkpoint(path: Path) -> bool:
     try:
         registry.detect(path)
@@ -57,29 +145,67 @@ def _is_checkpoint(path: Path) -> bool:
     return True
 
 
+def _series(path: Path) -> list[Path] | None:
+    """The checkpoints a folder keeps, when its format knows it as a series (a TensorFlow training folder)."""
+    try:
+        fmt = registry.detect(path)
+    except CkptkitError:
+        return None
+    return fmt.snapshots(path) if fmt.snapshots is not None else None
+
+
+def _shard_index(path: Path) -> Path | None:
+    """For a file named like a shard (``model-00001-of-00004.safetensors``), the index in its folder that lists it."""
+    if not _SHARD_FILE.search(path.name):
+        return None
+    for index in find_indexes(path.parent):
+        try:
+            if path.name in read_index(index).shard_names:
+                return index
+        except CkptkitError:
+            continue
+    return None
+
+
 def open_snapshots(
-    arguments: Sequence[str | Path], stack: ExitStack, format: str | None = None
+    arguments: Sequence[str | Path], stack: ExitStack, format: str | None = None, notes: list[str] | None = None
 ) -> dict[Path, Checkpoint]:
     """Open the checkpoints the arguments stand for, each once, in the order given.
 
     A folder that is one checkpoint (an index, a DCP folder, a model folder) is one snapshot; a
-    folder that holds several (checkpoint files, or ``checkpoint-*/`` folders) stands for each of
-    them, in natural order, and so does a glob pattern. Inside such a folder or pattern, what is
-    not a checkpoint (a README, a JSON file, a file with no tensors) is passed over.
+    folder that holds several (checkpoint files, ``checkpoint-*/`` folders, or the checkpoints a
+    TensorFlow ``checkpoint`` file keeps) stands for each of them, in natural order (TensorFlow's:
+    oldest first), and so does a glob pattern. Inside such a folder or pattern, what is not a
+    checkpoint (a README, a JSON file, a file with no tensors) is passed over, and a shard stands
+    for its index; what was passed over that looked like a checkpoint is told in ``notes``.
     """
     opened: dict[Path, Checkpoint] = {}
+    said = notes if notes is not None else []
 
     def add(path: Path, quiet: bool) -> bool:
         if path in opened:
             return True
+        if path.is_dir():
+            kept = _series(path)
+            if kept:
+                return any([add(p, False) for p in kept])
+        elif quiet and _SHARD_FILE.search(path.name):
+            index = _shard_index(path)
+            if index is None:
+                said.append(f"{path} is one shard of a set with no index listing it; passed over")
+                return False
+            return add(index, True)
         if quiet and not _is_checkpoint(path):
             return False
         try:
             ckpt = stack.enter_context(registry.open_checkpoint(path, format))
-        except CkptkitError:
+        except UnsafeCheckpointError:
+            raise  # a pickle that needs --allow-global: the user must hear of it, not lose a snapshot
+        except CkptkitError as err:
             if quiet and path.is_dir():
                 return any([add(c, True) for c in _children(path)])
             if quiet:
+                said.append(f"passed over {path}: {err.message}")
                 return False
             raise
         if quiet and not ckpt.tensor_infos():
@@ -141,50 +267,41 @@ def _trainer_state(path: Path) -> int | None:
     return value if _is_number(value) else None
 
 
-def name_numbers(paths: Sequence[Path]) -> list[int | None]:
-    """For each path, the number in its name that tells it from the others (``None`` when there is none)."""
-    if not paths:
-        return []
-    texts = [str(p) for p in paths]
-    common = _common_prefix_len(texts)
-    numbers = [[tok for tok in _NAME_NUMBER.findall(t[common:]) if "." not in tok] for t in texts]
-    if len({len(n) for n in numbers}) == 1 and numbers[0]:
-        for position in range(len(numbers[0])):
-            values = [int(n[position]) for n in numbers]
-            if len(set(values)) > 1:
-                return list(values)
-        return [int(n[-1]) for n in numbers]
-    return [int(n[-1]) if n else None for n in numbers]
-
-
-def _common_prefix_len(texts: Sequence[str]) -> int:
-    first, last = min(texts), max(texts)
-    n = 0
-    while n < min(len(first), len(last)) and first[n] == last[n]:
-        n += 1
-    # Back up to the start of a number cut in the middle ("step_1" | "0" and "step_1" | "5").
-    while n > 0 and first[n - 1].isdigit():
-        n -= 1
-    return n
-
-
 def order_snapshots(
     paths: Sequence[Path], checkpoints: Mapping[Path, Checkpoint], order: Order = "step"
-) -> tuple[list[Snapshot], str]:
-    """Snapshots with their steps, sorted unless ``order == "given"``, and how the order was found."""
+) -> tuple[list[Snapshot], str, list[str]]:
+    """Snapshots with their steps, sorted unless ``order == "given"``; how the order was found, and notes.
+
+    The steps come from the first of: a precise step every snapshot records, the names when every
+    one gives a different step, a coarse count every snapshot records. With none of these the
+    snapshots keep the order given (a note says so) rather than an order made up from their names.
+    """
+    notes: list[str] = []
     recorded = [recorded_steps(checkpoints[p], p) for p in paths]
-    key = next((k for k in STEP_KEYS if recorded and all(k in r for r in recorded)), None)
+    numbers = name_steps(paths)
+    distinct = all(n is not None for n in numbers) and len(set(numbers)) == len(numbers)
+    key = next((k for k in PRECISE_STEP_KEYS if recorded and all(k in r for r in recorded)), None)
+    if key is None and not distinct:
+        key = next((k for k in COARSE_STEP_KEYS if recorded and all(k in r for r in recorded)), None)
     if key is not None:
         snaps = [Snapshot(p, r[key], key) for p, r in zip(paths, recorded, strict=True)]
         how = f"metadata {key}"
+    elif distinct:
+        snaps = [Snapshot(p, n, "name") for p, n in zip(paths, numbers, strict=True)]
+        how = "steps in the names"
     else:
-        numbers = name_numbers(paths)
         snaps = [Snapshot(p, n, "name" if n is not None else None) for p, n in zip(paths, numbers, strict=True)]
-        how = "numbers in the names" if all(n is not None for n in numbers) else "names"
+        unknown = [str(p) for p, n in zip(paths, numbers, strict=True) if n is None]
+        why = f"no step recorded in or named by {_few(unknown)}" if unknown else "the names give the same step twice"
+        if order == "step":
+            notes.append(f"{why}: the snapshots are in the order given, not ordered by step")
+        return snaps, "as given", notes
     if order == "given":
-        return snaps, "as given"
-    if all(s.step is not None for s in snaps):
-        snaps.sort(key=lambda s: (s.step, natural_key(str(s.path))))
-    else:
-        snaps.sort(key=lambda s: natural_key(str(s.path)))
-    return snaps, how
+        return snaps, "as given", notes
+    snaps.sort(key=lambda s: s.step if s.step is not None else 0)  # every step is known here; ties keep their order
+    return snaps, how, notes
+
+
+def _few(items: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return shown if len(items) <= n else f"{shown} and {len(items) - n} more"
