@@ -577,7 +577,7 @@ def test_template_must_be_an_object_based_tensorflow_checkpoint(tmp_path):
 
 
 @needs_tf
-def test_timeline_orders_a_training_folders_checkpoints_by_save_counter(tf_files, cli):
+def test_timeline_orders_a_training_folders_checkpoints_by_their_numbers(tf_files, cli):
     result = cli("timeline", str(tf_files / "keras" / "ckpt-*.index"), "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
