@@ -621,6 +621,9 @@ def test_timeline_of_a_checkpoint_manager_folder_is_every_kept_checkpoint(tensor
         [np.linalg.norm(w[i] - w[i - 1]) / np.linalg.norm(w[i - 1]) for i in (1, 2)], rel=1e-6
     )
     assert any(x["optimizer"] for x in report["layers"])
+    # A pattern matching each checkpoint's index and data file: one snapshot per checkpoint still.
+    globbed = ckptkit.timeline([str(train / "ckpt-*")]).to_dict()
+    assert [s["step"] for s in globbed["snapshots"]] == [4, 8, 12]
     # A folder holding the training folder stands for its checkpoints too; an older checkpoint that
     # the 'checkpoint' file no longer lists, but that is still in the folder, belongs to the run.
     for suffix in (".index", ".data-00000-of-00001"):

@@ -262,6 +262,17 @@ def test_allow_global_trusts_a_pickled_class_in_every_snapshot(tmp_path):
     trusted = f"{__name__}.TrainConfig"
     refused = run_cli("timeline", tmp_path)
     assert_one_line_error(refused, f"--allow-global {trusted}")
+    assert "no checkpoint in this folder could be read" in refused.stderr and "passed over" in refused.stderr
+    # Named one by one, an untrusted pickle is an error of its own.
+    assert_one_line_error(run_cli("timeline", tmp_path / "s1.pt", tmp_path / "s2.pt"), f"--allow-global {trusted}")
+    # Beside checkpoints that need nothing, it is passed over and the report says why.
+    torch.save({"w": torch.ones(3) * 3, "step": 3}, tmp_path / "s3.pt")
+    torch.save({"w": torch.ones(3) * 4, "step": 4}, tmp_path / "s4.pt")
+    partial = ckptkit.timeline([tmp_path])
+    assert [s.step for s in partial.snapshots] == [3, 4]
+    assert len(partial.notes) == 2 and all(f"--allow-global {trusted}" in n for n in partial.notes)
+    (tmp_path / "s3.pt").unlink()
+    (tmp_path / "s4.pt").unlink()
     result = run_cli("timeline", tmp_path, "--json", "--allow-global", trusted)
     assert result.code == 0, result.stderr
     assert [s["step"] for s in json.loads(result.stdout)["snapshots"]] == [1, 2]

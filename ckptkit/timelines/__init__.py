@@ -72,7 +72,8 @@ def timeline(
         opened = open_snapshots(paths, stack, format, notes)
         if len(opened) < 2:
             shown = ", ".join(map(str, paths))
-            raise UsageError(f"a timeline needs at least two snapshots; {len(opened)} found in {shown}")
+            why = "".join(f"; {note}" for note in notes)
+            raise UsageError(f"a timeline needs at least two snapshots; {len(opened)} found in {shown}{why}")
         snapshots, how, ordering_notes = order_snapshots(list(opened), opened, order)
         notes += ordering_notes
         checkpoints = [opened[s.path] for s in snapshots]

@@ -177,9 +177,11 @@ def open_snapshots(
     TensorFlow ``checkpoint`` file keeps) stands for each of them, in natural order (TensorFlow's:
     oldest first), and so does a glob pattern. Inside such a folder or pattern, what is not a
     checkpoint (a README, a JSON file, a file with no tensors) is passed over, and a shard stands
-    for its index; what was passed over that looked like a checkpoint is told in ``notes``.
+    for its index; what was passed over that looked like a checkpoint (one that cannot be read, a
+    pickle that needs ``--allow-global``) is told in ``notes``.
     """
     opened: dict[Path, Checkpoint] = {}
+    held: set[Path] = set()  # the files the opened checkpoints are read from
     said = notes if notes is not None else []
 
     def add(path: Path, quiet: bool) -> bool:
@@ -198,10 +200,12 @@ def open_snapshots(
         if quiet and not _is_checkpoint(path):
             return False
         try:
-            ckpt = stack.enter_context(registry.open_checkpoint(path, format))
-        except UnsafeCheckpointError:
-            raise  # a pickle that needs --allow-global: the user must hear of it, not lose a snapshot
+            ckpt = registry.open_checkpoint(path, format)
         except CkptkitError as err:
+            if quiet and isinstance(err, UnsafeCheckpointError):
+                # Not fatal (a training_args.bin beside the checkpoints needs --allow-global too), but told.
+                said.append(f"passed over {path}: {err.message}")
+                return False
             if quiet and path.is_dir():
                 return any([add(c, True) for c in _children(path)])
             if quiet:
@@ -209,8 +213,14 @@ def open_snapshots(
                 return False
             raise
         if quiet and not ckpt.tensor_infos():
+            ckpt.close()
             return False
-        opened[path] = ckpt
+        if quiet and ckpt.path is not None and ckpt.path in held:
+            ckpt.close()
+            return True  # another name of a checkpoint already in (a TensorFlow index and its data file)
+        opened[path] = stack.enter_context(ckpt)
+        if ckpt.path is not None:
+            held.add(ckpt.path)
         return True
 
     for arg in arguments:
@@ -219,10 +229,15 @@ def open_snapshots(
             matches = [Path(m) for m in sorted(glob.glob(str(arg)), key=natural_key)]
             if not matches:
                 raise UsageError(f"no file or folder matches {str(arg)!r}")
+            before = len(said)
             if not any([add(m, True) for m in matches]):
-                raise UsageError(f"nothing that matches {str(arg)!r} is a checkpoint ckptkit can read")
+                why = "".join(f"; {note}" for note in said[before:])
+                raise UsageError(f"nothing that matches {str(arg)!r} is a checkpoint ckptkit can read{why}")
         elif path.is_dir():
+            before = len(said)
             if not add(path, True):
+                if len(said) > before:
+                    raise UsageError(f"no checkpoint in this folder could be read; {'; '.join(said[before:])}", path)
                 registry.open_checkpoint(path, format).close()  # raises why this folder holds no checkpoint
         else:
             add(path, False)
