@@ -244,6 +244,12 @@ def test_trainer_folders_take_their_step_from_trainer_state(tmp_path):
         assert {s["step_source"] for s in report["snapshots"]} == {"global_step"}
         names = [Path(s["path"]).name for s in report["snapshots"]]
         assert names == ["checkpoint-500", "checkpoint-1000", "checkpoint-1500"]
+    # The Trainer's final save into the output folder itself: one more snapshot, after the others.
+    safetensors_torch.save_file({"lm_head.weight": torch.full((2, 3), 2000.0)}, out / "model.safetensors")
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 2000}))
+    final = ckptkit.timeline([out]).to_dict()
+    assert [s["step"] for s in final["snapshots"]] == [500, 1000, 1500, 2000]
+    assert final["snapshots"][-1]["path"] == str(out) and final["order"] == "metadata global_step"
 
 
 @dataclass

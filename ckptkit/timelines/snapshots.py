@@ -172,8 +172,9 @@ def open_snapshots(
 ) -> dict[Path, Checkpoint]:
     """Open the checkpoints the arguments stand for, each once, in the order given.
 
-    A folder that is one checkpoint (an index, a DCP folder, a model folder) is one snapshot; a
-    folder that holds several (checkpoint files, ``checkpoint-*/`` folders, or the checkpoints a
+    A folder that is one checkpoint (an index, a DCP folder, a model folder) is one snapshot, after
+    those in its subfolders named by a step (a Trainer's output folder: ``checkpoint-*/``, then the
+    final model); a folder that holds several (checkpoint files, ``checkpoint-*/`` folders, or the checkpoints a
     TensorFlow ``checkpoint`` file keeps) stands for each of them, in natural order (TensorFlow's:
     oldest first), and so does a glob pattern. Inside such a folder or pattern, what is not a
     checkpoint (a README, a JSON file, a file with no tensors) is passed over, and a shard stands
@@ -218,6 +219,12 @@ def open_snapshots(
         if quiet and ckpt.path is not None and ckpt.path in held:
             ckpt.close()
             return True  # another name of a checkpoint already in (a TensorFlow index and its data file)
+        if quiet and path.is_dir():
+            # A run's output folder holding the final model and the checkpoint-N/ (step_N/) folders saved
+            # on the way: those first, then the final model.
+            for child in _children(path):
+                if child.is_dir() and name_step(child.name) is not None:
+                    add(child, True)
         opened[path] = stack.enter_context(ckpt)
         if ckpt.path is not None:
             held.add(ckpt.path)
