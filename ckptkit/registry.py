@@ -271,6 +271,19 @@ def _sniff(fmt: Format, head: bytes, path: Path) -> bool:
         return False
 
 
+# A remote sniffer parses a container's directory, with the limits: a refusal there is "not mine".
+_REMOTE_SNIFF_ERRORS: tuple[type[BaseException], ...] = (*READ_ERRORS, CkptkitError)
+
+
+def _sniff_remote(fmt: Format, head: bytes, source: Source) -> bool:
+    if fmt.sniff_remote is None:
+        return _sniff(fmt, head, Path("/", source.basename))  # sniffers look only at the name's suffix here
+    try:
+        return fmt.sniff_remote(head, source)
+    except _REMOTE_SNIFF_ERRORS:
+        return False
+
+
 def for_output(path: Path, name: str | None = None) -> Format:
     """The format to write ``path`` in: ``name`` if given, else from the extension.
 
@@ -324,24 +337,36 @@ def open_checkpoint(
 
 def _open_remote(source: Source, format: str | None, options: Mapping[str, Any] | None) -> Checkpoint:
     """A checkpoint at a URL: the same input checks as a local file, on its first bytes."""
+    head = check_remote_input(source)
+    fmt = get(format) if format else detect_remote(source, head)
+    return open_remote_as(fmt, source, options)
+
+
+def check_remote_input(source: Source) -> bytes:
+    """:func:`check_input` for a file at a URL: its first bytes, refused when empty or a Git LFS pointer."""
     if source.size == 0:
         raise EmptyFileError("the file is empty", source.name)
     head = source.read_at(0, SNIFF_BYTES)
     if head.startswith(LFS_POINTER_PREFIX):
         raise LfsPointerError(_lfs_message(head), source.name)
+    return head
+
+
+def detect_remote(source: Source, head: bytes) -> Format:
+    """The format of a file at a URL, among those that read URLs (:attr:`Format.open_remote`)."""
     remote = [f for f in _load().values() if f.open_remote is not None]
-    if format:
-        fmt = get(format)
-    else:
-        where = Path("/", source.basename)  # sniffers look only at the name's suffix here
-        found = [f for f in remote if _sniff(f, head, where)]
-        if not found:
-            readable = ", ".join(f.name for f in remote)
-            raise UnknownFormatError(
-                f"not a checkpoint ckptkit can read from a URL (it reads {readable} there; download other files)",
-                source.name,
-            )
-        fmt = found[0]
+    found = [f for f in remote if _sniff_remote(f, head, source)]
+    if not found:
+        readable = ", ".join(f.name for f in remote)
+        raise UnknownFormatError(
+            f"not a checkpoint ckptkit can read from a URL (it reads {readable} there; download other files)",
+            source.name,
+        )
+    return found[0]
+
+
+def open_remote_as(fmt: Format, source: Source, options: Mapping[str, Any] | None = None) -> Checkpoint:
+    """Open the file at a URL with ``fmt`` (:func:`open_as` for a remote source)."""
     if fmt.open_remote is None:
         raise UsageError(f"ckptkit reads {fmt.name} files from local paths only; download it first", source.name)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}

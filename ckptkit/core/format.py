@@ -120,6 +120,9 @@ class Format:
     # Reads a remote file (a ckptkit.io.source.Source at a URL) by range requests; formats without
     # it read local files only.
     open_remote: Callable[[Any, Mapping[str, Any]], Checkpoint] | None = None
+    # For a file at a URL, where ``sniff`` cannot look inside a container: answers from the first
+    # bytes and the Source (range reads); without it, ``sniff`` is asked with the URL's file name.
+    sniff_remote: Callable[[bytes, Any], bool] | None = None
     locate: Locator | None = None
     snapshots: SeriesFinder | None = None
     dtypes: frozenset[str] = frozenset()

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from ckptkit.core.errors import MissingDependencyError, NoSuchFileError, UsageEr
 
 READAHEAD = 64 * 1024  # what a remote file object fetches beyond a read: headers are small
 HEAD_KEPT = 64 * 1024  # a first read up to this size is kept for the next reads of the same bytes
+KEPT_BYTES = 4 * 1024 * 1024  # small reads kept for parsers that read a structure twice (zip: end record, directory)
+KEPT_READ = 1024 * 1024  # reads larger than this are tensor data, read once: not kept
 RANGE_CHUNK = 32 * 1024 * 1024  # tensor data: large range reads, few round trips
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _S3_CLIENT_KEYS = ("endpoint_url", "region_name")
@@ -100,6 +103,7 @@ class Source:
         self.bytes_read = 0  # bytes fetched from a remote source, for the curious and the tests
         self._lock = threading.Lock()
         self._head = b""  # the first bytes fetched, kept: detection and the header ask for them again
+        self._kept: list[tuple[int, bytes]] = []  # other small reads, newest last (see KEPT_BYTES)
 
     @property
     def remote(self) -> bool:
@@ -126,10 +130,23 @@ class Source:
             return b""
         if end <= len(self._head):
             return self._head[offset:end]
+        if offset == 0 and self._head and end <= HEAD_KEPT:
+            # a parser asking for more of the start than detection read: only the rest is fetched
+            self._head += self.read_at(len(self._head), end - len(self._head))
+            return self._head[:end]
+        with self._lock:
+            for at, piece in reversed(self._kept):
+                if at <= offset and end <= at + len(piece):
+                    return piece[offset - at : end - at]
         data: bytes = self._fs.cat_file(self._fs_path, start=offset, end=end)
         self._count(len(data))
         if offset == 0 and not self._head and len(data) <= HEAD_KEPT:
             self._head = data
+        elif len(data) <= KEPT_READ:
+            with self._lock:
+                self._kept.append((offset, data))
+                while sum(len(p) for _, p in self._kept) > KEPT_BYTES:
+                    self._kept.pop(0)
         return data
 
     def read_into(self, offset: int, out: memoryview) -> None:
@@ -155,6 +172,24 @@ class Source:
             return open(self.local_path, "rb")
         f = self._fs.open(self._fs_path, "rb", block_size=READAHEAD, cache_type="readahead")
         return cast(IO[bytes], _CountingFile(f, self))
+
+    @contextmanager
+    def local_copy(self) -> Iterator[Path]:
+        """The file as a local path: its own for a local source; for a remote one, a temporary copy
+        named like the URL's file (fetched in :data:`RANGE_CHUNK` ranges, removed on leaving), for a
+        check that reads every byte of a mapped file (a zip's local headers and CRC-32s)."""
+        if self.local_path is not None:
+            yield self.local_path
+            return
+        with tempfile.TemporaryDirectory(prefix="ckptkit-") as folder:
+            copy = Path(folder, self.basename or "file")
+            with open(copy, "wb") as out:
+                for offset in range(0, self.size, RANGE_CHUNK):
+                    chunk = self.read_at(offset, RANGE_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            yield copy
 
 
 class _RangeReader(io.RawIOBase):
@@ -209,6 +244,19 @@ class _CountingFile:
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self._f.read(n)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        # fsspec's readline takes no limit; a pickle reader passes one (a bound on what it accepts)
+        if limit is None or limit < 0:
+            line: bytes = self._f.readline()
+            return line
+        start = self._f.tell()
+        data: bytes = self._f.read(limit)
+        cut = data.find(b"\n")
+        if cut >= 0:
+            data = data[: cut + 1]
+            self._f.seek(start + len(data))
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:

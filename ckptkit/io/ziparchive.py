@@ -44,16 +44,21 @@ _EOCD = struct.Struct("<4sHHHHIIH")
 _ZIP64_LOCATOR = struct.Struct("<4sIQI")
 _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
 _MAX_COMMENT = 0xFFFF
+_SHORT_TAIL = 1024
 _MEMBERS_OVER_TENSORS = 64  # room for the records that are not tensors (pickle, version, config, ...)
 
 
 def directory_size(f: BinaryIO, size: int) -> tuple[int, int] | None:
     """(members, bytes) of the central directory as the end record states them; ``None`` if none is found."""
-    tail_len = min(size, _EOCD.size + _MAX_COMMENT)
-    f.seek(size - tail_len)
-    tail = f.read(tail_len)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < _EOCD.size:
+    # The end record is nearly always in the last bytes (no comment): a short tail first, so that
+    # a remote archive costs one small range read here, then the longest tail a comment allows.
+    for tail_len in (min(size, _SHORT_TAIL), min(size, _EOCD.size + _MAX_COMMENT)):
+        f.seek(size - tail_len)
+        tail = f.read(tail_len)
+        at = tail.rfind(b"PK\x05\x06")
+        if at >= 0 and len(tail) - at >= _EOCD.size:
+            break
+    else:
         return None
     _sig, _disk, _cd_disk, _here, members, cd_bytes, _cd_offset, _comment = _EOCD.unpack_from(tail, at)
     locator_at = size - tail_len + at - _ZIP64_LOCATOR.size

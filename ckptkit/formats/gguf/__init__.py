@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ckptkit.core.format import Format
 from ckptkit.formats.gguf.header import sniff
-from ckptkit.formats.gguf.read import GGUFCheckpoint, open_gguf
+from ckptkit.formats.gguf.read import GGUFCheckpoint, open_gguf, open_remote_gguf
 from ckptkit.formats.gguf.write import DTYPES_HELD, QUANTIZE_OPTION, write_gguf
 
 __all__ = ["FORMAT", "GGUFCheckpoint", "open_gguf", "sniff", "write_gguf"]
@@ -23,6 +23,7 @@ FORMAT = Format(
     extensions=(".gguf",),
     sniff=sniff,
     open=open_gguf,
+    open_remote=open_remote_gguf,
     write=write_gguf,
     write_options=(QUANTIZE_OPTION,),
     default_extension=".gguf",

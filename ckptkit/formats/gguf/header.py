@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,9 @@ from ckptkit.core import dtypes, limits
 from ckptkit.core.errors import UnsupportedError
 from ckptkit.core.findings import ProblemSink
 from ckptkit.core.model import TensorInfo
+
+FETCH_AHEAD = 64 * 1024
+Reader = Callable[[int, int], bytes]
 
 if TYPE_CHECKING:
     pass
@@ -172,12 +176,19 @@ class _Stop(Exception):
 class _Cursor:
     """Reads little-endian fields from a buffer, never past ``end``."""
 
-    def __init__(self, buf: Any, end: int, sink: ProblemSink) -> None:
+    def __init__(self, buf: Any, end: int, sink: ProblemSink, more: Reader | None = None) -> None:
         self.buf = buf
         self.pos = 0
         self.end = end
         self.sink = sink
         self.limits = limits.current()
+        self.more = more  # fetches bytes past ``buf`` (a remote file): read on demand, never beyond the header
+
+    def fetched(self, stop: int) -> None:
+        """Make sure ``buf`` holds the bytes before ``stop`` (within the file, as checked already)."""
+        if self.more is not None and stop > len(self.buf):
+            have = len(self.buf)
+            self.buf += self.more(have, max(stop - have, FETCH_AHEAD))
 
     def left(self) -> int:
         return self.end - self.pos
@@ -191,6 +202,7 @@ class _Cursor:
         if self.pos + n > self.limits.header_bytes:
             self.sink.error(COUNTS, str(limits.exceeded("the header", self.pos + n, "header_bytes")))
             raise _Stop
+        self.fetched(self.pos + n)
 
     def unpack(self, code: str, what: str) -> Any:
         n = struct.calcsize("<" + code)
@@ -248,18 +260,22 @@ class _Cursor:
         n = self.count(f"the length of {what}", each, unit="elements")
         if code:
             end = self.pos + n * each
+            self.fetched(end)
             arr = np.frombuffer(self.buf, dtype=np.dtype("<" + code), count=n, offset=self.pos).copy()
             self.pos = end
             return item, arr
         return item, [self.value(item, f"{what}[{i}]", depth) for i in range(n)]
 
 
-def parse(buf: Any, size: int, sink: ProblemSink) -> Header | None:
+def parse(buf: Any, size: int, sink: ProblemSink, more: Reader | None = None) -> Header | None:
     """The header of the GGUF file held in ``buf`` (bytes or a memory map), ``size`` bytes long, checked.
 
+    For a file not at hand (a URL), ``buf`` holds its first bytes and ``more(offset, n)`` reads
+    further ones: the header is fetched as the parse reaches it, :data:`FETCH_AHEAD` bytes at
+    least at a time, so listing costs the header and at most that much more.
     ``None`` when a problem stops the parse (only a collecting sink lets that return).
     """
-    cur = _Cursor(buf, size, sink)
+    cur = _Cursor(bytearray(buf) if more is not None else buf, size, sink, more)
     try:
         return _parse(cur, size, sink)
     except _Stop:

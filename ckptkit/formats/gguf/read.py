@@ -24,6 +24,7 @@ from ckptkit.core.metadata import unfold_metadata
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.gguf import header
 from ckptkit.formats.gguf.header import ARRAY, STRING, VALUE_TYPES, Field, GGMLType, TensorEntry
+from ckptkit.io.source import Source
 from ckptkit.io.workers import SerialExecutor, default_executor
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class GGUFCheckpoint(Checkpoint):
             buf = self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         parsed = header.parse(buf, size, ProblemSink(self.path, strict=True))
         assert parsed is not None  # a strict sink raises instead
+        self._take(parsed)
+
+    def _take(self, parsed: header.Header) -> None:
+        """Index the parsed header (one code path for local and remote files)."""
         self.header = parsed
         self._entries: dict[str, TensorEntry] = {e.info.name: e for e in parsed.tensors}
         self._infos: list[TensorInfo] = [e.info for e in parsed.tensors]
@@ -166,6 +171,58 @@ class GGUFCheckpoint(Checkpoint):
         # Arrays handed out may still view the map; leave it to the garbage collector then.
         self._map = None
         self._file.close()
+
+
+class RemoteGGUFCheckpoint(GGUFCheckpoint):
+    """A GGUF file at a URL: the header fetched as it is parsed (its first bytes, then on demand), each
+    tensor by range reads of its stored bytes. The same header checks and limits as a local file."""
+
+    def __init__(self, source: Source) -> None:
+        Checkpoint.__init__(self, None)
+        self.source = source
+        self.url = source.name
+        self._map = None
+        first = source.read_at(0, header.FETCH_AHEAD)
+        parsed = header.parse(first, source.size, ProblemSink(source.name, strict=True), more=source.read_at)
+        assert parsed is not None  # a strict sink raises instead
+        self._take(parsed)
+
+    def stored_extent(self, name: str) -> RawExtent:
+        raise UnsupportedError(
+            f"tensor {name!r} is {self._entries[name].ggml.name}: its blocks are copied as they are from a local "
+            "GGUF file only; download the file first"
+        )
+
+    def raw_bytes(self, name: str) -> memoryview:
+        import numpy as np
+
+        e = self._entries[name]
+        out = np.empty(e.nbytes, np.uint8)
+        if e.nbytes:
+            self.source.read_into(self.header.data_start + e.offset, out.data)
+        return out.data
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        e = self._entries[name]
+        raw = np.frombuffer(self.raw_bytes(name), np.uint8)
+        if not is_quantized(e.ggml):
+            if e.info.numel == 0:
+                return np.zeros(e.info.shape, e.info.dtype.numpy)
+            return raw.view(e.info.dtype.numpy).reshape(e.info.shape)
+        return dequantize(raw, e, self.source.name)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def open_remote_gguf(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a GGUF file at a URL for lazy reading by range requests."""
+    return RemoteGGUFCheckpoint(source)
 
 
 def dequantize(raw: np.ndarray, entry: TensorEntry, where: str = "") -> np.ndarray:

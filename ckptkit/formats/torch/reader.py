@@ -1,4 +1,5 @@
-"""A lazy reader for ``torch.save`` files: tensors listed from the pickle, read from a memory map."""
+"""A lazy reader for ``torch.save`` files: tensors listed from the pickle, read from a memory map
+(a local file) or by range requests (a file at a URL, :class:`RemoteTorchCheckpoint`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.formats.torch.archive import ZIP_MAGIC, Archive, StorageSpan, read_legacy, read_zip
 from ckptkit.formats.torch.structure import flatten
+from ckptkit.io.source import Source
 from ckptkit.io.unpickler import PickleFinding, TensorRecord
 
 if TYPE_CHECKING:
@@ -45,7 +47,11 @@ class TorchCheckpoint(Checkpoint):
             raise
 
     def _load(self) -> None:
-        archive = read_archive(self._file, strict=True)
+        self._take(read_archive(self._file, strict=True))
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def _take(self, archive: Archive) -> None:
+        """List the archive's tensors (one code path for local and remote files)."""
         self.findings: list[PickleFinding] = archive.findings
         self._big_endian = archive.big_endian
         tree = flatten(archive.root)
@@ -68,7 +74,6 @@ class TorchCheckpoint(Checkpoint):
             self._records[name] = (rec, check_bounds(name, rec, span))
             where = span.record + (f" +{rec.offset * rec.dtype.itemsize}" if rec.offset else "")
             self._infos.append(TensorInfo(name, rec.dtype, rec.shape, where))
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
 
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
@@ -94,7 +99,48 @@ class TorchCheckpoint(Checkpoint):
         self._file.close()
 
 
-def record_array(buf: mmap.mmap, rec: TensorRecord, start: int, big_endian: bool = False) -> np.ndarray:
+class RemoteTorchCheckpoint(TorchCheckpoint):
+    """A ``torch.save`` file at a URL. A zip's central directory and ``data.pkl`` come by exact
+    range reads (nothing else of the file is fetched to list it), each tensor by range reads of
+    the bytes of its record it spans; a legacy file's pickles are read through a read-ahead stream.
+    The same unpickler, checks and limits as a local file."""
+
+    def __init__(self, source: Source) -> None:
+        Checkpoint.__init__(self, None)
+        self.source = source
+        self.url = source.name
+        self._map = None
+        zipped = source.read_at(0, len(ZIP_MAGIC)) == ZIP_MAGIC
+        with source.ranges() if zipped else source.open() as f:
+            self._take(read_archive(cast(BinaryIO, f), strict=True, size=source.size))
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        rec, start = self._records[name]
+        if not rec.is_contiguous():
+            _check_expansion(name, rec)
+        itemsize = rec.dtype.itemsize
+        first = rec.offset * itemsize
+        buf = np.empty(max(rec.storage_span() - rec.offset, 0) * itemsize if rec.numel else 0, np.uint8)
+        if buf.size:
+            self.source.read_into(start + first, buf.data)
+        # record_array looks for the tensor at start + offset: the buffer begins there
+        return record_array(buf, rec, -first, self._big_endian)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def open_remote_torch(source: Source, options: object) -> Checkpoint:
+    """Open a ``torch.save`` file at a URL for lazy reading by range requests."""
+    return RemoteTorchCheckpoint(source)
+
+
+def record_array(buf: mmap.mmap | np.ndarray, rec: TensorRecord, start: int, big_endian: bool = False) -> np.ndarray:
     """The tensor ``rec`` describes, C-contiguous, from a map whose storage bytes begin at ``start``.
 
     A contiguous little-endian tensor is a view of the map; others are copied.
@@ -122,9 +168,11 @@ def record_array(buf: mmap.mmap, rec: TensorRecord, start: int, big_endian: bool
     return arr
 
 
-def read_archive(f: BinaryIO, strict: bool = True) -> Archive:
-    """The archive of an open ``torch.save`` file, zip or legacy."""
-    size = os.fstat(f.fileno()).st_size
+def read_archive(f: BinaryIO, strict: bool = True, size: int | None = None) -> Archive:
+    """The archive of an open ``torch.save`` file, zip or legacy (``size``: the file's, when ``f``
+    has no descriptor)."""
+    if size is None:
+        size = os.fstat(f.fileno()).st_size
     f.seek(0)
     head = f.read(4)
     f.seek(0)
