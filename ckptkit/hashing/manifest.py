@@ -203,13 +203,21 @@ class HashJob:
         file_hashes: bool,
         exclude: Sequence[str],
     ) -> Manifest:
-        """A file at a URL: the same manifest as for a local copy, but for its ``path``."""
+        """A file at a URL: the same manifest as for a local copy, but for its ``path``. A shard
+        index lists its own file and its shards', named relative to its folder, as a local one does."""
         with registry.open_checkpoint(url, self.format) as opened:
             ckpt = _excluding(opened, exclude)
             result = scan(ckpt, hashes=True, workers=workers, progress=progress)
-            record: dict[str, Any] = {"sha256": _remote_file_sha256(source, progress)} if file_hashes else {}
-            records = {source.basename: {**record, "bytes": source.size}}
-            return Manifest(url, ckpt.format_name, entries_from_scan(ckpt, result), records, excluded=list(exclude))
+            sources: list[Source] = getattr(opened, "sources", None) or [source]
+            folder = url.rsplit("/", 1)[0] + "/"
+            records: dict[str, dict[str, Any]] = {}
+            for s in sources:
+                record: dict[str, Any] = {"sha256": _remote_file_sha256(s, progress)} if file_hashes else {}
+                records[s.name.removeprefix(folder)] = {**record, "bytes": s.size}
+            sharded = len(sources) > 1 or sources[0] is not source
+            fmt = getattr(opened, "shard_format", ckpt.format_name) if sharded else ckpt.format_name
+            index = source.basename if sharded else None
+            return Manifest(url, fmt, entries_from_scan(ckpt, result), records, index=index, excluded=list(exclude))
 
 
 def _remote_file_sha256(source: Source, progress: ProgressFn | None) -> str:

@@ -21,17 +21,19 @@ every dtype: an index holds whatever its shards' formats hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptkit import registry
 from ckptkit.core.dtypes import dtype_names
-from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError
+from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointError, NoSuchFileError
 from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, read_index
+from ckptkit.io.paths import is_inside_name
+from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, check_index_size, parse_index, read_index
+from ckptkit.io.source import Source, open_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,12 +75,16 @@ class ShardedCheckpoint(Checkpoint):
         super().__init__(index_path)
         index = read_index(index_path)
         index.check_shards()
+        self._assemble(index, lambda name: _open_shard(index_path.parent / name))
+
+    def _assemble(self, index: ShardIndex, open_shard: Callable[[str], Checkpoint]) -> None:
+        """Open every shard (headers only) and check them against the index: local or remote alike."""
         self.keras = index.keras
         self.shard_files = sorted(index.shard_names)
         self.shards: dict[str, Checkpoint] = {}
         try:
             for name in self.shard_files:
-                self.shards[name] = _open_shard(index_path.parent / name)
+                self.shards[name] = open_shard(name)
             opened = list(self.shards.values())
             for name in self.shard_files:  # a shard that needs what its siblings state reopens itself
                 self.shards[name] = self.shards[name].among_shards(opened)
@@ -141,6 +147,55 @@ class ShardedCheckpoint(Checkpoint):
     def close(self) -> None:
         for s in self.shards.values():
             s.close()
+
+
+class RemoteShardedCheckpoint(ShardedCheckpoint):
+    """A shard index at a URL: its shards are the files of the names it lists beside it (sibling
+    URLs), each opened by range requests with its own format's reader. The same index checks as
+    for a local index: names that leave the folder, missing shards, misplaced tensors."""
+
+    def __init__(self, source: Source) -> None:
+        Checkpoint.__init__(self, None)
+        self.source = source
+        self.url = source.name
+        check_index_size(source.size, source.name)
+        index = parse_index(source.read_at(0, source.size), Path(source.basename))
+        folder = source.name.rsplit("/", 1)[0]
+        for name in index.shard_names:
+            if not is_inside_name(name):
+                fault = index.fault(name)
+                assert fault is not None
+                raise CorruptCheckpointError(fault.message, source.name)
+        try:
+            self._assemble(index, lambda name: _open_remote_shard(f"{folder}/{name}", name, source.name))
+        except CkptkitError as err:
+            if err.path is None:
+                err.path = source.name
+            raise
+
+    @property
+    def sources(self) -> list[Source]:
+        """The index's file and each shard's, in shard order: the files a manifest lists."""
+        shard_sources = [getattr(self.shards[name], "source", None) for name in self.shard_files]
+        return [self.source, *(s for s in shard_sources if isinstance(s, Source))]
+
+
+def _open_remote_shard(url: str, name: str, index_url: str) -> Checkpoint:
+    try:
+        source = open_source(url)
+    except NoSuchFileError:
+        raise CorruptCheckpointError(
+            f"shard {name!r} listed in the index is missing beside it; upload it or fix the index", index_url
+        ) from None
+    fmt = registry.detect_remote(source, registry.check_remote_input(source))
+    if fmt.name == FORMAT_NAME:
+        raise CorruptCheckpointError(f"the index lists {name}, which is a shard index itself, as a shard")
+    return registry.open_remote_as(fmt, source)
+
+
+def open_remote_sharded(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a shard index at a URL, its shards beside it, for lazy reading by range requests."""
+    return RemoteShardedCheckpoint(source)
 
 
 def _open_shard(path: Path) -> Checkpoint:
@@ -212,5 +267,6 @@ FORMAT = Format(
     extensions=(registry.INDEX_SUFFIX, KERAS_INDEX_SUFFIX),
     sniff=sniff,
     open=open_sharded,
+    open_remote=open_remote_sharded,
     dtypes=frozenset(dtype_names()),  # whatever its shards hold, in whichever formats ckptkit reads them
 )

@@ -200,11 +200,20 @@ def _listing(names: Sequence[str]) -> str:
 
 def read_index(path: Path) -> ShardIndex:
     """Parse an index, refusing one whose structure is wrong (the file and the fault named)."""
-    size = path.stat().st_size
+    check_index_size(path.stat().st_size, path)
+    return parse_index(path.read_bytes(), path)
+
+
+def check_index_size(size: int, path: object) -> None:
+    """Refuse an index over the header limit before reading it."""
     if size > limits.current().header_bytes:
         raise CorruptCheckpointError(limits.exceeded("the shard index", size, "header_bytes").message, path)
+
+
+def parse_index(raw: bytes, path: Path) -> ShardIndex:
+    """:func:`read_index` of an index's bytes (read from ``path``, or from a URL whose file ``path`` names)."""
     try:
-        data, repeated = loads_noting_repeats(path.read_bytes())
+        data, repeated = loads_noting_repeats(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CorruptCheckpointError(f"the shard index is not valid JSON: {err}", path) from None
     except RecursionError:
