@@ -50,6 +50,11 @@ def load(
         return registry.open_checkpoint(path, format, options)
 
 
+def _input(src: str | Path) -> str | Path:
+    """An input as named: a URL stays text (``Path`` would fold its ``//``), anything else is a path."""
+    return src if is_url(src) else Path(src)
+
+
 def save(
     tensors: Mapping[str, Any] | Checkpoint,
     path: str | Path,
@@ -93,7 +98,7 @@ def convert(
     :class:`~ckptkit.core.errors.UnsupportedError` unless ``select``/``exclude`` leave it out.
     ``allow_globals`` are pickle globals trusted as ``--allow-global`` trusts them.
     """
-    with trusting(allow_globals), registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
+    with trusting(allow_globals), registry.open_checkpoint(_input(src), from_format, read_options) as ckpt:
         return convert_checkpoint(
             ckpt,
             dst,
@@ -255,7 +260,7 @@ def plan_layout(
     from ckptkit.layout import plan_layout as plan
     from ckptkit.layout.reference import template_hints
 
-    with registry.open_checkpoint(Path(src), from_format, read_options) as ckpt:
+    with registry.open_checkpoint(_input(src), from_format, read_options) as ckpt:
         view = transform(ckpt, select, exclude, strip_prefix)
         extra = template_hints(Path(template), list(view.tensor_infos())) if template and layout == "keras" else []
         return plan(view, layout, layout_hints, extra)
@@ -394,7 +399,7 @@ def _write(
     if ckpt.path is not None and dst.exists() and dst.resolve() == Path(ckpt.path).resolve():
         raise UsageError(f"{dst} is the input too; write to another file")
     receipt = Receipt(
-        source=str(ckpt.path or "<memory>"),
+        source=ckpt.url or str(ckpt.path or "<memory>"),
         destination=str(dst),
         source_format=ckpt.format_name,
         destination_format=fmt.name,

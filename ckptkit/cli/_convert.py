@@ -12,9 +12,11 @@ from ckptkit import registry
 from ckptkit.api import convert_checkpoint, plan_layout
 from ckptkit.cli._output import (
     allow_global_option,
+    display_name,
     executor_option,
     format_option,
     human_bytes,
+    input_path,
     print_json,
     printable,
     progress_bar,
@@ -49,7 +51,8 @@ def _names(kind: str) -> set[str]:
 
 @click.command("convert")
 @executor_option
-@click.argument("src", type=click.Path(path_type=Path))
+@storage_option
+@click.argument("src", type=input_path)
 @click.argument("dst", type=click.Path())  # a str: a trailing "/" names a folder
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
 @format_option("to_format", "--to", help="Write DST in this format (default: from DST's extension).")
@@ -88,7 +91,7 @@ def _names(kind: str) -> set[str]:
 @allow_global_option
 @storage_option
 def command(
-    src: Path,
+    src: str | Path,
     dst: str,
     from_format: str | None,
     to_format: str | None,
@@ -130,7 +133,7 @@ def command(
     # Opened once: the progress bar learns its size from the checkpoint being converted.
     with (
         registry.open_checkpoint(src, from_format, read_opts) as ckpt,
-        progress_bar(ckpt.total_bytes * (1 if no_verify else 2), f"convert {src.name}") as progress,
+        progress_bar(ckpt.total_bytes * (1 if no_verify else 2), f"convert {display_name(src)}") as progress,
     ):
         receipt = convert_checkpoint(
             ckpt, dst,

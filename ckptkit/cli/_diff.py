@@ -15,12 +15,15 @@ from ckptkit.api import diff, diff_normalizers
 from ckptkit.cli._errors import EXIT_FINDINGS
 from ckptkit.cli._output import (
     allow_global_option,
+    display_name,
     executor_option,
     format_option,
+    input_path,
     print_json,
     printable,
     progress_bar,
     stdout_console,
+    storage_option,
 )
 from ckptkit.core.errors import UsageError
 from ckptkit.diffing import DiffReport
@@ -32,8 +35,9 @@ from ckptkit.io.atomic import AtomicOutput
 
 @click.command("diff")
 @executor_option
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", nargs=-1, required=True, type=click.Path(path_type=Path))
+@storage_option
+@click.argument("a", type=input_path)
+@click.argument("b", nargs=-1, required=True, type=input_path)
 @format_option("a_format", "--from-a", help="Read A as this format (default: detect from content).")
 @format_option("b_format", "--from-b", help="Read B (every candidate) as this format (default: detect from content).")
 @click.option(
@@ -97,8 +101,8 @@ from ckptkit.io.atomic import AtomicOutput
 )
 @allow_global_option
 def command(
-    a: Path,
-    b: tuple[Path, ...],
+    a: str | Path,
+    b: tuple[str | Path, ...],
     a_format: str | None,
     b_format: str | None,
     depth: int | None,
@@ -145,7 +149,7 @@ def command(
     with (
         registry.open_checkpoint(a, a_format) as ckpt_a,
         registry.open_checkpoint(b_path, b_format) as ckpt_b,
-        progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {a.name}") as progress,
+        progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {display_name(a)}") as progress,
     ):
         report = diff(
             ckpt_a, ckpt_b,
@@ -166,18 +170,19 @@ def command(
 
 
 def _several(
-    a: Path, candidates: tuple[Path, ...], a_format: str | None, b_format: str | None, top: int, as_json: bool,
-    as_markdown: bool, **options: Any,
+    a: str | Path, candidates: tuple[str | Path, ...], a_format: str | None, b_format: str | None, top: int,
+    as_json: bool, as_markdown: bool, **options: Any,
 ) -> None:  # fmt: skip
     """The base opened once and diffed with each candidate in turn, then the side-by-side report."""
     for path in candidates:
-        registry.check_input(path)
+        if isinstance(path, Path):  # a URL is checked when it is opened
+            registry.check_input(path)
     reports = []
     with registry.open_checkpoint(a, a_format) as ckpt_a:
         for path in candidates:
             with (
                 registry.open_checkpoint(path, b_format) as ckpt_b,
-                progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {path.name}") as progress,
+                progress_bar(ckpt_a.total_bytes + ckpt_b.total_bytes, f"diff {display_name(path)}") as progress,
             ):
                 reports.append(diff(ckpt_a, ckpt_b, progress=progress, **options))
     report = CandidatesReport(reports)

@@ -10,7 +10,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ckptkit.cli._errors import EXIT_FINDINGS
-from ckptkit.cli._output import allow_global_option, format_option, print_json, printable, progress_bar, stdout_console
+from ckptkit.cli._output import (
+    allow_global_option,
+    format_option,
+    print_json,
+    printable,
+    progress_bar,
+    stdout_console,
+    storage_option,
+)
 from ckptkit.core.errors import UsageError
 from ckptkit.core.model import ProgressFn
 from ckptkit.diffing import formatting as fmt
@@ -21,6 +29,7 @@ from ckptkit.timelines.report import DEFAULT_EXPLODE_FACTOR, DEFAULT_JUMP_FACTOR
 
 
 @click.command("timeline")
+@storage_option
 @click.argument("paths", nargs=-1, required=True)
 @format_option("format_name", "--from", help="Read every snapshot as this format (default: detect each).")
 @click.option(

@@ -11,10 +11,12 @@ from ckptkit.cli._output import (
     allow_global_option,
     executor_option,
     human_bytes,
+    input_path,
     print_json,
     printable,
     progress_bar,
     stdout_console,
+    storage_option,
 )
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ _NONFINITE_SHOWN = 10
 
 @click.command("verify")
 @executor_option
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@storage_option
+@click.argument("paths", nargs=-1, required=True, type=input_path)
 @click.option(
     "--manifest", type=click.Path(path_type=Path), help="Check every tensor hash against this ckptkit hash manifest."
 )
@@ -42,7 +45,7 @@ _NONFINITE_SHOWN = 10
 @allow_global_option
 def command(
     ctx: click.Context,
-    paths: tuple[Path, ...],
+    paths: tuple[str | Path, ...],
     manifest: Path | None,
     schema: Path | None,
     no_nan: bool,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
@@ -27,6 +27,12 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def relocated(findings: list[Finding], old: object, new: str) -> list[Finding]:
+    """``findings`` about the file ``old`` told of ``new`` instead (a local copy's, of its URL)."""
+    was = str(old)
+    return [replace(f, file=new, message=f.message.replace(was, new)) if f.file == was else f for f in findings]
 
 
 def error(check: str, message: str, file: object = "", tensor: str = "") -> Finding:

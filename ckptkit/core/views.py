@@ -36,6 +36,7 @@ class TransformedCheckpoint(Checkpoint):
         unsupported: dict[str, str] | None = None,
     ) -> None:
         super().__init__(base.path)
+        self.url = base.url
         self.aliases = aliases
         self.dropped = dropped
         self.unsupported = dict(base.unsupported) if unsupported is None else unsupported

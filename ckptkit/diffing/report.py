@@ -45,7 +45,7 @@ class Side:
             by_dtype[stored] += ckpt.stored_bytes(ti.name)
             params[stored] += ti.numel
         return cls(
-            path=str(ckpt.path) if ckpt.path is not None else "<memory>",
+            path=ckpt.url or (str(ckpt.path) if ckpt.path is not None else "<memory>"),
             format=ckpt.format_name,
             tensors=len(ckpt.tensor_infos()),
             parameters=sum(params.values()),

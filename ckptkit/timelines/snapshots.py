@@ -28,6 +28,7 @@ from ckptkit import registry
 from ckptkit.core.errors import CkptkitError, UnsafeCheckpointError, UsageError
 from ckptkit.core.model import Checkpoint
 from ckptkit.io.shards.index import find_indexes, read_index
+from ckptkit.io.source import is_url
 
 # Step keys a checkpoint may record, most precise first (an epoch spans many steps; a save counter
 # counts saves, and a name's number is at least as precise: CheckpointManager names by step when asked).
@@ -65,7 +66,7 @@ Order = Literal["step", "given"]
 class Snapshot:
     """One checkpoint of the run: where it is, and the step it stands for."""
 
-    path: Path
+    path: Path | str  # a str for a checkpoint at a URL
     step: int | float | None = None
     step_source: str | None = None  # the metadata key the step came from, "name", or None
 
@@ -126,15 +127,17 @@ def name_step(path: str | Path, within: int | None = None) -> int | None:
     return None
 
 
-def name_steps(paths: Sequence[Path]) -> list[int | None]:
-    """:func:`name_step` of each path, looking only at the parts that are not common to all of them."""
+def name_steps(paths: Sequence[Path | str]) -> list[int | None]:
+    """:func:`name_step` of each path (a URL by the path part after its host), looking only at the
+    parts that are not common to all of them."""
     if not paths:
         return []
-    parts = [p.parts for p in paths]
+    named = [Path(p.split("://", 1)[1]) if isinstance(p, str) else p for p in paths]
+    parts = [p.parts for p in named]
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1
-    return [name_step(p, within=len(p.parts) - common) for p in paths]
+    return [name_step(p, within=len(p.parts) - common) for p in named]
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -169,7 +172,7 @@ def _shard_index(path: Path) -> Path | None:
 
 def open_snapshots(
     arguments: Sequence[str | Path], stack: ExitStack, format: str | None = None, notes: list[str] | None = None
-) -> dict[Path, Checkpoint]:
+) -> dict[Path | str, Checkpoint]:
     """Open the checkpoints the arguments stand for, each once, in the order given.
 
     A folder that is one checkpoint (an index, a DCP folder, a model folder) is one snapshot, after
@@ -179,9 +182,10 @@ def open_snapshots(
     oldest first), and so does a glob pattern. Inside such a folder or pattern, what is not a
     checkpoint (a README, a JSON file, a file with no tensors) is passed over, and a shard stands
     for its index; what was passed over that looked like a checkpoint (one that cannot be read, a
-    pickle that needs ``--allow-global``) is told in ``notes``.
+    pickle that needs ``--allow-global``) is told in ``notes``. A URL names one checkpoint file (or
+    shard index), read by range requests.
     """
-    opened: dict[Path, Checkpoint] = {}
+    opened: dict[Path | str, Checkpoint] = {}
     held: set[Path] = set()  # the files the opened checkpoints are read from
     said = notes if notes is not None else []
 
@@ -231,6 +235,10 @@ def open_snapshots(
         return True
 
     for arg in arguments:
+        if is_url(arg):
+            if str(arg) not in opened:
+                opened[str(arg)] = stack.enter_context(registry.open_checkpoint(str(arg), format))
+            continue
         path = Path(arg)
         if not path.exists() and _GLOB_CHARS.search(str(arg)):
             matches = [Path(m) for m in sorted(glob.glob(str(arg)), key=natural_key)]
@@ -255,7 +263,7 @@ def _children(folder: Path) -> list[Path]:
     return sorted((c for c in folder.iterdir() if not c.name.startswith(".")), key=lambda c: natural_key(c.name))
 
 
-def recorded_steps(ckpt: Checkpoint, path: Path) -> dict[str, int | float]:
+def recorded_steps(ckpt: Checkpoint, path: Path | str) -> dict[str, int | float]:
     """The step keys a checkpoint records: top-level extras, top-level scalar tensors, a trainer state file."""
     steps: dict[str, int | float] = {}
     for key, value in ckpt.extras.items():
@@ -267,7 +275,7 @@ def recorded_steps(ckpt: Checkpoint, path: Path) -> dict[str, int | float]:
             info = ckpt.info(name)
             if info.numel == 1 and info.dtype.kind in "iuf":
                 steps[name] = ckpt.read_tensor(name).reshape(-1)[0].item()
-    state = _trainer_state(path)
+    state = _trainer_state(path) if isinstance(path, Path) else None
     if state is not None and "global_step" not in steps:
         steps["global_step"] = state
     return steps
@@ -290,7 +298,7 @@ def _trainer_state(path: Path) -> int | None:
 
 
 def order_snapshots(
-    paths: Sequence[Path], checkpoints: Mapping[Path, Checkpoint], order: Order = "step"
+    paths: Sequence[Path | str], checkpoints: Mapping[Path | str, Checkpoint], order: Order = "step"
 ) -> tuple[list[Snapshot], str, list[str]]:
     """Snapshots with their steps, sorted unless ``order == "given"``; how the order was found, and notes.
 

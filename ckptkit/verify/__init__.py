@@ -18,10 +18,11 @@ from ckptkit.core.model import ProgressFn
 from ckptkit.core.trust import trusting
 from ckptkit.hashing.manifest import Manifest
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
+from ckptkit.io.source import Source, is_url, open_source
 from ckptkit.registry import locate, require_exists
 from ckptkit.verify.expect import compare_manifest, compare_schema, load_schema
 from ckptkit.verify.shards import check_sharded
-from ckptkit.verify.single import Settings, check_file
+from ckptkit.verify.single import Settings, check_file, check_remote
 
 __all__ = ["ERROR", "WARNING", "Finding", "Report", "TargetReport", "Verification", "VerifyOptions", "verify"]
 
@@ -51,6 +52,7 @@ class _Target:
     path: Path
     index_path: Path | None  # the shard index the path stands for, if any
     index: ShardIndex | CorruptCheckpointError | None  # that index, read once, or why it cannot be
+    source: Source | None = None  # a file at a URL, read by range requests (``path`` is then unused)
 
 
 class Verification:
@@ -60,23 +62,35 @@ class Verification:
 
     def __init__(self, paths: Sequence[str | Path], options: VerifyOptions | None = None) -> None:
         self.options = options or VerifyOptions()
-        targets = [locate(Path(p)) for p in paths]
+        sources = [open_source(p) if is_url(p) else None for p in paths]
+        # a file:// URL is a local path, verified as one
+        targets: list[str | Path] = [
+            s.local_path if s is not None and s.local_path is not None else p
+            for p, s in zip(paths, sources, strict=True)
+        ]
         if not targets:
             raise UsageError("name at least one checkpoint to verify")
-        for p in targets:
+        remote = {str(p): s for p, s in zip(targets, sources, strict=True) if s is not None and s.remote}
+        local = [locate(Path(p)) for p in targets if str(p) not in remote]
+        for p in local:
             require_exists(p)
         if (self.options.manifest or self.options.schema) and len(targets) > 1:
             raise UsageError("--manifest and --schema describe one checkpoint; verify one path at a time with them")
         self.manifest = Manifest.load(self.options.manifest) if self.options.manifest else None
         self.schema = load_schema(self.options.schema) if self.options.schema else None
-        self.targets = [_target(p) for p in targets]
+        self.targets = [
+            _Target(Path(), None, None, remote[str(p)]) if str(p) in remote else _target(locate(Path(p)))
+            for p in targets
+        ]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the files the run reads: each checkpoint file, or the shards each index names."""
         total = 0
         for t in self.targets:
-            if isinstance(t.index, ShardIndex):
+            if t.source is not None:
+                total += t.source.size
+            elif isinstance(t.index, ShardIndex):
                 total += t.index.shard_bytes()
             elif t.index_path is None and t.path.is_file():
                 total += t.path.stat().st_size
@@ -92,18 +106,21 @@ class Verification:
             return Report([self._verify_one(t, settings) for t in self.targets], strict=opts.strict)
 
     def _verify_one(self, target: _Target, settings: Settings) -> TargetReport:
-        report = TargetReport(str(target.path))
-        if target.index_path is not None and target.index is not None:
+        name = target.source.name if target.source is not None else str(target.path)
+        report = TargetReport(name)
+        if target.source is not None:
+            seen = check_remote(target.source, report, settings)
+        elif target.index_path is not None and target.index is not None:
             seen = check_sharded(target.index_path, target.index, report, settings)
         else:
             seen = check_file(target.path, report, settings)
         if seen is not None and self.manifest is not None:
             report.ran("manifest")
-            for finding in compare_manifest(self.manifest, seen, str(target.path)):
+            for finding in compare_manifest(self.manifest, seen, name):
                 report.add(finding)
         if seen is not None and self.schema is not None:
             report.ran("schema")
-            for finding in compare_schema(self.schema, seen, str(target.path)):
+            for finding in compare_schema(self.schema, seen, name):
                 report.add(finding)
         return report
 

@@ -21,10 +21,12 @@ from ckptkit.core.format import Format
 from ckptkit.core.model import ProgressFn
 from ckptkit.formats.sharded import FORMAT_NAME as FOLDER_FORMAT
 from ckptkit.formats.sharded import resolve_folder
+from ckptkit.io.source import Source
 from ckptkit.verify.content import check_contents
 from ckptkit.verify.seen import Seen
 
-StructureCheck = Callable[[Path], list[Finding]]
+# Given a local path, or a Source for a file at a URL (formats that read URLs check those too).
+StructureCheck = Callable[[Path | Source], list[Finding]]
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ FILE_CHECKS: dict[type[CkptkitError], str] = {
 }
 
 
-def file_finding(err: EmptyFileError | LfsPointerError | UnknownFormatError, path: Path) -> Finding:
+def file_finding(err: EmptyFileError | LfsPointerError | UnknownFormatError, path: Path | str) -> Finding:
     """The finding for a file the input check refused."""
     return error(FILE_CHECKS[type(err)], err.message, path)
 
@@ -94,6 +96,39 @@ def check_file(path: Path, report: TargetReport, settings: Settings) -> dict[str
     except (CorruptCheckpointError, UnsupportedError) as err:
         if not report.has_errors_for(file):
             report.add(error("file.unreadable", err.message, path))
+        return None
+    with ckpt:
+        report.tensors += len(ckpt)
+        report.bytes += ckpt.total_bytes
+        return check_contents(
+            ckpt, file, report,
+            hashes=settings.hashes, no_nan=settings.no_nan, workers=settings.workers, progress=settings.progress,
+        )  # fmt: skip
+
+
+def check_remote(source: Source, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
+    """:func:`check_file` for a file at a URL: the same input checks, structure checks and content
+    pass, reading the file by range requests."""
+    report.ran("file")
+    file = source.name
+    report.files.append(file)
+    try:
+        head = registry.check_remote_input(source)
+    except (EmptyFileError, LfsPointerError) as err:
+        report.add(file_finding(err, file))
+        return None
+    fmt = registry.detect_remote(source, head)
+    report.format = report.format or fmt.name
+    check = structure_check(fmt)
+    if check is not None:
+        report.ran(fmt.name)
+        for finding in check(source):
+            report.add(finding)
+    try:
+        ckpt = registry.open_remote_as(fmt, source)
+    except (CorruptCheckpointError, UnsupportedError) as err:
+        if not report.has_errors_for(file):
+            report.add(error("file.unreadable", err.message, file))
         return None
     with ckpt:
         report.tensors += len(ckpt)

@@ -6,11 +6,21 @@ import mmap
 from pathlib import Path
 
 from ckptkit.core.findings import Finding, ProblemSink
-from ckptkit.formats.gguf.header import parse
+from ckptkit.formats.gguf.header import FETCH_AHEAD, parse
+from ckptkit.io.source import Source
 
 
-def check_structure(path: Path) -> list[Finding]:
-    """Every structural fault of the GGUF file at ``path``: counts, strings, value types, offsets, overlaps."""
+def check_structure(path: Path | Source) -> list[Finding]:
+    """Every structural fault of the GGUF file at ``path``: counts, strings, value types, offsets, overlaps.
+
+    ``path`` may be a file at a URL: its header is then fetched as the parse reaches it."""
+    if isinstance(path, Source) and path.remote:
+        sink = ProblemSink(path.name, strict=False)
+        parse(path.read_at(0, FETCH_AHEAD), path.size, sink, more=path.read_at)
+        return sink.findings
+    if isinstance(path, Source):
+        assert path.local_path is not None
+        path = path.local_path
     sink = ProblemSink(path, strict=False)
     size = path.stat().st_size
     with open(path, "rb") as f:

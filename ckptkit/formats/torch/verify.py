@@ -19,11 +19,12 @@ from pathlib import Path
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, UnsupportedError, describe_read_error
-from ckptkit.core.findings import Finding, error, warning
+from ckptkit.core.findings import Finding, error, relocated, warning
 from ckptkit.formats.torch.archive import ZIP_MAGIC, _BoundedReader, extra_pickles, member_problems, zip_root
 from ckptkit.formats.torch.reader import scan_findings
 from ckptkit.formats.torch.structure import flatten
 from ckptkit.io.checksum import crc32
+from ckptkit.io.source import Source
 from ckptkit.io.unpickler import SafeUnpickler
 from ckptkit.io.workers import default_executor
 from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_local_header, walk_local_headers
@@ -31,8 +32,14 @@ from ckptkit.io.ziparchive import LOCAL_HEADER, ZIP_ERRORS, RecordSpan, parse_lo
 _CRC_CHUNK = 16 * 1024 * 1024
 
 
-def check_structure(path: Path) -> list[Finding]:
-    """Every structural and pickle-safety fault of the ``torch.save`` file at ``path``."""
+def check_structure(path: Path | Source) -> list[Finding]:
+    """Every structural and pickle-safety fault of the ``torch.save`` file at ``path``.
+
+    A file at a URL is checked on a temporary local copy: the checks walk every local header and
+    CRC-32 of the zip, so they read every byte wherever the file lies."""
+    if isinstance(path, Source):
+        with path.local_copy() as copy:
+            return relocated(check_structure(copy), copy, path.name) if path.remote else check_structure(copy)
     with open(path, "rb") as f:
         is_zip = f.read(4) == ZIP_MAGIC
     if not is_zip:
