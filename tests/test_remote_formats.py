@@ -86,6 +86,32 @@ def _gguf(path: Path) -> None:
     ])  # fmt: skip
 
 
+def _keras(path: Path) -> None:
+    """A .keras archive or a .weights.h5 file, saved by Keras 3 itself."""
+    import keras
+
+    import tests.keras_pairs  # noqa: F401 - sets KERAS_BACKEND=torch before keras loads
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d1"), keras.layers.Dense(2, name="d2")])
+    if path.name.endswith(".keras"):
+        model.save(path)
+    else:
+        model.save_weights(path)
+
+
+def _keras2(path: Path) -> None:
+    """A legacy Keras HDF5 model file, as Keras 2 wrote them (model config, weights, optimizer)."""
+    from tests.keras2_files import sequential_config, write_keras2
+
+    write_keras2(
+        path,
+        [("d1", [("d1/kernel:0", sample_array("float32", (3, 4), seed=1)), ("d1/bias:0", np.zeros(4, np.float32))])],
+        model_config=sequential_config(("Dense", "d1")),
+        optimizer=[("iterations:0", np.array(5, np.int64))],
+    )
+
+
 def _cut(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
     """A builder whose file is cut short: the checks must report the same damage as for the local file."""
 
@@ -102,11 +128,16 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "model.pt": _torch,
     "legacy.pt": lambda p: _torch(p, legacy=True),
     "model.gguf": _gguf,
+    "model.keras": _keras,
+    "model.weights.h5": _keras,
+    "keras2.h5": _keras2,
 }
 DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.pt": _cut(_torch, 0.8),
     "cut.gguf": _cut(_gguf, 0.7),
     "cut.safetensors": _cut(_safetensors, 0.9),
+    "cut.keras": _cut(_keras, 0.95),
+    "cut.h5": _cut(_keras2, 0.9),
 }
 
 

@@ -166,11 +166,12 @@ class Source:
             return open(self.local_path, "rb")
         return cast(IO[bytes], _RangeReader(self))
 
-    def open(self) -> IO[bytes]:
-        """A seekable binary file object over the source (closed by the caller)."""
+    def open(self, readahead: int = READAHEAD) -> IO[bytes]:
+        """A seekable binary file object over the source (closed by the caller); a remote one
+        fetches ``readahead`` bytes beyond each read."""
         if self.local_path is not None:
             return open(self.local_path, "rb")
-        f = self._fs.open(self._fs_path, "rb", block_size=READAHEAD, cache_type="readahead")
+        f = self._fs.open(self._fs_path, "rb", block_size=readahead, cache_type="readahead")
         return cast(IO[bytes], _CountingFile(f, self))
 
     @contextmanager
@@ -219,19 +220,13 @@ class _RangeReader(io.RawIOBase):
 
 
 class _CountingFile:
-    """A remote file object that adds what it fetches to its source's count."""
+    """A remote file object that fetches through its source's :meth:`Source.read_at`."""
 
     def __init__(self, f: Any, source: Source) -> None:
         self._f = f
         self._source = source
-        fetcher = f.cache.fetcher
-
-        def counted(start: int, end: int) -> bytes:
-            data: bytes = fetcher(start, end)
-            source._count(len(data))
-            return data
-
-        f.cache.fetcher = counted
+        # Through read_at: counted, and small reads another parser made already come from memory.
+        f.cache.fetcher = lambda start, end: source.read_at(start, end - start)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
@@ -245,6 +240,11 @@ class _CountingFile:
     def read(self, n: int = -1) -> bytes:
         data: bytes = self._f.read(n)
         return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer).cast("B")))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
 
     def readline(self, limit: int = -1) -> bytes:
         # fsspec's readline takes no limit; a pickle reader passes one (a bound on what it accepts)

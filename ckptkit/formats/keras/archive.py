@@ -7,17 +7,21 @@ A compressed member is extracted to a temporary file first.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedError
 from ckptkit.formats.keras.hdf5 import DataReader
+from ckptkit.io.source import Source
 from ckptkit.io.ziparchive import ZIP_ERRORS, member_data_offset, open_zip, read_member
 
 WEIGHTS = "model.weights.h5"
@@ -26,21 +30,34 @@ METADATA = "metadata.json"
 COPY_CHUNK = 16 * 1024 * 1024
 
 
-def is_archive(path: Path) -> bool:
+def is_archive(path: Path | Source) -> bool:
     """A zip holding config.json and Keras weights (cheap: reads the central directory only)."""
     try:
-        with open(path, "rb") as f, open_zip(f, os.fstat(f.fileno()).st_size) as zf:
+        with _opened(path) as (f, size), open_zip(f, size) as zf:
             names = set(zf.namelist())
     except (CkptkitError, *ZIP_ERRORS):
         return False
     return CONFIG in names and bool({WEIGHTS, "model.weights.npz"} & names)
 
 
+@contextlib.contextmanager
+def _opened(path: Path | Source) -> Iterator[tuple[BinaryIO, int]]:
+    """The archive as a file and its size: a local file, or exact range reads of one at a URL."""
+    if isinstance(path, Source) and path.remote:
+        with path.ranges() as f:
+            yield cast(BinaryIO, f), path.size
+        return
+    local = path.local_path if isinstance(path, Source) else path
+    assert local is not None
+    with open(local, "rb") as f:
+        yield f, os.fstat(f.fileno()).st_size
+
+
 class ArchiveReader(DataReader):
     """The weights member of a .keras archive, with the archive's config.json and metadata.json."""
 
-    def __init__(self, path: Path) -> None:
-        with open(path, "rb") as f, open_zip(f, os.fstat(f.fileno()).st_size) as zf:
+    def __init__(self, path: Path | Source) -> None:
+        with _opened(path) as (f, size), open_zip(f, size) as zf:
             names = set(zf.namelist())
             if WEIGHTS not in names:
                 if "model.weights.npz" in names:
@@ -53,7 +70,7 @@ class ArchiveReader(DataReader):
             info = zf.getinfo(WEIGHTS)
             self._temp: Path | None = None
             if info.compress_type == zipfile.ZIP_STORED:
-                start = member_data_offset(f, info, os.fstat(f.fileno()).st_size)
+                start = member_data_offset(f, info, size)
                 super().__init__(path, start, info.file_size)
             else:
                 # Extracted no further than its declared size, which must fit the limit.

@@ -28,6 +28,8 @@ class KerasCheckpoint(Checkpoint):
         self, reader: DataReader, h5: Any, format_name: str, names_hint: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(reader.path)
+        if reader.source is not None:
+            self.url = reader.source.name
         # Object names by HDF5 group path: those the file states, those it leaves out, and those
         # to use where it leaves them out. A sharded Keras save writes a layer's name only in the
         # shard where the layer starts; the other shards' names come from there.
@@ -115,7 +117,7 @@ class KerasCheckpoint(Checkpoint):
 
         archive = isinstance(self.reader, ArchiveReader)
         self.close()
-        return open_file(Path(str(self.path)), archive=archive, names_hint=known)
+        return open_file(self.reader.source or Path(str(self.path)), archive=archive, names_hint=known)
 
     def close(self) -> None:
         try:

@@ -19,6 +19,7 @@ from ckptkit.formats.keras.hdf5 import DataReader, hdf5_errors
 from ckptkit.formats.keras.read_legacy import is_legacy, not_keras_message, read_legacy
 from ckptkit.formats.keras.read_v3 import is_v3, read_v3
 from ckptkit.formats.keras.template import fill
+from ckptkit.io.source import Source
 
 # HDF5 holds every ckptkit dtype: numpy's natively, the ml_dtypes ones (bfloat16, float8, int4, ...)
 # as opaque elements of their width plus a dtype attribute (see h5write.storage_dtype).
@@ -34,7 +35,7 @@ WRITE_OPTIONS = (
 
 
 def open_file(
-    path: Path, archive: bool, names_hint: Mapping[str, str] | None = None, expect: str | None = None
+    path: Path | Source, archive: bool, names_hint: Mapping[str, str] | None = None, expect: str | None = None
 ) -> KerasCheckpoint:
     """Read a Keras HDF5 file, or the weights of a .keras archive, whichever layout it has.
 
@@ -51,7 +52,7 @@ def open_file(
     try:
         with hdf5_errors():
             if expect is not None:
-                _refuse_other_layout(path, h5, archive, expect)
+                _refuse_other_layout(reader.name, h5, archive, expect)
             return _read(reader, h5, names_hint or {})
     except BaseException:
         with contextlib.suppress(Exception):
@@ -63,7 +64,7 @@ def open_file(
 _LAYOUTS = {"keras": "a Keras 3 weights file", "keras-h5": "a legacy Keras HDF5 file"}
 
 
-def _refuse_other_layout(path: Path, h5: Any, archive: bool, expect: str) -> None:
+def _refuse_other_layout(path: str, h5: Any, archive: bool, expect: str) -> None:
     found = "keras" if archive or (not is_legacy(h5) and is_v3(h5)) else "keras-h5" if is_legacy(h5) else None
     if found is not None and found != expect:
         raise UnknownFormatError(

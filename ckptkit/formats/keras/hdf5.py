@@ -13,11 +13,12 @@ import math
 import mmap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ckptkit.core import dtypes, limits
 from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, UnsupportedError
 from ckptkit.core.model import RawExtent
+from ckptkit.io.source import Source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,7 +96,7 @@ def check_superblock(f: BinaryIO, size: int, start: int = 0) -> None:
 class SliceFile(io.RawIOBase):
     """A read-only window onto part of a file, for h5py to open a member stored in a zip."""
 
-    def __init__(self, f: io.BufferedReader, start: int, length: int) -> None:
+    def __init__(self, f: Any, start: int, length: int) -> None:  # a file with readinto
         super().__init__()
         self._f, self._start, self._length, self._pos = f, start, length, 0
 
@@ -264,48 +265,83 @@ def _check_stored(ds: Any, nbytes: int) -> None:
         )
 
 
-class DataReader:
-    """Reads datasets of one HDF5 file (or of a member lying uncompressed at ``start`` in a zip)."""
+# HDF5 keeps each dataset's object header beside its data, so listing a file seeks all over it:
+# with 16 KB read ahead, listing a 33 MB Keras file of 16 datasets took as many requests as with
+# 64 KB (~25) and fetched 0.4 MB instead of 1.5 MB; 4 KB needed twice the requests.
+REMOTE_READAHEAD = 16 * 1024
 
-    def __init__(self, path: Path, start: int = 0, length: int | None = None) -> None:
-        self.path = path
+
+class DataReader:
+    """Reads datasets of one HDF5 file (or of a member lying uncompressed at ``start`` in a zip).
+
+    ``path`` may be a :class:`~ckptkit.io.source.Source` at a URL: h5py then reads the file through a
+    file object over range requests, and contiguous datasets come by range reads of their bytes.
+    """
+
+    def __init__(self, path: Path | Source, start: int = 0, length: int | None = None) -> None:
+        self.source: Source | None = None
+        if isinstance(path, Source) and path.remote:
+            self.source = path
+        elif isinstance(path, Source):
+            assert path.local_path is not None
+            path = path.local_path
+        self.path: Path | None = path if isinstance(path, Path) else None
         self.start = start
-        self._file = open(path, "rb")  # noqa: SIM115 - owned until close()
-        size = path.stat().st_size
-        self.length = size - start if length is None else length
         self._map: mmap.mmap | None = None
-        if size:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        if self.source is not None:
+            self._file: BinaryIO = cast(BinaryIO, self.source.open(REMOTE_READAHEAD))
+            size = self.source.size
+        else:
+            assert self.path is not None
+            self._file = open(self.path, "rb")  # noqa: SIM115 - owned until close()
+            size = self.path.stat().st_size
+            if size:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.length = size - start if length is None else length
+
+    @property
+    def name(self) -> str:
+        """The file, for messages: its path or URL."""
+        return self.source.name if self.source is not None else str(self.path)
 
     def open_h5(self) -> Any:
         """The h5py file, after checking the superblock against the file's length."""
         h5py = h5py_module()
         check_superblock(self._file, self.start + self.length, self.start)
         try:
-            if self.start == 0:
+            if self.start == 0 and self.path is not None:
                 return h5py.File(self.path, "r", locking=False)
             return h5py.File(SliceFile(self._file, self.start, self.length), "r", locking=False)
         except OSError as err:
             raise CorruptCheckpointError(f"HDF5 cannot open it, it is damaged: {err}") from None
 
-    def extent(self, ds: Any, nbytes: int) -> RawExtent | None:
+    def _located(self, ds: Any, nbytes: int) -> int | None:
+        """Where a contiguous dataset of ``nbytes`` starts in the file, checked to end within it."""
         found = _plain_extent(ds)
         if found is None or found[1] != nbytes:
             return None
         offset, _ = found
         if offset + nbytes > self.length:
             raise CorruptCheckpointError(f"dataset {ds.name} ends past the end of the file: truncated?")
-        return RawExtent(self.path, self.start + offset, nbytes)
+        return self.start + offset
+
+    def extent(self, ds: Any, nbytes: int) -> RawExtent | None:
+        offset = self._located(ds, nbytes)
+        if offset is None or self.path is None:
+            return None
+        return RawExtent(self.path, offset, nbytes)
 
     def read(self, ds: Any, dtype: dtypes.DType, shape: tuple[int, ...]) -> np.ndarray:
         import numpy as np
 
         nbytes = math.prod(shape) * dtype.itemsize
-        extent = self.extent(ds, nbytes)
-        if extent is not None and self._map is not None and nbytes:
-            return np.frombuffer(self._map, dtype=dtype.numpy, count=math.prod(shape), offset=extent.offset).reshape(
-                shape
-            )
+        offset = self._located(ds, nbytes)
+        if offset is not None and self._map is not None and nbytes:
+            return np.frombuffer(self._map, dtype=dtype.numpy, count=math.prod(shape), offset=offset).reshape(shape)
+        if offset is not None and self.source is not None and nbytes:
+            out = np.empty(shape, dtype.numpy)
+            self.source.read_into(offset, out.reshape(-1).view(np.uint8).data)
+            return out
         _check_stored(ds, nbytes)
         data = np.empty(shape, ds.dtype.newbyteorder("=") if ds.dtype.byteorder == ">" else ds.dtype)
         if data.size:

@@ -18,10 +18,11 @@ from ckptkit.core.views import TransformedCheckpoint
 from ckptkit.formats.keras import archive, structure
 from ckptkit.formats.keras.files import DTYPES_HELD, WRITE_OPTIONS, open_file, prepare
 from ckptkit.formats.keras.h5write import write_hdf5
-from ckptkit.formats.keras.hdf5 import h5py_module, signature_offset
+from ckptkit.formats.keras.hdf5 import REMOTE_READAHEAD, h5py_module, signature_offset
 from ckptkit.formats.keras.read_legacy import is_legacy
 from ckptkit.formats.keras.read_v3 import is_v3
 from ckptkit.formats.keras.write_v3 import v3_spec
+from ckptkit.io.source import Source
 from ckptkit.io.ziparchive import LOCAL_HEADER_MAGIC
 
 
@@ -36,6 +37,26 @@ def sniff(head: bytes, path: Path) -> bool:
     with contextlib.suppress(Exception), h5py_module().File(path, "r", locking=False) as h5:
         return is_v3(h5) and not is_legacy(h5)
     return False
+
+
+def sniff_remote(head: bytes, source: Source) -> bool:
+    """:func:`sniff` for a file at a URL: a zip's directory by range reads, HDF5 through a file object."""
+    if head.startswith(LOCAL_HEADER_MAGIC):
+        return source.basename.lower().endswith(".keras") or archive.is_archive(source)
+    return signature_offset(head) is not None and _h5_layout(source) == "keras"
+
+
+def _h5_layout(source: Source) -> str | None:
+    """ "keras" for a Keras 3 weights file, "keras-h5" for a legacy one, ``None`` when h5py cannot tell."""
+    with contextlib.suppress(Exception), source.open(REMOTE_READAHEAD) as f, h5py_module().File(f, "r") as h5:
+        return "keras-h5" if is_legacy(h5) else "keras" if is_v3(h5) else None
+    return None
+
+
+def open_remote_keras(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a Keras 3 file at a URL: h5py reads it through a file object over range requests."""
+    zipped = source.read_at(0, len(LOCAL_HEADER_MAGIC)) == LOCAL_HEADER_MAGIC
+    return open_file(source, archive=zipped, expect="keras")
 
 
 def open_keras(path: Path, options: Mapping[str, Any]) -> Checkpoint:
@@ -75,6 +96,8 @@ FORMAT = Format(
     extensions=(".weights.h5", ".keras"),
     sniff=sniff,
     open=open_keras,
+    open_remote=open_remote_keras,
+    sniff_remote=sniff_remote,
     write=write_keras,
     write_options=WRITE_OPTIONS,
     default_extension=".weights.h5",

@@ -15,18 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
-from ckptkit.core.findings import Finding, error
+from ckptkit.core.findings import Finding, error, relocated
 from ckptkit.formats.keras.archive import CONFIG, METADATA, WEIGHTS, ArchiveReader
 from ckptkit.formats.keras.code import code_problems
 from ckptkit.formats.keras.hdf5 import DataReader, h5py_module
 from ckptkit.io.jsonfile import loads_noting_repeats
+from ckptkit.io.source import Source
 
 _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 _READ_BYTES = 16 * 1024 * 1024
 
 
-def check_structure(path: Path) -> list[Finding]:
-    """Every fault found in the Keras file at ``path``, and the code its model config carries."""
+def check_structure(path: Path | Source) -> list[Finding]:
+    """Every fault found in the Keras file at ``path``, and the code its model config carries.
+
+    A file at a URL is checked on a temporary local copy: the checks read every dataset."""
+    if isinstance(path, Source):
+        with path.local_copy() as copy:
+            return relocated(check_structure(copy), copy, path.name) if path.remote else check_structure(copy)
     archive = zipfile.is_zipfile(path)
     code: list[Finding] = []
     if archive:
