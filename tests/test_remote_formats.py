@@ -221,7 +221,7 @@ def test_a_sharded_index_on_s3_is_read_in_full(tmp_path, s3):  # noqa: F811 - th
     url = f"s3://{BUCKET}/sharded/model.safetensors.index.json"
     option = ("--storage-option", f"endpoint_url={s3[0]}")
     index = local / "model.safetensors.index.json"
-    for command in (("inspect", "--json"), ("hash",)):
+    for command in (("inspect", "--json"), ("hash",), ("verify", "--json")):
         code_here, here = run(command[0], index, *command[1:])
         code_there, there = run(command[0], url, *command[1:], *option)
         assert code_here == code_there == 0, there
@@ -248,6 +248,17 @@ def test_a_shard_missing_beside_a_remote_index_is_refused(tmp_path, s3):  # noqa
     assert code == 2
     with use_storage_options({"endpoint_url": s3[0]}), pytest.raises(ckptkit.CkptkitError, match=shards[0]):
         registry.open_checkpoint(f"s3://{BUCKET}/gap/model.safetensors.index.json")
+    # verify names the missing shard and the gap in the series, as it does for the same folder on disk
+    (local / shards[0]).unlink()
+    code_here, here = run("verify", local / "model.safetensors.index.json", "--json")
+    code_there, there = run("verify", f"s3://{BUCKET}/gap/model.safetensors.index.json", "--json", "--storage-option",
+                            f"endpoint_url={s3[0]}")  # fmt: skip
+    assert code_here == code_there == 1
+    # the same findings; a missing remote shard is to be uploaded, a local one downloaded
+    assert json.loads(
+        there.replace(f"s3://{BUCKET}/gap", str(local)).replace("upload it", "download it")
+    ) == json.loads(here)
+    assert {f["check"] for f in json.loads(here)["findings"]} >= {"index.shard-missing"}
 
 
 def _large_torch(path: Path) -> None:

@@ -292,3 +292,23 @@ def open_source(name: str | os.PathLike[str], storage_options: Mapping[str, Any]
     if info.get("type") == "directory":
         raise UsageError("this URL names a folder; name the checkpoint file (or its .index.json) in it", text)
     return Source(text, None, fs, path, int(info.get("size") or 0))
+
+
+def sibling_exists(url: str) -> bool:
+    """Whether the file at ``url`` exists (a shard beside a remote index)."""
+    try:
+        open_source(url)
+    except NoSuchFileError:
+        return False
+    return True
+
+
+def list_siblings(url: str) -> list[str]:
+    """The names of the files beside ``url``; empty where the store cannot list (a plain HTTP server)."""
+    folder = url.rsplit("/", 1)[0]
+    fs, path = _filesystem(folder, None)
+    try:
+        entries = fs.ls(path, detail=False)
+    except (OSError, ValueError, NotImplementedError):
+        return []
+    return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]

@@ -17,7 +17,7 @@ from ckptkit.core.findings import ERROR, WARNING, Finding, Report, TargetReport
 from ckptkit.core.model import ProgressFn
 from ckptkit.core.trust import trusting
 from ckptkit.hashing.manifest import Manifest
-from ckptkit.io.shards.index import ShardIndex, read_index, single_index
+from ckptkit.io.shards.index import ShardIndex, is_index, read_index, read_remote_index, single_index
 from ckptkit.io.source import Source, is_url, open_source
 from ckptkit.registry import locate, require_exists
 from ckptkit.verify.expect import compare_manifest, compare_schema, load_schema
@@ -79,8 +79,7 @@ class Verification:
         self.manifest = Manifest.load(self.options.manifest) if self.options.manifest else None
         self.schema = load_schema(self.options.schema) if self.options.schema else None
         self.targets = [
-            _Target(Path(), None, None, remote[str(p)]) if str(p) in remote else _target(locate(Path(p)))
-            for p in targets
+            _remote_target(remote[str(p)]) if str(p) in remote else _target(locate(Path(p))) for p in targets
         ]
 
     @property
@@ -88,10 +87,10 @@ class Verification:
         """Bytes of the files the run reads: each checkpoint file, or the shards each index names."""
         total = 0
         for t in self.targets:
-            if t.source is not None:
-                total += t.source.size
-            elif isinstance(t.index, ShardIndex):
+            if isinstance(t.index, ShardIndex):
                 total += t.index.shard_bytes()
+            elif t.source is not None:
+                total += t.source.size
             elif t.index_path is None and t.path.is_file():
                 total += t.path.stat().st_size
         return total
@@ -108,7 +107,9 @@ class Verification:
     def _verify_one(self, target: _Target, settings: Settings) -> TargetReport:
         name = target.source.name if target.source is not None else str(target.path)
         report = TargetReport(name)
-        if target.source is not None:
+        if target.source is not None and target.index is not None:
+            seen = check_sharded(target.source.name, target.index, report, settings)
+        elif target.source is not None:
             seen = check_remote(target.source, report, settings)
         elif target.index_path is not None and target.index is not None:
             seen = check_sharded(target.index_path, target.index, report, settings)
@@ -123,6 +124,16 @@ class Verification:
             for finding in compare_schema(self.schema, seen, name):
                 report.add(finding)
         return report
+
+
+def _remote_target(source: Source) -> _Target:
+    """A file at a URL; a shard index there is read once, as a local one is."""
+    if not is_index(Path(source.basename)):
+        return _Target(Path(), None, None, source)
+    try:
+        return _Target(Path(), Path(source.basename), read_remote_index(source), source)
+    except CorruptCheckpointError as err:
+        return _Target(Path(), Path(source.basename), err, source)
 
 
 def _target(path: Path) -> _Target:

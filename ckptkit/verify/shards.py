@@ -21,16 +21,17 @@ from ckptkit.core.dtypes import by_name
 from ckptkit.core.errors import CorruptCheckpointError, UnknownFormatError
 from ckptkit.core.findings import TargetReport, error, warning
 from ckptkit.io.shards.index import INDEX_SUFFIX, ShardIndex
+from ckptkit.io.source import open_source
 from ckptkit.io.workers import shard_executor
 from ckptkit.verify.content import UNSUPPORTED
 from ckptkit.verify.seen import Seen
-from ckptkit.verify.single import Settings, check_file, file_finding
+from ckptkit.verify.single import Settings, check_file, check_remote, file_finding
 
 _SERIES = re.compile(r"^(?P<prefix>.+)-(?P<num>\d+)-of-(?P<total>\d+)(?P<ext>\.[^/]+)$")
 
 
 def check_sharded(
-    index_path: Path, index: ShardIndex | CorruptCheckpointError, report: TargetReport, settings: Settings
+    index_path: Path | str, index: ShardIndex | CorruptCheckpointError, report: TargetReport, settings: Settings
 ) -> dict[str, Seen] | None:
     """Verify the index at ``index_path`` (as :func:`~ckptkit.io.shards.index.read_index` read it,
     or the error it raised) and every shard; the tensors seen, ``None`` if incomplete."""
@@ -76,10 +77,10 @@ def check_sharded(
 def _check_total_size_field(index: ShardIndex, report: TargetReport) -> int | None:
     value = index.metadata.get("total_size")
     if value is None:
-        report.add(warning("index.total-size", "the index has no metadata.total_size to check against", index.path))
+        report.add(warning("index.total-size", "the index has no metadata.total_size to check against", index.where))
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        report.add(error("index.total-size", f"metadata.total_size {value!r} is not a byte count", index.path))
+        report.add(error("index.total-size", f"metadata.total_size {value!r} is not a byte count", index.where))
         return None
     return int(value)
 
@@ -113,8 +114,15 @@ def _merge(report: TargetReport, part: TargetReport) -> None:
 def _check_shard(index: ShardIndex, shard: str, report: TargetReport, settings: Settings) -> dict[str, Seen] | None:
     fault = index.fault(shard)
     if fault is not None:
-        report.add(error(f"index.{fault.kind}", fault.message, index.path))
+        report.add(error(f"index.{fault.kind}", fault.message, index.where))
         return None
+    if index.url:
+        url = index.shard_location(shard)
+        try:
+            return check_remote(open_source(url), report, settings)
+        except UnknownFormatError as err:
+            report.add(file_finding(err, url))
+            return None
     path = index.shard_path(shard)
     try:
         return check_file(path, report, settings)
@@ -139,21 +147,25 @@ def _check_series(index: ShardIndex, report: TargetReport) -> None:
             if num not in numbers:
                 name = f"{prefix}-{num:0{widths[prefix, total, ext]}d}-of-{total}{ext}"
                 message = f"the index names no tensor in {name!r}, shard {num} of {int(total)}"
-                report.add(error("index.series-gap", message, index.path))
+                report.add(error("index.series-gap", message, index.where))
     prefixes = {(p, e) for p, _t, e in series}
-    for path in sorted(index.folder.iterdir()):
-        m = _SERIES.match(path.name)
-        if m and (m["prefix"], m["ext"]) in prefixes and path.name not in named:
+    beside = sorted(index.sibling_names())
+    for name in beside:
+        m = _SERIES.match(name)
+        if m and (m["prefix"], m["ext"]) in prefixes and name not in named:
             report.add(
-                error("index.orphan-shard", f"shard file {path.name!r} is in the folder but not in the index", path)
-            )
-    whole = index.folder / index.path.name.removesuffix(INDEX_SUFFIX)
-    if whole.exists():
+                error(
+                    "index.orphan-shard", f"shard file {name!r} is in the folder but not in the index",
+                    index.shard_location(name),
+                )
+            )  # fmt: skip
+    whole = index.path.name.removesuffix(INDEX_SUFFIX)
+    if whole in beside:
         report.add(
             warning(
                 "index.orphan-shard",
-                f"an unsharded {whole.name!r} lies beside the index; loaders may take it instead of the shards",
-                whole,
+                f"an unsharded {whole!r} lies beside the index; loaders may take it instead of the shards",
+                index.shard_location(whole),
             )
         )
 
@@ -163,11 +175,11 @@ def _check_placement(index: ShardIndex, found: dict[str, dict[str, Seen]], repor
     contents: dict[str, list[str]] = {}
     for shard, seen_in_shard in found.items():
         # A tensor ckptkit cannot read is in its shard too (it has a finding of its own).
-        file = str(index.shard_path(shard))
+        file = index.shard_location(shard)
         unsupported = [f.tensor for f in report.findings if f.check == UNSUPPORTED and f.file == file]
         contents[shard] = [*seen_in_shard, *unsupported]
     for fault in index.placement_faults(contents):
-        report.add(error(f"index.{fault.kind}", fault.message, index.path, fault.tensor))
+        report.add(error(f"index.{fault.kind}", fault.message, index.where, fault.tensor))
     seen: dict[str, Seen] = {}
     for seen_in_shard in found.values():
         for name, s in seen_in_shard.items():
@@ -182,7 +194,7 @@ def _add_aliases(
     tensors = {shard: [n for n, s in in_shard.items() if s.alias_of is None] for shard, in_shard in found.items()}
     faults = index.alias_faults(tensors)
     for fault in faults:
-        report.add(error(f"index.{fault.kind}", fault.message, index.path, fault.tensor))
+        report.add(error(f"index.{fault.kind}", fault.message, index.where, fault.tensor))
     faulty = {f.tensor for f in faults}
     for alias, target in index.aliases.items():
         if alias not in faulty and target in seen:

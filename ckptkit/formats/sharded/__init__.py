@@ -32,7 +32,7 @@ from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io.paths import is_inside_name
-from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, check_index_size, parse_index, read_index
+from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, read_index, read_remote_index
 from ckptkit.io.source import Source, open_source
 
 if TYPE_CHECKING:
@@ -158,16 +158,14 @@ class RemoteShardedCheckpoint(ShardedCheckpoint):
         Checkpoint.__init__(self, None)
         self.source = source
         self.url = source.name
-        check_index_size(source.size, source.name)
-        index = parse_index(source.read_at(0, source.size), Path(source.basename))
-        folder = source.name.rsplit("/", 1)[0]
+        index = read_remote_index(source)
         for name in index.shard_names:
             if not is_inside_name(name):
                 fault = index.fault(name)
                 assert fault is not None
                 raise CorruptCheckpointError(fault.message, source.name)
         try:
-            self._assemble(index, lambda name: _open_remote_shard(f"{folder}/{name}", name, source.name))
+            self._assemble(index, lambda name: _open_remote_shard(index.shard_location(name), name, source.name))
         except CkptkitError as err:
             if err.path is None:
                 err.path = source.name

@@ -29,6 +29,7 @@ from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.metadata import ALIASES_KEY
 from ckptkit.io.jsonfile import loads_noting_repeats
 from ckptkit.io.paths import is_inside_name
+from ckptkit.io.source import Source, list_siblings, open_source, sibling_exists
 
 INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json names the index of model.safetensors
 KERAS_INDEX_SUFFIX = ".weights.json"
@@ -65,10 +66,31 @@ class ShardIndex:
     metadata: dict[str, Any]
     repeated: tuple[str, ...] = ()  # keys written twice in one JSON object (JSON keeps the last)
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> tensor, from metadata ckptkit:aliases
+    url: str | None = None  # an index read at a URL (``path`` is then its file name): shards are siblings
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def where(self) -> str | Path:
+        """The index, for messages and findings: its path or URL."""
+        return self.url or self.path
+
+    def shard_location(self, name: str) -> str:
+        """Where shard ``name`` is: a path, or the URL beside a remote index."""
+        return f"{self.url.rsplit('/', 1)[0]}/{name}" if self.url else str(self.shard_path(name))
+
+    def sibling_names(self) -> list[str]:
+        """The names of the files beside the index (its folder, or its URL's)."""
+        if self.url:
+            return list_siblings(self.url)
+        return [p.name for p in self.folder.iterdir()]
+
+    def _exists(self, name: str) -> bool:
+        if self.url:
+            return sibling_exists(self.shard_location(name))
+        return self.shard_path(name).is_file()
 
     @property
     def keras(self) -> bool:
@@ -85,18 +107,21 @@ class ShardIndex:
                 f"the index names the shard {name!r}, which is not a file inside the index's folder "
                 "(an absolute path, a drive, '..' or a backslash); it was not opened",
             )
-        if not self.shard_path(name).is_file():
+        if not self._exists(name):
             listed = sum(1 for s in self.weight_map.values() if s == name)
             count = f" ({listed} tensors)" if listed else ""
+            folder = self.url.rsplit("/", 1)[0] if self.url else self.folder
+            fix = "upload it" if self.url else "download it"
             return ShardFault(
                 "shard-missing",
-                f"shard {name!r}{count} listed in the index is missing from {self.folder}; "
-                "download it or fix the index",
+                f"shard {name!r}{count} listed in the index is missing from {folder}; {fix} or fix the index",
             )
         return None
 
     def shard_bytes(self) -> int:
         """The size of the shard files that can be opened: what reading every shard reads."""
+        if self.url:
+            return sum(open_source(self.shard_location(s)).size for s in self.shard_names if self.fault(s) is None)
         return sum(self.shard_path(s).stat().st_size for s in self.shard_names if self.fault(s) is None)
 
     def check_shards(self) -> None:
@@ -104,7 +129,7 @@ class ShardIndex:
         for name in self.shard_names:
             fault = self.fault(name)
             if fault is not None:
-                raise CorruptCheckpointError(fault.message, self.path)
+                raise CorruptCheckpointError(fault.message, self.where)
 
     def repeat_faults(self) -> list[ShardFault]:
         """Tensors the index lists twice (JSON keeps only the last of the two)."""
@@ -158,7 +183,7 @@ class ShardIndex:
     def check_placement(self, contents: Mapping[str, Collection[str]]) -> None:
         """Raise the first of :meth:`placement_faults`."""
         for fault in self.placement_faults(contents):
-            raise CorruptCheckpointError(fault.message, self.path)
+            raise CorruptCheckpointError(fault.message, self.where)
 
     def alias_faults(self, tensors: Mapping[str, Collection[str]]) -> list[ShardFault]:
         """Every tied name of :attr:`aliases` shares a tensor some shard holds, and is no tensor itself.
@@ -186,7 +211,7 @@ class ShardIndex:
     def check_aliases(self, tensors: Mapping[str, Collection[str]]) -> None:
         """Raise the first of :meth:`alias_faults`."""
         for fault in self.alias_faults(tensors):
-            raise CorruptCheckpointError(fault.message, self.path)
+            raise CorruptCheckpointError(fault.message, self.where)
 
 
 def _count(n: int) -> str:
@@ -210,7 +235,17 @@ def check_index_size(size: int, path: object) -> None:
         raise CorruptCheckpointError(limits.exceeded("the shard index", size, "header_bytes").message, path)
 
 
-def parse_index(raw: bytes, path: Path) -> ShardIndex:
+def read_remote_index(source: Source) -> ShardIndex:
+    """:func:`read_index` of an index at a URL: its shards are the files beside it."""
+    check_index_size(source.size, source.name)
+    try:
+        return parse_index(source.read_at(0, source.size), Path(source.basename), source.name)
+    except CorruptCheckpointError as err:
+        err.path = source.name
+        raise
+
+
+def parse_index(raw: bytes, path: Path, url: str | None = None) -> ShardIndex:
     """:func:`read_index` of an index's bytes (read from ``path``, or from a URL whose file ``path`` names)."""
     try:
         data, repeated = loads_noting_repeats(raw)
@@ -238,7 +273,7 @@ def parse_index(raw: bytes, path: Path) -> ShardIndex:
     aliases = metadata.get(ALIASES_KEY) or {}
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise CorruptCheckpointError(f"index metadata {ALIASES_KEY} must map names to names", path)
-    return ShardIndex(path, {} if keras else weight_map, tuple(shards), metadata, tuple(repeated), aliases)
+    return ShardIndex(path, {} if keras else weight_map, tuple(shards), metadata, tuple(repeated), aliases, url)
 
 
 def is_index(path: Path) -> bool:
