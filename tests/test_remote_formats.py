@@ -112,6 +112,29 @@ def _keras2(path: Path) -> None:
     )
 
 
+def _onnx(path: Path, external: bool = False) -> None:
+    """A small ONNX model: initializers, a Constant node and a typed (float_data) tensor; with
+    ``external``, the large initializers in a data file beside it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(sample_array("float32", (16, 8), seed=3), "w")
+    b = numpy_helper.from_array(sample_array("float16", (8,), seed=4).astype(np.float32), "b")
+    typed = helper.make_tensor("scale", TensorProto.FLOAT, [2], [0.5, 2.0])  # float_data, not raw_data
+    const = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.arange(8, dtype=np.float32)))
+    nodes = [const, helper.make_node("MatMul", ["x", "w"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y1"]),
+             helper.make_node("Add", ["y1", "k"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], initializer=[w, b, typed],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=64)
+    else:
+        onnx.save(model, path)
+
+
 def _cut(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
     """A builder whose file is cut short: the checks must report the same damage as for the local file."""
 
@@ -131,6 +154,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "model.keras": _keras,
     "model.weights.h5": _keras,
     "keras2.h5": _keras2,
+    "model.onnx": _onnx,
+    "external.onnx": lambda p: _onnx(p, external=True),
 }
 DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.pt": _cut(_torch, 0.8),
@@ -138,6 +163,7 @@ DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.safetensors": _cut(_safetensors, 0.9),
     "cut.keras": _cut(_keras, 0.95),
     "cut.h5": _cut(_keras2, 0.9),
+    "cut.onnx": _cut(_onnx, 0.8),
 }
 
 

@@ -30,9 +30,15 @@ class Finding:
 
 
 def relocated(findings: list[Finding], old: object, new: str) -> list[Finding]:
-    """``findings`` about the file ``old`` told of ``new`` instead (a local copy's, of its URL)."""
+    """``findings`` about the file (or the files in the folder) ``old`` told of ``new`` instead: a local
+    copy's, of its URL."""
     was = str(old)
-    return [replace(f, file=new, message=f.message.replace(was, new)) if f.file == was else f for f in findings]
+    return [
+        replace(f, file=new + f.file[len(was) :], message=f.message.replace(was, new))
+        if f.file == was or f.file.startswith(was + "/")
+        else f
+        for f in findings
+    ]
 
 
 def error(check: str, message: str, file: object = "", tensor: str = "") -> Finding:

@@ -204,7 +204,8 @@ class HashJob:
         exclude: Sequence[str],
     ) -> Manifest:
         """A file at a URL: the same manifest as for a local copy, but for its ``path``. A shard
-        index lists its own file and its shards', named relative to its folder, as a local one does."""
+        index lists its own file and its shards', an ONNX model its external data files, named
+        relative to its folder as for a local copy (the checkpoint's ``sources``)."""
         with registry.open_checkpoint(url, self.format) as opened:
             ckpt = _excluding(opened, exclude)
             result = scan(ckpt, hashes=True, workers=workers, progress=progress)
@@ -214,8 +215,9 @@ class HashJob:
             for s in sources:
                 record: dict[str, Any] = {"sha256": _remote_file_sha256(s, progress)} if file_hashes else {}
                 records[s.name.removeprefix(folder)] = {**record, "bytes": s.size}
-            sharded = len(sources) > 1 or sources[0] is not source
-            fmt = getattr(opened, "shard_format", ckpt.format_name) if sharded else ckpt.format_name
+            shard_format = getattr(opened, "shard_format", None)
+            sharded = shard_format is not None
+            fmt = shard_format or ckpt.format_name
             index = source.basename if sharded else None
             return Manifest(url, fmt, entries_from_scan(ckpt, result), records, index=index, excluded=list(exclude))
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
 
+# A remote model is walked over a ckptkit.io.source.RemoteBuffer, which offers what the walk uses
+# (len, indexing, slicing, find) and is passed where a Buffer is expected.
 Buffer: TypeAlias = "bytes | bytearray | mmap.mmap"
 
 
@@ -140,7 +142,12 @@ def repeated(buf: Buffer, pieces: Sequence[Field], element: str) -> np.ndarray:
 
     arrays: list[np.ndarray] = []
     for f in pieces:
-        raw = np.frombuffer(buf, np.uint8, f.end - f.start, f.start) if f.end > f.start else np.zeros(0, np.uint8)
+        if f.end <= f.start:
+            raw = np.zeros(0, np.uint8)
+        elif isinstance(buf, bytes | bytearray | mmap.mmap):
+            raw = np.frombuffer(buf, np.uint8, f.end - f.start, f.start)
+        else:  # a buffer fetched as it is read (ckptkit.io.source.RemoteBuffer): only these bytes
+            raw = np.frombuffer(buf[f.start : f.end], np.uint8)
         if element == "varint":
             if f.wire_type == VARINT:
                 arrays.append(np.array([f.value], np.uint64))

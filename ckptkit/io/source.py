@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, cast, overload
 
 from ckptkit.core.errors import MissingDependencyError, NoSuchFileError, UsageError
 
@@ -34,6 +34,8 @@ HEAD_KEPT = 64 * 1024  # a first read up to this size is kept for the next reads
 KEPT_BYTES = 4 * 1024 * 1024  # small reads kept for parsers that read a structure twice (zip: end record, directory)
 KEPT_READ = 1024 * 1024  # reads larger than this are tensor data, read once: not kept
 RANGE_CHUNK = 32 * 1024 * 1024  # tensor data: large range reads, few round trips
+BUFFER_BLOCK = 16 * 1024  # RemoteBuffer: structure is read in blocks this large
+BUFFER_BLOCKS_KEPT = 256
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _S3_CLIENT_KEYS = ("endpoint_url", "region_name")
 
@@ -184,13 +186,64 @@ class Source:
             return
         with tempfile.TemporaryDirectory(prefix="ckptkit-") as folder:
             copy = Path(folder, self.basename or "file")
-            with open(copy, "wb") as out:
-                for offset in range(0, self.size, RANGE_CHUNK):
-                    chunk = self.read_at(offset, RANGE_CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
+            self.download(copy)
             yield copy
+
+    def download(self, target: Path) -> None:
+        """Write the file's bytes to ``target``, :data:`RANGE_CHUNK` at a time."""
+        with open(target, "wb") as out:
+            for offset in range(0, self.size, RANGE_CHUNK):
+                chunk = self.read_at(offset, RANGE_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+
+
+class RemoteBuffer:
+    """The bytes of a remote source as a read-only sequence (``len``, ``buf[i]``, ``buf[a:b]``),
+    fetched in :data:`BUFFER_BLOCK` blocks as they are indexed: a parser that walks a structure by
+    offsets (a protobuf) reads the parts it visits, and the data it skips is never fetched."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._blocks: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return self.source.size
+
+    def _block(self, n: int) -> bytes:
+        block = self._blocks.get(n)
+        if block is None:
+            if len(self._blocks) >= BUFFER_BLOCKS_KEPT:
+                self._blocks.pop(next(iter(self._blocks)))
+            block = self._blocks[n] = self.source.read_at(n * BUFFER_BLOCK, BUFFER_BLOCK)
+        return block
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        at = self[start : self.source.size if end is None else end].find(sub)
+        return at if at < 0 else start + at
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+    def __getitem__(self, key: int | slice) -> int | bytes:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.source.size)
+            if step != 1:
+                raise ValueError("a RemoteBuffer is sliced with step 1 only")
+            if stop <= start:
+                return b""
+            if stop - start > BUFFER_BLOCK:  # a payload, not structure: one read, not kept
+                return self.source.read_at(start, stop - start)
+            first, last = start // BUFFER_BLOCK, (stop - 1) // BUFFER_BLOCK
+            data = b"".join(self._block(n) for n in range(first, last + 1))
+            return data[start - first * BUFFER_BLOCK : stop - first * BUFFER_BLOCK]
+        if key < 0:
+            key += self.source.size
+        if not 0 <= key < self.source.size:
+            raise IndexError("RemoteBuffer index out of range")
+        return self._block(key // BUFFER_BLOCK)[key % BUFFER_BLOCK]
 
 
 class _RangeReader(io.RawIOBase):

@@ -23,6 +23,7 @@ from ckptkit.core.dtypes import DTYPES
 from ckptkit.core.errors import UsageError
 from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
+from ckptkit.io.source import Source
 
 from .graph import looks_like_model
 
@@ -37,6 +38,13 @@ def open_onnx(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     from .reader import OnnxCheckpoint
 
     return OnnxCheckpoint(path, include_constants=not options.get("no_constants"))
+
+
+def open_remote_onnx(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a model at a URL lazily, its external data files beside it."""
+    from .reader import RemoteOnnxCheckpoint
+
+    return RemoteOnnxCheckpoint(source, include_constants=not options.get("no_constants"))
 
 
 def write_onnx(ckpt: Checkpoint, ctx: WriteContext) -> None:
@@ -60,6 +68,7 @@ FORMAT = Format(
     extensions=(".onnx",),
     sniff=sniff,
     open=open_onnx,
+    open_remote=open_remote_onnx,
     write=write_onnx,
     read_options=(OptionSpec("no_constants", "ONNX: leave out tensors held by Constant nodes.", kind="flag"),),
     write_options=(

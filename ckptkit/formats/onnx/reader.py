@@ -15,15 +15,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DType, by_name, by_onnx
-from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.errors import CorruptCheckpointError, NoSuchFileError, UnsafeCheckpointError
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io.paths import resolve_inside
+from ckptkit.io.paths import is_inside_name, resolve_inside
 from ckptkit.io.protowire import Buffer, repeated
+from ckptkit.io.source import RemoteBuffer, Source, open_source
 
 from .elements import TYPED_FIELD_NAMES, decode_typed, element_name, is_packed, stored_nbytes, unpack
 from .graph import ModelInfo, Slot, TensorRecord, scan_model
@@ -60,6 +61,10 @@ class OnnxCheckpoint(Checkpoint):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             self._map: Buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._list(include_constants)
+
+    def _list(self, include_constants: bool) -> None:
+        """Walk the model and list its tensors (one code path for local and remote files)."""
         self.model: ModelInfo = scan_model(self._map)
         limits.check("the tensor count", len(self.model.slots), "tensors", "tensors")
         self._external_maps: dict[Path, Buffer] = {}
@@ -224,6 +229,78 @@ class OnnxCheckpoint(Checkpoint):
         # Arrays handed out may still view the maps; the garbage collector unmaps them after.
         self._map = b""
         self._external_maps.clear()
+
+
+class RemoteOnnxCheckpoint(OnnxCheckpoint):
+    """An ONNX model at a URL: the protobuf walked over a buffer fetched in blocks as the walk reaches
+    them (inline tensor payloads it skips are not fetched), each tensor read by a range request.
+    External data files are the URLs beside the model, under the same rules as local ones."""
+
+    def __init__(self, source: Source, include_constants: bool = True) -> None:
+        Checkpoint.__init__(self, None)
+        self.source = source
+        self.url = source.name
+        self.folder = Path()
+        self._map = cast(Buffer, RemoteBuffer(source))
+        self._external_sources: dict[str, Source] = {}
+        self._list(include_constants)
+
+    def _external_ref(self, name: str, t: TensorRecord, need: int) -> ExternalRef:
+        location = t.external.get("location", "")
+        url = external_url(self.source.name, name, location)
+        data = self._external_sources.get(url)
+        if data is None:
+            data = self._external_sources[url] = open_external(url, name, location)
+        offset = external_offset(name, t, need, data.size)
+        return ExternalRef(Path(location), location, offset, need)
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        ti = self.info(name)
+        t = self.slots[name].tensor
+        if t is None or ti.numel == 0:
+            return super().read_tensor(name)
+        nbytes = stored_nbytes(ti.dtype, ti.numel)
+        ref = self._refs.get(name)
+        if ref is not None:
+            source = self._external_sources[external_url(self.source.name, name, ref.location)]
+            data = source.read_at(ref.offset, nbytes)
+        elif t.raw is not None:
+            data = self.source.read_at(t.raw.start, nbytes)
+        else:
+            return super().read_tensor(name)  # typed fields: decoded from the walked buffer
+        if len(data) < nbytes:
+            raise CorruptCheckpointError(f"tensor {name!r}: the file ends inside its data")
+        return _values_at(data, 0, ti.dtype, ti.numel).reshape(ti.shape)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return None
+
+    @property
+    def sources(self) -> list[Source]:
+        """The model's file and its external data files: the files a manifest lists."""
+        return [self.source, *self._external_sources.values()]
+
+
+def external_url(model_url: str, name: str, location: str) -> str:
+    """The URL of the external data ``location`` of tensor ``name``: beside the model, as locally."""
+    if not location or "\0" in location:
+        raise CorruptCheckpointError(f"tensor {name!r} is stored externally but names no valid location")
+    if not is_inside_name(location):
+        raise UnsafeCheckpointError(
+            f"tensor {name!r}: external data location {location!r} is not a file inside the model's folder"
+        )
+    return f"{model_url.rsplit('/', 1)[0]}/{location}"
+
+
+def open_external(url: str, name: str, location: str) -> Source:
+    """The external data file at ``url``, which must exist."""
+    try:
+        return open_source(url)
+    except NoSuchFileError:
+        raise CorruptCheckpointError(
+            f"tensor {name!r}: external data file {location} is missing beside the model ({url}); keep it "
+            "beside the model under the name the model gives"
+        ) from None
 
 
 def external_file(folder: Path, name: str, location: str) -> Path:

@@ -7,20 +7,31 @@ that lie inside it. The model is then given to ``onnx.checker`` when the onnx pa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
+from contextlib import nullcontext
 from pathlib import Path
 
 from ckptkit.core.dtypes import by_onnx
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError
-from ckptkit.core.findings import Finding, error, warning
+from ckptkit.core.findings import Finding, error, relocated, warning
 from ckptkit.formats.onnx.elements import stored_nbytes
 from ckptkit.formats.onnx.graph import TensorRecord, scan_model
 from ckptkit.formats.onnx.reader import ExternalDataTruncated, external_file, external_offset
+from ckptkit.io.paths import is_inside_name
+from ckptkit.io.source import Source, open_source, sibling_exists
 
 
-def check_structure(path: Path) -> list[Finding]:
-    """Every fault found in the ONNX model at ``path`` and its external data."""
+def check_structure(path: Path | Source) -> list[Finding]:
+    """Every fault found in the ONNX model at ``path`` and its external data.
+
+    A model at a URL is checked on a temporary local copy, with the external data files it names
+    fetched from beside it (onnx.checker reads a model from a file): the same findings, of its URLs."""
+    if isinstance(path, Source):
+        if path.local_path is not None:
+            return check_structure(path.local_path)
+        return _remote(path)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         try:
             model = scan_model(mm)
@@ -33,6 +44,30 @@ def check_structure(path: Path) -> list[Finding]:
             for finding in _external(path, slot.name, slot.tensor)
         ]
     return findings + _checker(path)
+
+
+def _remote(source: Source) -> list[Finding]:
+    folder_url = source.name.rsplit("/", 1)[0]
+    with source.local_copy() as copy:
+        with contextlib.suppress(CkptkitError), open(copy, "rb") as f:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if copy.stat().st_size else nullcontext(b"") as mm:
+                locations = {
+                    slot.tensor.external.get("location", "")
+                    for slot in scan_model(mm).slots
+                    if slot.tensor is not None and slot.tensor.is_external
+                }
+            for location in sorted(locations):
+                # Only names inside the folder are fetched; the check reports the others as locally.
+                if (
+                    location
+                    and "\0" not in location
+                    and is_inside_name(location)
+                    and sibling_exists(f"{folder_url}/{location}")
+                ):
+                    (copy.parent / location).parent.mkdir(parents=True, exist_ok=True)
+                    open_source(f"{folder_url}/{location}").download(copy.parent / location)
+        findings = check_structure(copy)
+        return relocated(relocated(findings, copy, source.name), copy.parent, folder_url)
 
 
 def _external(model: Path, name: str, t: TensorRecord) -> list[Finding]:
