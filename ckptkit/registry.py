@@ -318,7 +318,7 @@ def open_checkpoint(
     is no file is looked up with :func:`locate` (a TensorFlow prefix).
     """
     if is_url(path):
-        source = open_source(path)
+        source = open_remote_located(str(path))
         if source.remote:
             return _open_remote(source, format, options)
         path = str(source.local_path)
@@ -333,6 +333,21 @@ def open_checkpoint(
     else:
         fmt = detect(p)
     return open_as(fmt, p, options)
+
+
+def open_remote_located(url: str) -> Source:
+    """The source at ``url``; when no file is there, the one a format locates for it (a TensorFlow
+    prefix's index), else :class:`NoSuchFileError`."""
+    try:
+        return open_source(url)
+    except NoSuchFileError:
+        for fmt in _load().values():
+            if fmt.locate_remote is not None and fmt.open_remote is not None:
+                try:
+                    return open_source(fmt.locate_remote(url))
+                except NoSuchFileError:
+                    continue
+        raise
 
 
 def _open_remote(source: Source, format: str | None, options: Mapping[str, Any] | None) -> Checkpoint:

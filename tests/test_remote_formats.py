@@ -135,6 +135,32 @@ def _onnx(path: Path, external: bool = False) -> None:
         onnx.save(model, path)
 
 
+def _tensorflow(index: Path) -> None:
+    """A TensorFlow bundle in two data files, one tensor stored as slices, one big-endian-free string-free set."""
+    from tests.tf_bundles import write_bundle
+
+    prefix = index.with_name(index.name.removesuffix(".index"))
+    part = sample_array("float32", (6, 4), seed=7)
+    write_bundle(
+        prefix,
+        {"dense/kernel": sample_array("float32", (4, 3), seed=5), "dense/bias": sample_array("float64", (3,), seed=6),
+         "step": np.array(12, np.int64)},
+        partitioned={"emb": (part, [[(0, 3), (0, 4)], [(3, 3), (0, 4)]])},
+        shards=2,
+    )  # fmt: skip
+
+
+def _cut_data(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
+    """A builder whose first data file is cut short (a bundle's damage lies in its data files)."""
+
+    def build(index: Path) -> None:
+        make(index)
+        data = next(index.parent.glob(index.name.removesuffix(".index") + ".data-00000-*"))
+        data.write_bytes(data.read_bytes()[: int(data.stat().st_size * keep)])
+
+    return build
+
+
 def _cut(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
     """A builder whose file is cut short: the checks must report the same damage as for the local file."""
 
@@ -156,6 +182,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "keras2.h5": _keras2,
     "model.onnx": _onnx,
     "external.onnx": lambda p: _onnx(p, external=True),
+    "ckpt-1.index": _tensorflow,
 }
 DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.pt": _cut(_torch, 0.8),
@@ -164,6 +191,7 @@ DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.keras": _cut(_keras, 0.95),
     "cut.h5": _cut(_keras2, 0.9),
     "cut.onnx": _cut(_onnx, 0.8),
+    "cut-1.index": _cut_data(_tensorflow, 0.5),
 }
 
 
@@ -222,6 +250,15 @@ def test_diff_of_a_url_and_its_local_copy_finds_them_identical(served, name):
     assert report["a"]["path"] == f"{base}/{name}"
     summary = report["summary"]
     assert summary["identical"] == summary["compared"] >= report["a"]["tensors"] > 0, summary
+
+
+def test_a_tensorflow_prefix_url_names_its_index(served):
+    folder, base, _handler = served
+    _build(folder, "ckpt-1.index", BUILDERS)
+    code, out = run("inspect", f"{base}/ckpt-1", "--json")
+    assert code == 0, out
+    assert json.loads(out) == json.loads(run("inspect", f"{base}/ckpt-1.index", "--json")[1])
+    assert json.loads(out)["tensor_count"] == 4
 
 
 def test_timeline_reads_snapshots_at_urls(served):

@@ -123,6 +123,9 @@ class Format:
     # For a file at a URL, where ``sniff`` cannot look inside a container: answers from the first
     # bytes and the Source (range reads); without it, ``sniff`` is asked with the URL's file name.
     sniff_remote: Callable[[bytes, Any], bool] | None = None
+    # For a URL that names no file, the URL of the file that holds the checkpoint it names (a
+    # TensorFlow prefix's index), tried when the URL itself is missing.
+    locate_remote: Callable[[str], str] | None = None
     locate: Locator | None = None
     snapshots: SeriesFinder | None = None
     dtypes: frozenset[str] = frozenset()

@@ -13,13 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.errors import UsageError
 from ckptkit.core.format import TEMPLATE_OPTION, Format, OptionSpec, WriteContext
 from ckptkit.core.model import Checkpoint
+from ckptkit.io.source import Source
 
 from . import dtypes as tf_dtypes
 from .paths import (
     INDEX_SUFFIX,
     STATE_FILE,
+    ends_like_table,
     folder_index,
     index_path,
     kept_checkpoints,
@@ -55,6 +58,25 @@ def find_index(path: Path) -> Path | None:
     return index if looks_like_table(index) else None
 
 
+def sniff_remote(head: bytes, source: Source) -> bool:
+    """An index at a URL: its name, and the table magic number in its last 8 bytes."""
+    return source.basename.endswith(INDEX_SUFFIX) and ends_like_table(source.read_at(source.size - 8, 8), source.size)
+
+
+def locate_remote(url: str) -> str:
+    """The index of the checkpoint a prefix URL (``s3://bucket/run/ckpt-1``) names."""
+    return url + INDEX_SUFFIX
+
+
+def open_remote_tensorflow(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a checkpoint at a URL (its index) for lazy reading: data files are the URLs beside it."""
+    from .read import RemoteTensorFlowCheckpoint
+
+    if options.get("checkpoint"):
+        raise UsageError("--checkpoint picks a checkpoint in a local folder; name the checkpoint's index URL instead")
+    return RemoteTensorFlowCheckpoint(source)
+
+
 def open_tensorflow(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     from .read import TensorFlowCheckpoint
 
@@ -73,6 +95,9 @@ FORMAT = Format(
     extensions=(INDEX_SUFFIX,),
     sniff=sniff,
     open=open_tensorflow,
+    open_remote=open_remote_tensorflow,
+    sniff_remote=sniff_remote,
+    locate_remote=locate_remote,
     write=write_tensorflow,
     read_options=(
         OptionSpec(

@@ -57,6 +57,11 @@ def prefix_of(path: Path) -> Path | None:
     return path.with_name(match["prefix"]) if match else None
 
 
+def ends_like_table(tail: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes whose last 8 bytes are ``tail`` is a table (a URL's, say)."""
+    return size >= 48 and tail == _TABLE_MAGIC
+
+
 def looks_like_table(path: Path) -> bool:
     """Whether ``path`` is a file that ends with the table magic number (cheap: reads 8 bytes)."""
     try:

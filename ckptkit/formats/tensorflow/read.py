@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DType
-from ckptkit.core.errors import CorruptCheckpointError, UnsupportedError
+from ckptkit.core.errors import CorruptCheckpointError, NoSuchFileError, UnsupportedError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
 from ckptkit.io import crc32c
+from ckptkit.io.source import Source, open_source
 
 from . import dtypes
 from .names import Naming, name_variables, plain_name
-from .paths import Location, data_path
+from .paths import INDEX_SUFFIX, Location, data_path, prefix_of
 from .protos import BIG, BUNDLE_VERSION, LITTLE, Entry, Header, Slice, parse_entry, parse_header, parse_object_graph
 from .table import Table
 
@@ -126,11 +127,11 @@ class Stored:
 class Bundle:
     """The parsed index: its header and every entry (raw), checked for order and limits."""
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, source: Source | None = None) -> None:
         self.location = location
-        size = location.index.stat().st_size
+        size = source.size if source is not None else location.index.stat().st_size
         limits.check("the checkpoint index", size, "header_bytes")
-        self.table = Table(location.index.read_bytes())
+        self.table = Table(source.read_at(0, size) if source is not None else location.index.read_bytes())
         self.entries: dict[bytes, bytes] = {}
         items = self.table.items()
         first = next(items, None)
@@ -191,14 +192,14 @@ class TensorFlowCheckpoint(Checkpoint):
     format_name = "tensorflow"
     concurrent_reads = True
 
-    def __init__(self, location: Location) -> None:
-        super().__init__(location.index)
+    def __init__(self, location: Location, source: Source | None = None) -> None:
+        super().__init__(location.index if source is None else None)
         self.location = location
         self._maps: dict[int, mmap.mmap | None] = {}
         self._sizes: dict[int, int | None] = {}
         self._names: dict[int, str] = {}  # data file names by number, for the location column
         self._lock = threading.Lock()
-        self.bundle = Bundle(location)
+        self.bundle = Bundle(location, source)
         self._stored: dict[str, Stored] = {}
         self._infos: list[TensorInfo] = []
         try:
@@ -284,8 +285,7 @@ class TensorFlowCheckpoint(Checkpoint):
 
     def _check_whole(self, name: str, entry: Entry, nbytes: int) -> None:
         if 0 <= entry.shard_id < self.bundle.header.num_shards and entry.shard_id not in self._sizes:
-            path = self.bundle.data_file(entry.shard_id)
-            self._sizes[entry.shard_id] = path.stat().st_size if path.is_file() else None
+            self._sizes[entry.shard_id] = self._data_size(entry.shard_id)
         problem = entry_problem(f"tensor {name!r}", entry, nbytes, self.bundle.header.num_shards, self._sizes)
         if problem is not None:
             message = problem[1]
@@ -313,13 +313,22 @@ class TensorFlowCheckpoint(Checkpoint):
                     self._maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
             return self._maps[shard]
 
+    def _data_size(self, shard: int) -> int | None:
+        """The size of a data file, ``None`` when it is missing."""
+        path = self.bundle.data_file(shard)
+        return path.stat().st_size if path.is_file() else None
+
+    def _data(self, entry: Entry) -> tuple[Any, int]:
+        """The bytes holding ``entry`` and where it starts in them: the data file's map, here."""
+        return self._map(entry.shard_id), entry.offset
+
     def _strings(self, key: bytes, entry: Entry) -> list[bytes]:
         if not 0 <= entry.shard_id < self.bundle.header.num_shards or entry.offset < 0 or entry.size < 0:
             raise CorruptCheckpointError(f"string tensor {key!r} has a bad location in the index")
-        data = self._map(entry.shard_id)
-        if data is None or entry.offset + entry.size > len(data):
+        data, offset = self._data(entry)
+        if data is None or offset + entry.size > len(data):
             raise CorruptCheckpointError(f"string tensor {key[:80]!r} lies past the end of its data file")
-        return read_strings(data, entry.offset, entry.size, math.prod(entry.shape))[0]
+        return read_strings(data, offset, entry.size, math.prod(entry.shape))[0]
 
     def read_key(self, key: bytes, entry: Entry) -> np.ndarray:
         """A whole stored tensor (or slice) by its index entry, in native byte order."""
@@ -328,14 +337,16 @@ class TensorFlowCheckpoint(Checkpoint):
         dtype = dtypes.to_ckptkit(entry.dtype)
         assert dtype is not None
         count = math.prod(entry.shape)
-        data = self._map(entry.shard_id)
-        if count == 0 or data is None:
+        if count == 0:
+            return np.zeros(entry.shape, dtype.numpy)
+        data, offset = self._data(entry)
+        if data is None:
             return np.zeros(entry.shape, dtype.numpy)
         np_dtype = dtype.numpy
         if self.bundle.header.endianness == BIG and np_dtype.itemsize > 1:
-            arr = np.frombuffer(data, np_dtype.newbyteorder(">"), count, entry.offset)
+            arr = np.frombuffer(data, np_dtype.newbyteorder(">"), count, offset)
             return arr.astype(np_dtype).reshape(entry.shape)
-        return np.frombuffer(data, np_dtype, count, entry.offset).reshape(entry.shape)
+        return np.frombuffer(data, np_dtype, count, offset).reshape(entry.shape)
 
     def tensor_infos(self) -> Sequence[TensorInfo]:
         return self._infos
@@ -382,6 +393,53 @@ class TensorFlowCheckpoint(Checkpoint):
     def close(self) -> None:
         # Arrays handed out may still view the maps; the garbage collector closes those.
         self._maps.clear()
+
+
+class RemoteTensorFlowCheckpoint(TensorFlowCheckpoint):
+    """A TensorFlow checkpoint at a URL (its ``.index``): the index read whole (it is checked against
+    the header limit first), each tensor by a range read of the data file beside it."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._folder = source.name.rsplit("/", 1)[0]
+        self._data_sources: dict[int, Source | None] = {}
+        name = Path(source.basename)
+        prefix = prefix_of(name)
+        if prefix is None or not source.basename.endswith(INDEX_SUFFIX):
+            raise CorruptCheckpointError(f"name the checkpoint's {INDEX_SUFFIX} file (or its prefix) at the URL")
+        super().__init__(Location(prefix, name), source)
+        self.url = source.name
+
+    def _data_source(self, shard: int) -> Source | None:
+        with self._lock:
+            if shard not in self._data_sources:
+                try:
+                    self._data_sources[shard] = open_source(f"{self._folder}/{self.bundle.data_file(shard).name}")
+                except NoSuchFileError:
+                    self._data_sources[shard] = None
+            return self._data_sources[shard]
+
+    def _data_size(self, shard: int) -> int | None:
+        source = self._data_source(shard)
+        return None if source is None else source.size
+
+    def _data(self, entry: Entry) -> tuple[Any, int]:
+        source = self._data_source(entry.shard_id)
+        if source is None:
+            return None, 0
+        data = source.read_at(entry.offset, entry.size)
+        if len(data) < entry.size:
+            raise CorruptCheckpointError(f"the data file {source.basename} ends inside a tensor: truncated?")
+        return data, 0
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return None
+
+    @property
+    def sources(self) -> list[Source]:
+        """The index and the data files: the files a manifest lists."""
+        found = [self._data_source(i) for i in range(self.bundle.header.num_shards)]
+        return [self.source, *(s for s in found if s is not None)]
 
 
 def plan_slices(

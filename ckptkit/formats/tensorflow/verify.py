@@ -17,11 +17,12 @@ import numpy as np
 
 from ckptkit.core import limits
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
-from ckptkit.core.findings import Finding, error, warning
+from ckptkit.core.findings import Finding, error, relocated, warning
 from ckptkit.io import crc32c
+from ckptkit.io.source import Source, list_siblings, open_source, sibling_exists
 
 from . import dtypes
-from .paths import Location, data_path, locate
+from .paths import INDEX_SUFFIX, Location, data_path, locate
 from .protos import Entry, Header, parse_entry, parse_header, parse_object_graph
 from .read import OBJECT_GRAPH_KEY, check_header, entry_problem, plan_slices, read_strings
 from .table import Table
@@ -29,8 +30,15 @@ from .table import Table
 _VARIANT = 21
 
 
-def check_structure(path: Path) -> list[Finding]:
-    """Every structural fault of the TensorFlow checkpoint ``path`` names."""
+def check_structure(path: Path | Source) -> list[Finding]:
+    """Every structural fault of the TensorFlow checkpoint ``path`` names.
+
+    A checkpoint at a URL (its index) is checked on a temporary local copy of the index and the data
+    files beside it (the checks read every data file's CRC-32C): the same findings, of its URLs."""
+    if isinstance(path, Source):
+        if path.local_path is not None:
+            return check_structure(path.local_path)
+        return _remote(path)
     try:
         location = locate(path)
         limits.check("the checkpoint index", location.index.stat().st_size, "header_bytes")
@@ -38,6 +46,26 @@ def check_structure(path: Path) -> list[Finding]:
     except CkptkitError as err:
         return [error("tensorflow.index", err.message, path)]
     return _Checker(location, table, path).run()
+
+
+def _remote(source: Source) -> list[Finding]:
+    folder_url = source.name.rsplit("/", 1)[0]
+    prefix = source.basename.removesuffix(INDEX_SUFFIX)
+    with source.local_copy() as copy:
+        for name in list_siblings(source.name) or _named_data_files(copy, prefix):
+            if name.startswith(prefix + ".data-") and sibling_exists(f"{folder_url}/{name}"):
+                open_source(f"{folder_url}/{name}").download(copy.parent / name)
+        findings = check_structure(copy)
+        return relocated(relocated(findings, copy, source.name), copy.parent, folder_url)
+
+
+def _named_data_files(index: Path, prefix: str) -> list[str]:
+    """The data files the index's header calls for (where the store cannot list a folder)."""
+    try:
+        header = parse_header(next(Table(index.read_bytes()).items())[1])
+    except (CkptkitError, StopIteration):
+        return []
+    return [data_path(Path(prefix), i, header.num_shards).name for i in range(max(0, min(header.num_shards, 4096)))]
 
 
 class _Checker:
