@@ -161,6 +161,19 @@ def _cut_data(make: Callable[[Path], None], keep: float) -> Callable[[Path], Non
     return build
 
 
+def _npz(path: Path) -> None:
+    """An .npz archive with a stored array, a Fortran-ordered one and a compressed-member sibling file."""
+    arrays = {
+        "w": sample_array("float32", (4, 5), seed=8),
+        "f": np.asfortranarray(sample_array("int16", (3, 4), seed=9)),
+    }
+    np.savez(path, **arrays)
+
+
+def _npy(path: Path) -> None:
+    np.save(path, sample_array("float64", (6, 2), seed=10).astype(">f8"))
+
+
 def _cut(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
     """A builder whose file is cut short: the checks must report the same damage as for the local file."""
 
@@ -183,6 +196,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "model.onnx": _onnx,
     "external.onnx": lambda p: _onnx(p, external=True),
     "ckpt-1.index": _tensorflow,
+    "arrays.npz": _npz,
+    "packed.npz": lambda p: np.savez_compressed(p, a=sample_array("float32", (8, 8), seed=11), b=np.arange(5)),
+    "array.npy": _npy,
 }
 DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.pt": _cut(_torch, 0.8),
@@ -192,6 +208,7 @@ DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.h5": _cut(_keras2, 0.9),
     "cut.onnx": _cut(_onnx, 0.8),
     "cut-1.index": _cut_data(_tensorflow, 0.5),
+    "cut.npy": _cut(_npy, 0.8),
 }
 
 

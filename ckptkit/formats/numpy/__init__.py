@@ -13,12 +13,21 @@ import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from ckptkit.core.errors import UnsupportedError, UsageError
 from ckptkit.core.format import Format, WriteContext
 from ckptkit.core.model import Checkpoint
-from ckptkit.formats.numpy.npy import MAGIC, NPY_SUFFIX, NUMPY_DTYPES, NumpyCheckpoint, is_npz, npy_header_bytes
+from ckptkit.formats.numpy.npy import (
+    MAGIC,
+    NPY_SUFFIX,
+    NUMPY_DTYPES,
+    NumpyCheckpoint,
+    RemoteNumpyCheckpoint,
+    is_npz,
+    npy_header_bytes,
+)
+from ckptkit.io.source import Source
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -35,6 +44,21 @@ def sniff(head: bytes, path: Path) -> bool:
 
 def open_numpy(path: Path, options: Mapping[str, Any]) -> Checkpoint:
     return NumpyCheckpoint(path)
+
+
+def sniff_remote(head: bytes, source: Source) -> bool:
+    """:func:`sniff` for a file at a URL: an archive's directory by range reads."""
+    if head.startswith(MAGIC):
+        return True
+    if head.startswith(b"PK\x03\x04"):
+        with source.ranges() as f:
+            return is_npz(cast(BinaryIO, f), source.size)
+    return False
+
+
+def open_remote_numpy(source: Source, options: Mapping[str, Any]) -> Checkpoint:
+    """Open a ``.npy`` or ``.npz`` file at a URL for lazy reading by range requests."""
+    return RemoteNumpyCheckpoint(source)
 
 
 def write_numpy(ckpt: Checkpoint, ctx: WriteContext) -> None:
@@ -82,6 +106,8 @@ FORMAT = Format(
     extensions=(".npz", NPY_SUFFIX),
     sniff=sniff,
     open=open_numpy,
+    open_remote=open_remote_numpy,
+    sniff_remote=sniff_remote,
     write=write_numpy,
     default_extension=".npz",
     verify="ckptkit.formats.numpy.verify:check_numpy",

@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ckptkit.core import limits
 from ckptkit.core.dtypes import DTYPES, from_numpy
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsafeCheckpointError, UnsupportedError
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
+from ckptkit.io.source import Source
 from ckptkit.io.unpickler import ObjectsUnpickler
 from ckptkit.io.ziparchive import ZIP_ERRORS, open_zip, read_member
 
@@ -155,23 +156,27 @@ class NumpyCheckpoint(Checkpoint):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._file = open(path, "rb")  # noqa: SIM115 - owned by the checkpoint until close()
+        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - owned by the checkpoint until close()
         self._map: mmap.mmap | None = None
         self._zip: zipfile.ZipFile | None = None
         try:
-            self._arrays = self._index()
-            if os.fstat(self._file.fileno()).st_size:
+            size = os.fstat(self._file.fileno()).st_size
+            self._arrays = self._index(size)
+            if size:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except BaseException:
             self.close()
             raise
+        self._list()
+
+    def _list(self) -> None:
         self._infos = [
             TensorInfo(a.name, from_numpy(a.header.dtype), a.header.shape, a.member.filename if a.member else "npy")
             for a in self._arrays.values()
         ]
 
-    def _index(self) -> dict[str, _Array]:
-        size = os.fstat(self._file.fileno()).st_size
+    def _index(self, size: int) -> dict[str, _Array]:
+        """The arrays of the open file (one code path for local and remote files)."""
         head = self._file.read(4)
         self._file.seek(0)
         if head != b"PK\x03\x04":
@@ -247,12 +252,7 @@ class NumpyCheckpoint(Checkpoint):
             assert self._zip is not None and arr.member is not None
             raw = read_member(self._zip, arr.member)
             flat = np.frombuffer(raw, h.dtype, count=math.prod(h.shape), offset=h.offset)
-        out = flat.reshape(h.shape, order="F" if h.fortran else "C")
-        if h.fortran and len(h.shape) > 1:
-            out = np.ascontiguousarray(out)
-        if not h.dtype.isnative:
-            out = out.astype(h.dtype.newbyteorder("="))
-        return out
+        return _shaped(flat, h)
 
     def raw_extent(self, name: str) -> RawExtent | None:
         arr = self._arrays[name]
@@ -266,6 +266,55 @@ class NumpyCheckpoint(Checkpoint):
         if self._zip is not None:
             self._zip.close()
         self._file.close()
+
+
+def _shaped(flat: np.ndarray, h: NpyHeader) -> np.ndarray:
+    """A flat array of the file's values in the header's shape and order, native byte order."""
+    import numpy as np
+
+    out = flat.reshape(h.shape, order="F" if h.fortran else "C")
+    if h.fortran and len(h.shape) > 1:
+        out = np.ascontiguousarray(out)
+    if not h.dtype.isnative:
+        out = out.astype(h.dtype.newbyteorder("="))
+    return out
+
+
+class RemoteNumpyCheckpoint(NumpyCheckpoint):
+    """A ``.npy`` or ``.npz`` file at a URL: headers (and an archive's directory) by exact range reads,
+    arrays stored in place by a range read each, compressed members through the archive. The same
+    checks and limits as a local file (object arrays scanned, never unpickled)."""
+
+    def __init__(self, source: Source) -> None:
+        Checkpoint.__init__(self, None)
+        self.source = source
+        self.url = source.name
+        self._file = cast(BinaryIO, source.ranges())
+        self._map = None
+        self._zip = None
+        try:
+            self._arrays = self._index(source.size)
+        except BaseException:
+            self.close()
+            raise
+        self._list()
+        # compressed members are read through the one archive file: one thread at a time then
+        self.concurrent_reads = all(a.start >= 0 for a in self._arrays.values())
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        import numpy as np
+
+        arr = self._arrays[name]
+        if arr.start < 0:
+            return super().read_tensor(name)
+        h = arr.header
+        data = self.source.read_at(arr.start, h.nbytes)
+        if len(data) < h.nbytes:
+            raise CorruptCheckpointError(f"tensor {name!r}: the file ends inside its data")
+        return _shaped(np.frombuffer(data, h.dtype, count=math.prod(h.shape)), h)
+
+    def raw_extent(self, name: str) -> RawExtent | None:
+        return None
 
 
 def _data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:

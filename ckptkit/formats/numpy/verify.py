@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.core.findings import Finding, error, warning
+from ckptkit.core.findings import Finding, error, relocated, warning
 from ckptkit.formats.numpy.npy import MAX_HEADER, ROOT_NAME, NpyHeader, parse_header, read_header, scan_objects
 from ckptkit.formats.numpy.pickled import failure_message, load_pickles, payload, pickle_label
+from ckptkit.io.source import Source
 from ckptkit.io.ziparchive import open_zip, read_member
 
 _OBJECTS = (
@@ -25,8 +26,11 @@ _OBJECTS = (
 )
 
 
-def check_numpy(path: Path) -> list[Finding]:
-    """Every fault of the ``.npy`` or ``.npz`` file at ``path``."""
+def check_numpy(path: Path | Source) -> list[Finding]:
+    """Every fault of the ``.npy`` or ``.npz`` file at ``path`` (a file at a URL: on a temporary copy)."""
+    if isinstance(path, Source):
+        with path.local_copy() as copy:
+            return relocated(check_numpy(copy), copy, path.name) if path.remote else check_numpy(copy)
     with open(path, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"
         f.seek(0)
