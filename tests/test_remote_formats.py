@@ -162,7 +162,7 @@ def _cut_data(make: Callable[[Path], None], keep: float) -> Callable[[Path], Non
 
 
 def _npz(path: Path) -> None:
-    """An .npz archive with a stored array, a Fortran-ordered one and a compressed-member sibling file."""
+    """An .npz archive of stored members, one of them Fortran-ordered."""
     arrays = {
         "w": sample_array("float32", (4, 5), seed=8),
         "f": np.asfortranarray(sample_array("int16", (3, 4), seed=9)),
