@@ -51,7 +51,6 @@ def _names(kind: str) -> set[str]:
 
 @click.command("convert")
 @executor_option
-@storage_option
 @click.argument("src", type=input_path)
 @click.argument("dst", type=click.Path())  # a str: a trailing "/" names a folder
 @format_option("from_format", "--from", help="Read SRC as this format (default: detect from content).")
