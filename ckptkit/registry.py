@@ -37,7 +37,7 @@ from ckptkit.core.format import Format, Opener, OptionSpec, Sniffer, WriteContex
 from ckptkit.core.model import Checkpoint
 from ckptkit.core.trust import trusted_globals, trusting
 from ckptkit.io.shards.index import INDEX_SUFFIX
-from ckptkit.io.source import Source, is_url, open_source
+from ckptkit.io.source import Source, current_storage_options, is_url, open_source, use_storage_options
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -386,13 +386,26 @@ def open_remote_as(fmt: Format, source: Source, options: Mapping[str, Any] | Non
         raise UsageError(f"ckptkit reads {fmt.name} files from local paths only; download it first", source.name)
     opts = {k: v for k, v in (options or {}).items() if v not in (None, False, (), "")}
     try:
-        return fmt.open_remote(source, opts)
+        ckpt = fmt.open_remote(source, opts)
     except CkptkitError as err:
         if err.path is None:
             err.path = source.name
         raise
     except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", source.name) from err
+    # Sent to another process (a Dask worker), it reopens the URL there, with the same fsspec options.
+    ckpt.reopen = functools.partial(
+        reopen_remote, fmt.name, source.name, tuple(sorted(opts.items())), tuple(current_storage_options().items())
+    )
+    return ckpt
+
+
+def reopen_remote(
+    format_name: str, url: str, options: tuple[tuple[str, Any], ...], storage: tuple[tuple[str, Any], ...]
+) -> Checkpoint:
+    """The checkpoint :func:`open_remote_as` opened at ``url``, opened again in this process."""
+    with use_storage_options(dict(storage)):
+        return open_remote_as(get(format_name), open_source(url), dict(options))
 
 
 def open_as(fmt: Format, path: Path, options: Mapping[str, Any] | None = None) -> Checkpoint:

@@ -418,3 +418,18 @@ def _header_bytes(path: Path) -> int:
             + 30 * len(zf.infolist())
             + sum(len(i.filename.encode()) + 64 for i in zf.infolist())
         )
+
+
+def test_a_remote_checkpoint_sent_to_another_process_reopens_its_url_with_its_options(tmp_path, s3):  # noqa: F811
+    import pickle
+
+    local = tmp_path / "model.pt"
+    _torch(local)
+    url = _upload(s3, local, "pickled/model.pt")
+    with use_storage_options({"endpoint_url": s3[0]}), registry.open_checkpoint(url) as remote:
+        sent = pickle.dumps(remote)
+    # Unpickled where no --storage-option is in force (a Dask worker): the endpoint travels with it.
+    with pickle.loads(sent) as again, ckptkit.load(local) as here:
+        assert again.url == url
+        for name in here.names():
+            np.testing.assert_array_equal(again.read_tensor(name), here.read_tensor(name))

@@ -72,6 +72,11 @@ def use_storage_options(options: Mapping[str, Any] | None) -> Iterator[None]:
         _storage_options.reset(token)
 
 
+def current_storage_options() -> dict[str, Any]:
+    """The fsspec options :func:`use_storage_options` set for this context (empty if none)."""
+    return dict(_storage_options.get() or {})
+
+
 def _filesystem(url: str, extra: Mapping[str, Any] | None) -> tuple[Any, str]:
     try:
         import fsspec
