@@ -29,6 +29,7 @@ from ckptkit.core.findings import ProblemSink
 from ckptkit.core.model import TensorInfo
 
 FETCH_AHEAD = 64 * 1024
+FIRST_READ = 4096  # what detection read already: a small header costs no further request
 Reader = Callable[[int, int], bytes]
 
 if TYPE_CHECKING:

@@ -182,7 +182,7 @@ class RemoteGGUFCheckpoint(GGUFCheckpoint):
         self.source = source
         self.url = source.name
         self._map = None
-        first = source.read_at(0, header.FETCH_AHEAD)
+        first = source.read_at(0, header.FIRST_READ)
         parsed = header.parse(first, source.size, ProblemSink(source.name, strict=True), more=source.read_at)
         assert parsed is not None  # a strict sink raises instead
         self._take(parsed)

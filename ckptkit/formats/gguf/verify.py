@@ -6,7 +6,7 @@ import mmap
 from pathlib import Path
 
 from ckptkit.core.findings import Finding, ProblemSink
-from ckptkit.formats.gguf.header import FETCH_AHEAD, parse
+from ckptkit.formats.gguf.header import FIRST_READ, parse
 from ckptkit.io.source import Source
 
 
@@ -16,7 +16,7 @@ def check_structure(path: Path | Source) -> list[Finding]:
     ``path`` may be a file at a URL: its header is then fetched as the parse reaches it."""
     if isinstance(path, Source) and path.remote:
         sink = ProblemSink(path.name, strict=False)
-        parse(path.read_at(0, FETCH_AHEAD), path.size, sink, more=path.read_at)
+        parse(path.read_at(0, FIRST_READ), path.size, sink, more=path.read_at)
         return sink.findings
     if isinstance(path, Source):
         assert path.local_path is not None
