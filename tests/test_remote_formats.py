@@ -174,6 +174,21 @@ def _npy(path: Path) -> None:
     np.save(path, sample_array("float64", (6, 2), seed=10).astype(">f8"))
 
 
+class _Payload:
+    """Unpickling this would run a shell command: ckptkit must refuse it at a URL as it does locally."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo owned > /dev/null",))
+
+
+def _hostile_torch(path: Path) -> None:
+    import torch
+
+    torch.save({"w": torch.zeros(2), "hook": _Payload()}, path)
+
+
 def _cut(make: Callable[[Path], None], keep: float) -> Callable[[Path], None]:
     """A builder whose file is cut short: the checks must report the same damage as for the local file."""
 
@@ -209,6 +224,7 @@ DAMAGED: dict[str, Callable[[Path], None]] = {
     "cut.onnx": _cut(_onnx, 0.8),
     "cut-1.index": _cut_data(_tensorflow, 0.5),
     "cut.npy": _cut(_npy, 0.8),
+    "hostile.pt": _hostile_torch,
 }
 
 
@@ -244,6 +260,17 @@ def test_verify_of_a_damaged_file_at_a_url_reports_what_the_local_check_reports(
     assert code_here == 1, here
     assert json.loads(here)["findings"], here
     assert (code_there, _as_local(there, base, folder)) == (code_here, json.loads(here))
+
+
+def test_a_hostile_pickle_at_a_url_is_refused_as_a_local_one_is(served):
+    folder, base, _handler = served
+    local = _build(folder, "hostile.pt", DAMAGED)
+    with pytest.raises(ckptkit.CkptkitError) as here:
+        registry.open_checkpoint(local)
+    with pytest.raises(type(here.value)) as there:
+        registry.open_checkpoint(f"{base}/hostile.pt")
+    assert there.value.message == here.value.message
+    assert "system" in there.value.message
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
