@@ -393,6 +393,7 @@ def open_remote_as(fmt: Format, source: Source, options: Mapping[str, Any] | Non
         raise
     except READ_ERRORS as err:
         raise CorruptCheckpointError(f"cannot read as {fmt.name}: {describe_read_error(err)}", source.name) from err
+    source.forget()  # the structure is parsed: a checkpoint holding many shards keeps no copies of theirs
     # Sent to another process (a Dask worker), it reopens the URL there, with the same fsspec options.
     ckpt.reopen = functools.partial(
         reopen_remote, fmt.name, source.name, tuple(sorted(opts.items())), tuple(current_storage_options().items())

@@ -225,7 +225,7 @@ class HashJob:
 def _remote_file_sha256(source: Source, progress: ProgressFn | None) -> str:
     digest = hashlib.sha256()
     for offset in range(0, source.size, RANGE_CHUNK):
-        chunk = source.read_at(offset, RANGE_CHUNK)
+        chunk = source.read_at(offset, RANGE_CHUNK, keep=False)
         digest.update(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -31,8 +31,10 @@ from ckptkit.core.errors import MissingDependencyError, NoSuchFileError, UsageEr
 
 READAHEAD = 64 * 1024  # what a remote file object fetches beyond a read: headers are small
 HEAD_KEPT = 64 * 1024  # a first read up to this size is kept for the next reads of the same bytes
-KEPT_BYTES = 4 * 1024 * 1024  # small reads kept for parsers that read a structure twice (zip: end record, directory)
-KEPT_READ = 1024 * 1024  # reads larger than this are tensor data, read once: not kept
+# Small reads of structure are kept (per source, at most KEPT_BYTES) for parsers that read it twice
+# (a zip's end record and directory, HDF5 metadata); tensor data is read with keep=False.
+KEPT_BYTES = 2 * 1024 * 1024
+KEPT_READ = 1024 * 1024
 RANGE_CHUNK = 32 * 1024 * 1024  # tensor data: large range reads, few round trips
 BUFFER_BLOCK = 16 * 1024  # RemoteBuffer: structure is read in blocks this large
 BUFFER_BLOCKS_KEPT = 256
@@ -124,8 +126,10 @@ class Source:
         with self._lock:
             self.bytes_read += n
 
-    def read_at(self, offset: int, n: int) -> bytes:
-        """``n`` bytes from ``offset`` (fewer at the end of the file), in one request if remote."""
+    def read_at(self, offset: int, n: int, keep: bool = True) -> bytes:
+        """``n`` bytes from ``offset`` (fewer at the end of the file), in one request if remote.
+
+        ``keep=False`` for data read once (tensors): a small read is otherwise kept in memory."""
         if n <= 0:
             return b""
         if self.local_path is not None:
@@ -137,10 +141,14 @@ class Source:
             return b""
         if end <= len(self._head):
             return self._head[offset:end]
-        if offset == 0 and self._head and end <= HEAD_KEPT:
+        head = self._head
+        if offset == 0 and head and end <= HEAD_KEPT:
             # a parser asking for more of the start than detection read: only the rest is fetched
-            self._head += self.read_at(len(self._head), end - len(self._head))
-            return self._head[:end]
+            longer = head + self.read_at(len(head), end - len(head))
+            with self._lock:
+                if len(longer) > len(self._head):
+                    self._head = longer
+            return longer[:end]
         with self._lock:
             for at, piece in reversed(self._kept):
                 if at <= offset and end <= at + len(piece):
@@ -149,18 +157,23 @@ class Source:
         self._count(len(data))
         if offset == 0 and not self._head and len(data) <= HEAD_KEPT:
             self._head = data
-        elif len(data) <= KEPT_READ:
+        elif keep and len(data) <= KEPT_READ:
             with self._lock:
                 self._kept.append((offset, data))
                 while sum(len(p) for _, p in self._kept) > KEPT_BYTES:
                     self._kept.pop(0)
         return data
 
+    def forget(self) -> None:
+        """Drop the small reads kept so far (a reader has parsed what it needed of them)."""
+        with self._lock:
+            self._kept.clear()
+
     def read_into(self, offset: int, out: memoryview) -> None:
         """Fill ``out`` from ``offset``, in ranges of :data:`RANGE_CHUNK`; a short file is an error."""
         done = 0
         while done < len(out):
-            chunk = self.read_at(offset + done, min(RANGE_CHUNK, len(out) - done))
+            chunk = self.read_at(offset + done, min(RANGE_CHUNK, len(out) - done), keep=False)
             if not chunk:
                 raise EOFError(f"{self.name} ends at byte {offset + done}, before the data it promises")
             out[done : done + len(chunk)] = chunk
@@ -198,7 +211,7 @@ class Source:
         """Write the file's bytes to ``target``, :data:`RANGE_CHUNK` at a time."""
         with open(target, "wb") as out:
             for offset in range(0, self.size, RANGE_CHUNK):
-                chunk = self.read_at(offset, RANGE_CHUNK)
+                chunk = self.read_at(offset, RANGE_CHUNK, keep=False)
                 if not chunk:
                     break
                 out.write(chunk)
@@ -221,7 +234,7 @@ class RemoteBuffer:
         if block is None:
             if len(self._blocks) >= BUFFER_BLOCKS_KEPT:
                 self._blocks.pop(next(iter(self._blocks)))
-            block = self._blocks[n] = self.source.read_at(n * BUFFER_BLOCK, BUFFER_BLOCK)
+            block = self._blocks[n] = self.source.read_at(n * BUFFER_BLOCK, BUFFER_BLOCK, keep=False)
         return block
 
     def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
@@ -240,7 +253,7 @@ class RemoteBuffer:
             if stop <= start:
                 return b""
             if stop - start > BUFFER_BLOCK:  # a payload, not structure: one read, not kept
-                return self.source.read_at(start, stop - start)
+                return self.source.read_at(start, stop - start, keep=False)
             first, last = start // BUFFER_BLOCK, (stop - 1) // BUFFER_BLOCK
             data = b"".join(self._block(n) for n in range(first, last + 1))
             return data[start - first * BUFFER_BLOCK : stop - first * BUFFER_BLOCK]

@@ -308,7 +308,7 @@ class RemoteNumpyCheckpoint(NumpyCheckpoint):
         if arr.start < 0:
             return super().read_tensor(name)
         h = arr.header
-        data = self.source.read_at(arr.start, h.nbytes)
+        data = self.source.read_at(arr.start, h.nbytes, keep=False)
         if len(data) < h.nbytes:
             raise CorruptCheckpointError(f"tensor {name!r}: the file ends inside its data")
         return _shaped(np.frombuffer(data, h.dtype, count=math.prod(h.shape)), h)

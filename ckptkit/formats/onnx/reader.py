@@ -263,9 +263,9 @@ class RemoteOnnxCheckpoint(OnnxCheckpoint):
         ref = self._refs.get(name)
         if ref is not None:
             source = self._external_sources[external_url(self.source.name, name, ref.location)]
-            data = source.read_at(ref.offset, nbytes)
+            data = source.read_at(ref.offset, nbytes, keep=False)
         elif t.raw is not None:
-            data = self.source.read_at(t.raw.start, nbytes)
+            data = self.source.read_at(t.raw.start, nbytes, keep=False)
         else:
             return super().read_tensor(name)  # typed fields: decoded from the walked buffer
         if len(data) < nbytes:

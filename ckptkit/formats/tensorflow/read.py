@@ -427,7 +427,7 @@ class RemoteTensorFlowCheckpoint(TensorFlowCheckpoint):
         source = self._data_source(entry.shard_id)
         if source is None:
             return None, 0
-        data = source.read_at(entry.offset, entry.size)
+        data = source.read_at(entry.offset, entry.size, keep=False)
         if len(data) < entry.size:
             raise CorruptCheckpointError(f"the data file {source.basename} ends inside a tensor: truncated?")
         return data, 0
