@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import datetime
 import decimal
 import functools
@@ -521,8 +522,9 @@ def _keras_bytes(suffix: str, lambda_layer: bool) -> bytes:
         # Run by Keras (safe_mode=False), the lambda would create the marker in the working folder.
         layers.append(keras.layers.Lambda(lambda x: (open(MARKER, "w").close(), x)[1]))
     layers.append(keras.layers.Dense(2))
-    model = keras.Sequential(layers)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        # Keras calls the lambda once while it builds the model: its marker lands in this folder.
+        model = keras.Sequential(layers)
         path = Path(tmp) / f"m{suffix}"
         model.save_weights(path) if suffix == ".weights.h5" else model.save(path)
         return path.read_bytes()
