@@ -200,6 +200,7 @@ HOSTILE = {
     "five dimensions": (raw_header(1, 0, tensor_info("t", (1, 1, 1, 1, 1), 0, 0)), "gguf.tensor", "at most 4"),
     "an unknown ggml type": (raw_header(1, 0, tensor_info("t", (4,), 77, 0)), "gguf.tensor", "ggml type 77"),
     "rows not whole blocks": (raw_header(1, 0, tensor_info("t", (33,), 8, 0)), "gguf.tensor", "Q8_0 blocks"),
+    "a quantized scalar": (raw_header(1, 0, tensor_info("t", (), 8, 0)) + b"\0" * 64, "gguf.tensor", "Q8_0 blocks"),
     "an impossible size": (raw_header(1, 0, tensor_info("t", (2**40, 2**40), 0, 0)), "gguf.tensor", "not a possible"),
     "data past the end": (
         raw_header(1, 0, tensor_info("t", (1024,), 0, 0)) + b"\0" * 64,

@@ -359,8 +359,9 @@ def _tensor(cur: _Cursor, index: int, header: Header, sink: ProblemSink) -> Tens
     if any(d > 2**62 for d in dims) or math.prod(dims) > 2**62:
         sink.error(TENSOR, f"tensor {name!r}: sizes {list(dims)} are not a possible tensor", name)
         return None
-    if dims and dims[0] % ggml.block:
-        sink.error(TENSOR, f"tensor {name!r}: its rows of {dims[0]} are not whole {ggml.name} blocks of {ggml.block}",
+    row = dims[0] if dims else 1  # a tensor of no dimensions holds one element: no block of a quantized type
+    if row % ggml.block:
+        sink.error(TENSOR, f"tensor {name!r}: its rows of {row} are not whole {ggml.name} blocks of {ggml.block}",
                    name)  # fmt: skip
         return None
     if offset % header.alignment:
