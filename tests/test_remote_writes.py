@@ -121,3 +121,42 @@ def test_urls_that_take_no_writes_are_refused(tmp_path, cli):
         ckptkit.convert(src, "https://example.com/model.safetensors")
     result = cli("convert", src, "https://example.com/model.safetensors")
     assert_one_line_error(result, "https:// URLs cannot be written to")
+
+
+def test_force_over_a_checkpoint_whose_data_files_keep_their_names_never_shows_its_main_file_over_new_data(
+    tmp_path, s3, monkeypatch
+):
+    """A TensorFlow checkpoint's data file keeps its name from one write to the next: while a new
+    one is uploaded (and after that upload fails), the old index must not stand over other data."""
+    src = _torch_checkpoint(tmp_path / "m.pt")
+    other = tmp_path / "other.pt"
+    state = torch.load(src, weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, other)
+    url = f"s3://{BUCKET}/tf/ckpt-1.index"
+    with use_storage_options({"endpoint_url": s3[0]}):
+        ckptkit.convert(src, url)
+    old = _objects(s3, "tf/")
+    assert sorted(old) == ["ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+
+    seen: list[list[str]] = []
+    original = s3fs.S3FileSystem._put_file
+
+    async def flaky(self, lpath, rpath, **kwargs):
+        seen.append(sorted(_objects(s3, "tf/")))  # what a reader could open at this moment
+        if rpath.endswith(".index"):
+            raise ConnectionResetError("connection reset by peer")
+        return await original(self, lpath, rpath, **kwargs)
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", flaky)
+    try:
+        with use_storage_options({"endpoint_url": s3[0]}), pytest.raises(UploadError, match="connection reset"):
+            ckptkit.convert(other, url, force=True)
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+    after = _objects(s3, "tf/")
+    # The old index was never beside a data file it does not describe: gone before the data was
+    # replaced, or still with its own data.
+    assert len(seen) == 2 and "ckpt-1.index" not in seen[1]
+    assert "ckpt-1.index" not in after or after == old

@@ -12,9 +12,11 @@ them; loaders open the index (or the single file) and nothing else. Uploading th
 therefore makes the checkpoint appear at one instant, complete. Before any upload every final
 name is checked: one that exists stops the write unless ``force``. With ``force`` over an earlier
 checkpoint, its index is deleted before the first upload, so that it never points at a mix of old
-and new shards; its files that the new checkpoint does not overwrite are deleted after the new
-main file is in place. A failed upload deletes every object it uploaded; a process killed
-outright leaves its shards, named by no index, for the next write with ``force`` to replace.
+and new shards, and so is the main file of a checkpoint of several files (a TensorFlow index, an
+ONNX model), whose data files keep their names from one write to the next; its files that the new
+checkpoint does not overwrite are deleted after the new main file is in place. A failed upload
+deletes every object it uploaded; a process killed outright leaves its shards, named by no index,
+for the next write with ``force`` to replace.
 """
 
 from __future__ import annotations
@@ -131,9 +133,11 @@ def publish(target: RemoteTarget, staged: Path, files: Sequence[Path], force: bo
 
     index = target.name.removesuffix(INDEX_SUFFIX) + INDEX_SUFFIX
     try:
-        if force and _exists(target, index):
-            # Never leave an earlier index pointing at a mix of old and new shards.
-            target.fs.rm_file(target.path(index))
+        # Never leave an earlier index (or main file: a TensorFlow index, an ONNX model) pointing at
+        # files this upload replaces under the same names, such as a data file that keeps its name.
+        for name in dict.fromkeys([index, *([main] if len(names) > 1 else [])]):
+            if force and _exists(target, name):
+                target.fs.rm_file(target.path(name))
         default_executor().map(upload, list(range(len(names) - 1)))
         upload(len(names) - 1)
     except BaseException as err:
