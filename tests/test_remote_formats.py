@@ -472,3 +472,35 @@ def test_a_remote_checkpoint_sent_to_another_process_reopens_its_url_with_its_op
         assert again.url == url
         for name in here.names():
             np.testing.assert_array_equal(again.read_tensor(name), here.read_tensor(name))
+
+
+def test_names_that_a_server_resolves_outside_the_folder_are_refused_at_a_url(served):
+    """A percent escape (``%2e%2e`` is ``..`` to an HTTP client and server), a query or a fragment in
+    a shard's or an external data file's name would fetch another URL than the file beside the
+    index or model: refused as ``..`` is."""
+    import onnx
+
+    folder, base, _handler = served
+    outside = folder / "escape-secret"
+    outside.mkdir()
+    _safetensors(outside / "s.safetensors")
+    inner = folder / "escape-models" / "m"
+    inner.mkdir(parents=True)
+    index: dict[str, object] = {"metadata": {}}
+    for name in ["%2e%2e/%2e%2e/escape-secret/s.safetensors", "s.safetensors?x=1", "s.safetensors#x"]:
+        index["weight_map"] = dict.fromkeys(_arrays(), name)
+        (inner / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(ckptkit.CkptkitError, match="not a file inside"):
+            registry.open_checkpoint(f"{base}/escape-models/m/model.safetensors.index.json")
+
+    _onnx(outside / "model.onnx", external=True)
+    model = onnx.load(str(outside / "model.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = "%2e%2e/%2e%2e/escape-secret/model.onnx.data"
+    onnx.save(model, str(inner / "model.onnx"))
+    with pytest.raises(ckptkit.CkptkitError, match="not a file inside"):
+        registry.open_checkpoint(f"{base}/escape-models/m/model.onnx")
+    code, _out = run("verify", f"{base}/escape-models/m/model.onnx")
+    assert code == 1

@@ -28,6 +28,13 @@ def is_inside_name(name: str) -> bool:
     return bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts
 
 
+def is_inside_url_name(name: str) -> bool:
+    """:func:`is_inside_name` for a name joined to the folder of a URL. A percent escape (``%2e%2e``
+    is ``..`` to HTTP clients and servers), ``?`` and ``#`` (which end a URL's path) would name
+    another URL than the file beside it, so they are refused too."""
+    return is_inside_name(name) and not any(c in name for c in "%?#")
+
+
 def check_relative_name(name: str, named_by: str) -> None:
     """Refuse a file name that could leave the folder of the file that names it (see :func:`is_inside_name`)."""
     if not is_inside_name(name):

@@ -22,7 +22,7 @@ from ckptkit.core.dtypes import DType, by_name, by_onnx
 from ckptkit.core.errors import CorruptCheckpointError, NoSuchFileError, UnsafeCheckpointError
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io.paths import is_inside_name, resolve_inside
+from ckptkit.io.paths import is_inside_url_name, resolve_inside
 from ckptkit.io.protowire import Buffer, repeated
 from ckptkit.io.source import RemoteBuffer, Source, open_source
 
@@ -285,7 +285,7 @@ def external_url(model_url: str, name: str, location: str) -> str:
     """The URL of the external data ``location`` of tensor ``name``: beside the model, as locally."""
     if not location or "\0" in location:
         raise CorruptCheckpointError(f"tensor {name!r} is stored externally but names no valid location")
-    if not is_inside_name(location):
+    if not is_inside_url_name(location):
         raise UnsafeCheckpointError(
             f"tensor {name!r}: external data location {location!r} is not a file inside the model's folder"
         )

@@ -19,7 +19,7 @@ from ckptkit.core.findings import Finding, error, relocated, warning
 from ckptkit.formats.onnx.elements import stored_nbytes
 from ckptkit.formats.onnx.graph import TensorRecord, scan_model
 from ckptkit.formats.onnx.reader import ExternalDataTruncated, external_file, external_offset
-from ckptkit.io.paths import is_inside_name
+from ckptkit.io.paths import is_inside_url_name
 from ckptkit.io.source import Source, open_source, sibling_exists
 
 
@@ -61,7 +61,7 @@ def _remote(source: Source) -> list[Finding]:
                 if (
                     location
                     and "\0" not in location
-                    and is_inside_name(location)
+                    and is_inside_url_name(location)
                     and sibling_exists(f"{folder_url}/{location}")
                 ):
                     (copy.parent / location).parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from ckptkit.core.errors import READ_ERRORS, CkptkitError, CorruptCheckpointErro
 from ckptkit.core.format import Format
 from ckptkit.core.metadata import ALIASES_KEY, EXTRAS_KEY
 from ckptkit.core.model import Checkpoint, RawExtent, TensorInfo
-from ckptkit.io.paths import is_inside_name
+from ckptkit.io.paths import is_inside_url_name
 from ckptkit.io.shards.index import KERAS_INDEX_SUFFIX, ShardIndex, read_index, read_remote_index
 from ckptkit.io.source import Source, open_source
 
@@ -160,7 +160,7 @@ class RemoteShardedCheckpoint(ShardedCheckpoint):
         self.url = source.name
         index = read_remote_index(source)
         for name in index.shard_names:
-            if not is_inside_name(name):
+            if not is_inside_url_name(name):
                 fault = index.fault(name)
                 assert fault is not None
                 raise CorruptCheckpointError(fault.message, source.name)

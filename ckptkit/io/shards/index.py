@@ -28,7 +28,7 @@ from ckptkit.core import limits
 from ckptkit.core.errors import CorruptCheckpointError, UsageError
 from ckptkit.core.metadata import ALIASES_KEY
 from ckptkit.io.jsonfile import loads_noting_repeats
-from ckptkit.io.paths import is_inside_name
+from ckptkit.io.paths import is_inside_name, is_inside_url_name
 from ckptkit.io.source import Source, list_siblings, open_source, sibling_exists
 
 INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json names the index of model.safetensors
@@ -101,11 +101,14 @@ class ShardIndex:
 
     def fault(self, name: str) -> ShardFault | None:
         """What keeps shard ``name`` from being opened, ``None`` when it can be."""
-        if not is_inside_name(name):
+        if not (is_inside_url_name(name) if self.url else is_inside_name(name)):
+            kinds = "an absolute path, a drive, '..' or a backslash"
+            if self.url:
+                kinds += ", or a percent escape, '?' or '#' in a URL"
             return ShardFault(
                 "path-escape",
-                f"the index names the shard {name!r}, which is not a file inside the index's folder "
-                "(an absolute path, a drive, '..' or a backslash); it was not opened",
+                f"the index names the shard {name!r}, which is not a file inside the index's folder ({kinds}); "
+                "it was not opened",
             )
         if not self._exists(name):
             listed = sum(1 for s in self.weight_map.values() if s == name)
