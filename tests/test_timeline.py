@@ -520,3 +520,21 @@ def test_out_of_file_descriptors_falls_back_to_the_readers_arrays(run_dir, monke
 
     monkeypatch.setattr(engine.os, "open", refuse)
     assert ckptkit.timeline([run_dir]).to_dict() == expected
+
+
+def test_a_checkpoint_the_state_file_lists_but_that_was_deleted_is_passed_over_with_a_note(tmp_path):
+    """A TensorFlow training folder whose 'checkpoint' file still lists a checkpoint deleted since
+    (to free space) stands for the checkpoints still there."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2, 3):
+        ckptkit.save(_weights(step), tmp_path / f"s{step}.safetensors")
+        ckptkit.convert(tmp_path / f"s{step}.safetensors", run / f"ckpt-{step}.index")
+    (run / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-3"\n' + "".join(f'all_model_checkpoint_paths: "ckpt-{s}"\n' for s in (1, 2, 3))
+    )
+    for f in run.glob("ckpt-1.*"):
+        f.unlink()
+    report = ckptkit.timeline([run]).to_dict()
+    assert [Path(s["path"]).name for s in report["snapshots"]] == ["ckpt-2", "ckpt-3"]
+    assert any("ckpt-1" in note for note in report["notes"]), report["notes"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ckptkit import registry
-from ckptkit.core.errors import CkptkitError, UnsafeCheckpointError, UsageError
+from ckptkit.core.errors import CkptkitError, NoSuchFileError, UnsafeCheckpointError, UsageError
 from ckptkit.core.model import Checkpoint
 from ckptkit.io.shards.index import find_indexes, read_index
 from ckptkit.io.source import is_url
@@ -195,7 +195,7 @@ def open_snapshots(
         if path.is_dir():
             kept = _series(path)
             if kept:
-                return any([add(p, False) for p in kept])
+                return any([add_kept(p) for p in kept])
         elif quiet and _SHARD_FILE.search(path.name):
             index = _shard_index(path)
             if index is None:
@@ -233,6 +233,14 @@ def open_snapshots(
         if ckpt.path is not None:
             held.add(ckpt.path)
         return True
+
+    def add_kept(path: Path) -> bool:
+        # A state file may still list a checkpoint deleted since (to free space): passed over, and told.
+        try:
+            return add(path, False)
+        except NoSuchFileError as err:
+            said.append(f"passed over {path}: {err.message}")
+            return False
 
     for arg in arguments:
         if is_url(arg):
