@@ -185,3 +185,75 @@ def test_storage_options_parse_json_values():
         "endpoint_url": "http://h:1",
         "n": 3,
     }
+
+
+class _ShortHandler(_RangeHandler):
+    """Announces (HEAD, Content-Range) ``missing`` bytes more than the file holds; with ``lie``, each
+    range response's Content-Length also promises them, and the connection ends early."""
+
+    missing = 4096
+    lie = False
+
+    def do_HEAD(self):
+        path = Path(self.translate_path(self.path))
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size + self.missing))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self):
+        data = Path(self.translate_path(self.path)).read_bytes()
+        total = len(data) + self.missing
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start = int(match[1]) if match else 0
+        end = min(int(match[2]) if match and match[2] else total - 1, total - 1)
+        body = data[start : end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        self.send_header("Content-Length", str(end + 1 - start if self.lie else len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+
+@pytest.fixture
+def short_server(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    servers = []
+
+    def start(lie: bool) -> str:
+        handler = type("Handler", (_ShortHandler,), {"lie": lie})
+
+        def make(*args, **kwargs):
+            return handler(*args, directory=str(folder), **kwargs)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield folder, start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("lie", [False, True])
+def test_a_remote_file_shorter_than_announced_is_a_one_line_corrupt_file_error(short_server, cli, lie):
+    folder, start = short_server
+    base = start(lie)
+    _checkpoint(folder / "model.safetensors")
+    url = f"{base}/model.safetensors"
+    source = open_source(url)
+    with pytest.raises(CorruptCheckpointError, match="ends at byte") as err:
+        b"".join(source.chunks())  # the whole-file hash and local copies read it this way
+    assert err.value.path == url
+    from ckptkit.hashing.manifest import _remote_file_sha256
+
+    with pytest.raises(CorruptCheckpointError, match="ends at byte"):
+        _remote_file_sha256(source, None)
+    buf = np.empty(source.size, np.uint8)
+    with pytest.raises(CorruptCheckpointError, match="ends at byte"):
+        source.read_into(0, buf.data)
+    assert_one_line_error(cli("hash", url), url, "ends at byte")

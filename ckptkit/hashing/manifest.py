@@ -25,7 +25,7 @@ from ckptkit.hashing.scan import ScanResult, scan
 from ckptkit.hashing.tensors import ROOT_ENCODING, TENSOR_ENCODING, file_sha256, root_hash
 from ckptkit.io.jsonfile import read_user_json
 from ckptkit.io.shards.index import ShardIndex, read_index, single_index
-from ckptkit.io.source import RANGE_CHUNK, Source, is_url, open_source
+from ckptkit.io.source import Source, is_url, open_source
 from ckptkit.io.workers import shard_executor
 
 SCHEMA = "ckptkit.hashing.manifest/1"
@@ -224,8 +224,7 @@ class HashJob:
 
 def _remote_file_sha256(source: Source, progress: ProgressFn | None) -> str:
     digest = hashlib.sha256()
-    for offset in range(0, source.size, RANGE_CHUNK):
-        chunk = source.read_at(offset, RANGE_CHUNK, keep=False)
+    for chunk in source.chunks():
         digest.update(chunk)
         if progress is not None:
             progress(len(chunk))

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any, cast, overload
 
-from ckptkit.core.errors import MissingDependencyError, NoSuchFileError, UsageError
+from ckptkit.core.errors import CorruptCheckpointError, MissingDependencyError, NoSuchFileError, UsageError
 
 READAHEAD = 64 * 1024  # what a remote file object fetches beyond a read: headers are small
 HEAD_KEPT = 64 * 1024  # a first read up to this size is kept for the next reads of the same bytes
@@ -153,7 +153,12 @@ class Source:
             for at, piece in reversed(self._kept):
                 if at <= offset and end <= at + len(piece):
                     return piece[offset - at : end - at]
-        data: bytes = self._fs.cat_file(self._fs_path, start=offset, end=end)
+        try:
+            data: bytes = self._fs.cat_file(self._fs_path, start=offset, end=end)
+        except Exception as err:
+            if type(err).__name__ != "ClientPayloadError":  # aiohttp: a body shorter than its Content-Length
+                raise
+            raise self._short(offset, end) from None
         self._count(len(data))
         if offset == 0 and not self._head and len(data) <= HEAD_KEPT:
             self._head = data
@@ -175,9 +180,28 @@ class Source:
         while done < len(out):
             chunk = self.read_at(offset + done, min(RANGE_CHUNK, len(out) - done), keep=False)
             if not chunk:
-                raise EOFError(f"{self.name} ends at byte {offset + done}, before the data it promises")
+                raise self._short(offset + done, offset + len(out))
             out[done : done + len(chunk)] = chunk
             done += len(chunk)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The whole file, in order, in pieces of at most :data:`RANGE_CHUNK` bytes; a file that
+        ends before its ``size`` is an error rather than fewer bytes."""
+        done = 0
+        while done < self.size:
+            chunk = self.read_at(done, min(RANGE_CHUNK, self.size - done), keep=False)
+            if not chunk:
+                raise self._short(done, self.size)
+            yield chunk
+            done += len(chunk)
+
+    def _short(self, at: int, wanted: int) -> CorruptCheckpointError:
+        # a remote object shorter than announced (cut, or replaced while being read)
+        return CorruptCheckpointError(
+            f"the file ends at byte {at}, before byte {wanted} that was to be read "
+            f"(truncated, or changed while being read; {self.size} bytes announced)",
+            path=self.name,
+        )
 
     def ranges(self) -> IO[bytes]:
         """A seekable file object whose every read is one :meth:`read_at`: for a parser that knows
@@ -210,10 +234,7 @@ class Source:
     def download(self, target: Path) -> None:
         """Write the file's bytes to ``target``, :data:`RANGE_CHUNK` at a time."""
         with open(target, "wb") as out:
-            for offset in range(0, self.size, RANGE_CHUNK):
-                chunk = self.read_at(offset, RANGE_CHUNK, keep=False)
-                if not chunk:
-                    break
+            for chunk in self.chunks():
                 out.write(chunk)
 
 
