@@ -168,3 +168,26 @@ def test_identical_and_empty_and_zero_tensors():
     zeros, ones = np.zeros(8, np.float32), np.ones(8, np.float32)
     got = accumulate(zeros, ones).metrics()
     assert got["rel_l2"] == math.inf and got["cosine"] == 0.0
+
+
+@pytest.mark.parametrize("where", ["first", "last", "middle"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "int8"])
+def test_chunks_differing_in_one_element_are_not_taken_for_the_same_bytes(dtype, where):
+    # The same-bytes shortcut compares a few words first, then the whole chunk: one element
+    # changed anywhere in a chunk must still count, and the drift must equal numpy's.
+    dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    n = 2 * metrics.CHUNK + 3  # an odd byte count in the last chunk: no 64-bit view there
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal(n) * 4).astype(dt)
+    b = a.copy()
+    i = {"first": 0, "last": metrics.CHUNK - 1, "middle": metrics.CHUNK + metrics.CHUNK // 2}[where]
+    b[i] = (a[i].astype(np.float64) + 1.5).astype(dt)
+    b[-1] = (a[-1].astype(np.float64) - 1.0).astype(dt)
+    got = accumulate(a, b).metrics()
+    assert got["identical"] * n == pytest.approx(n - 2)
+    assert got["max_abs"] == pytest.approx(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    if dt.kind != "i":
+        assert_close_to_reference(got, a, b)
+    same = accumulate(a, a.copy()).metrics()
+    assert (same["identical"], same["l2"], same["max_abs"]) == (1.0, 0.0, 0)
+    assert same["norm_a"] == pytest.approx(float(np.linalg.norm(a.astype(np.float64))), rel=1e-6)
