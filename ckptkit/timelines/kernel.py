@@ -29,7 +29,7 @@ from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.diffing.metrics import accumulate
 
 BLOCK = 4096
-CHUNK = 64 * BLOCK  # elements per step: a few MB of working buffers, held in the cores' caches
+CHUNK = 128 * BLOCK  # elements per step: a few MB of working buffers, held in the cores' caches
 _SLOTS = 4  # chunks held at once: the first snapshot's, the previous, the current, one spare
 _PROBE = 4  # words compared first: a chunk that changed usually differs at once
 
