@@ -117,6 +117,18 @@ def test_inspect_json_of_tensorflow_reads_the_index_without_an_array_library(tmp
     assert not _top(mods) & HEAVY
 
 
+def test_hash_of_safetensors_hashes_bytes_without_an_array_library(tmp_path: Path) -> None:
+    # Every tensor lies as-is in the file: hashing its bytes needs hashlib, not numpy.
+    mods = _imported(tmp_path, "hash", str(FIXTURES / "tied_lm_bf16.safetensors"))
+    assert _outside_allow_list(mods, {"ckptkit", "click"}) == set()
+    assert not _top(mods) & HEAVY
+
+
+def test_verify_checks_values_with_numpy(tmp_path: Path) -> None:
+    mods = _imported(tmp_path, "verify", "--json", str(FIXTURES / "tied_lm_bf16.safetensors"))
+    assert "numpy" in _top(mods)
+
+
 def test_the_table_view_loads_rich_and_json_does_not(tmp_path: Path) -> None:
     mods = _imported(tmp_path, "inspect", str(FIXTURES / "mlp_fp16.safetensors"))
     assert "rich" in _top(mods)

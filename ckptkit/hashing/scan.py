@@ -15,17 +15,25 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.core import errors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError
 from ckptkit.core.model import Checkpoint, ProgressFn, TensorInfo
-from ckptkit.core.values import CHUNK_BYTES, ValueChecker, ValueCounts
 from ckptkit.hashing.tensors import tensor_hasher, update_from
 from ckptkit.io.workers import default_executor
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ckptkit.core.values import ValueCounts
+
+# numpy is imported only where values are checked or a reader's array is hashed: hashing the
+# tensors of a file they lie in as-is (every safetensors file) needs no array library, and its
+# import is a tenth of a second of start-up.
+
+CHUNK_BYTES = 1024 * 1024  # a multiple of every item size; what a value check takes at once
 SPLIT_BYTES = 64 * 1024 * 1024  # value checks (not hashes) of larger tensors are split across threads
 
 # What a broken file makes readers raise; anything else is a bug in ckptkit and propagates.
@@ -101,7 +109,11 @@ class _Pass:
 
     def consume(self, ti: TensorInfo, data: memoryview) -> tuple[str | None, ValueCounts | None]:
         hasher = tensor_hasher(ti.dtype, ti.shape) if self.want_hash else None
-        checker = ValueChecker(ti.dtype) if self.want_values else None
+        checker = None
+        if self.want_values:
+            from ckptkit.core.values import ValueChecker
+
+            checker = ValueChecker(ti.dtype)
         # Chunks are a whole number of elements: CHUNK_BYTES is a multiple of every item size.
         for chunk in _chunks(data, CHUNK_BYTES):
             if hasher is not None:
@@ -115,6 +127,8 @@ class _Pass:
 
 def _array_bytes(ti: TensorInfo, array: np.ndarray) -> memoryview:
     """The little-endian C-order bytes of what a reader returned, after checking it is what the header said."""
+    import numpy as np
+
     if tuple(array.shape) != ti.shape or array.dtype.itemsize != ti.dtype.itemsize:
         raise CkptkitError(
             f"the reader returned {array.dtype} {list(array.shape)}, the header says {ti.dtype.name} {list(ti.shape)}"
@@ -220,6 +234,8 @@ class _Scanner:
 
     def result(self, files: Sequence[Path]) -> ScanResult:
         for name, parts in self.partial.items():
+            from ckptkit.core.values import ValueCounts
+
             total = ValueCounts()
             for counts in parts:
                 total.add(counts)
