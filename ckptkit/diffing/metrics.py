@@ -143,8 +143,11 @@ def _widen_sub_byte(x: np.ndarray) -> np.ndarray:
     return x if wide is None else x.astype(wide)
 
 
-def _to_work(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``x`` as the working float type, in ``out`` unless it already is that type."""
+def widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``x`` as the working float type of ``out`` (float32 or float64): ``x`` itself when it already
+    is that type, else written into ``out``. float16 and bfloat16 are widened by bit manipulation;
+    a float16 Inf or NaN comes out as a finite number of 2**16 or more (see :func:`widened_nonfinite`).
+    """
     if x.dtype == out.dtype:
         return x
     n = x.size
@@ -254,17 +257,17 @@ def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, 
     if same_type:
         identical = n if _same_bytes(a, b) else int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
     bufs, ones = (s.f32, s.ones32) if work == np.float32 else (s.f64, s.ones64)
-    fa = _to_work(a, bufs[0])
+    fa = widen(a, bufs[0])
     sq_a = _block_sum(fa, fa, ones)
-    if not math.isfinite(sq_a) or _widened_nonfinite(a, sq_a):
+    if not math.isfinite(sq_a) or widened_nonfinite(a, sq_a):
         return False
     if same_type and identical == n:
         sq_b = sq_a
         sq_d = sum_abs = max_abs = 0.0
     else:
-        fb = _to_work(b, bufs[1])
+        fb = widen(b, bufs[1])
         sq_b = _block_sum(fb, fb, ones)
-        if not math.isfinite(sq_b) or _widened_nonfinite(b, sq_b):
+        if not math.isfinite(sq_b) or widened_nonfinite(b, sq_b):
             return False
         if not same_type:  # both convert exactly to the working type, so equal values compare equal there
             identical = int(np.count_nonzero(np.equal(fa, fb, out=s.equal[:n])))
@@ -286,8 +289,8 @@ def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, 
     return True
 
 
-def _widened_nonfinite(x: np.ndarray, sum_sq: float) -> bool:
-    """Whether float16 ``x`` holds Inf or NaN, which widen to large finite numbers (see _to_work).
+def widened_nonfinite(x: np.ndarray, sum_sq: float) -> bool:
+    """Whether float16 ``x`` holds Inf or NaN, which widen to large finite numbers (see widen).
 
     Only a sum of squares of at least 2**32 can include one, so the bits are looked at only then.
     """

@@ -26,16 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckptkit.core.errors import CorruptCheckpointError
-from ckptkit.diffing.metrics import accumulate
+from ckptkit.diffing.metrics import accumulate, widen, widened_nonfinite
 
 BLOCK = 4096
 CHUNK = 128 * BLOCK  # elements per step: a few MB of working buffers, held in the cores' caches
 _SLOTS = 4  # chunks held at once: the first snapshot's, the previous, the current, one spare
 _PROBE = 4  # words compared first: a chunk that changed usually differs at once
 
-_F16_TO_F32_SCALE = np.float32(2.0**112)  # rebias the exponent from 15 to 127
-_F16_SIGN_AND_BITS = np.int32(-0x70000001)  # 0x8FFFFFFF: the sign (bit 31) and bits 0-27
-_F16_NONFINITE_BOUND = float(2**32)  # a widened Inf/NaN is >= 2**16, so its square is >= 2**32
 _UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -143,30 +140,6 @@ def working_type(dtypes: Sequence[np.dtype]) -> np.dtype:
     return np.dtype(np.float64) if max(d.itemsize for d in dtypes) > 4 else np.dtype(np.float32)
 
 
-def _widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``x`` in the working type of ``out``: ``x`` itself when it already is, else written into ``out``."""
-    if x.dtype == out.dtype:
-        return x
-    dst = out[: x.size]
-    if x.dtype == np.float16 and out.dtype == np.float32:
-        # Move the 15 magnitude bits into float32 position, keep the sign, then rebias by 2**112;
-        # subnormals come out right. Inf and NaN come out as finite numbers of 2**16 or more,
-        # which _needs_exact finds from the sum of squares (numpy's own cast is ~6x slower).
-        w = dst.view(np.int32)
-        np.copyto(w, x.view(np.int16), casting="unsafe")  # sign-extends
-        np.left_shift(w, 13, out=w)
-        np.bitwise_and(w, _F16_SIGN_AND_BITS, out=w)
-        np.multiply(dst, _F16_TO_F32_SCALE, out=dst)
-        return dst
-    if x.dtype.name == "bfloat16" and out.dtype == np.float32:
-        w = dst.view(np.int32)
-        np.copyto(w, x.view(np.uint16), casting="unsafe")
-        np.left_shift(w, 16, out=w)
-        return dst
-    np.copyto(dst, x, casting="unsafe")
-    return dst
-
-
 def sum_sq(w: np.ndarray) -> float:
     """Sum of squares of a working-type chunk: float sums of BLOCK terms, added in float64."""
     if w.dtype == np.float64:
@@ -185,11 +158,7 @@ def sum_sq(w: np.ndarray) -> float:
 
 def _needs_exact(raw: np.ndarray, sq: float) -> bool:
     """Whether a chunk holds NaN or Inf (or squares past the working type): its sums go the exact way."""
-    if not math.isfinite(sq):
-        return True
-    if raw.dtype != np.float16 or sq < _F16_NONFINITE_BOUND:
-        return False
-    return bool(np.any((raw.view(np.uint16) & 0x7C00) == 0x7C00))
+    return not math.isfinite(sq) or widened_nonfinite(raw, sq)
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray, equal: np.ndarray) -> bool:
@@ -275,7 +244,7 @@ def _add(pair: _Pair, change: Change) -> None:
 def _held_chunk(held: Held, lo: int, hi: int, c: int, bufs: _Buffers, pool: list[np.ndarray], slot: int) -> _Chunk:
     raw = held.source.chunk(lo, hi, bufs.raw[slot])
     own = float(held.own[c])
-    return _Chunk(raw, None if math.isnan(own) else _widen(raw, pool[slot]), own, slot, False)
+    return _Chunk(raw, None if math.isnan(own) else widen(raw, pool[slot]), own, slot, False)
 
 
 def measure_segment(
@@ -320,7 +289,7 @@ def measure_segment(
                 if up is not None:
                     up.sq_ref += p.own
             else:
-                w = _widen(raw, pool[slot])
+                w = widen(raw, pool[slot])
                 sq = sum_sq(w)
                 if _needs_exact(raw, sq):
                     acc = accumulate(raw, raw)
