@@ -538,3 +538,24 @@ def test_a_checkpoint_the_state_file_lists_but_that_was_deleted_is_passed_over_w
     report = ckptkit.timeline([run]).to_dict()
     assert [Path(s["path"]).name for s in report["snapshots"]] == ["ckpt-2", "ckpt-3"]
     assert any("ckpt-1" in note for note in report["notes"]), report["notes"]
+
+
+@pytest.mark.parametrize(
+    "state", ["this is not a checkpoint state\n", 'all_model_checkpoint_paths: "ckpt-1"\n', "x" * 70_000 + ": 1\n"]
+)
+def test_a_broken_state_file_loses_the_list_of_kept_checkpoints_not_the_checkpoints(tmp_path, state):
+    """A 'checkpoint' file that cannot be parsed (truncated, edited by hand) does not stop the
+    timeline: the checkpoints beside it are read one by one, and the user is told why."""
+    run = tmp_path / "tf"
+    run.mkdir()
+    for step in (1, 2):
+        ckptkit.save(_weights(step), tmp_path / f"s{step}.safetensors")
+        ckptkit.convert(tmp_path / f"s{step}.safetensors", run / f"ckpt-{step}.index")
+    (run / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+    healthy = ckptkit.timeline([run]).to_dict()
+    (run / "checkpoint").write_text(state)
+    report = ckptkit.timeline([run]).to_dict()
+    shown = [(Path(s["path"]).name, s["step"]) for s in report["snapshots"]]
+    assert shown == [("ckpt-1.index", 1), ("ckpt-2.index", 2)]
+    assert report["layers"] == healthy["layers"] and report["events"] == healthy["events"]
+    assert any("'checkpoint' state file" in note and "one by one" in note for note in report["notes"]), report["notes"]

@@ -193,7 +193,13 @@ def open_snapshots(
         if path in opened:
             return True
         if path.is_dir():
-            kept = _series(path)
+            try:
+                kept = _series(path)
+            except CkptkitError as err:
+                # A state file that cannot be parsed (truncated, edited by hand) loses the folder its
+                # list of kept checkpoints, not the checkpoints themselves: each is read on its own.
+                said.append(f"{err}; the checkpoints in {path} were read one by one instead")
+                return any([add(c, True) for c in _children(path)])
             if kept:
                 return any([add_kept(p) for p in kept])
         elif quiet and _SHARD_FILE.search(path.name):
@@ -229,7 +235,10 @@ def open_snapshots(
             for child in _children(path):
                 if child.is_dir() and name_step(child.name) is not None:
                     add(child, True)
-        opened[path] = stack.enter_context(ckpt)
+        # A file found in a folder or by a pattern that is one part of a checkpoint (a TensorFlow
+        # data file) stands for the checkpoint's main file, as a shard stands for its index.
+        key = ckpt.path if quiet and ckpt.path is not None and path.is_file() else path
+        opened[key] = stack.enter_context(ckpt)
         if ckpt.path is not None:
             held.add(ckpt.path)
         return True
