@@ -559,3 +559,36 @@ def test_a_broken_state_file_loses_the_list_of_kept_checkpoints_not_the_checkpoi
     assert shown == [("ckpt-1.index", 1), ("ckpt-2.index", 2)]
     assert report["layers"] == healthy["layers"] and report["events"] == healthy["events"]
     assert any("'checkpoint' state file" in note and "one by one" in note for note in report["notes"]), report["notes"]
+
+
+def _tf_run(tmp_path: Path, state: str) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2):
+        ckptkit.save(_weights(step), tmp_path / f"s{step}.safetensors")
+        ckptkit.convert(tmp_path / f"s{step}.safetensors", run / f"ckpt-{step}.index")
+    (run / "checkpoint").write_text(state)
+    return run
+
+
+def test_a_folder_reached_through_a_link_to_itself_is_looked_into_once(tmp_path):
+    run = _tf_run(tmp_path, "not a state file\n")  # its children are read one by one, links too
+    (run / "self").symlink_to(".", target_is_directory=True)
+    report = ckptkit.timeline([run]).to_dict()
+    assert [s["step"] for s in report["snapshots"]] == [1, 2]
+
+
+@pytest.mark.parametrize("state", ['model_checkpoint_path: "ckpt-2"\n', "not a state file\n"])
+def test_a_checkpoint_named_twice_in_different_ways_is_one_snapshot(tmp_path, monkeypatch, state):
+    """A prefix, its index and its data file, relative and absolute paths, a folder and a pattern
+    inside it: one checkpoint each, however many ways it is named."""
+    run = _tf_run(tmp_path, state)
+    monkeypatch.chdir(tmp_path)
+    for args in (
+        [str(run / "*.data-*"), "run"],
+        [str(run / "ckpt-1.index"), "run"],
+        ["run/ckpt-1", str(run / "ckpt-1.index"), "run/ckpt-2"],
+        ["run", str(run)],
+    ):
+        report = ckptkit.timeline(args).to_dict()
+        assert [s["step"] for s in report["snapshots"]] == [1, 2], args

@@ -186,12 +186,25 @@ def open_snapshots(
     shard index), read by range requests.
     """
     opened: dict[Path | str, Checkpoint] = {}
-    held: set[Path] = set()  # the files the opened checkpoints are read from
+    held: set[Path] = set()  # the files the opened checkpoints are read from, resolved
+    folders: dict[Path, bool] = {}  # folders looked into (resolved) and whether they held a checkpoint
     said = notes if notes is not None else []
 
     def add(path: Path, quiet: bool) -> bool:
         if path in opened:
             return True
+        if not path.is_dir():
+            return add_one(path, quiet)
+        # A folder is looked into once, however it is reached: twice on the command line, or
+        # through a symbolic link back to itself (a link loop contributes nothing new).
+        real = path.resolve()
+        if real in folders:
+            return folders[real]
+        folders[real] = False
+        folders[real] = found = add_one(path, quiet)
+        return found
+
+    def add_one(path: Path, quiet: bool) -> bool:
         if path.is_dir():
             try:
                 kept = _series(path)
@@ -226,9 +239,12 @@ def open_snapshots(
         if quiet and not ckpt.tensor_infos():
             ckpt.close()
             return False
-        if quiet and ckpt.path is not None and ckpt.path in held:
+        real = Path(ckpt.path).resolve() if ckpt.path is not None else None
+        if real is not None and real in held:
             ckpt.close()
-            return True  # another name of a checkpoint already in (a TensorFlow index and its data file)
+            # Another name of a checkpoint already in: a TensorFlow index and its data file, a prefix
+            # and its index, a relative and an absolute path, a link.
+            return True
         if quiet and path.is_dir():
             # A run's output folder holding the final model and the checkpoint-N/ (step_N/) folders saved
             # on the way: those first, then the final model.
@@ -239,8 +255,8 @@ def open_snapshots(
         # data file) stands for the checkpoint's main file, as a shard stands for its index.
         key = ckpt.path if quiet and ckpt.path is not None and path.is_file() else path
         opened[key] = stack.enter_context(ckpt)
-        if ckpt.path is not None:
-            held.add(ckpt.path)
+        if real is not None:
+            held.add(real)
         return True
 
     def add_kept(path: Path) -> bool:
