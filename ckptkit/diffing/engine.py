@@ -25,7 +25,7 @@ from ckptkit.core.model import Checkpoint, ProgressFn
 from ckptkit.diffing.metrics import CHUNK, Accumulator, accumulate
 from ckptkit.io.workers import LOCAL, default_executor, executor_spec, shard_executor
 
-SPAN = 1 << 21  # elements per task: enough work to hide the cost of handing it to a thread
+SPAN = 6 * CHUNK  # elements per task: enough work to hide the cost of handing it to a thread
 INFLIGHT_BYTES = 64 * 1024 * 1024  # read ahead while the tensors in flight hold less than this
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024  # smaller diffs are not worth starting threads for
 
