@@ -197,14 +197,21 @@ def _bits(x: np.ndarray) -> np.ndarray:
     return x.view(np.uint64).reshape(x.size, size // 8)
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two same-typed chunks hold the same bytes, compared a 64-bit word at a time."""
-    if a.nbytes % 8:
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two flat chunks of one type hold the same bytes: a few words first (chunks that
+    differ usually differ at once), then all of them, 64 bits at a time where the size allows."""
+    if a.dtype != b.dtype or a.size != b.size:
         return False
-    wa, wb = a.view(np.uint64), b.view(np.uint64)
+    wa, wb = _words(a), _words(b)
     if wa[:_PROBE].tobytes() != wb[:_PROBE].tobytes():
         return False
     return bool(np.array_equal(wa, wb))
+
+
+def _words(x: np.ndarray) -> np.ndarray:
+    if x.nbytes % 8 == 0:
+        return x.view(np.uint8).view(np.uint64)
+    return x.view(_BITS[x.dtype.itemsize]) if x.dtype.itemsize in _BITS else x.view(np.uint8)
 
 
 def _count_identical(a: np.ndarray, b: np.ndarray) -> int:
@@ -255,7 +262,7 @@ def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, 
     same_type = a.dtype == b.dtype
     identical = 0
     if same_type:
-        identical = n if _same_bytes(a, b) else int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
+        identical = n if same_bytes(a, b) else int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
     bufs, ones = (s.f32, s.ones32) if work == np.float32 else (s.f64, s.ones64)
     fa = widen(a, bufs[0])
     sq_a = _block_sum(fa, fa, ones)

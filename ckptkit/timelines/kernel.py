@@ -26,14 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckptkit.core.errors import CorruptCheckpointError
-from ckptkit.diffing.metrics import accumulate, widen, widened_nonfinite
+from ckptkit.diffing.metrics import accumulate, same_bytes, widen, widened_nonfinite
 
 BLOCK = 4096
 CHUNK = 128 * BLOCK  # elements per step: a few MB of working buffers, held in the cores' caches
 _SLOTS = 4  # chunks held at once: the first snapshot's, the previous, the current, one spare
-_PROBE = 4  # words compared first: a chunk that changed usually differs at once
-
-_UINTS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @dataclass
@@ -114,7 +111,6 @@ class _Buffers:
     def __init__(self) -> None:
         self.by_type: dict[np.dtype, list[np.ndarray]] = {}
         self.diff: dict[np.dtype, np.ndarray] = {}
-        self.equal = np.empty(CHUNK, np.bool_)
         self.raw = [np.empty(CHUNK * 8, np.uint8) for _ in range(_SLOTS)]
 
     def get(self, dtype: np.dtype) -> list[np.ndarray]:
@@ -159,21 +155,6 @@ def sum_sq(w: np.ndarray) -> float:
 def _needs_exact(raw: np.ndarray, sq: float) -> bool:
     """Whether a chunk holds NaN or Inf (or squares past the working type): its sums go the exact way."""
     return not math.isfinite(sq) or widened_nonfinite(raw, sq)
-
-
-def _same_bytes(a: np.ndarray, b: np.ndarray, equal: np.ndarray) -> bool:
-    if a.dtype != b.dtype:
-        return False
-    ua, ub = _uints(a), _uints(b)
-    if ua[:_PROBE].tobytes() != ub[:_PROBE].tobytes():
-        return False
-    return bool(np.equal(ua, ub, out=equal[: ua.size]).all())
-
-
-def _uints(x: np.ndarray) -> np.ndarray:
-    if x.nbytes % 8 == 0:
-        return x.view(np.uint8).view(np.uint64)
-    return x.view(_UINTS[x.dtype.itemsize]) if x.dtype.itemsize in _UINTS else x.view(np.uint8)
 
 
 class _Pair:
@@ -282,7 +263,7 @@ def measure_segment(
             raw = src.chunk(lo, hi, bufs.raw[slot])
             s = sums[i]
             up = updates[i]
-            if p is not None and p.w is not None and _same_bytes(raw, p.raw, bufs.equal):
+            if p is not None and p.w is not None and same_bytes(raw, p.raw):
                 # The chunk did not change since the previous snapshot: its sums, no widening.
                 x = p
                 s.sum_sq += p.own
