@@ -209,9 +209,7 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _words(x: np.ndarray) -> np.ndarray:
-    if x.nbytes % 8 == 0:
-        return x.view(np.uint8).view(np.uint64)
-    return x.view(_BITS[x.dtype.itemsize]) if x.dtype.itemsize in _BITS else x.view(np.uint8)
+    return x.view(np.uint8).view(np.uint64) if x.nbytes % 8 == 0 else _bits(x)
 
 
 def _count_identical(a: np.ndarray, b: np.ndarray) -> int:
