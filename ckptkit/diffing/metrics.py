@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ckptkit.diffing import fused
+
 BLOCK = 4096
 # Elements per kernel call. Long enough that the Python between numpy's loops (which holds the
 # GIL) does not keep the other thread waiting: at 64K elements two threads ran slower than one.
@@ -257,32 +259,17 @@ def _is_integer_pair(a: np.dtype, b: np.dtype) -> bool:
 def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, s: _Scratch) -> bool:
     """Add a chunk of floats to ``acc``; False, with ``acc`` untouched, if it holds NaN or Inf."""
     n = a.size
-    same_type = a.dtype == b.dtype
-    identical = 0
-    if same_type:
-        identical = n if same_bytes(a, b) else int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
-    bufs, ones = (s.f32, s.ones32) if work == np.float32 else (s.f64, s.ones64)
-    fa = widen(a, bufs[0])
-    sq_a = _block_sum(fa, fa, ones)
-    if not math.isfinite(sq_a) or widened_nonfinite(a, sq_a):
-        return False
-    if same_type and identical == n:
-        sq_b = sq_a
-        sq_d = sum_abs = max_abs = 0.0
+    code_a, code_b = fused.code(a.dtype), fused.code(b.dtype)
+    if code_a and code_b:
+        sums = fused.pair_sums(a, code_a, b, code_b)
+        if sums is None:
+            return False
+        identical, sq_a, sq_b, sq_d, sum_abs, max_abs = sums
     else:
-        fb = widen(b, bufs[1])
-        sq_b = _block_sum(fb, fb, ones)
-        if not math.isfinite(sq_b) or widened_nonfinite(b, sq_b):
+        numpy_sums = _numpy_chunk(a, b, work, s)
+        if numpy_sums is None:
             return False
-        if not same_type:  # both convert exactly to the working type, so equal values compare equal there
-            identical = int(np.count_nonzero(np.equal(fa, fb, out=s.equal[:n])))
-        d = np.subtract(fa, fb, out=bufs[2][:n])
-        sq_d = _block_sum(d, d, ones)
-        if not math.isfinite(sq_d):  # the difference overflowed the working type
-            return False
-        np.abs(d, out=d)
-        sum_abs = _block_sum(d, None, ones)
-        max_abs = float(d.max()) if n else 0.0
+        identical, sq_a, sq_b, sq_d, sum_abs, max_abs = numpy_sums
     acc.elements += n
     acc.finite += n
     acc.identical += identical
@@ -292,6 +279,36 @@ def _fast_chunk(acc: Accumulator, a: np.ndarray, b: np.ndarray, work: np.dtype, 
     acc.sum_abs += sum_abs
     acc.max_abs = max(acc.max_abs, max_abs)
     return True
+
+
+def _numpy_chunk(a: np.ndarray, b: np.ndarray, work: np.dtype, s: _Scratch) -> fused.PairSums | None:
+    """The sums of :func:`ckptkit.diffing.fused.pair_sums`, with numpy; ``None`` for NaN or Inf."""
+    n = a.size
+    same_type = a.dtype == b.dtype
+    identical = 0
+    if same_type:
+        identical = n if same_bytes(a, b) else int(np.count_nonzero(np.equal(_bits(a), _bits(b), out=s.equal[:n])))
+    bufs, ones = (s.f32, s.ones32) if work == np.float32 else (s.f64, s.ones64)
+    fa = widen(a, bufs[0])
+    sq_a = _block_sum(fa, fa, ones)
+    if not math.isfinite(sq_a) or widened_nonfinite(a, sq_a):
+        return None
+    if same_type and identical == n:
+        return identical, sq_a, sq_a, 0.0, 0.0, 0.0
+    fb = widen(b, bufs[1])
+    sq_b = _block_sum(fb, fb, ones)
+    if not math.isfinite(sq_b) or widened_nonfinite(b, sq_b):
+        return None
+    if not same_type:  # both convert exactly to the working type, so equal values compare equal there
+        identical = int(np.count_nonzero(np.equal(fa, fb, out=s.equal[:n])))
+    d = np.subtract(fa, fb, out=bufs[2][:n])
+    sq_d = _block_sum(d, d, ones)
+    if not math.isfinite(sq_d):  # the difference overflowed the working type
+        return None
+    np.abs(d, out=d)
+    sum_abs = _block_sum(d, None, ones)
+    max_abs = float(d.max()) if n else 0.0
+    return identical, sq_a, sq_b, sq_d, sum_abs, max_abs
 
 
 def widened_nonfinite(x: np.ndarray, sum_sq: float) -> bool:

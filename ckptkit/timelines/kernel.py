@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.diffing import fused
 from ckptkit.diffing.metrics import accumulate, same_bytes, widen, widened_nonfinite
 
 BLOCK = 4096
@@ -169,21 +170,51 @@ class _Pair:
 
 
 class _Chunk:
-    """One snapshot's chunk: raw, widened (``None`` when it needs the exact path), its own sum of squares."""
+    """One snapshot's chunk: raw, its own sum of squares (NaN when it needs the exact path), and
+    the buffer it is widened into when the numpy kernel needs it widened."""
 
-    __slots__ = ("own", "raw", "same_first", "slot", "w")
+    __slots__ = ("_w", "own", "pool", "raw", "same_first", "slot")
 
-    def __init__(self, raw: np.ndarray, w: np.ndarray | None, own: float, slot: int, same_first: bool) -> None:
-        self.raw, self.w, self.own, self.slot, self.same_first = raw, w, own, slot, same_first
+    def __init__(self, raw: np.ndarray, pool: np.ndarray, own: float, slot: int, same_first: bool) -> None:
+        self.raw, self.pool, self.own, self.slot, self.same_first = raw, pool, own, slot, same_first
+        self._w: np.ndarray | None = None
+
+    @property
+    def finite(self) -> bool:
+        return not math.isnan(self.own)
+
+    def wide(self) -> np.ndarray:
+        """The chunk in the working type (widened on first use)."""
+        if self._w is None:
+            self._w = widen(self.raw, self.pool)
+        return self._w
 
 
 Change = tuple[float, float, float]  # |ref|^2, |x - ref|^2, max |x - ref|
 
 
+def _fused(raw: np.ndarray, refs: Sequence[_Chunk]) -> tuple[float, tuple[tuple[float, float], ...]] | None:
+    """:func:`ckptkit.diffing.fused.changes` of ``raw`` against finite ``refs``; ``None`` where
+    the compiled kernel is absent or takes no such type, or a chunk holds NaN or Inf."""
+    code = fused.code(raw.dtype)
+    if code is None:
+        return None
+    pairs = []
+    for ref in refs:
+        ref_code = fused.code(ref.raw.dtype)
+        if ref_code is None or not ref.finite:
+            return None
+        pairs.append((ref.raw, ref_code))
+    return fused.changes(raw, code, tuple(pairs))
+
+
 def _change(ref: _Chunk, x: _Chunk, diff: np.ndarray) -> Change:
     """|ref|^2, |x - ref|^2 and max |x - ref| over the elements finite on both sides."""
-    if ref.w is not None and x.w is not None:
-        d = np.subtract(x.w, ref.w, out=diff[: x.w.size])
+    if ref.finite and x.finite and (fast := _fused(x.raw, (ref,))) is not None:
+        return ref.own, *fast[1][0]
+    if ref.finite and x.finite:
+        xw, rw = x.wide(), ref.wide()
+        d = np.subtract(xw, rw, out=diff[: xw.size])
         sq = sum_sq(d)
         if math.isfinite(sq):  # else the difference overflowed the working type
             return ref.own, sq, max(float(d.max()), -float(d.min())) if d.size else 0.0
@@ -203,12 +234,16 @@ def _row_sums_sq(d: np.ndarray) -> list[float]:
 
 def _two_changes(a: _Chunk, b: _Chunk, x: _Chunk, diff: np.ndarray) -> tuple[Change, Change]:
     """:func:`_change` from ``a`` and from ``b`` to ``x``, the two differences formed side by side."""
-    if a.w is None or b.w is None or x.w is None:
+    if not (a.finite and b.finite and x.finite):
         return _change(a, x, diff), _change(b, x, diff)
-    m = x.w.size
+    if (fast := _fused(x.raw, (a, b))) is not None:
+        (sq_a, max_a), (sq_b, max_b) = fast[1]
+        return (a.own, sq_a, max_a), (b.own, sq_b, max_b)
+    xw = x.wide()
+    m = xw.size
     d = diff[: 2 * m].reshape(2, m)
-    np.subtract(x.w, a.w, out=d[0])
-    np.subtract(x.w, b.w, out=d[1])
+    np.subtract(xw, a.wide(), out=d[0])
+    np.subtract(xw, b.wide(), out=d[1])
     sq_a, sq_b = _row_sums_sq(d)
     if not (math.isfinite(sq_a) and math.isfinite(sq_b)) or not m:
         return _change(a, x, diff), _change(b, x, diff)
@@ -224,8 +259,7 @@ def _add(pair: _Pair, change: Change) -> None:
 
 def _held_chunk(held: Held, lo: int, hi: int, c: int, bufs: _Buffers, pool: list[np.ndarray], slot: int) -> _Chunk:
     raw = held.source.chunk(lo, hi, bufs.raw[slot])
-    own = float(held.own[c])
-    return _Chunk(raw, None if math.isnan(own) else widen(raw, pool[slot]), own, slot, False)
+    return _Chunk(raw, pool[slot], float(held.own[c]), slot, False)
 
 
 def measure_segment(
@@ -263,36 +297,53 @@ def measure_segment(
             raw = src.chunk(lo, hi, bufs.raw[slot])
             s = sums[i]
             up = updates[i]
-            if p is not None and p.w is not None and same_bytes(raw, p.raw):
+            if p is not None and p.finite and same_bytes(raw, p.raw):
                 # The chunk did not change since the previous snapshot: its sums, no widening.
                 x = p
                 s.sum_sq += p.own
                 if up is not None:
                     up.sq_ref += p.own
             else:
-                w = widen(raw, pool[slot])
-                sq = sum_sq(w)
-                if _needs_exact(raw, sq):
-                    acc = accumulate(raw, raw)
-                    s.nan += acc.nan_b
-                    s.inf += acc.inf_b
-                    x = _Chunk(raw, None, math.nan, slot, i == first_index)
-                    sq = acc.sum_sq_b
-                else:
-                    x = _Chunk(raw, w, sq, slot, i == first_index)
-                s.sum_sq += sq
                 dr = drifts[i] if f is not None and i != first_index else None
-                if p is not None and up is not None and dr is not None and f is not None and p is not f:
-                    change, drift = _two_changes(p, f, x, diff)
-                    _add(up, change)
-                    _add(dr, drift)
-                elif p is not None and up is not None:
-                    change = _change(p, x, diff)
-                    _add(up, change)
-                    if dr is not None:  # the previous snapshot is the first: the same change
-                        _add(dr, change)
-                elif dr is not None and f is not None:
-                    _add(dr, _change(f, x, diff))
+                # The references this chunk is measured against: the previous snapshot's for the
+                # update, the first's for the drift (one reference when they are the same).
+                refs = [p] if p is not None and up is not None else []
+                if dr is not None and f is not None and not (refs and p is f):
+                    refs.append(f)
+                fast = _fused(raw, refs)
+                if fast is not None:
+                    sq, found = fast
+                    x = _Chunk(raw, pool[slot], sq, slot, i == first_index)
+                    s.sum_sq += sq
+                    measured = [(ref.own, sq_d, max_d) for ref, (sq_d, max_d) in zip(refs, found, strict=True)]
+                    if up is not None and p is not None:
+                        _add(up, measured[0])
+                    if dr is not None:
+                        _add(dr, measured[-1])  # from the first, or from the previous when it is the first
+                else:
+                    w = widen(raw, pool[slot])
+                    sq = sum_sq(w)
+                    if _needs_exact(raw, sq):
+                        acc = accumulate(raw, raw)
+                        s.nan += acc.nan_b
+                        s.inf += acc.inf_b
+                        x = _Chunk(raw, pool[slot], math.nan, slot, i == first_index)
+                        sq = acc.sum_sq_b
+                    else:
+                        x = _Chunk(raw, pool[slot], sq, slot, i == first_index)
+                        x._w = w
+                    s.sum_sq += sq
+                    if p is not None and up is not None and dr is not None and f is not None and p is not f:
+                        change, drift = _two_changes(p, f, x, diff)
+                        _add(up, change)
+                        _add(dr, drift)
+                    elif p is not None and up is not None:
+                        change = _change(p, x, diff)
+                        _add(up, change)
+                        if dr is not None:  # the previous snapshot is the first: the same change
+                            _add(dr, change)
+                    elif dr is not None and f is not None:
+                        _add(dr, _change(f, x, diff))
             own[i][c] = x.own
             if i == first_index:
                 f = x
