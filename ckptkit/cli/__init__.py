@@ -91,6 +91,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
+    # ckptkit runs its own worker threads, one a core. OpenBLAS (loaded with numpy) would start
+    # one more thread a core, which spins for work after start-up and after any call and takes
+    # a core from the workers: a diff of two 1.4 GB files took 0.58 s with it, 0.50 s without.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         cli.main(prog_name="ckptkit")
     except BrokenPipeError:
