@@ -25,6 +25,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_F16C_PATH 1
+#endif
+
 #define BLOCK 256
 #define F16_NONFINITE_SQ 4294967296.0 /* 2**32: a widened float16 Inf or NaN squared is at least this */
 
@@ -77,20 +82,32 @@ HOT static void bf16_to_f32(const char *src, Py_ssize_t n, float *dst) {
 
 static void f32_to_f32(const char *src, Py_ssize_t n, float *dst) { memcpy(dst, src, (size_t)n * 4); }
 
-#define DEFINE_TO_F64(NAME, NARROW)                                                                \
+#ifdef HAVE_F16C_PATH
+/* The processor's own conversion, eight at a time, where it has F16C: it widens subnormals
+   exactly, as the bit manipulation does, and Inf and NaN to Inf and NaN, which the sums show. */
+__attribute__((target("avx2,f16c"))) static void f16_to_f32_f16c(const char *src, Py_ssize_t n, float *dst) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+    for (; i < n; i++) dst[i] = half_to_float(load16(src + 2 * i));
+}
+#endif
+
+/* Indexed by type; float64 never takes the float32 path. F16C's conversion replaces float16's at import. */
+static ToF32 TO_F32[] = {f16_to_f32, bf16_to_f32, f32_to_f32, NULL};
+
+#define DEFINE_TO_F64(NAME, TYPE)                                                                  \
     HOT static void NAME(const char *src, Py_ssize_t n, double *dst) {                             \
         float tmp[BLOCK];                                                                          \
-        NARROW(src, n, tmp);                                                                       \
+        TO_F32[TYPE](src, n, tmp);                                                                 \
         for (Py_ssize_t i = 0; i < n; i++) dst[i] = (double)tmp[i];                                \
     }
-DEFINE_TO_F64(f16_to_f64, f16_to_f32)
-DEFINE_TO_F64(bf16_to_f64, bf16_to_f32)
-DEFINE_TO_F64(f32_to_f64, f32_to_f32)
+DEFINE_TO_F64(f16_to_f64, T_F16)
+DEFINE_TO_F64(bf16_to_f64, T_BF16)
+DEFINE_TO_F64(f32_to_f64, T_F32)
 
 static void f64_to_f64(const char *src, Py_ssize_t n, double *dst) { memcpy(dst, src, (size_t)n * 8); }
 
-/* Indexed by type; float64 never takes the float32 path. */
-static const ToF32 TO_F32[] = {f16_to_f32, bf16_to_f32, f32_to_f32, NULL};
 static const ToF64 TO_F64[] = {f16_to_f64, bf16_to_f64, f32_to_f64, f64_to_f64};
 
 /* Whether float16 elements hold an Inf or NaN (all exponent bits set). */
@@ -348,4 +365,10 @@ static struct PyModuleDef module = {
     "Fused drift sums over raw tensor chunks (see ckptkit.diffing.fused).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fused(void) {
+#ifdef HAVE_F16C_PATH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) TO_F32[T_F16] = f16_to_f32_f16c;
+#endif
+    return PyModule_Create(&module);
+}
