@@ -170,6 +170,12 @@ def test_identical_and_empty_and_zero_tensors():
     assert got["rel_l2"] == math.inf and got["cosine"] == 0.0
 
 
+def test_snr_of_float64_sums_past_the_float64_range():
+    # |A - B|^2 overflows to inf while |A| stays finite: the SNR tends to -inf, not an error.
+    got = accumulate(np.full(4, 1e150), np.full(4, -1e155)).metrics()
+    assert got["l2"] == math.inf and got["snr_db"] == -math.inf
+
+
 @pytest.mark.parametrize("where", ["first", "last", "middle"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "int8"])
 def test_chunks_differing_in_one_element_are_not_taken_for_the_same_bytes(dtype, where):

@@ -72,8 +72,7 @@ class Accumulator:
         norm_a, norm_b = math.sqrt(self.sum_sq_a), math.sqrt(self.sum_sq_b)
         l2 = math.sqrt(self.sum_sq_diff)
         rel_l2 = l2 / norm_a if norm_a > 0 else (0.0 if l2 == 0 else math.inf)
-        # Signal-to-noise in dB, how quantization error is usually quoted: 20 log10(|A| / |A - B|).
-        snr_db = math.inf if l2 == 0 else (20 * math.log10(norm_a / l2) if norm_a > 0 else -math.inf)
+        snr_db = _snr_db(norm_a, l2)
         return {
             "max_abs": self.max_abs,
             "mean_abs": self.sum_abs / self.finite if self.finite else (0.0 if not self.elements else None),
@@ -94,6 +93,15 @@ class Accumulator:
 
 
 _SUMMED = tuple(f.name for f in fields(Accumulator) if f.name != "max_abs")
+
+
+def _snr_db(norm_a: float, l2: float) -> float:
+    """Signal-to-noise in dB, how quantization error is usually quoted: 20 log10(|A| / |A - B|)."""
+    if l2 == 0:
+        return math.inf
+    ratio = norm_a / l2
+    # |A| = 0, or |A - B| past the float64 range (inf), makes the ratio 0: the SNR tends to -inf.
+    return 20 * math.log10(ratio) if ratio != 0 else -math.inf
 
 
 def _cosine(sum_sq_diff: float, norm_a: float, norm_b: float) -> float:
