@@ -310,6 +310,10 @@ static PyObject *changes(PyObject *self, PyObject *args) {
     for (; got < nref; got++) {
         PyObject *pair = PyTuple_GET_ITEM(refs, got), *obj;
         int code;
+        if (!PyTuple_Check(pair)) {
+            PyErr_SetString(PyExc_TypeError, "changes: each reference is a (chunk, code) tuple");
+            break;
+        }
         if (!PyArg_ParseTuple(pair, "OC:changes", &obj, &code)) break;
         tr[got] = take(obj, code, &vr[got], &nr);
         if (tr[got] < 0) break;
