@@ -447,7 +447,7 @@ def compare_checkpoints(
     decoded and compared in groups of tensors of similar total size. Both run on the default
     executor's threads (decoding only when both checkpoints allow concurrent reads).
 
-    ``compared``: bytes already found equal while the write ran
+    ``compared``: bytes already found equal while the write ran, as bytes or by their CRC-32C
     (:func:`ckptkit.io.extents.checking_copies`), by (source extent, output extent); a tensor is
     not compared again only where the output, read back, places it at exactly such an output
     extent and the expected tensor lies at exactly its source extent.

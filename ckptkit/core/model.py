@@ -60,12 +60,16 @@ class TensorInfo:
 class RawExtent:
     """A tensor's bytes lying contiguous, C-ordered and little-endian inside one file.
 
-    Writers use it to copy data without decoding it.
+    Writers use it to copy data without decoding it. ``crc32c`` is the CRC-32C (unmasked) the
+    file records for these bytes, where its format records one (TensorFlow checkpoints); readers
+    do not check it, and a check after a copy compares it with the copy's own (see
+    :mod:`ckptkit.io.extents`).
     """
 
     path: Path
     offset: int
     nbytes: int
+    crc32c: int | None = None
 
 
 class Checkpoint(ABC):

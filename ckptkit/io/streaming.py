@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,7 +87,7 @@ class TensorCopier:
         """Append tensor ``name`` to ``out``; returns (bytes written, CRC-32 or 0)."""
         extent = ckpt.raw_extent(name)
         if extent is not None:
-            return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, want_crc, progress)
+            return self._copy_extent(extent, out, want_crc, progress, None)
         import numpy as np  # only a tensor that has to be decoded needs it
 
         data = np.ascontiguousarray(ckpt.read_tensor(name))
@@ -101,19 +102,30 @@ class TensorCopier:
                 progress(len(piece))
         return len(view), crc
 
-    def copy_extent(self, extent: RawExtent, out: BinaryIO, progress: ProgressFn | None = None) -> int:
-        """Append the bytes ``extent`` names to ``out`` as they are; returns how many were written."""
-        return self._copy_extent(str(extent.path), extent.offset, extent.nbytes, out, False, progress)[0]
+    def copy_extent(
+        self,
+        extent: RawExtent,
+        out: BinaryIO,
+        progress: ProgressFn | None = None,
+        crc32c: Future[int] | None = None,
+    ) -> int:
+        """Append the bytes ``extent`` names to ``out`` as they are; returns how many were written.
+
+        ``crc32c``: the CRC-32C of ``extent``'s bytes, being computed from the source by the
+        caller; a check of the copy (:func:`ckptkit.io.extents.checking_copies`) compares it
+        with the copy's own instead of comparing the bytes of the two files.
+        """
+        return self._copy_extent(extent, out, False, progress, crc32c)[0]
 
     def _copy_extent(
         self,
-        path: str,
-        offset: int,
-        nbytes: int,
+        extent: RawExtent,
         out: BinaryIO,
         want_crc: bool,
         progress: ProgressFn | None,
+        crc32c: Future[int] | None,
     ) -> tuple[int, int]:
+        path, offset, nbytes = str(extent.path), extent.offset, extent.nbytes
         src = self._source(path).fileno()
         out.flush()
         dst_pos = out.tell()
@@ -146,7 +158,7 @@ class TensorCopier:
         check = copy_check()
         name = getattr(out, "name", None)
         if check is not None and isinstance(name, str):
-            check.copied(RawExtent(Path(path), offset, nbytes), RawExtent(Path(name), dst_pos, nbytes))
+            check.copied(extent, RawExtent(Path(name), dst_pos, nbytes), crc32c)
         return nbytes, crc
 
     def _runner(self, nbytes: int) -> Executor:

@@ -7,7 +7,8 @@ format version). A partitioned variable's entry lists its slices instead of data
 tensor of its own, keyed by an OrderedCode encoding of the variable's key and the slice
 (``tensorflow/core/util/saved_tensor_slice_util.cc``), and is assembled into the full tensor when
 read. Data files are memory-mapped: a tensor stored whole is a view of its file, and copies in the
-kernel on convert. CRCs are not checked when reading (``ckptkit verify`` checks every one).
+kernel on convert. CRCs are not checked when reading (``ckptkit verify`` checks every one); a
+tensor's raw extent carries its recorded CRC-32C, which a check after a copy compares with the copy's.
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ class TensorFlowCheckpoint(Checkpoint):
         stored = self._stored[name]
         if stored.pieces or (self.bundle.header.endianness == BIG and stored.info.dtype.itemsize > 1):
             return None
-        return RawExtent(self.bundle.data_file(stored.entry.shard_id), stored.entry.offset, stored.entry.size)
+        entry = stored.entry
+        return RawExtent(self.bundle.data_file(entry.shard_id), entry.offset, entry.size, crc32c.unmask(entry.crc32c))
 
     def stored(self, name: str) -> Stored:
         """Where tensor ``name`` is kept, for writers that copy its bytes and CRC as they are."""

@@ -14,7 +14,8 @@ The output is name-based (each tensor keyed by its name, as a TF1 ``Saver`` or
 Data is copied tensor by tensor. Where a tensor's bytes lie in a file, they are copied in the kernel,
 the output padded (TensorFlow's reader follows offsets and ignores the gaps) so that source and
 destination offsets agree modulo the page size, while the CRC-32C is computed from the source's
-bytes on another thread. The index is written byte for byte as TensorFlow writes it.
+bytes on another thread; a check of the copy (verify-after-write) compares the copy's CRC-32C with
+that one. The index is written byte for byte as TensorFlow writes it.
 """
 
 from __future__ import annotations
@@ -254,35 +255,31 @@ def _check_keys(items: list[_Item]) -> None:
 
 
 class _SourceChecksums:
-    """CRC-32C of tensor bytes in source files, read by position in 1 MiB pieces.
-
-    Reading (which releases the GIL) copies the page-cache pages the kernel copy has just brought in;
-    a memory map would instead fault in every page and unmap them all at the end, and on a 2 GB
-    checkpoint that took longer than the checksums themselves. The pieces are bytes, which
-    google-crc32c takes as they are, so copying tensors needs no numpy.
-    """
-
-    _PIECE = 1 << 20
+    """Tensor bytes in source files, read by position: whole for small tensors, as a CRC-32C
+    (:func:`ckptkit.io.crc32c.of_file`) for large ones."""
 
     def __init__(self) -> None:
         self._files: dict[Path, int] = {}
         self._lock = threading.Lock()
 
-    def read(self, extent: RawExtent, start: int, n: int) -> bytes:
+    def _fd(self, path: Path) -> int:
         with self._lock:
-            fd = self._files.get(extent.path)
+            fd = self._files.get(path)
             if fd is None:
-                fd = self._files[extent.path] = os.open(extent.path, os.O_RDONLY)
-        data = os.pread(fd, n, extent.offset + start)
+                fd = self._files[path] = os.open(path, os.O_RDONLY)
+            return fd
+
+    def read(self, extent: RawExtent, start: int, n: int) -> bytes:
+        data = os.pread(self._fd(extent.path), n, extent.offset + start)
         if len(data) < n:
             raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does")
         return data
 
     def crc(self, extent: RawExtent) -> int:
-        crc = 0
-        for start in range(0, extent.nbytes, self._PIECE):
-            crc = crc32c.extend(crc, self.read(extent, start, min(self._PIECE, extent.nbytes - start)))
-        return crc
+        try:
+            return crc32c.of_file(self._fd(extent.path), extent.offset, extent.nbytes)
+        except EOFError:
+            raise CorruptCheckpointError(f"{extent.path} ends before the tensor at byte {extent.offset} does") from None
 
     def close(self) -> None:
         for fd in self._files.values():
@@ -335,7 +332,7 @@ def _write_data(ckpt: Checkpoint, items: list[_Item], path: Path, progress: Prog
                 out.write(bytes(pad))
                 offset += pad
             checksum = checksums.submit(sources.crc, extent)
-            copier.copy_extent(extent, out, progress)
+            copier.copy_extent(extent, out, progress, checksum)
             pending.append((item.key, Entry(item.code, item.shape, 0, offset, extent.nbytes), checksum))
     for key, entry, fut in pending:
         entries[key] = Entry(entry.dtype, entry.shape, 0, entry.offset, entry.size, crc32c.mask(fut.result()))
