@@ -90,8 +90,11 @@ def _extent_pairs(tmp_path: Path, a: bytes, b: bytes) -> list[tuple[RawExtent, R
     return [(RawExtent(tmp_path / "a", 4, len(a)), RawExtent(tmp_path / "b", 2, len(b)))]
 
 
-def test_identical_extents_compares_every_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("small", [True, False], ids=["read as bytes", "mapped"])
+def test_identical_extents_compares_every_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: bool) -> None:
     monkeypatch.setattr(extents, "PIECE_BYTES", 4096)  # many pieces over both threads
+    if not small:
+        monkeypatch.setattr(extents, "SMALL_BYTES", 0)
     data = np.random.default_rng(2).bytes(40_000 + 3)
     assert extents.identical_extents(_extent_pairs(tmp_path, data, data), ThreadExecutor(2)) == [True]
     for pos in (0, 4095, 4096, 20_001, len(data) - 1):

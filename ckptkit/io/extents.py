@@ -38,6 +38,7 @@ from ckptkit.core.model import ProgressFn, RawExtent
 from ckptkit.io.workers import Executor, Stream, balanced_groups, default_executor
 
 PIECE_BYTES = 64 * 1024 * 1024  # large enough to amortise the per-piece work, small enough to spread
+SMALL_BYTES = 4 * 1024 * 1024  # extents this small in all are compared as bytes read, in the calling thread
 
 
 def identical_extents(
@@ -46,8 +47,6 @@ def identical_extents(
     progress: ProgressFn | None = None,
 ) -> list[bool]:
     """For each ``(a, b)``: whether the bytes ``a`` names equal those ``b`` names."""
-    import numpy as np
-
     results = [a.nbytes == b.nbytes for a, b in pairs]
     pieces: list[tuple[int, RawExtent, RawExtent, int, int]] = []  # pair, a, b, start, length
     for i, (a, b) in enumerate(pairs):
@@ -55,6 +54,10 @@ def identical_extents(
             pieces += [(i, a, b, s, min(PIECE_BYTES, a.nbytes - s)) for s in range(0, a.nbytes, PIECE_BYTES)]
     if not pieces:
         return results
+    if sum(p[4] for p in pieces) <= SMALL_BYTES:
+        return _identical_small(pairs, results, progress)
+    import numpy as np
+
     maps = _Maps()
     try:
         for _, a, b, _, _ in pieces:
@@ -82,6 +85,29 @@ def identical_extents(
                 results[i] = False
     finally:
         maps.close()
+    return results
+
+
+def _identical_small(
+    pairs: Sequence[tuple[RawExtent, RawExtent]], results: list[bool], progress: ProgressFn | None
+) -> list[bool]:
+    """:func:`identical_extents` of a few small extents (a verify whose large tensors were checked
+    as they were copied): read as bytes in this thread, without numpy, whose import alone costs
+    more than these reads."""
+    files: dict[Path, int] = {}
+    try:
+        for i, (a, b) in enumerate(pairs):
+            if not results[i]:
+                continue
+            for e in (a, b):
+                if e.path not in files:
+                    files[e.path] = os.open(e.path, os.O_RDONLY)
+            results[i] = os.pread(files[a.path], a.nbytes, a.offset) == os.pread(files[b.path], b.nbytes, b.offset)
+            if progress:
+                progress(a.nbytes)
+    finally:
+        for fd in files.values():
+            os.close(fd)
     return results
 
 
